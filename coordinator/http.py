@@ -1,0 +1,67 @@
+"""The coordinator's HTTP API: health and JSON views for people and dashboards.
+
+The JSON is the proto messages' canonical JSON mapping, so the HTTP API and
+the gRPC API describe the same things with the same names. A Prometheus
+``/metrics`` route would sit here beside them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from fractalq import config
+from fractalq.coordinator.service import CoordinatorService, job_message
+
+
+def _json(message: Message) -> web.Response:
+    return web.json_response(
+        json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+    )
+
+
+def make_app(service: CoordinatorService) -> web.Application:
+    routes = web.RouteTableDef()
+
+    @routes.get("/healthz")
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    @routes.get("/api/stats")
+    async def stats(request: web.Request) -> web.Response:
+        return _json(service.stats())
+
+    @routes.get("/api/workers")
+    async def workers(request: web.Request) -> web.Response:
+        data = json_format.MessageToDict(service.stats(), always_print_fields_with_no_presence=True)
+        return web.json_response({"workers": data.get("workers", [])})
+
+    @routes.get("/api/jobs")
+    async def jobs(request: web.Request) -> web.Response:
+        active = request.query.get("active", "") in ("1", "true", "yes")
+        try:
+            limit = int(request.query.get("limit", config.DEFAULT_LIST_LIMIT))
+        except ValueError:
+            raise web.HTTPBadRequest(text="limit must be a whole number") from None
+        listed = sorted(service.broker.jobs.values(), key=lambda job: job.seq, reverse=True)
+        if active:
+            listed = [job for job in listed if not job.state.finished]
+        body: list[dict[str, Any]] = [
+            json_format.MessageToDict(job_message(job), always_print_fields_with_no_presence=True)
+            for job in listed[: max(limit, 0)]
+        ]
+        return web.json_response({"jobs": body})
+
+    @routes.get("/api/jobs/{job_id}")
+    async def job(request: web.Request) -> web.Response:
+        found = service.broker.get_job(request.match_info["job_id"])
+        if found is None:
+            raise web.HTTPNotFound(text="no such job")
+        return _json(job_message(found))
+
+    app = web.Application()
+    app.add_routes(routes)
+    return app

@@ -1,0 +1,114 @@
+"""Wiring: load the journal, build the broker, serve gRPC and HTTP, run the timers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from fractalq import config
+from fractalq.config import CoordinatorConfig
+from fractalq.coordinator.broker import Broker
+from fractalq.coordinator.http import make_app
+from fractalq.coordinator.service import CoordinatorService
+from fractalq.coordinator.store import GroupCommit, SqliteJournal
+from fractalq.proto import fractalq_pb2_grpc as pb_grpc
+
+log = logging.getLogger("fractalq.coordinator")
+
+
+async def _timers(service: CoordinatorService, interval: float) -> None:
+    """Declare silent workers dead and wake retries whose backoff is over."""
+    while True:
+        await asyncio.sleep(interval)
+        now = time.time()
+        for worker_id in service.broker.expire_workers(now):
+            log.warning("worker %s lost: no heartbeat", worker_id)
+        service.broker.promote_due(now)
+
+
+async def serve(
+    settings: CoordinatorConfig,
+    started: Callable[[int, int | None], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run until ``stop`` is set (or SIGTERM/SIGINT); ``started`` gets the bound ports."""
+    journal = SqliteJournal(settings.data_dir) if settings.data_dir else None
+    broker = Broker(
+        journal=journal,
+        worker_timeout=settings.worker_timeout,
+        limits=settings.limits,
+        retry=settings.retry,
+    )
+    if journal is not None:
+        jobs = journal.load(config.FINISHED_JOBS_IN_MEMORY)
+        broker.restore(jobs)
+        active = sum(1 for job in jobs if not job.state.finished)
+        log.info("restored %d job(s), %d unfinished, from %s", len(jobs), active, journal.path)
+    commit = GroupCommit(journal, config.COMMIT_INTERVAL) if journal else None
+    service = CoordinatorService(broker, settings, journal, commit)
+
+    options = [
+        ("grpc.max_receive_message_length", config.MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", config.MAX_MESSAGE_BYTES),
+    ]
+    server = grpc.aio.server(options=options)
+    pb_grpc.add_CoordinatorServicer_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("fractalq.v1.Coordinator", health_pb2.HealthCheckResponse.SERVING)
+
+    runner: web.AppRunner | None = None
+    http_port: int | None = None
+    if settings.http_port is not None:
+        runner = web.AppRunner(make_app(service), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.http_port)
+        await site.start()
+        server_socket = site._server.sockets[0] if site._server else None  # type: ignore[union-attr]
+        http_port = server_socket.getsockname()[1] if server_socket else settings.http_port
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+
+    background = [asyncio.create_task(_timers(service, settings.heartbeat_interval / 2))]
+    if commit is not None:
+        background.append(asyncio.create_task(commit.run()))
+    log.info("coordinator listening on %s:%d (http %s)", settings.host, port, http_port)
+    if started is not None:
+        started(port, http_port)
+    try:
+        stop_wait = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stop_wait, *background], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stop_wait:
+                task.result()  # a crashed committer must not go unnoticed
+    finally:
+        stop_wait.cancel()
+        service.stopping = True
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(grace=1.0)
+        if runner is not None:
+            await runner.cleanup()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        if commit is not None:
+            await commit.flush()
+            commit.close()
+        log.info("coordinator stopped")

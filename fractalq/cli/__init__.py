@@ -1,0 +1,46 @@
+"""The ``fractalq`` command: one sub-command per module, one-line errors.
+
+Every sub-command module offers ``add_parser(subparsers)`` and a ``run(args)``
+stored as the parser's default. A :class:`~fractalq.cli.common.CommandError`
+(or a bad flag) ends the program with one line on stderr and a non-zero exit,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fractalq.cli import jobs, serve
+from fractalq.cli.common import CommandError, OneLineParser
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="fractalq",
+        description="A distributed task queue that renders Mandelbrot and Julia images.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (serve, jobs):
+        module.add_parsers(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except CommandError as error:
+        print(f"fractalq {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"fractalq {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""What the sub-commands share: errors, argument types, logging."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import NoReturn
+
+from fractalq.client import check_address
+
+
+class CommandError(Exception):
+    """Ends the command with this one-line message."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the problem."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def address(value: str) -> str:
+    try:
+        return check_address(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _number(kind: type[int] | type[float], low: float | None, high: float | None):  # type: ignore[no-untyped-def]
+    def parse(value: str) -> int | float:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is not a {'whole ' if kind is int else ''}number"
+            ) from None
+        if low is not None and number < low:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {low:g}")
+        if high is not None and number > high:
+            raise argparse.ArgumentTypeError(f"{value} is above the maximum {high:g}")
+        return number
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def integer(low: int | None = None, high: int | None = None) -> argparse._ActionType:
+    return _number(int, low, high)  # type: ignore[no-any-return]
+
+
+def real(low: float | None = None, high: float | None = None) -> argparse._ActionType:
+    return _number(float, low, high)  # type: ignore[no-any-return]
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )

@@ -1,0 +1,150 @@
+"""``fractalq submit``, ``wait`` and ``status``: clients of the queue."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from fractalq import config
+from fractalq.cli.common import CommandError, address, integer, real
+from fractalq.cli.progress import Progress
+from fractalq.client import Client, ClientError
+from fractalq.proto import fractalq_pb2 as pb
+
+STATE_NAMES = {value: name for name, value in pb.JobState.items()}
+
+
+def add_parsers(commands: Any) -> None:
+    submit = commands.add_parser("submit", help="submit a job of generic tasks")
+    submit.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
+    submit.add_argument("--task", required=True, metavar="NAME", help="task type (noop, sleep, fail, ...)")
+    submit.add_argument("--payload", default="", metavar="JSON", help="the payload of every task")
+    submit.add_argument("--count", type=integer(1, config.MAX_TASKS_PER_JOB), default=1, metavar="N")
+    submit.add_argument(
+        "--priority",
+        type=integer(*config.PRIORITY_RANGE),
+        default=config.DEFAULT_PRIORITY,
+        metavar="P",
+        help="lower runs first",
+    )
+    submit.add_argument(
+        "--max-attempts",
+        type=integer(1, config.MAX_ATTEMPTS_LIMIT),
+        default=config.DEFAULT_MAX_ATTEMPTS,
+        metavar="K",
+    )
+    submit.add_argument("--job-id", default="", help="idempotency key (default: generated)")
+    submit.add_argument("--wait", action="store_true", help="show progress until the job ends")
+    submit.set_defaults(run=run_submit)
+
+    wait = commands.add_parser("wait", help="wait for a job to end")
+    wait.add_argument("job_id", metavar="JOB")
+    wait.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
+    wait.add_argument("--timeout", type=real(0), default=None, metavar="S")
+    wait.set_defaults(run=run_wait)
+
+    status = commands.add_parser("status", help="a job's state, or the queue and its workers")
+    status.add_argument("job_id", nargs="?", metavar="JOB")
+    status.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(run=run_status)
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    payload = args.payload.encode()
+    if args.payload:
+        try:
+            json.loads(args.payload)
+        except json.JSONDecodeError as error:
+            raise CommandError(f"--payload is not JSON: {error}") from None
+    request = pb.SubmitJobRequest(
+        job_id=args.job_id,
+        task_type=args.task,
+        payload=payload,
+        count=args.count,
+        priority=args.priority,
+        max_attempts=args.max_attempts,
+    )
+    with Client(args.coordinator) as client:
+        try:
+            response = client.submit(request)
+        except ClientError as error:
+            raise CommandError(str(error)) from None
+        job = response.job
+        verb = "submitted" if response.created else "already submitted"
+        print(f"{verb} {job.total} {job.task_type} task(s) as job {job.job_id}", flush=True)
+        if not args.wait:
+            return 0
+        return follow(client, job.job_id, None)
+
+
+def follow(client: Client, job_id: str, timeout: float | None) -> int:
+    """Show a job's progress until it ends; the exit code says how it ended."""
+    progress: Progress | None = None
+    job: pb.Job | None = None
+    try:
+        for job in client.watch(job_id, timeout=timeout):
+            progress = progress or Progress(job.total, "tasks")
+            final = job.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
+            progress.update(job.succeeded, job.leased, final=final)
+    except ClientError as error:
+        if error.code is not None and error.code.name == "DEADLINE_EXCEEDED" and job:
+            raise CommandError(
+                f"job {job_id} still {STATE_NAMES[job.state]} after {timeout:g}s", 3
+            ) from None
+        raise CommandError(str(error)) from None
+    assert job is not None
+    state = STATE_NAMES[job.state]
+    if job.state == pb.SUCCEEDED:
+        print(f"job {job_id} SUCCEEDED: {job.succeeded}/{job.total} tasks")
+        return 0
+    print(f"job {job_id} {state}: {job.reason}", file=sys.stderr)
+    return 1
+
+
+def run_wait(args: argparse.Namespace) -> int:
+    with Client(args.coordinator) as client:
+        return follow(client, args.job_id, args.timeout)
+
+
+def _age(seconds: float) -> str:
+    return f"{time.time() - seconds:.0f}s ago" if seconds else "-"
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    with Client(args.coordinator) as client:
+        try:
+            message = client.job(args.job_id) if args.job_id else client.stats()
+        except ClientError as error:
+            raise CommandError(str(error)) from None
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(message), indent=2))
+        return 0
+    if isinstance(message, pb.Job):
+        job = message
+        print(f"job {job.job_id}: {STATE_NAMES[job.state]}")
+        print(f"  type {job.task_type}, priority {job.priority}, max attempts {job.max_attempts}")
+        print(f"  tasks: {job.total} total, {job.succeeded} succeeded, {job.leased} running,"
+              f" {job.queued} queued, {job.dead} dead-lettered")
+        print(f"  created {_age(job.created_at)}, started {_age(job.started_at)},"
+              f" finished {_age(job.finished_at)}")
+        if job.reason:
+            print(f"  reason: {job.reason}")
+        return 0
+    stats = message
+    print(f"queue: {stats.queued} queued, {stats.delayed} waiting to retry, {stats.leased} running,"
+          f" {stats.jobs_active} active job(s)")
+    for depth in stats.by_priority:
+        print(f"  priority {depth.priority}: {depth.queued} queued, {depth.leased} running")
+    print(f"workers: {len(stats.workers)}")
+    for worker in stats.workers:
+        state = "draining" if worker.draining else "ready"
+        print(f"  {worker.worker_id}: {state}, {worker.leased}/{worker.concurrency} busy,"
+              f" {worker.completed} done, {worker.failed} failed,"
+              f" seen {worker.last_seen_seconds_ago:.1f}s ago")
+    return 0

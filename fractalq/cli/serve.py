@@ -1,0 +1,125 @@
+"""``fractalq coordinator`` and ``fractalq worker``: the long-running processes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from typing import Any
+
+from fractalq import config, tasks
+from fractalq.cli.common import CommandError, address, integer, real, setup_logging
+from fractalq.config import CoordinatorConfig, WorkerConfig
+
+
+def add_parsers(commands: Any) -> None:
+    coordinator = commands.add_parser("coordinator", help="run the gRPC coordinator")
+    coordinator.add_argument("--host", default=config.DEFAULT_HOST, help="address to listen on")
+    coordinator.add_argument(
+        "--port", type=integer(0, 65535), default=config.DEFAULT_PORT, help="gRPC port (0: any)"
+    )
+    coordinator.add_argument(
+        "--http-port",
+        type=integer(0, 65535),
+        default=config.DEFAULT_HTTP_PORT,
+        help="HTTP API port (0: any)",
+    )
+    coordinator.add_argument("--no-http", action="store_true", help="serve no HTTP API")
+    coordinator.add_argument(
+        "--data", metavar="DIR", help="folder for the database (default: memory only)"
+    )
+    coordinator.add_argument(
+        "--worker-timeout",
+        type=real(0.1, 3600),
+        default=config.DEFAULT_WORKER_TIMEOUT,
+        metavar="S",
+        help="seconds without a heartbeat before a worker is declared dead",
+    )
+    coordinator.add_argument("-v", "--verbose", action="store_true")
+    coordinator.set_defaults(run=run_coordinator)
+
+    worker = commands.add_parser("worker", help="run a worker")
+    worker.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
+    worker.add_argument("--storage", metavar="URL", help="file:///path or s3://bucket/prefix")
+    worker.add_argument(
+        "--concurrency", type=integer(1, 1024), default=config.DEFAULT_CONCURRENCY, metavar="N"
+    )
+    worker.add_argument(
+        "--grace-period",
+        type=real(0, 3600),
+        default=config.DEFAULT_GRACE_PERIOD,
+        metavar="S",
+        help="on SIGTERM, how long running tasks may take before they are handed back",
+    )
+    worker.add_argument(
+        "--task-types", metavar="NAMES", help="comma-separated types to run (default: all)"
+    )
+    worker.add_argument("-v", "--verbose", action="store_true")
+    worker.set_defaults(run=run_worker)
+
+
+def run_coordinator(args: argparse.Namespace) -> int:
+    from fractalq.coordinator.server import serve
+
+    if args.data:
+        try:
+            os.makedirs(args.data, exist_ok=True)
+        except OSError as error:
+            raise CommandError(f"cannot use data folder {args.data}: {error.strerror}") from None
+        if not os.access(args.data, os.W_OK):
+            raise CommandError(f"data folder {args.data} is not writable")
+    settings = CoordinatorConfig(
+        host=args.host,
+        port=args.port,
+        http_port=None if args.no_http else args.http_port,
+        data_dir=args.data,
+        worker_timeout=args.worker_timeout,
+    )
+    setup_logging(args.verbose)
+
+    def started(port: int, http_port: int | None) -> None:
+        # One machine-readable line on stdout, for scripts that asked for port 0.
+        print(f"coordinator listening on {args.host}:{port} http {http_port or '-'}", flush=True)
+
+    try:
+        asyncio.run(serve(settings, started))
+    except OSError as error:
+        raise CommandError(str(error)) from None
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from fractalq.worker.runtime import Worker
+
+    names = tuple(n.strip() for n in args.task_types.split(",") if n.strip()) if args.task_types else None
+    try:
+        for name in names or ():
+            tasks.get(name)
+    except KeyError as error:
+        raise CommandError(str(error.args[0])) from None
+    settings = WorkerConfig(
+        coordinator=args.coordinator,
+        storage=args.storage,
+        concurrency=args.concurrency,
+        grace_period=args.grace_period,
+        task_types=names,
+    )
+    setup_logging(args.verbose)
+    worker = Worker(settings)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(signum, worker.stop)
+        await worker.run()
+
+    asyncio.run(main())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Tasks still running on threads past the grace period were handed back;
+    # do not wait for them at interpreter exit.
+    os._exit(0)

@@ -1,0 +1,112 @@
+"""A small synchronous client of the coordinator, for commands and the operator.
+
+It turns gRPC failures into :class:`ClientError` with one readable line: an
+unreachable address, a refused request (with the coordinator's reason), or a
+job that does not exist.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from types import TracebackType
+
+import grpc
+
+from fractalq import config
+from fractalq.proto import fractalq_pb2 as pb
+from fractalq.proto import fractalq_pb2_grpc as pb_grpc
+
+_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
+
+
+class ClientError(Exception):
+    """A failed call, described in one line."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def check_address(address: str) -> str:
+    """``HOST:PORT`` or a ValueError that says what is wrong."""
+    match = _ADDRESS.match(address)
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise ValueError(f"coordinator address {address!r} is not HOST:PORT")
+    return address
+
+
+class Client:
+    def __init__(self, address: str, timeout: float = 30.0) -> None:
+        self.address = check_address(address)
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            address, options=[("grpc.max_send_message_length", config.MAX_MESSAGE_BYTES)]
+        )
+        self._stub = pb_grpc.CoordinatorStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _error(self, error: grpc.RpcError) -> ClientError:
+        code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
+        details: str = error.details() or code.name  # type: ignore[attr-defined]
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return ClientError(f"cannot reach the coordinator at {self.address}: {details}", code)
+        return ClientError(details, code)
+
+    def submit(self, request: pb.SubmitJobRequest) -> pb.SubmitJobResponse:
+        try:
+            response: pb.SubmitJobResponse = self._stub.SubmitJob(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise self._error(error) from None
+        return response
+
+    def job(self, job_id: str, include_results: bool = False) -> pb.Job:
+        try:
+            request = pb.GetJobRequest(job_id=job_id, include_results=include_results)
+            job: pb.Job = self._stub.GetJob(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise self._error(error) from None
+        return job
+
+    def watch(self, job_id: str, timeout: float | None = None) -> Iterator[pb.Job]:
+        """The job now and after each change, until it finishes (or ``timeout``)."""
+        try:
+            yield from self._stub.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=timeout)
+        except grpc.RpcError as error:
+            raise self._error(error) from None
+
+    def cancel(self, job_id: str, reason: str = "") -> pb.Job:
+        try:
+            request = pb.CancelJobRequest(job_id=job_id, reason=reason)
+            job: pb.Job = self._stub.CancelJob(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise self._error(error) from None
+        return job
+
+    def jobs(self, active_only: bool = False, limit: int = 0) -> list[pb.Job]:
+        try:
+            request = pb.ListJobsRequest(active_only=active_only, limit=limit)
+            response: pb.ListJobsResponse = self._stub.ListJobs(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise self._error(error) from None
+        return list(response.jobs)
+
+    def stats(self) -> pb.Stats:
+        try:
+            stats: pb.Stats = self._stub.GetStats(pb.GetStatsRequest(), timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise self._error(error) from None
+        return stats

@@ -1,0 +1,119 @@
+"""Defaults and limits, in one place.
+
+The command line, the operator's environment variables and the Helm chart's
+values are views of the numbers here: change a default here and every one of
+them follows (the chart's ``values.yaml`` mirrors these by hand and a test
+compares the two).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+# ---- network -------------------------------------------------------------
+
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_PORT = 50051
+DEFAULT_HTTP_PORT = 8080
+# Large enough for a job of many distinct payloads in one SubmitJob.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+# ---- queue ---------------------------------------------------------------
+
+DEFAULT_PRIORITY = 10
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_ATTEMPTS_LIMIT = 100
+MAX_TASKS_PER_JOB = 1_000_000
+MAX_PAYLOAD_BYTES = 1024 * 1024
+MAX_JOB_ID_LENGTH = 128
+MAX_LABELS = 32
+MAX_LABEL_BYTES = 1024
+MAX_REASON_LENGTH = 2000
+PRIORITY_RANGE = (-1_000_000, 1_000_000)
+
+# Leases and liveness.
+DEFAULT_WORKER_TIMEOUT = 15.0
+HEARTBEATS_PER_TIMEOUT = 3
+MAX_LONG_POLL_SECONDS = 30.0
+MAX_TASKS_PER_LEASE = 1000
+
+# Retries: capped exponential backoff with full jitter.
+RETRY_BASE_DELAY = 0.5
+RETRY_MAX_DELAY = 30.0
+
+# Persistence: reports are committed in groups, at most this often.
+COMMIT_INTERVAL = 0.005
+# Finished jobs kept in memory (for GetJob and the HTTP API); older ones are
+# still in the database.
+FINISHED_JOBS_IN_MEMORY = 1000
+DEFAULT_LIST_LIMIT = 100
+
+# ---- worker --------------------------------------------------------------
+
+DEFAULT_CONCURRENCY = 1
+DEFAULT_GRACE_PERIOD = 25.0  # below Kubernetes' default 30 s termination grace
+RECONNECT_INITIAL_DELAY = 0.2
+RECONNECT_MAX_DELAY = 5.0
+REPORT_BATCH = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueLimits:
+    """The limits the coordinator enforces on what clients send."""
+
+    max_tasks_per_job: int = MAX_TASKS_PER_JOB
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    max_attempts: int = MAX_ATTEMPTS_LIMIT
+    default_max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff: attempt n waits up to base * 2**(n-1), at most cap."""
+
+    base_delay: float = RETRY_BASE_DELAY
+    max_delay: float = RETRY_MAX_DELAY
+
+
+@dataclasses.dataclass(frozen=True)
+class CoordinatorConfig:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    http_port: int | None = DEFAULT_HTTP_PORT
+    data_dir: str | None = None  # None: in memory only, nothing survives a restart
+    worker_timeout: float = DEFAULT_WORKER_TIMEOUT
+    limits: QueueLimits = dataclasses.field(default_factory=QueueLimits)
+    retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.worker_timeout / HEARTBEATS_PER_TIMEOUT
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerConfig:
+    coordinator: str
+    storage: str | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
+    grace_period: float = DEFAULT_GRACE_PERIOD
+    task_types: tuple[str, ...] | None = None  # None: every registered type
+
+# ---- images --------------------------------------------------------------
+
+MAX_DIMENSION = 32768
+MAX_PIXELS = 16384 * 16384  # 268 M pixels: a 16384-square image
+MAX_ITERATIONS = 1_000_000
+DEFAULT_WIDTH = 1200
+DEFAULT_HEIGHT = 800
+DEFAULT_REGIONS = 8
+DEFAULT_MAX_ITER = 256
+DEFAULT_JULIA_C = (-0.7, 0.27015)
+# Bands are PNG-compressed fast on the workers; the final image better.
+BAND_COMPRESS_LEVEL = 1
+IMAGE_COMPRESS_LEVEL = 6
+
+# ---- storage -------------------------------------------------------------
+
+STORAGE_ATTEMPTS = 5
+STORAGE_RETRY_BASE_DELAY = 0.2
+STORAGE_RETRY_MAX_DELAY = 5.0

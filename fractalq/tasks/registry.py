@@ -1,0 +1,91 @@
+"""The registry of task types and the contract of a task function."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+
+
+class InvalidPayload(ValueError):
+    """A payload that its task type cannot run; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskContext:
+    """What a running task may use besides its payload.
+
+    It is plain data so that it can cross into a worker's child processes.
+    """
+
+    storage_url: str | None = None
+    job_id: str = ""
+    index: int = 0
+    attempt: int = 1
+
+
+TaskFunction = Callable[[bytes, TaskContext], bytes]
+PayloadCheck = Callable[[bytes], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskType:
+    name: str
+    run: TaskFunction
+    check: PayloadCheck
+    # CPU-bound tasks run in worker processes; the others on threads.
+    cpu_bound: bool = False
+    needs_storage: bool = False
+
+
+_REGISTRY: dict[str, TaskType] = {}
+
+# Modules that register task types when imported; loaded on first lookup so
+# that importing the registry stays cheap.
+_PROVIDERS = ("fractalq.tasks.builtin",)
+_loaded = False
+
+
+def _load() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in _PROVIDERS:
+            importlib.import_module(module)
+
+
+def _no_check(payload: bytes) -> None:
+    return None
+
+
+def task_type(
+    name: str,
+    *,
+    check: PayloadCheck = _no_check,
+    cpu_bound: bool = False,
+    needs_storage: bool = False,
+) -> Callable[[TaskFunction], TaskFunction]:
+    """Register the decorated function as the task type ``name``."""
+
+    def register(run: TaskFunction) -> TaskFunction:
+        if name in _REGISTRY:
+            raise ValueError(f"task type {name!r} is registered twice")
+        _REGISTRY[name] = TaskType(name, run, check, cpu_bound, needs_storage)
+        return run
+
+    return register
+
+
+def get(name: str) -> TaskType:
+    """The task type called ``name``; KeyError names the known ones."""
+    _load()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise KeyError(f"unknown task type {name!r} (known: {known})") from None
+
+
+def names() -> list[str]:
+    _load()
+    return sorted(_REGISTRY)

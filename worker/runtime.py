@@ -1,0 +1,250 @@
+"""The worker: register, heartbeat, pull, run, report; reconnect; drain on stop.
+
+One asyncio loop runs three cooperating loops over one connection (a
+*session*): the heartbeat stream, the pull loop (long-polling GetTask for as
+many tasks as there are free slots) and the reporter (sending finished
+results in batches). Tasks themselves run on threads or child processes
+(:mod:`.executor`) and outlive sessions: when the coordinator goes away the
+worker keeps running what it holds, keeps the reports, and reconnects with
+backoff; the reports are delivered when it is back (a coordinator that
+restarted takes them if the task was not leased again).
+
+Stopping (SIGTERM): no new task is pulled, the heartbeat says "draining",
+running tasks get until the grace period to finish, their reports are sent,
+whatever is still running is handed back (UnregisterWorker returns every
+lease the coordinator still counts as ours) and the worker exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from fractalq import config, tasks
+from fractalq.config import WorkerConfig
+from fractalq.proto import fractalq_pb2 as pb
+from fractalq.proto import fractalq_pb2_grpc as pb_grpc
+from fractalq.tasks import TaskContext
+from fractalq.worker.executor import TaskFailed, TaskRunner
+
+log = logging.getLogger("fractalq.worker")
+
+_RECONNECT_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.NOT_FOUND,  # the coordinator forgot us (restart, timeout): register again
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+}
+
+LONG_POLL_SECONDS = 10.0
+
+
+class SessionLost(Exception):
+    pass
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(self, settings: WorkerConfig, worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.worker_id = worker_id or new_worker_id()
+        self.task_types = tuple(settings.task_types or tasks.names())
+        for name in self.task_types:
+            tasks.get(name)  # unknown names fail here, before connecting
+        self._runner = TaskRunner(settings.concurrency)
+        self._inflight: dict[tuple[str, int, int], asyncio.Task[None]] = {}
+        self._results: list[pb.TaskResult] = []
+        self._errors: list[pb.TaskError] = []
+        self._reports_waiting = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._stop = asyncio.Event()
+        self.completed = 0
+        self.failed = 0
+
+    def stop(self) -> None:
+        """Begin draining: take nothing new, finish or hand back, then return from run()."""
+        self._stop.set()
+
+    # ---- the outer loop ----------------------------------------------------
+
+    async def run(self) -> None:
+        delay = config.RECONNECT_INITIAL_DELAY
+        loop = asyncio.get_running_loop()
+        stop_deadline: float | None = None
+        try:
+            while True:
+                if self._stop.is_set() and stop_deadline is None:
+                    stop_deadline = loop.time() + self.settings.grace_period
+                try:
+                    await self._session()
+                    return
+                except (grpc.aio.AioRpcError, SessionLost) as error:
+                    code = error.code() if isinstance(error, grpc.aio.AioRpcError) else None
+                    if code is not None and code not in _RECONNECT_CODES:
+                        raise
+                    if self._stop.is_set():
+                        stop_deadline = stop_deadline or loop.time() + self.settings.grace_period
+                        if loop.time() >= stop_deadline or not self._inflight:
+                            log.warning("stopping without the coordinator: %s", _brief(error))
+                            return
+                    log.warning("coordinator connection lost (%s); retrying in %.1fs",
+                                _brief(error), delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), delay * (0.5 + random.random()))
+                    delay = min(delay * 2, config.RECONNECT_MAX_DELAY)
+        finally:
+            for task in self._inflight.values():
+                task.cancel()
+            self._runner.shutdown(wait=False)
+
+    async def _session(self) -> None:
+        options = [("grpc.max_receive_message_length", config.MAX_MESSAGE_BYTES)]
+        async with grpc.aio.insecure_channel(self.settings.coordinator, options=options) as channel:
+            stub = pb_grpc.CoordinatorStub(channel)
+            registered = await stub.RegisterWorker(
+                pb.RegisterWorkerRequest(
+                    worker_id=self.worker_id,
+                    task_types=self.task_types,
+                    concurrency=self.settings.concurrency,
+                    hostname=socket.gethostname(),
+                ),
+                timeout=10,
+            )
+            log.info("worker %s registered at %s", self.worker_id, self.settings.coordinator)
+            loops = [
+                asyncio.create_task(self._heartbeat(stub, registered.heartbeat_interval)),
+                asyncio.create_task(self._report(stub)),
+            ]
+            pull = asyncio.create_task(self._pull(stub))
+            try:
+                done, _ = await asyncio.wait([pull, *loops], return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # raises what broke the session
+                # The pull loop ended: we are draining.
+                await self._drain(stub)
+            finally:
+                for task in [pull, *loops]:
+                    task.cancel()
+                await asyncio.gather(pull, *loops, return_exceptions=True)
+
+    # ---- the three loops ---------------------------------------------------
+
+    async def _heartbeat(self, stub: pb_grpc.CoordinatorStub, interval: float) -> None:
+        async def beats() -> AsyncIterator[pb.HeartbeatRequest]:
+            while True:
+                yield pb.HeartbeatRequest(worker_id=self.worker_id, draining=self._stop.is_set())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), interval)
+                if self._stop.is_set():  # say "draining" once, then keep the normal pace
+                    await asyncio.sleep(interval)
+
+        call = stub.Heartbeat(beats())
+        async for _ in call:
+            pass
+        raise SessionLost("heartbeat stream closed by the coordinator")
+
+    async def _pull(self, stub: pb_grpc.CoordinatorStub) -> None:
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            while not self._stop.is_set():
+                free = self.settings.concurrency - len(self._inflight)
+                if free <= 0:
+                    self._slot_free.clear()
+                    freed = asyncio.create_task(self._slot_free.wait())
+                    await asyncio.wait([stop, freed], return_when=asyncio.FIRST_COMPLETED)
+                    freed.cancel()
+                    continue
+                call = stub.GetTask(
+                    pb.GetTaskRequest(
+                        worker_id=self.worker_id, max_tasks=free, wait_seconds=LONG_POLL_SECONDS
+                    ),
+                    timeout=LONG_POLL_SECONDS + 10,
+                )
+                get = asyncio.ensure_future(call)
+                await asyncio.wait([get, stop], return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    call.cancel()  # stopping; leases caught in flight return on unregister
+                    break
+                for task in get.result().tasks:
+                    self._start(task)
+        finally:
+            stop.cancel()
+
+    def _start(self, task: pb.Task) -> None:
+        key = (task.job_id, task.index, task.attempt)
+        context = TaskContext(self.settings.storage, task.job_id, task.index, task.attempt)
+        self._inflight[key] = asyncio.create_task(self._execute(task, context))
+
+    async def _execute(self, task: pb.Task, context: TaskContext) -> None:
+        ref = pb.TaskRef(job_id=task.job_id, index=task.index, attempt=task.attempt)
+        try:
+            result = await self._runner.run(task.task_type, task.payload, context)
+        except TaskFailed as error:
+            self.failed += 1
+            log.warning("task %s/%d attempt %d failed: %s",
+                        task.job_id, task.index, task.attempt, error)
+            self._errors.append(pb.TaskError(task=ref, message=str(error)))
+        else:
+            self.completed += 1
+            self._results.append(pb.TaskResult(task=ref, result=result))
+        finally:
+            del self._inflight[(task.job_id, task.index, task.attempt)]
+            self._reports_waiting.set()
+            self._slot_free.set()
+
+    async def _report(self, stub: pb_grpc.CoordinatorStub) -> None:
+        while True:
+            await self._reports_waiting.wait()
+            self._reports_waiting.clear()
+            await self._send_reports(stub)
+
+    async def _send_reports(self, stub: pb_grpc.CoordinatorStub) -> None:
+        # Reports leave the lists only once the coordinator has answered.
+        while self._results:
+            batch = self._results[: config.REPORT_BATCH]
+            await stub.CompleteTask(
+                pb.CompleteTaskRequest(worker_id=self.worker_id, results=batch), timeout=30
+            )
+            del self._results[: len(batch)]
+        while self._errors:
+            failures = self._errors[: config.REPORT_BATCH]
+            await stub.FailTask(
+                pb.FailTaskRequest(worker_id=self.worker_id, errors=failures), timeout=30
+            )
+            del self._errors[: len(failures)]
+
+    # ---- stopping ------------------------------------------------------------
+
+    async def _drain(self, stub: pb_grpc.CoordinatorStub) -> None:
+        running = list(self._inflight.values())
+        if running:
+            log.info("draining: waiting up to %.0fs for %d task(s)",
+                     self.settings.grace_period, len(running))
+            _, pending = await asyncio.wait(running, timeout=self.settings.grace_period)
+            if pending:
+                log.warning("grace period over: handing back %d task(s)", len(pending))
+        await self._send_reports(stub)
+        response = await stub.UnregisterWorker(
+            pb.UnregisterWorkerRequest(worker_id=self.worker_id), timeout=10
+        )
+        log.info("worker %s stopped (%d completed, %d failed, %d handed back)",
+                 self.worker_id, self.completed, self.failed, response.released)
+
+
+def _brief(error: BaseException) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name}: {error.details()}"
+    return str(error)
