@@ -345,7 +345,9 @@ class Broker:
             worker.leases.add((job.job_id, index))
             self._owners[(job.job_id, index)] = worker
             leased.append(
-                LeasedTask(job.job_id, index, job.task_type, job.payload(index), job.attempts[index])
+                LeasedTask(
+                    job.job_id, index, job.task_type, job.payload(index), job.attempts[index]
+                )
             )
         return leased
 
@@ -437,9 +439,7 @@ class Broker:
         job.set_state(index, TaskState.DEAD)
         self.journal.task_changed(job, index, error=message)
         self.dead += 1
-        reason = (
-            f"task {index} dead-lettered after {job.attempts[index]} attempt(s): {message}"
-        )
+        reason = f"task {index} dead-lettered after {job.attempts[index]} attempt(s): {message}"
         self._finish(job, JobState.FAILED, reason, now)
 
     def promote_due(self, now: float) -> int:

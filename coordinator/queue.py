@@ -60,7 +60,9 @@ class ReadyQueue:
             best: Job | None = None
             for task_type in types:
                 job = self._top(task_type)
-                if job is not None and (best is None or (job.priority, job.seq) < (best.priority, best.seq)):
+                if job is not None and (
+                    best is None or (job.priority, job.seq) < (best.priority, best.seq)
+                ):
                     best = job
             if best is None:
                 break

@@ -16,7 +16,7 @@ from fractalq.config import RetryPolicy
 def backoff_ceiling(policy: RetryPolicy, attempt: int) -> float:
     """The longest wait after failed attempt number ``attempt`` (1-based)."""
     exponent = min(max(attempt - 1, 0), 62)
-    return min(policy.max_delay, policy.base_delay * (2**exponent))
+    return min(policy.max_delay, policy.base_delay * float(2**exponent))
 
 
 def retry_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:

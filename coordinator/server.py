@@ -75,10 +75,8 @@ async def serve(
     if settings.http_port is not None:
         runner = web.AppRunner(make_app(service), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.http_port)
-        await site.start()
-        server_socket = site._server.sockets[0] if site._server else None  # type: ignore[union-attr]
-        http_port = server_socket.getsockname()[1] if server_socket else settings.http_port
+        await web.TCPSite(runner, settings.host, settings.http_port).start()
+        http_port = int(runner.addresses[0][1])
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -8,6 +8,7 @@ where the protocol waits (long polls, watches, durable commits) and turns
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -165,7 +166,6 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.HeartbeatResponse]:
         worker_id = ""
-        closed_cleanly = False
         try:
             async for beat in request_iterator:
                 try:
@@ -174,13 +174,15 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     await context.abort(_status(error), str(error))
                 worker_id = beat.worker_id
                 yield pb.HeartbeatResponse(leased=len(worker.leases))
-            closed_cleanly = True
         finally:
-            # A stream that breaks (the process died, the network went) loses
-            # the worker at once rather than after the heartbeat timeout.
-            if worker_id and not closed_cleanly and not self.stopping:
-                lost = self.broker.worker_lost(worker_id, "heartbeat stream broke", self.clock())
-                log.warning("worker %s lost: heartbeat stream broke (%d leases back)", worker_id, lost)
+            # A worker leaving on purpose unregisters first; a stream that ends
+            # otherwise (the process died, the network went) loses the worker
+            # at once rather than after the heartbeat timeout.
+            if worker_id in self.broker.workers and not self.stopping:
+                lost = self.broker.worker_lost(worker_id, "heartbeat stream ended", self.clock())
+                log.warning(
+                    "worker %s lost: heartbeat stream ended (%d leases back)", worker_id, lost
+                )
 
     @_unary
     async def GetTask(
@@ -199,10 +201,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             due = self.broker.next_due()
             if due is not None:
                 remaining = min(remaining, max(due - self.clock(), 0.0) + 0.001)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ready.wait(), remaining)
-            except TimeoutError:
-                pass
         return pb.GetTaskResponse(
             tasks=[
                 pb.Task(
@@ -282,13 +282,15 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             limits=self.settings.limits,
         )
         job_id = spec.job_id or validation.new_job_id()
-        if self.broker.get_job(job_id) is None and self.journal is not None:
-            if self.journal.load_job(job_id) is not None:  # finished long ago
-                raise AlreadyExists(f"job {job_id!r} already exists (finished)")
+        known = self.broker.get_job(job_id) is not None
+        if not known and self.journal is not None and self.journal.load_job(job_id) is not None:
+            raise AlreadyExists(f"job {job_id!r} already exists (finished long ago)")
         job, created = self.broker.submit(spec, self.clock(), job_id)
         await self._durable()
         if created:
-            log.info("job %s: %d %s task(s), priority %d", job_id, job.total, job.task_type, job.priority)
+            log.info(
+                "job %s: %d %s task(s), priority %d", job_id, job.total, job.task_type, job.priority
+            )
         return pb.SubmitJobResponse(job=job_message(job), created=created)
 
     @_unary
@@ -296,9 +298,10 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Job:
         job = self._job(request.job_id)
+        # What a client reads is durable: a restart never shows it less progress.
+        await self._durable()
         results = None
         if request.include_results and job.counts[TaskState.SUCCEEDED] and self.journal:
-            await self._durable()
             results = self.journal.results(job)
         return job_message(job, results)
 

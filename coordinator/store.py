@@ -64,6 +64,10 @@ _FINISHED = tuple(int(state) for state in JobState if state.finished)
 _JobRow = tuple[int, str, str, int, int, int, bytes | None, str, str, int, str, float, float, float]
 _TaskRow = tuple[int, int, int, int, bytes | None, str | None]
 _JobUpdate = tuple[int, str, float, float, str | None, int]
+# A jobs row as read back: the job row's columns, then its stored counts.
+_LoadedRow = tuple[
+    int, str, str, int, int, int, bytes | None, str, str, int, str, float, float, float, str | None
+]
 
 
 class Batch:
@@ -220,50 +224,53 @@ class SqliteJournal:
         ).fetchall()
         return [row[0] or b"" for row in rows]
 
-    def _job(self, row: tuple[object, ...]) -> Job:
+    def _job(self, row: _LoadedRow) -> Job:
         (seq, job_id, task_type, priority, max_attempts, total, shared, labels, fingerprint,
          state, reason, created_at, started_at, finished_at, counts) = row  # fmt: skip
-        assert isinstance(seq, int) and isinstance(total, int) and isinstance(labels, str)
         job_state = JobState(state)
-        common = dict(
-            job_id=str(job_id),
-            seq=seq,
-            task_type=str(task_type),
-            priority=int(str(priority)),
-            max_attempts=int(str(max_attempts)),
-            total=total,
-            fingerprint=str(fingerprint),
-            created_at=float(str(created_at)),
-            labels=json.loads(labels),
-            state=job_state,
-            reason=str(reason),
-            started_at=float(str(started_at)),
-            finished_at=float(str(finished_at)),
+        finished = job_state.finished
+        if finished:  # counts only: a finished job keeps no per-task data in memory
+            states = attempts = bytearray(1)
+        else:
+            states, attempts = bytearray(total), bytearray(total)
+        payloads: list[bytes] | None = None if shared is not None or finished else [b""] * total
+        task_rows = (
+            ()
+            if finished
+            else self._db.execute(
+                "SELECT idx, payload, state, attempts FROM tasks WHERE job_seq=?", (seq,)
+            )
         )
-        if job_state.finished:
-            job = Job(**common, states=bytearray(1), attempts=bytearray(1))  # type: ignore[arg-type]
-            job.drop_payloads()
-            stored = json.loads(str(counts)) if counts else {}
-            job.counts = {s: int(stored.get(str(int(s)), 0)) for s in TaskState}
-            return job
-        states = bytearray(total)
-        attempts = bytearray(total)
-        payloads: list[bytes] | None = None if shared is not None else [b""] * total
-        for idx, payload, task_state, task_attempts in self._db.execute(
-            "SELECT idx, payload, state, attempts FROM tasks WHERE job_seq=?", (seq,)
-        ):
+        for idx, payload, task_state, task_attempts in task_rows:
             if task_state in (TaskState.SUCCEEDED, TaskState.DEAD, TaskState.CANCELLED):
                 states[idx] = task_state
             attempts[idx] = task_attempts
             if payloads is not None:
                 payloads[idx] = payload or b""
-        return Job(
-            **common,  # type: ignore[arg-type]
+        job = Job(
+            job_id=job_id,
+            seq=seq,
+            task_type=task_type,
+            priority=priority,
+            max_attempts=max_attempts,
+            total=total,
+            fingerprint=fingerprint,
+            created_at=created_at,
             payloads=payloads,
-            shared_payload=shared if isinstance(shared, bytes) else b"",
+            shared_payload=shared or b"",
+            labels=json.loads(labels),
+            state=job_state,
+            reason=reason,
+            started_at=started_at,
+            finished_at=finished_at,
             states=states,
             attempts=attempts,
         )
+        if finished:
+            job.drop_payloads()
+            stored = json.loads(counts) if counts else {}
+            job.counts = {s: int(stored.get(str(int(s)), 0)) for s in TaskState}
+        return job
 
 
 class GroupCommit:

@@ -60,8 +60,8 @@ class Client:
         self.close()
 
     def _error(self, error: grpc.RpcError) -> ClientError:
-        code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-        details: str = error.details() or code.name  # type: ignore[attr-defined]
+        code: grpc.StatusCode = error.code()
+        details: str = error.details() or code.name
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             return ClientError(f"cannot reach the coordinator at {self.address}: {details}", code)
         return ClientError(details, code)

@@ -98,6 +98,7 @@ class WorkerConfig:
     grace_period: float = DEFAULT_GRACE_PERIOD
     task_types: tuple[str, ...] | None = None  # None: every registered type
 
+
 # ---- images --------------------------------------------------------------
 
 MAX_DIMENSION = 32768
@@ -111,9 +112,25 @@ DEFAULT_JULIA_C = (-0.7, 0.27015)
 # Bands are PNG-compressed fast on the workers; the final image better.
 BAND_COMPRESS_LEVEL = 1
 IMAGE_COMPRESS_LEVEL = 6
+DEFAULT_FRACTAL = "mandelbrot"
+DEFAULT_PALETTE = "classic"
+# Default views as (center x, center y, view width): each frames its whole set.
+DEFAULT_MANDELBROT_VIEW = (-0.5, 0.0, 3.5)
+DEFAULT_JULIA_VIEW = (0.0, 0.0, 3.0)
 
 # ---- storage -------------------------------------------------------------
 
 STORAGE_ATTEMPTS = 5
 STORAGE_RETRY_BASE_DELAY = 0.2
 STORAGE_RETRY_MAX_DELAY = 5.0
+# S3 client: a connection that takes longer than this to open is treated as a
+# transient failure; a read may take longer (a large object on a busy server).
+STORAGE_CONNECT_TIMEOUT = 5.0
+STORAGE_READ_TIMEOUT = 30.0
+# Attempts botocore itself makes per request in its "standard" retry mode
+# (throttling, 5xx, dropped connections), before fractalq's own retry above.
+S3_CLIENT_MAX_ATTEMPTS = 3
+# Used when neither AWS_DEFAULT_REGION nor a profile names a region.
+S3_DEFAULT_REGION = "us-east-1"
+# SigV4 presigned URLs are valid for at most seven days.
+PRESIGNED_URL_MAX_EXPIRES = 7 * 24 * 3600

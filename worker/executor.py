@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import multiprocessing
 import traceback
+from concurrent.futures.process import BrokenProcessPool
 
 from fractalq import tasks
 from fractalq.tasks import TaskContext
@@ -59,7 +60,7 @@ class TaskRunner:
             return await loop.run_in_executor(
                 self._executor_for(kind), run_task, task_type, payload, context
             )
-        except concurrent.futures.process.BrokenProcessPool as error:
+        except BrokenProcessPool as error:
             # A child died (out of memory, killed): start a new pool for the next task.
             self._processes = None
             raise TaskFailed(f"worker process died: {error}") from None

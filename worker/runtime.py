@@ -100,8 +100,9 @@ class Worker:
                         if loop.time() >= stop_deadline or not self._inflight:
                             log.warning("stopping without the coordinator: %s", _brief(error))
                             return
-                    log.warning("coordinator connection lost (%s); retrying in %.1fs",
-                                _brief(error), delay)
+                    log.warning(
+                        "coordinator connection lost (%s); retrying in %.1fs", _brief(error), delay
+                    )
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stop.wait(), delay * (0.5 + random.random()))
                     delay = min(delay * 2, config.RECONNECT_MAX_DELAY)
@@ -192,10 +193,11 @@ class Worker:
         ref = pb.TaskRef(job_id=task.job_id, index=task.index, attempt=task.attempt)
         try:
             result = await self._runner.run(task.task_type, task.payload, context)
-        except TaskFailed as error:
+        except (TaskFailed, Exception) as error:  # whatever happens, the task is reported
             self.failed += 1
-            log.warning("task %s/%d attempt %d failed: %s",
-                        task.job_id, task.index, task.attempt, error)
+            log.warning(
+                "task %s/%d attempt %d failed: %s", task.job_id, task.index, task.attempt, error
+            )
             self._errors.append(pb.TaskError(task=ref, message=str(error)))
         else:
             self.completed += 1
@@ -231,8 +233,11 @@ class Worker:
     async def _drain(self, stub: pb_grpc.CoordinatorStub) -> None:
         running = list(self._inflight.values())
         if running:
-            log.info("draining: waiting up to %.0fs for %d task(s)",
-                     self.settings.grace_period, len(running))
+            log.info(
+                "draining: waiting up to %.0fs for %d task(s)",
+                self.settings.grace_period,
+                len(running),
+            )
             _, pending = await asyncio.wait(running, timeout=self.settings.grace_period)
             if pending:
                 log.warning("grace period over: handing back %d task(s)", len(pending))
@@ -240,8 +245,13 @@ class Worker:
         response = await stub.UnregisterWorker(
             pb.UnregisterWorkerRequest(worker_id=self.worker_id), timeout=10
         )
-        log.info("worker %s stopped (%d completed, %d failed, %d handed back)",
-                 self.worker_id, self.completed, self.failed, response.released)
+        log.info(
+            "worker %s stopped (%d completed, %d failed, %d handed back)",
+            self.worker_id,
+            self.completed,
+            self.failed,
+            response.released,
+        )
 
 
 def _brief(error: BaseException) -> str:

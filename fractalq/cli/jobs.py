@@ -20,9 +20,13 @@ STATE_NAMES = {value: name for name, value in pb.JobState.items()}
 def add_parsers(commands: Any) -> None:
     submit = commands.add_parser("submit", help="submit a job of generic tasks")
     submit.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
-    submit.add_argument("--task", required=True, metavar="NAME", help="task type (noop, sleep, fail, ...)")
+    submit.add_argument(
+        "--task", required=True, metavar="NAME", help="task type (noop, sleep, fail, ...)"
+    )
     submit.add_argument("--payload", default="", metavar="JSON", help="the payload of every task")
-    submit.add_argument("--count", type=integer(1, config.MAX_TASKS_PER_JOB), default=1, metavar="N")
+    submit.add_argument(
+        "--count", type=integer(1, config.MAX_TASKS_PER_JOB), default=1, metavar="N"
+    )
     submit.add_argument(
         "--priority",
         type=integer(*config.PRIORITY_RANGE),
@@ -129,22 +133,30 @@ def run_status(args: argparse.Namespace) -> int:
         job = message
         print(f"job {job.job_id}: {STATE_NAMES[job.state]}")
         print(f"  type {job.task_type}, priority {job.priority}, max attempts {job.max_attempts}")
-        print(f"  tasks: {job.total} total, {job.succeeded} succeeded, {job.leased} running,"
-              f" {job.queued} queued, {job.dead} dead-lettered")
-        print(f"  created {_age(job.created_at)}, started {_age(job.started_at)},"
-              f" finished {_age(job.finished_at)}")
+        print(
+            f"  tasks: {job.total} total, {job.succeeded} succeeded, {job.leased} running,"
+            f" {job.queued} queued, {job.dead} dead-lettered"
+        )
+        print(
+            f"  created {_age(job.created_at)}, started {_age(job.started_at)},"
+            f" finished {_age(job.finished_at)}"
+        )
         if job.reason:
             print(f"  reason: {job.reason}")
         return 0
     stats = message
-    print(f"queue: {stats.queued} queued, {stats.delayed} waiting to retry, {stats.leased} running,"
-          f" {stats.jobs_active} active job(s)")
+    print(
+        f"queue: {stats.queued} queued, {stats.delayed} waiting to retry, {stats.leased} running,"
+        f" {stats.jobs_active} active job(s)"
+    )
     for depth in stats.by_priority:
         print(f"  priority {depth.priority}: {depth.queued} queued, {depth.leased} running")
     print(f"workers: {len(stats.workers)}")
     for worker in stats.workers:
         state = "draining" if worker.draining else "ready"
-        print(f"  {worker.worker_id}: {state}, {worker.leased}/{worker.concurrency} busy,"
-              f" {worker.completed} done, {worker.failed} failed,"
-              f" seen {worker.last_seen_seconds_ago:.1f}s ago")
+        print(
+            f"  {worker.worker_id}: {state}, {worker.leased}/{worker.concurrency} busy,"
+            f" {worker.completed} done, {worker.failed} failed,"
+            f" seen {worker.last_seen_seconds_ago:.1f}s ago"
+        )
     return 0

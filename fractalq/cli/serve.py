@@ -94,7 +94,11 @@ def run_coordinator(args: argparse.Namespace) -> int:
 def run_worker(args: argparse.Namespace) -> int:
     from fractalq.worker.runtime import Worker
 
-    names = tuple(n.strip() for n in args.task_types.split(",") if n.strip()) if args.task_types else None
+    names = (
+        tuple(n.strip() for n in args.task_types.split(",") if n.strip())
+        if args.task_types
+        else None
+    )
     try:
         for name in names or ():
             tasks.get(name)

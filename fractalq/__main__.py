@@ -1,0 +1,5 @@
+import sys
+
+from fractalq.cli import main
+
+sys.exit(main())

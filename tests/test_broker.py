@@ -1,0 +1,246 @@
+"""The broker's logic without a network: ordering, leases, retries, persistence."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from fractalq.config import QueueLimits, RetryPolicy
+from fractalq.coordinator import validation
+from fractalq.coordinator.broker import AlreadyExists, Broker, InvalidRequest, JobSpec
+from fractalq.coordinator.jobs import JobState, TaskState
+from fractalq.coordinator.retry import backoff_ceiling, retry_delay
+from fractalq.coordinator.store import SqliteJournal
+
+ALL = ("noop", "sleep", "fail")
+
+
+def spec(count: int = 1, priority: int = 10, task_type: str = "noop", attempts: int = 3) -> JobSpec:
+    return JobSpec(task_type, None, b"", count, priority, attempts, {})
+
+
+def broker(**kwargs: object) -> Broker:
+    b = Broker(rng=random.Random(1), **kwargs)  # type: ignore[arg-type]
+    b.register_worker("w1", ALL, 1, "host", 0.0)
+    return b
+
+
+def lease_all(b: Broker, worker: str = "w1", now: float = 0.0) -> list[tuple[str, int]]:
+    order = []
+    while leased := b.lease(worker, 1, now):
+        task = leased[0]
+        order.append((task.job_id, task.index))
+        assert b.complete(worker, task.job_id, task.index, task.attempt, b"", now)
+    return order
+
+
+def test_lower_priority_first_then_submission_order() -> None:
+    b = broker()
+    b.submit(spec(2, priority=5), 0, "a")
+    b.submit(spec(1, priority=1), 0, "b")
+    b.submit(spec(2, priority=5), 0, "c")
+    b.submit(spec(1, priority=1), 0, "d")
+    b.submit(spec(1, priority=-3), 0, "e")
+    order = lease_all(b)
+    assert order == [("e", 0), ("b", 0), ("d", 0), ("a", 0), ("a", 1), ("c", 0), ("c", 1)]
+
+
+def test_workers_only_get_their_task_types() -> None:
+    b = broker()
+    b.register_worker("sleeper", ("sleep",), 1, "host", 0.0)
+    b.submit(spec(1, priority=1, task_type="noop"), 0, "n")
+    b.submit(spec(1, priority=9, task_type="sleep"), 0, "s")
+    [task] = b.lease("sleeper", 5, 0.0)
+    assert task.job_id == "s"
+    assert b.lease("sleeper", 5, 0.0) == []
+
+
+def test_lease_batches_and_job_lifecycle() -> None:
+    b = broker()
+    job, created = b.submit(spec(3), 0, "j")
+    assert created and job.state is JobState.QUEUED
+    tasks = b.lease("w1", 10, 1.0)
+    assert [t.index for t in tasks] == [0, 1, 2] and all(t.attempt == 1 for t in tasks)
+    assert job.state is JobState.RUNNING and job.started_at == 1.0
+    for t in tasks:
+        assert b.complete("w1", "j", t.index, t.attempt, b"r", 2.0)
+    assert job.state is JobState.SUCCEEDED and job.finished_at == 2.0
+
+
+def test_duplicate_and_late_completions_are_ignored() -> None:
+    b = broker(worker_timeout=5.0)
+    b.register_worker("w2", ALL, 1, "host", 0.0)
+    job, _ = b.submit(spec(2), 0, "j")
+    [first] = b.lease("w1", 1, 0.0)
+    # w1 goes silent; its lease returns and w2 takes the task (attempt 2).
+    b.heartbeat("w2", False, 10.0)
+    assert b.expire_workers(10.0) == ["w1"]
+    [again] = b.lease("w2", 1, 10.0)
+    assert (again.index, again.attempt) == (first.index, 2)
+    assert not b.complete("w1", "j", first.index, first.attempt, b"late", 11.0)
+    assert b.complete("w2", "j", again.index, again.attempt, b"ok", 11.0)
+    assert not b.complete("w2", "j", again.index, again.attempt, b"dup", 11.0)
+    assert job.counts[TaskState.SUCCEEDED] == 1 and b.succeeded == 1
+
+
+def test_a_lost_lease_not_yet_leased_again_still_takes_the_result() -> None:
+    b = broker(worker_timeout=5.0)
+    job, _ = b.submit(spec(1), 0, "j")
+    [task] = b.lease("w1", 1, 0.0)
+    b.expire_workers(10.0)
+    assert job.task_state(0) is TaskState.QUEUED
+    assert b.complete("w1", "j", 0, task.attempt, b"ok", 11.0)
+    assert job.state is JobState.SUCCEEDED
+
+
+def test_failures_back_off_then_dead_letter() -> None:
+    policy = RetryPolicy(base_delay=1.0, max_delay=8.0)
+    b = broker(retry=policy)
+    job, _ = b.submit(spec(1, task_type="fail", attempts=3), 0, "j")
+    now = 0.0
+    for attempt in (1, 2):
+        [task] = b.lease("w1", 1, now)
+        assert task.attempt == attempt
+        assert b.fail("w1", "j", 0, attempt, f"boom {attempt}", now)
+        assert job.task_state(0) is TaskState.DELAYED
+        due = b.next_due()
+        assert due is not None
+        assert (
+            now + backoff_ceiling(policy, attempt) / 2
+            <= due
+            <= now + backoff_ceiling(policy, attempt)
+        )
+        assert b.lease("w1", 1, due - 0.001) == []  # not before the backoff is over
+        now = due
+    [task] = b.lease("w1", 1, now)
+    assert b.fail("w1", "j", 0, 3, "boom 3", now)
+    assert job.state is JobState.FAILED
+    assert "dead-lettered after 3 attempt(s): boom 3" in job.reason
+    assert job.counts[TaskState.DEAD] == 1 and b.dead == 1
+
+
+def test_a_dead_letter_fails_the_job_and_drops_its_other_tasks() -> None:
+    b = broker()
+    b.register_worker("w2", ALL, 1, "host", 0.0)
+    job, _ = b.submit(spec(5, attempts=1), 0, "j")
+    [a] = b.lease("w1", 1, 0.0)
+    [other] = b.lease("w2", 1, 0.0)
+    assert b.fail("w1", "j", a.index, a.attempt, "bad", 0.0)
+    assert job.state is JobState.FAILED
+    assert job.counts[TaskState.CANCELLED] == 4
+    assert not b.complete("w2", "j", other.index, other.attempt, b"", 0.0)
+    assert not b.workers["w2"].leases
+    assert b.lease("w1", 5, 0.0) == []
+
+
+def test_worker_loss_counts_an_attempt_and_can_dead_letter() -> None:
+    b = broker(worker_timeout=1.0)
+    job, _ = b.submit(spec(1, attempts=2), 0, "j")
+    for now in (0.0, 10.0):
+        b.register_worker("w1", ALL, 1, "host", now)
+        assert b.lease("w1", 1, now)
+        b.worker_lost("w1", "stream broke", now)
+    assert job.state is JobState.FAILED and "lost" in job.reason
+
+
+def test_release_hands_back_without_counting_an_attempt() -> None:
+    b = broker()
+    b.submit(spec(1), 0, "j")
+    [task] = b.lease("w1", 1, 0.0)
+    assert not b.release("someone-else", "j", 0, task.attempt)
+    assert b.release("w1", "j", 0, task.attempt)
+    [again] = b.lease("w1", 1, 0.0)
+    assert again.attempt == 1
+    b.unregister_worker("w1")
+    b.register_worker("w1", ALL, 1, "host", 0.0)
+    assert b.lease("w1", 1, 0.0)[0].attempt == 1
+
+
+def test_draining_workers_get_nothing() -> None:
+    b = broker()
+    b.submit(spec(1), 0, "j")
+    b.heartbeat("w1", True, 0.0)
+    assert b.lease("w1", 1, 0.0) == []
+
+
+def test_cancel_drops_queued_tasks_and_ignores_leased_reports() -> None:
+    b = broker()
+    job, _ = b.submit(spec(4), 0, "j")
+    [task] = b.lease("w1", 1, 0.0)
+    b.cancel("j", "no longer needed", 1.0)
+    assert job.state is JobState.CANCELLED and job.reason == "no longer needed"
+    assert b.lease("w1", 4, 1.0) == []
+    assert not b.complete("w1", "j", task.index, task.attempt, b"", 2.0)
+    assert b.totals()[TaskState.QUEUED] == 0
+
+
+def test_idempotent_submission() -> None:
+    b = broker()
+    job, created = b.submit(spec(2), 0, "same")
+    again, created_again = b.submit(spec(2), 5, "same")
+    assert created and not created_again and again is job
+    with pytest.raises(AlreadyExists):
+        b.submit(spec(3), 5, "same")
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    policy = RetryPolicy(base_delay=0.5, max_delay=30.0)
+    assert [backoff_ceiling(policy, n) for n in (1, 2, 3, 10, 1000)] == [0.5, 1, 2, 30, 30]
+    rng = random.Random(7)
+    delays = [retry_delay(policy, 3, rng) for _ in range(200)]
+    assert all(1.0 <= d <= 2.0 for d in delays) and len(set(delays)) > 100
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"task_type": "nope"}, "unknown task type 'nope'"),
+        ({"count": 0}, "at least one task"),
+        ({"count": 2_000_000}, "more than the limit"),
+        ({"payload": b'{"seconds": "x"}', "task_type": "sleep"}, '"seconds" must be a number'),
+        ({"payload": b"not json", "task_type": "sleep"}, "not JSON"),
+        ({"max_attempts": 1000}, "max_attempts must be between"),
+        ({"priority": 10**9}, "priority must be between"),
+        ({"job_id": "../etc"}, "job_id must be"),
+        ({"payloads": [b"", b""], "count": 3}, "count is 3 but 2 payloads"),
+    ],
+)
+def test_validation_names_the_problem(fields: dict[str, object], message: str) -> None:
+    request: dict[str, object] = dict(
+        task_type="noop", payloads=[], payload=b"", count=1, priority=0,
+        max_attempts=0, labels={}, job_id="", limits=QueueLimits(),
+    )  # fmt: skip
+    request.update(fields)
+    with pytest.raises(InvalidRequest, match=message):
+        validation.job_spec(**request)  # type: ignore[arg-type]
+
+
+def test_journal_restores_jobs_after_a_restart(tmp_path: Path) -> None:
+    journal = SqliteJournal(str(tmp_path))
+    b = Broker(journal=journal)
+    b.register_worker("w1", ALL, 1, "host", 0.0)
+    distinct = JobSpec("noop", [b"a", b"b", b"c"], b"", 3, 1, 3, {"k": "v"})
+    b.submit(distinct, 0, "distinct")
+    b.submit(spec(4, priority=2), 0, "shared")
+    b.submit(spec(1, priority=3, task_type="fail", attempts=1), 0, "doomed")
+    first = b.lease("w1", 2, 1.0)
+    assert [(t.job_id, t.index) for t in first] == [("distinct", 0), ("distinct", 1)]
+    assert b.complete("w1", "distinct", 0, 1, b"result-0", 2.0)  # finished
+    # ("distinct", 1) stays leased: a restart must queue it again.
+    journal.write(journal.take())
+    journal.close()
+
+    journal = SqliteJournal(str(tmp_path))
+    restored = Broker(journal=journal)
+    restored.restore(journal.load(100))
+    restored.register_worker("w1", ALL, 1, "host", 0.0)
+    job = restored.jobs["distinct"]
+    assert job.labels == {"k": "v"} and job.state is JobState.RUNNING
+    assert job.task_state(0) is TaskState.SUCCEEDED
+    order = [(t.job_id, t.index, t.payload) for t in restored.lease("w1", 10, 3.0)]
+    assert order[:2] == [("distinct", 1, b"b"), ("distinct", 2, b"c")]
+    assert [o[0] for o in order[2:]] == ["shared"] * 4 + ["doomed"]
+    assert journal.results(job)[0] == b"result-0"
+    journal.close()

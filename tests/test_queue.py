@@ -1,0 +1,311 @@
+"""The queue's promises, with a real coordinator and real workers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import signal
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from procs import Coordinator, Process, Worker, run_cli, wait_until
+
+from fractalq.proto import fractalq_pb2 as pb
+from fractalq.proto import fractalq_pb2_grpc as pb_grpc
+
+
+class Cluster:
+    """Starts processes for one test and stops every one of them afterwards."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.processes: list[Process] = []
+        self.coordinator: Coordinator | None = None
+
+    def start_coordinator(self, **kwargs: Any) -> Coordinator:
+        coordinator = Coordinator(self.tmp, **kwargs)
+        self.processes.append(coordinator)
+        self.coordinator = coordinator
+        return coordinator
+
+    def start_worker(self, **kwargs: Any) -> Worker:
+        assert self.coordinator is not None
+        worker = Worker(self.tmp, self.coordinator.address, **kwargs)
+        self.processes.append(worker)
+        return worker
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def submit(coordinator: Coordinator, task: str = "noop", count: int = 1, **fields: Any) -> pb.Job:
+    payload = fields.pop("payload", None)
+    request = pb.SubmitJobRequest(task_type=task, count=count, **fields)
+    if payload is not None:
+        request.payload = json.dumps(payload).encode()
+    with coordinator.client() as client:
+        return client.submit(request).job
+
+
+def job(coordinator: Coordinator, job_id: str) -> pb.Job:
+    with coordinator.client() as client:
+        return client.job(job_id)
+
+
+def finished(coordinator: Coordinator, job_id: str) -> Callable[[], pb.Job | None]:
+    def check() -> pb.Job | None:
+        found = job(coordinator, job_id)
+        return found if found.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED) else None
+
+    return check
+
+
+def stub(coordinator: Coordinator) -> tuple[grpc.Channel, pb_grpc.CoordinatorStub]:
+    channel = grpc.insecure_channel(coordinator.address)
+    return channel, pb_grpc.CoordinatorStub(channel)
+
+
+def test_priority_then_submission_order(cluster: Cluster) -> None:
+    coordinator = cluster.start_coordinator()
+    ids = [submit(coordinator, count=2, priority=priority).job_id for priority in (5, 1, 5, 1, 0)]
+    cluster.start_worker(concurrency=1)
+    for job_id in ids:
+        wait_until(finished(coordinator, job_id), message=f"job {job_id}")
+    started = {job_id: job(coordinator, job_id).started_at for job_id in ids}
+    expected = [ids[4], ids[1], ids[3], ids[0], ids[2]]
+    assert sorted(ids, key=started.__getitem__) == expected
+
+
+def test_a_silent_worker_loses_its_lease_and_its_late_report_is_ignored(cluster: Cluster) -> None:
+    coordinator = cluster.start_coordinator(worker_timeout=1.0)
+    channel, coordinator_stub = stub(coordinator)
+    with channel:
+        # A worker that registers and takes a task, but never heartbeats.
+        coordinator_stub.RegisterWorker(
+            pb.RegisterWorkerRequest(worker_id="silent", task_types=["noop"], concurrency=1)
+        )
+        job_id = submit(coordinator, count=1).job_id
+        [task] = coordinator_stub.GetTask(
+            pb.GetTaskRequest(worker_id="silent", max_tasks=1, wait_seconds=5)
+        ).tasks
+        assert job(coordinator, job_id).leased == 1
+        cluster.start_worker()
+        done = wait_until(finished(coordinator, job_id), message="the task to be taken back")
+        assert done.state == pb.SUCCEEDED and done.succeeded == 1
+        ref = pb.TaskRef(job_id=job_id, index=task.index, attempt=task.attempt)
+        late = coordinator_stub.CompleteTask(
+            pb.CompleteTaskRequest(worker_id="silent", results=[pb.TaskResult(task=ref)])
+        )
+        assert (late.accepted, late.ignored) == (0, 1)
+        assert job(coordinator, job_id).succeeded == 1
+
+
+def test_killing_a_worker_mid_task_loses_nothing(cluster: Cluster) -> None:
+    coordinator = cluster.start_coordinator(worker_timeout=30.0)
+    victim = cluster.start_worker(concurrency=2)
+    job_id = submit(coordinator, "sleep", count=6, payload={"seconds": 0.5}).job_id
+    wait_until(lambda: job(coordinator, job_id).leased == 2, message="the victim to hold tasks")
+    victim.kill9()
+    # Its heartbeat stream broke: the tasks are back at once, not after 30 s.
+    wait_until(lambda: job(coordinator, job_id).leased == 0, timeout=5, message="leases back")
+    cluster.start_worker(concurrency=2)
+    done = wait_until(finished(coordinator, job_id), message="the job to finish")
+    assert done.state == pb.SUCCEEDED and done.succeeded == 6
+
+
+def test_coordinator_kill_and_restart_loses_nothing(cluster: Cluster) -> None:
+    coordinator = cluster.start_coordinator()
+    cluster.start_worker(concurrency=2)
+    job_id = submit(coordinator, "sleep", count=30, payload={"seconds": 0.1}).job_id
+    before = wait_until(
+        lambda: (found := job(coordinator, job_id)).succeeded >= 6 and found,
+        message="some progress",
+    )
+    waiting = submit(coordinator, "noop", count=3, priority=50).job_id
+    coordinator.kill9()
+
+    restarted = cluster.start_coordinator(port=coordinator.port, data=coordinator.data)
+    after = job(restarted, job_id)
+    assert after.total == 30 and after.succeeded >= before.succeeded
+    assert job(restarted, waiting).total == 3
+    # The worker reconnects by itself and finishes both jobs.
+    done = wait_until(finished(restarted, job_id), message="the job to finish after restart")
+    assert done.state == pb.SUCCEEDED and done.succeeded == 30
+    assert wait_until(finished(restarted, waiting)).state == pb.SUCCEEDED
+
+
+def test_sigterm_drains_running_tasks_then_exits(cluster: Cluster) -> None:
+    coordinator = cluster.start_coordinator()
+    worker = cluster.start_worker(concurrency=2, grace=20)
+    job_id = submit(coordinator, "sleep", count=6, payload={"seconds": 1.0}).job_id
+    wait_until(lambda: job(coordinator, job_id).leased == 2, message="two running tasks")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
+    drained = job(coordinator, job_id)
+    # The two running tasks were finished and reported; nothing else was taken.
+    assert (drained.succeeded, drained.leased, drained.queued) == (2, 0, 4)
+
+
+def test_sigterm_hands_back_what_outlives_the_grace_period(cluster: Cluster) -> None:
+    coordinator = cluster.start_coordinator()
+    worker = cluster.start_worker(concurrency=1, grace=0.5)
+    job_id = submit(coordinator, "sleep", count=1, payload={"seconds": 2.0}, max_attempts=1).job_id
+    wait_until(lambda: job(coordinator, job_id).leased == 1, message="a running task")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
+    handed_back = job(coordinator, job_id)
+    assert (handed_back.leased, handed_back.queued) == (0, 1)
+    # Handed back is not a failed attempt: with max_attempts=1 it still runs.
+    cluster.start_worker()
+    assert wait_until(finished(coordinator, job_id)).state == pb.SUCCEEDED
+
+
+def test_failing_tasks_are_dead_lettered_and_fail_the_job(cluster: Cluster) -> None:
+    coordinator = cluster.start_coordinator()
+    cluster.start_worker()
+    result = run_cli(
+        "submit", "--coordinator", coordinator.address, "--task", "fail",
+        "--payload", '{"message": "the disk is on fire"}', "--max-attempts", "2", "--wait",
+    )  # fmt: skip
+    assert result.returncode == 1
+    job_id = result.stdout.splitlines()[0].split()[-1]
+    failed = job(coordinator, job_id)
+    assert failed.state == pb.FAILED and failed.dead == 1
+    assert "dead-lettered after 2 attempt(s)" in failed.reason
+    assert "the disk is on fire" in failed.reason
+    assert "the disk is on fire" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_submit_wait_succeeds_and_status_reports(cluster: Cluster) -> None:
+    coordinator = cluster.start_coordinator()
+    cluster.start_worker(concurrency=4)
+    result = run_cli(
+        "submit", "--coordinator", coordinator.address, "--task", "sleep",
+        "--payload", '{"seconds": 0.05}', "--count", "20", "--wait",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.splitlines()[0].split()[-1]
+    assert job(coordinator, job_id).succeeded == 20
+    waited = run_cli("wait", job_id, "--coordinator", coordinator.address)
+    assert waited.returncode == 0 and "SUCCEEDED" in waited.stdout
+    status = run_cli("status", job_id, "--coordinator", coordinator.address)
+    assert "SUCCEEDED" in status.stdout and "20 succeeded" in status.stdout
+    queue = run_cli("status", "--coordinator", coordinator.address)
+    assert "workers: 1" in queue.stdout
+
+
+def test_wait_times_out_with_its_own_exit_code(cluster: Cluster) -> None:
+    coordinator = cluster.start_coordinator()
+    job_id = submit(coordinator, "noop").job_id  # no worker: it never runs
+    result = run_cli("wait", job_id, "--coordinator", coordinator.address, "--timeout", "0.5")
+    assert result.returncode == 3 and "still QUEUED" in result.stderr
+
+
+def test_cancel_drops_queued_tasks(cluster: Cluster) -> None:
+    coordinator = cluster.start_coordinator()
+    cluster.start_worker(concurrency=1)
+    job_id = submit(coordinator, "sleep", count=10, payload={"seconds": 0.5}).job_id
+    wait_until(lambda: job(coordinator, job_id).leased == 1, message="a running task")
+    with coordinator.client() as client:
+        cancelled = client.cancel(job_id, "changed my mind")
+    assert cancelled.state == pb.CANCELLED and cancelled.reason == "changed my mind"
+    other = submit(coordinator, "noop", count=2).job_id
+    assert wait_until(finished(coordinator, other)).state == pb.SUCCEEDED
+    after = job(coordinator, job_id)
+    assert after.state == pb.CANCELLED and after.succeeded <= 1
+    with coordinator.client() as client:
+        assert client.stats().queued == 0
+
+
+def test_bad_requests_get_clear_errors_and_disturb_nothing(cluster: Cluster) -> None:
+    coordinator = cluster.start_coordinator()
+    keep = submit(coordinator, "noop", count=3).job_id
+    channel, coordinator_stub = stub(coordinator)
+    bad = [
+        (pb.SubmitJobRequest(task_type="nope", count=1), "unknown task type"),
+        (pb.SubmitJobRequest(task_type="noop", count=0), "at least one task"),
+        (pb.SubmitJobRequest(task_type="noop", count=10**7), "more than the limit"),
+        (pb.SubmitJobRequest(task_type="sleep", count=1, payload=b"{oops"), "not JSON"),
+        (pb.SubmitJobRequest(task_type="noop", count=1, job_id="a b"), "job_id must be"),
+    ]
+    with channel:
+        for request, message in bad:
+            with pytest.raises(grpc.RpcError) as caught:
+                coordinator_stub.SubmitJob(request)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert message in caught.value.details()
+        with pytest.raises(grpc.RpcError) as caught:
+            coordinator_stub.GetTask(pb.GetTaskRequest(worker_id="nobody", max_tasks=1))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as caught:
+            coordinator_stub.GetJob(pb.GetJobRequest(job_id="missing"))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        same = pb.SubmitJobRequest(task_type="noop", count=2, job_id="fixed")
+        assert coordinator_stub.SubmitJob(same).created
+        assert not coordinator_stub.SubmitJob(same).created
+        with pytest.raises(grpc.RpcError) as caught:
+            coordinator_stub.SubmitJob(
+                pb.SubmitJobRequest(task_type="noop", count=3, job_id="fixed")
+            )
+        assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    cluster.start_worker()
+    assert wait_until(finished(coordinator, keep)).state == pb.SUCCEEDED
+    assert coordinator.alive()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["submit", "--task", "noop", "--coordinator", "nonsense"], "is not HOST:PORT"),
+        (
+            ["submit", "--task", "noop", "--coordinator", "127.0.0.1:1"],
+            "cannot reach the coordinator",
+        ),
+        (
+            ["submit", "--task", "noop", "--coordinator", "127.0.0.1:1", "--count", "-2"],
+            "below the minimum",
+        ),
+        (
+            ["submit", "--task", "sleep", "--coordinator", "127.0.0.1:1", "--payload", "{x"],
+            "not JSON",
+        ),
+        (["worker", "--coordinator", "127.0.0.1:1", "--task-types", "nope"], "unknown task type"),
+        (["coordinator", "--port", "99999"], "above the maximum"),
+    ],
+)
+def test_command_line_errors_are_one_line(args: list[str], message: str) -> None:
+    result = run_cli(*args, timeout=60)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_http_api(cluster: Cluster) -> None:
+    coordinator = cluster.start_coordinator()
+    cluster.start_worker()
+    job_id = submit(coordinator, "noop", count=2, priority=3).job_id
+    wait_until(finished(coordinator, job_id))
+
+    def get(path: str) -> Any:
+        url = f"http://127.0.0.1:{coordinator.http_port}{path}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.load(response)
+
+    assert get("/healthz") == {"status": "ok"}
+    assert get("/api/stats")["tasksSucceeded"] == "2"
+    assert len(get("/api/workers")["workers"]) == 1
+    [listed] = get("/api/jobs")["jobs"]
+    assert listed["jobId"] == job_id and listed["state"] == "SUCCEEDED"
