@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -170,9 +170,10 @@ def main() -> None:
             p99s.append(p99)
         one_job = memory(fresh("mem1"), "one job")
         many = memory(fresh("mem2"), "many")
+    runs = ", ".join(f"{rate:,.0f}" for rate in rates)
     print(
         f"noop throughput, {args.tasks} tasks, {args.workers} workers x {args.concurrency}:"
-        f" median {statistics.median(rates):,.0f} tasks/s (runs: {', '.join(f'{r:,.0f}' for r in rates)})"
+        f" median {statistics.median(rates):,.0f} tasks/s (runs: {runs})"
     )
     if celery:
         ratio = statistics.median(r / c for r, c in zip(rates, celery, strict=True))
