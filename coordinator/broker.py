@@ -31,7 +31,7 @@ from fractalq import config
 from fractalq.config import QueueLimits, RetryPolicy
 from fractalq.coordinator.jobs import Job, JobState, TaskState
 from fractalq.coordinator.queue import DelayQueue, ReadyQueue
-from fractalq.coordinator.retry import retry_delay
+from fractalq.retry import retry_delay
 
 
 class BrokerError(Exception):

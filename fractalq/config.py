@@ -134,3 +134,15 @@ S3_CLIENT_MAX_ATTEMPTS = 3
 S3_DEFAULT_REGION = "us-east-1"
 # SigV4 presigned URLs are valid for at most seven days.
 PRESIGNED_URL_MAX_EXPIRES = 7 * 24 * 3600
+
+# ---- operator ------------------------------------------------------------
+
+DEFAULT_WORKER_DEPLOYMENT = "fractalq-worker"
+SCALE_MIN = 0
+SCALE_MAX = 10
+SCALE_TASKS_PER_WORKER = 4
+SCALE_INTERVAL = 5.0
+SCALE_DOWN_WINDOW = 60.0  # Kubernetes' HPA uses 300 s
+PROGRESS_INTERVAL = 2.0  # seconds between status updates of a running FractalJob
+URL_EXPIRY = 7 * 24 * 3600  # presigned links: S3's longest allowed lifetime
+COORDINATOR_RETRY_MAX_DELAY = 30.0

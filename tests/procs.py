@@ -26,7 +26,7 @@ DEFAULT_DEADLINE = 30.0
 
 
 def wait_until(
-    condition: Callable[[], T], timeout: float = DEFAULT_DEADLINE, message: str = ""
+    condition: Callable[[], T | None], timeout: float = DEFAULT_DEADLINE, message: str = ""
 ) -> T:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -11,8 +11,8 @@ from fractalq.config import QueueLimits, RetryPolicy
 from fractalq.coordinator import validation
 from fractalq.coordinator.broker import AlreadyExists, Broker, InvalidRequest, JobSpec
 from fractalq.coordinator.jobs import JobState, TaskState
-from fractalq.coordinator.retry import backoff_ceiling, retry_delay
 from fractalq.coordinator.store import SqliteJournal
+from fractalq.retry import backoff_ceiling, retry_delay
 
 ALL = ("noop", "sleep", "fail")
 
@@ -60,10 +60,10 @@ def test_workers_only_get_their_task_types() -> None:
 def test_lease_batches_and_job_lifecycle() -> None:
     b = broker()
     job, created = b.submit(spec(3), 0, "j")
-    assert created and job.state is JobState.QUEUED
+    assert created and job.state.name == "QUEUED"
     tasks = b.lease("w1", 10, 1.0)
     assert [t.index for t in tasks] == [0, 1, 2] and all(t.attempt == 1 for t in tasks)
-    assert job.state is JobState.RUNNING and job.started_at == 1.0
+    assert job.state.name == "RUNNING" and job.started_at == 1.0
     for t in tasks:
         assert b.complete("w1", "j", t.index, t.attempt, b"r", 2.0)
     assert job.state is JobState.SUCCEEDED and job.finished_at == 2.0

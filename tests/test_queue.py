@@ -130,10 +130,12 @@ def test_coordinator_kill_and_restart_loses_nothing(cluster: Cluster) -> None:
     coordinator = cluster.start_coordinator()
     cluster.start_worker(concurrency=2)
     job_id = submit(coordinator, "sleep", count=30, payload={"seconds": 0.1}).job_id
-    before = wait_until(
-        lambda: (found := job(coordinator, job_id)).succeeded >= 6 and found,
-        message="some progress",
-    )
+
+    def progressed() -> pb.Job | None:
+        found = job(coordinator, job_id)
+        return found if found.succeeded >= 6 else None
+
+    before = wait_until(progressed, message="some progress")
     waiting = submit(coordinator, "noop", count=3, priority=50).job_id
     coordinator.kill9()
 

@@ -61,7 +61,7 @@ class Worker:
     def __init__(self, settings: WorkerConfig, worker_id: str | None = None) -> None:
         self.settings = settings
         self.worker_id = worker_id or new_worker_id()
-        self.task_types = tuple(settings.task_types or tasks.names())
+        self.task_types = tuple(settings.task_types or tasks.available(bool(settings.storage)))
         for name in self.task_types:
             tasks.get(name)  # unknown names fail here, before connecting
         self._runner = TaskRunner(settings.concurrency)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fractalq.cli import jobs, serve
+from fractalq.cli import jobs, render, serve
 from fractalq.cli.common import CommandError, OneLineParser
 
 EXIT_USAGE = 2
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A distributed task queue that renders Mandelbrot and Julia images.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, jobs):
+    for module in (render, serve, jobs):
         module.add_parsers(commands)
     return parser
 

@@ -9,9 +9,18 @@ from fractalq.tasks.registry import (
     InvalidPayload,
     TaskContext,
     TaskType,
+    available,
     get,
     names,
     task_type,
 )
 
-__all__ = ["InvalidPayload", "TaskContext", "TaskType", "get", "names", "task_type"]
+__all__ = [
+    "InvalidPayload",
+    "TaskContext",
+    "TaskType",
+    "available",
+    "get",
+    "names",
+    "task_type",
+]

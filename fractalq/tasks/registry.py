@@ -42,7 +42,7 @@ _REGISTRY: dict[str, TaskType] = {}
 
 # Modules that register task types when imported; loaded on first lookup so
 # that importing the registry stays cheap.
-_PROVIDERS = ("fractalq.tasks.builtin",)
+_PROVIDERS = ("fractalq.tasks.builtin", "fractalq.tasks.band")
 _loaded = False
 
 
@@ -89,3 +89,9 @@ def get(name: str) -> TaskType:
 def names() -> list[str]:
     _load()
     return sorted(_REGISTRY)
+
+
+def available(has_storage: bool) -> list[str]:
+    """The types a worker can serve: those that store results need storage."""
+    _load()
+    return sorted(name for name, kind in _REGISTRY.items() if has_storage or not kind.needs_storage)

@@ -1,0 +1,221 @@
+"""``fractalq render`` and ``fractalq demo``: make an image on the queue."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fractalq import config
+from fractalq.cli.common import CommandError, address, integer
+from fractalq.cli.progress import Progress
+from fractalq.client import Client, ClientError
+from fractalq.fractal.palettes import PALETTES
+from fractalq.fractal.request import RenderRequest, split_rows
+from fractalq.images import remove_bands, submit_render, write_png
+from fractalq.proto import fractalq_pb2 as pb
+from fractalq.storage import Storage, StorageError, check_storage, open_storage
+
+
+def add_render_options(parser: argparse.ArgumentParser) -> None:
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--mandelbrot", dest="fractal", action="store_const", const="mandelbrot")
+    kind.add_argument("--julia", dest="fractal", action="store_const", const="julia")
+    options = parser.add_argument_group("render options")
+    options.add_argument("--width", type=int, default=config.DEFAULT_WIDTH)
+    options.add_argument("--height", type=int, default=config.DEFAULT_HEIGHT)
+    options.add_argument(
+        "--regions", type=int, default=config.DEFAULT_REGIONS, help="bands (one task each)"
+    )
+    options.add_argument("--max-iter", type=int, default=config.DEFAULT_MAX_ITER)
+    options.add_argument("--center-x", type=float)
+    options.add_argument("--center-y", type=float)
+    options.add_argument("--view-width", type=float, help="width of the view in the plane")
+    options.add_argument("--c-re", type=float, help="Julia constant, real part")
+    options.add_argument("--c-im", type=float, help="Julia constant, imaginary part")
+    options.add_argument(
+        "--palette", default=config.DEFAULT_PALETTE, help=f"one of {', '.join(sorted(PALETTES))}"
+    )
+    options.add_argument(
+        "--priority",
+        type=integer(*config.PRIORITY_RANGE),
+        default=config.DEFAULT_PRIORITY,
+        help="lower runs first",
+    )
+    options.add_argument("--keep-bands", action="store_true", help="keep band objects afterwards")
+
+
+def add_parsers(commands: Any) -> None:
+    render = commands.add_parser("render", help="render an image with a running coordinator")
+    add_render_options(render)
+    render.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
+    render.add_argument("--storage", required=True, metavar="URL")
+    render.add_argument("--out", required=True, metavar="PATH")
+    render.set_defaults(run=run_render)
+
+    demo = commands.add_parser("demo", help="render with local processes, nothing to start first")
+    add_render_options(demo)
+    demo.add_argument("--workers", type=integer(1, 256), default=os.cpu_count() or 1, metavar="N")
+    demo.add_argument("--out", metavar="PATH", help="default: ./mandelbrot.png or ./julia.png")
+    demo.set_defaults(run=run_demo)
+
+
+def request_from(args: argparse.Namespace) -> tuple[RenderRequest, int]:
+    """The validated request and band count, or a one-line CommandError."""
+    try:
+        request = RenderRequest.create(
+            args.fractal or config.DEFAULT_FRACTAL,
+            width=args.width,
+            height=args.height,
+            max_iter=args.max_iter,
+            center_x=args.center_x,
+            center_y=args.center_y,
+            view_width=args.view_width,
+            c_re=args.c_re,
+            c_im=args.c_im,
+            palette=args.palette,
+        )
+        split_rows(request.height, args.regions)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    return request, args.regions
+
+
+def check_output(path: str) -> str:
+    """Fail now, not after the render, if ``path`` cannot be written."""
+    target = Path(path)
+    if target.is_dir():
+        raise CommandError(f"--out {path} is a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fractalq-", dir=target.parent.resolve())
+    except OSError as error:
+        raise CommandError(f"cannot write --out {path}: {error.strerror}") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
+def open_checked_storage(url: str) -> Storage:
+    try:
+        storage = open_storage(url)
+        check_storage(storage)
+    except (ValueError, StorageError) as error:
+        raise CommandError(str(error)) from None
+    return storage
+
+
+def render_image(
+    client: Client,
+    storage: Storage,
+    request: RenderRequest,
+    regions: int,
+    priority: int,
+    out: str,
+    keep_bands: bool,
+) -> None:
+    """Submit, show progress, assemble into ``out``; a failed job is a CommandError."""
+    began = time.monotonic()
+    try:
+        submitted = submit_render(client, request, regions, priority).job
+        progress = Progress(submitted.total, "bands")
+        job = submitted
+        for job in client.watch(submitted.job_id):
+            finished = job.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
+            progress.update(job.succeeded, job.leased, final=finished)
+    except ClientError as error:
+        raise CommandError(str(error)) from None
+    if job.state != pb.SUCCEEDED:
+        state = pb.JobState.Name(job.state)
+        raise CommandError(f"render job {job.job_id} {state}: {job.reason}")
+    rendered = time.monotonic()
+    try:
+        write_png(storage, job.job_id, request, regions, out)
+        if not keep_bands:
+            remove_bands(storage, job.job_id, request, regions)
+    except (StorageError, ValueError, OSError) as error:
+        raise CommandError(f"assembling {out}: {error}") from None
+    done = time.monotonic()
+    print(
+        f"{request.width}x{request.height} {request.fractal} in {done - began:.2f}s"
+        f" (bands {rendered - began:.2f}s, assembly {done - rendered:.2f}s)",
+        file=sys.stderr,
+    )
+
+
+def run_render(args: argparse.Namespace) -> int:
+    request, regions = request_from(args)
+    out = check_output(args.out)
+    storage = open_checked_storage(args.storage)
+    with Client(args.coordinator) as client:
+        render_image(client, storage, request, regions, args.priority, out, args.keep_bands)
+    print(out)
+    return 0
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as stream:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fractalq", *args],
+            stdout=subprocess.PIPE,
+            stderr=stream,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def _last_line(log: Path) -> str:
+    lines = log.read_text(errors="replace").strip().splitlines()
+    return lines[-1] if lines else "no output"
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    request, regions = request_from(args)
+    out = check_output(args.out or f"{request.fractal}.png")
+    processes: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="fractalq-demo-") as folder:
+        tmp = Path(folder)
+        storage_dir = tmp / "storage"
+        storage_dir.mkdir()
+        try:
+            coordinator = _start(
+                ["coordinator", "--host", "127.0.0.1", "--port", "0", "--no-http"],
+                tmp / "coordinator.log",
+            )
+            processes.append(coordinator)
+            assert coordinator.stdout is not None
+            line = coordinator.stdout.readline().decode()
+            if not line.startswith("coordinator listening"):
+                raise CommandError(
+                    f"the coordinator did not start: {_last_line(tmp / 'coordinator.log')}"
+                )
+            endpoint = line.split()[3]
+            storage_url = storage_dir.as_uri()
+            for n in range(args.workers):
+                processes.append(
+                    _start(
+                        ["worker", "--coordinator", endpoint, "--storage", storage_url],
+                        tmp / f"worker-{n}.log",
+                    )
+                )
+            storage = open_checked_storage(storage_url)
+            with Client(endpoint) as client:
+                render_image(client, storage, request, regions, args.priority, out, False)
+        finally:
+            for process in reversed(processes):
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()
+            for process in processes:
+                try:
+                    process.wait(config.DEFAULT_GRACE_PERIOD)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                if process.stdout:
+                    process.stdout.close()
+    print(out)
+    return 0

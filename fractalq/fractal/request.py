@@ -1,0 +1,213 @@
+"""What to render: one image's request, and how its rows are cut into bands.
+
+A :class:`RenderRequest` is plain immutable data. It travels as a task payload
+(:meth:`~RenderRequest.to_json` / :meth:`~RenderRequest.from_json`), and its
+canonical JSON is hashed into :meth:`~RenderRequest.key`, so the same image always
+has the same name in storage: that is what makes re-rendering a band idempotent.
+
+Validation lives here, once, so the command line, the coordinator's payload check
+and the workers all refuse the same requests with the same one-line messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from typing import Any
+
+from fractalq import config
+from fractalq.fractal.palettes import PALETTES
+
+# Each fractal's default view: (center x, center y, view width).
+FRACTALS: dict[str, tuple[float, float, float]] = {
+    "mandelbrot": config.DEFAULT_MANDELBROT_VIEW,
+    "julia": config.DEFAULT_JULIA_VIEW,
+}
+
+_INT_FIELDS = ("width", "height", "max_iter")
+_FLOAT_FIELDS = ("center_x", "center_y", "view_width", "c_re", "c_im")
+_STR_FIELDS = ("fractal", "palette")
+
+
+def _show(value: object) -> str:
+    """A value for an error message: repr keeps it on one line, the cut keeps it short."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        return f"<{type(value).__name__} too long to show>"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float range
+        return False
+
+
+def _known(names: Any) -> str:
+    return ", ".join(sorted(names))
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderRequest:
+    """One image: what to draw, at what size, and how to colour it."""
+
+    fractal: str
+    width: int
+    height: int
+    max_iter: int
+    center_x: float
+    center_y: float
+    view_width: float
+    c_re: float
+    c_im: float
+    palette: str
+
+    def __post_init__(self) -> None:
+        # Equal requests must have equal JSON (and so equal keys): store floats as
+        # floats even when given ints, and fold -0.0 into 0.0.
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                try:
+                    value = float(value)
+                except OverflowError:
+                    continue  # left as is for validate() to report
+            if isinstance(value, float):
+                object.__setattr__(self, name, value + 0.0)
+
+    @classmethod
+    def create(
+        cls,
+        fractal: str = config.DEFAULT_FRACTAL,
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        max_iter: int | None = None,
+        center_x: float | None = None,
+        center_y: float | None = None,
+        view_width: float | None = None,
+        c_re: float | None = None,
+        c_im: float | None = None,
+        palette: str | None = None,
+    ) -> RenderRequest:
+        """A validated request; every option left as None takes its fractal's default."""
+        if fractal not in FRACTALS:
+            raise ValueError(f"unknown fractal {_show(fractal)} (known: {_known(FRACTALS)})")
+        default_x, default_y, default_view = FRACTALS[fractal]
+        default_re, default_im = config.DEFAULT_JULIA_C
+        request = cls(
+            fractal=fractal,
+            width=config.DEFAULT_WIDTH if width is None else width,
+            height=config.DEFAULT_HEIGHT if height is None else height,
+            max_iter=config.DEFAULT_MAX_ITER if max_iter is None else max_iter,
+            center_x=default_x if center_x is None else center_x,
+            center_y=default_y if center_y is None else center_y,
+            view_width=default_view if view_width is None else view_width,
+            c_re=default_re if c_re is None else c_re,
+            c_im=default_im if c_im is None else c_im,
+            palette=config.DEFAULT_PALETTE if palette is None else palette,
+        )
+        request.validate()
+        return request
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line message naming the first bad field."""
+        if not isinstance(self.fractal, str) or self.fractal not in FRACTALS:
+            raise ValueError(f"unknown fractal {_show(self.fractal)} (known: {_known(FRACTALS)})")
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            limit = config.MAX_ITERATIONS if name == "max_iter" else config.MAX_DIMENSION
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+                raise ValueError(
+                    f"{name} must be an integer from 1 to {limit} (got {_show(value)})"
+                )
+        pixels = self.width * self.height
+        if pixels > config.MAX_PIXELS:
+            raise ValueError(
+                f"image of {self.width}x{self.height} = {pixels} pixels exceeds "
+                f"the cap of {config.MAX_PIXELS} pixels"
+            )
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, float | int) or not _finite(value):
+                raise ValueError(f"{name} must be a finite number (got {_show(value)})")
+        if self.view_width <= 0:
+            raise ValueError(f"view_width must be greater than 0 (got {_show(self.view_width)})")
+        if not isinstance(self.palette, str) or self.palette not in PALETTES:
+            raise ValueError(f"unknown palette {_show(self.palette)} (known: {_known(PALETTES)})")
+
+    @property
+    def pixel_size(self) -> float:
+        """The distance between neighbouring pixel centres, in the complex plane."""
+        return self.view_width / self.width
+
+    def to_json(self) -> bytes:
+        """Canonical JSON: sorted keys, no spaces, floats written exactly (repr)."""
+        return json.dumps(
+            dataclasses.asdict(self), sort_keys=True, separators=(",", ":"), allow_nan=False
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> RenderRequest:
+        """Parse and validate; ValueError with a one-line message on anything amiss."""
+        try:
+            value = json.loads(data)
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, huge ints
+            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ValueError(f"render request is not valid JSON: {first_line}") from None
+        except RecursionError:
+            raise ValueError("render request is not valid JSON: nested too deeply") from None
+        if not isinstance(value, dict):
+            raise ValueError("render request must be a JSON object")
+        fields = {field.name for field in dataclasses.fields(cls)}
+        missing = fields - value.keys()
+        if missing:
+            raise ValueError(f"render request is missing {_known(missing)}")
+        unknown = value.keys() - fields
+        if unknown:
+            raise ValueError(f"render request has unknown field(s) {_show(_known(unknown))}")
+        for name in _INT_FIELDS:
+            if isinstance(value[name], bool) or not isinstance(value[name], int):
+                raise ValueError(f"{name} must be an integer (got {_show(value[name])})")
+        for name in _FLOAT_FIELDS:
+            if isinstance(value[name], bool) or not isinstance(value[name], int | float):
+                raise ValueError(f"{name} must be a number (got {_show(value[name])})")
+        for name in _STR_FIELDS:
+            if not isinstance(value[name], str):
+                raise ValueError(f"{name} must be a string (got {_show(value[name])})")
+        request = cls(**value)
+        request.validate()
+        return request
+
+    def key(self) -> str:
+        """A short stable name for the image: 16 hex digits of the canonical JSON's SHA-256."""
+        return hashlib.sha256(self.to_json()).hexdigest()[:16]
+
+
+def split_rows(height: int, regions: int) -> list[tuple[int, int]]:
+    """Cut rows 0..height into `regions` contiguous half-open bands.
+
+    Sizes differ by at most one row; the first ``height % regions`` bands take
+    the extra rows, so the cut is a pure function of the two numbers.
+    """
+    if isinstance(height, bool) or not isinstance(height, int) or height < 1:
+        raise ValueError(f"height must be at least 1 (got {_show(height)})")
+    if isinstance(regions, bool) or not isinstance(regions, int) or regions < 1:
+        raise ValueError(f"regions must be at least 1 (got {_show(regions)})")
+    if regions > height:
+        raise ValueError(
+            f"regions ({regions}) cannot exceed the image height ({height} rows): "
+            "every band needs at least one row"
+        )
+    size, extra = divmod(height, regions)
+    bands = []
+    start = 0
+    for index in range(regions):
+        end = start + size + (1 if index < extra else 0)
+        bands.append((start, end))
+        start = end
+    return bands

@@ -1,0 +1,63 @@
+"""The ``fractal.band`` task type: render rows of an image and store them.
+
+Payload: ``{"request": <RenderRequest JSON>, "rows": [start, end]}``. The band
+is stored under :func:`band_key`, a pure function of the job and the rows, so a
+retried or duplicated task overwrites the same object with the same bytes and
+the assembler knows every key without asking anyone. Bands travel through
+storage, never through gRPC; the task's result is just the key.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+from fractalq.fractal.png import encode_band
+from fractalq.fractal.render import render_rows
+from fractalq.fractal.request import RenderRequest
+from fractalq.storage import Storage, open_storage
+from fractalq.tasks.registry import InvalidPayload, TaskContext, task_type
+
+TASK_TYPE = "fractal.band"
+
+
+def band_key(job_id: str, start: int, end: int) -> str:
+    return f"jobs/{job_id}/bands/{start:06d}-{end:06d}.png"
+
+
+def band_payload(request: RenderRequest, start: int, end: int) -> bytes:
+    return json.dumps(
+        {"request": json.loads(request.to_json()), "rows": [start, end]}, sort_keys=True
+    ).encode()
+
+
+def parse_payload(payload: bytes) -> tuple[RenderRequest, int, int]:
+    try:
+        data = json.loads(payload)
+        request = RenderRequest.from_json(json.dumps(data["request"]))
+        start, end = data["rows"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise InvalidPayload(f"not a band payload: {error}") from None
+    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= request.height):
+        raise InvalidPayload(f"rows {start}..{end} are not a band of {request.height} rows")
+    return request, start, end
+
+
+def _check(payload: bytes) -> None:
+    parse_payload(payload)
+
+
+@functools.lru_cache(maxsize=8)
+def _storage(url: str) -> Storage:
+    return open_storage(url)  # one client per process and URL
+
+
+@task_type(TASK_TYPE, check=_check, cpu_bound=True, needs_storage=True)
+def render_band(payload: bytes, context: TaskContext) -> bytes:
+    if not context.storage_url:
+        raise RuntimeError("this worker has no --storage to put bands in")
+    request, start, end = parse_payload(payload)
+    data = encode_band(render_rows(request, start, end))
+    key = band_key(context.job_id, start, end)
+    _storage(context.storage_url).put(key, data)  # only reported done once stored
+    return key.encode()

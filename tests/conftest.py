@@ -1,0 +1,30 @@
+"""Shared pytest fixtures. Each section below is self-contained."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from s3server import SeaweedS3
+
+# ---- S3: a real SeaweedFS server (see tests/s3server.py) -------------------
+#
+# ``s3_server`` starts one ``weed mini`` for the whole session (about a second)
+# and always stops it, even when tests fail. Tests get a fresh bucket each from
+# ``s3_server.make_bucket()`` and point the code under test at the server with
+# ``s3_server.env()`` (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+# AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION), for example through
+# ``monkeypatch.setenv`` or a subprocess's ``env``.
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[SeaweedS3]:
+    server = SeaweedS3()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# ---- end of S3 section -----------------------------------------------------

@@ -1,0 +1,230 @@
+"""Images on the queue, end to end: real coordinator, workers, storage and commands."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from procs import Coordinator, Process, Worker, run_cli, wait_until
+from s3server import SeaweedS3
+
+from fractalq.fractal.png import PngWriter
+from fractalq.fractal.render import render_rows
+from fractalq.fractal.request import RenderRequest
+
+SMALL = ["--width", "240", "--height", "160", "--max-iter", "200"]
+
+
+def reference_png(request: RenderRequest) -> bytes:
+    """The image rendered in one piece, in this process, without any queue."""
+    out = io.BytesIO()
+    with PngWriter(out, request.width, request.height) as writer:
+        writer.write_rows(render_rows(request, 0, request.height))
+    return out.getvalue()
+
+
+class Renderers:
+    """A coordinator and workers over one storage URL; stopped after the test."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.processes: list[Process] = []
+        self.coordinator = Coordinator(tmp)
+        self.processes.append(self.coordinator)
+
+    def workers(self, count: int, storage: str, env: dict[str, str] | None = None) -> list[Worker]:
+        started = [
+            Worker(self.tmp, self.coordinator.address, storage=storage, env=env)
+            for _ in range(count)
+        ]
+        self.processes += started
+        with self.coordinator.client() as client:
+            wait_until(lambda: len(client.stats().workers) >= count, message="workers")
+        return started
+
+    def render(
+        self, storage: str, out: Path, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return run_cli(
+            "render", "--coordinator", self.coordinator.address, "--storage", storage,
+            "--out", str(out), *args, timeout=300, env=env,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+
+@pytest.fixture
+def renderers(tmp_path: Path) -> Iterator[Renderers]:
+    cluster = Renderers(tmp_path)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_demo_as_the_readme_runs_it(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fractalq", "demo"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "mandelbrot.png"
+    assert result.stdout.strip().splitlines()[-1] == "mandelbrot.png"
+    assert out.read_bytes() == reference_png(RenderRequest.create("mandelbrot"))
+    with Image.open(out) as image:
+        assert (image.mode, image.size) == ("RGB", (1200, 800))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mandelbrot.png"]  # nothing left over
+    leftover = subprocess.run(["pgrep", "-f", "fractalq-demo-"], capture_output=True)
+    assert leftover.stdout == b""
+
+
+def test_demo_julia_with_options(tmp_path: Path) -> None:
+    out = tmp_path / "j.png"
+    result = run_cli("demo", "--julia", *SMALL, "--regions", "5", "--workers", "2",
+                     "--palette", "fire", "--out", str(out), timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    expected = RenderRequest.create("julia", width=240, height=160, max_iter=200, palette="fire")
+    assert out.read_bytes() == reference_png(expected)
+
+
+def test_any_bands_any_workers_same_bytes(renderers: Renderers, tmp_path: Path) -> None:
+    storage = (tmp_path / "store").as_uri()
+    zoom = ["--center-x", "-0.7435", "--center-y", "0.1314", "--view-width", "0.02"]
+    renderers.workers(3, storage)
+    digests = set()
+    for regions in ("1", "7", "8"):
+        out = tmp_path / f"r{regions}.png"
+        result = renderers.render(storage, out, *SMALL, *zoom, "--regions", regions)
+        assert result.returncode == 0, result.stderr
+        digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
+    expected = RenderRequest.create(
+        "mandelbrot", width=240, height=160, max_iter=200,
+        center_x=-0.7435, center_y=0.1314, view_width=0.02,
+    )  # fmt: skip
+    assert digests == {hashlib.sha256(reference_png(expected)).hexdigest()}
+    # Bands are removed once the image is assembled.
+    assert not [p for p in (tmp_path / "store").rglob("*.png")]
+
+
+def test_one_worker_and_kept_bands(renderers: Renderers, tmp_path: Path) -> None:
+    storage = (tmp_path / "store").as_uri()
+    renderers.workers(1, storage)
+    out = tmp_path / "one.png"
+    result = renderers.render(storage, out, *SMALL, "--regions", "7", "--keep-bands")
+    assert result.returncode == 0, result.stderr
+    expected = RenderRequest.create("mandelbrot", width=240, height=160, max_iter=200)
+    assert out.read_bytes() == reference_png(expected)
+    assert len(list((tmp_path / "store").rglob("*.png"))) == 7
+
+
+def test_killing_a_worker_mid_render_gives_the_same_image(
+    renderers: Renderers, tmp_path: Path
+) -> None:
+    storage = (tmp_path / "store").as_uri()
+    size = ["--width", "600", "--height", "400", "--max-iter", "3000", "--regions", "40"]
+    victim, _ = renderers.workers(2, storage)
+    out = tmp_path / "k.png"
+    render = subprocess.Popen(
+        [sys.executable, "-m", "fractalq", "render", "--coordinator",
+         renderers.coordinator.address, "--storage", storage, "--out", str(out), *size],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    with renderers.coordinator.client() as client:
+        wait_until(
+            lambda: any(w.completed >= 2 and w.leased for w in client.stats().workers),
+            message="the render under way",
+        )
+    victim.kill9()
+    _, stderr = render.communicate(timeout=300)
+    assert render.returncode == 0, stderr
+    expected = RenderRequest.create("mandelbrot", width=600, height=400, max_iter=3000)
+    assert out.read_bytes() == reference_png(expected)
+
+
+def test_render_through_s3(renderers: Renderers, tmp_path: Path, s3_server: SeaweedS3) -> None:
+    bucket = s3_server.make_bucket("render")
+    storage = f"s3://{bucket}/renders"
+    env = {**os.environ, **s3_server.env()}
+    renderers.workers(2, storage, env=env)
+    out = tmp_path / "s3.png"
+    result = renderers.render(storage, out, *SMALL, "--regions", "6", "--keep-bands", env=env)
+    assert result.returncode == 0, result.stderr
+    expected = RenderRequest.create("mandelbrot", width=240, height=160, max_iter=200)
+    assert out.read_bytes() == reference_png(expected)
+    listed = s3_server.client().list_objects_v2(Bucket=bucket, Prefix="renders/")
+    assert len(listed.get("Contents", [])) == 6
+
+    missing = renderers.render("s3://no-such-bucket/x", out, *SMALL, env=env)
+    assert missing.returncode != 0
+    assert "no-such-bucket" in missing.stderr and "Traceback" not in missing.stderr
+    wrong = {**env, "AWS_SECRET_ACCESS_KEY": "wrong-secret"}
+    denied = renderers.render(storage, out, *SMALL, env=wrong)
+    assert denied.returncode != 0 and "Traceback" not in denied.stderr
+    assert "access" in denied.stderr.lower() or "credential" in denied.stderr.lower()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--width", "-5"], "width must be"),
+        (["--regions", "0"], "regions must be"),
+        (["--height", "10", "--regions", "11"], "regions"),
+        (["--palette", "mauve"], "unknown palette"),
+        (["--max-iter", "0"], "max_iter must be"),
+        (["--width", "32768", "--height", "32768"], "exceeds the cap"),
+        (["--width", "ten"], "invalid int value"),
+        (["--out", "/proc/no/such/dir/x.png"], "cannot write --out"),
+    ],
+)
+def test_bad_render_options_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    base = ["render", "--coordinator", "127.0.0.1:1", "--storage", (tmp_path).as_uri(),
+            "--out", str(tmp_path / "x.png")]  # fmt: skip
+    result = run_cli(*base, *args)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_unreachable_coordinator_is_one_line(tmp_path: Path) -> None:
+    result = run_cli("render", "--coordinator", "127.0.0.1:1", "--storage", tmp_path.as_uri(),
+                     "--out", str(tmp_path / "x.png"))  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        line for line in result.stderr.strip().splitlines() if "cannot reach" in line
+    ]
+
+
+def test_rendered_pixels_follow_the_contract(tmp_path: Path) -> None:
+    """Inside pixels are pure black and no outside pixel is (checked independently)."""
+    out = tmp_path / "c.png"
+    result = run_cli("demo", "--width", "120", "--height", "80", "--max-iter", "100",
+                     "--workers", "1", "--out", str(out), timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    black = (pixels == 0).all(axis=2)
+    width, height, scale = 120, 80, 3.5 / 120
+    inside = np.zeros((height, width), dtype=bool)
+    for j in range(height):
+        for i in range(width):
+            c = complex(-0.5 + (i + 0.5 - width / 2) * scale, -(j + 0.5 - height / 2) * scale)
+            z = 0j
+            for _ in range(100):
+                z = z * z + c
+                if abs(z) > 2:
+                    break
+            else:
+                inside[j, i] = True
+    assert inside.sum() > 1000
+    assert (black != inside).sum() <= 3  # rounding at the boundary only
