@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fractalq.cli import jobs, render, serve
+from fractalq.cli import jobs, operator, render, serve
 from fractalq.cli.common import CommandError, OneLineParser
 
 EXIT_USAGE = 2
@@ -23,14 +23,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="A distributed task queue that renders Mandelbrot and Julia images.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (render, serve, jobs):
+    for module in (render, serve, jobs, operator):
         module.add_parsers(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     try:
         code: int = args.run(args)
     except CommandError as error:

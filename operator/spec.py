@@ -1,0 +1,72 @@
+"""A FractalJob's spec, checked again and turned into a render request.
+
+The CRD's schema already rejects nonsense, but a cluster may run without it
+(or with an older copy), so the operator checks every field itself and turns
+a bad spec into ``Failed`` with a message, never a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fractalq import config
+from fractalq.fractal.request import RenderRequest, split_rows
+
+
+def _number(spec: Mapping[str, Any], path: str, kind: type[int] | type[float]) -> Any:
+    value: Any = spec
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"spec.{path.rsplit('.', 1)[0]} must be an object")
+        value = value.get(part)
+        if value is None:
+            return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"spec.{path} must be a number (got {value!r:.40})")
+    if kind is int and not float(value).is_integer():
+        raise ValueError(f"spec.{path} must be a whole number (got {value!r:.40})")
+    return kind(value)
+
+
+def parse_spec(spec: Mapping[str, Any]) -> tuple[RenderRequest, int, int]:
+    """(request, regions, priority), or ValueError with a one-line message."""
+    if not isinstance(spec, Mapping):
+        raise ValueError("spec must be an object")
+    fractal = spec.get("fractal", config.DEFAULT_FRACTAL)
+    palette = spec.get("palette", config.DEFAULT_PALETTE)
+    if not isinstance(fractal, str) or not isinstance(palette, str):
+        raise ValueError("spec.fractal and spec.palette must be strings")
+    regions = _number(spec, "regions", int)
+    priority = _number(spec, "priority", int)
+    try:
+        request = RenderRequest.create(
+            fractal,
+            width=_number(spec, "width", int),
+            height=_number(spec, "height", int),
+            max_iter=_number(spec, "maxIterations", int),
+            center_x=_number(spec, "center.x", float),
+            center_y=_number(spec, "center.y", float),
+            view_width=_number(spec, "viewWidth", float),
+            c_re=_number(spec, "julia.cRe", float),
+            c_im=_number(spec, "julia.cIm", float),
+            palette=palette,
+        )
+    except ValueError as error:
+        raise ValueError(f"spec: {error}") from None
+    regions = config.DEFAULT_REGIONS if regions is None else regions
+    split_rows(request.height, regions)  # raises for 0 regions or more than rows
+    priority = config.DEFAULT_PRIORITY if priority is None else priority
+    low, high = config.PRIORITY_RANGE
+    if not low <= priority <= high:
+        raise ValueError(f"spec.priority must be between {low} and {high}")
+    return request, regions, priority
+
+
+def job_id_for(uid: str, generation: int) -> str:
+    """The coordinator job of one generation of a resource: resubmitting is a no-op."""
+    return f"fj-{uid}-g{generation}"
+
+
+def image_key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}.png"
