@@ -16,7 +16,7 @@ A spec change (a new generation) renders again: the old job is cancelled and
 a new one submitted, since a user who edits the resource wants the new image.
 Deleting the resource cancels its job and removes its bands (a finalizer);
 an unreachable coordinator delays that by at most ``DELETE_TIMEOUT`` seconds,
-never forever. The autoscaler runs beside them as one background task.
+never forever. The autoscaler runs beside them on a thread of its own.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import contextlib
 import logging
 import os
 import tempfile
+import threading
 import time
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
@@ -64,10 +65,16 @@ class State:
     settings: OperatorSettings
     storage: Storage
     client: Client
-    scaler: asyncio.Task[None] | None = None
+    scaler: ScalerThread | None = None
 
 
 state = State()
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod its service account, elsewhere the kubeconfig (as kubectl does)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
 @kopf.on.startup()
@@ -78,7 +85,8 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = "fractalq.dev/cleanup"
     settings.posting.level = logging.INFO
     if state.settings.scale_enabled:
-        state.scaler = asyncio.create_task(autoscale(state.settings))
+        state.scaler = ScalerThread(state.settings, Client(state.settings.coordinator, timeout=10))
+        state.scaler.start()
     log.info(
         "coordinator %s, storage %s, workers %s/%s (autoscaling %s)",
         state.settings.coordinator,
@@ -92,9 +100,10 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.on.cleanup()
 async def stop(**_: Any) -> None:
     if state.scaler is not None:
-        state.scaler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await state.scaler
+        state.scaler.halt.set()
+        await asyncio.to_thread(state.scaler.join, 30)
+        state.scaler.client.close()
+        state.scaler = None
     state.client.close()
 
 
@@ -116,12 +125,6 @@ def _fail(
     kopf.warn(body, reason="Failed", message=why)
 
 
-@kopf.on.create(GROUP, VERSION, PLURAL)
-async def created(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    patch.status["phase"] = PENDING
-    kopf.info(body, reason=PENDING, message="accepted")
-
-
 @kopf.timer(GROUP, VERSION, PLURAL, interval=config.PROGRESS_INTERVAL)
 async def reconcile(
     body: kopf.Body,
@@ -138,6 +141,10 @@ async def reconcile(
     observed = status.get("observedGeneration")
     phase = status.get("phase")
     if observed == generation and phase in FINAL:
+        return
+    if phase is None:  # first sight: say so, submit on the next tick
+        patch.status["phase"] = PENDING
+        kopf.info(body, reason=PENDING, message="accepted")
         return
     if observed != generation:
         await _submit(body, spec, status, patch, uid, generation, observed)
@@ -228,7 +235,8 @@ async def _follow(
     if fields.get("phase") != status.get("phase"):
         kopf.info(body, reason=fields["phase"], message=f"{fields['progress']} bands")
     _set(patch, fields)
-    if fields.get("phase") != ASSEMBLING:
+    # Assembling shows for a tick before the (possibly long) assembly starts.
+    if fields.get("phase") != ASSEMBLING or status.get("phase") != ASSEMBLING:
         return
     request, regions, _priority = parse_spec(spec)
     try:
@@ -277,31 +285,44 @@ async def delete(spec: kopf.Spec, status: kopf.Status, retry: int, **_: Any) -> 
 # ---- the autoscaler -------------------------------------------------------
 
 
-async def autoscale(settings: OperatorSettings) -> None:
-    """Every interval: queue depth -> replicas of the worker Deployment."""
-    scaler = Autoscaler(settings.scale)
-    api = await asyncio.to_thread(kube.apps_api)
+class ScalerThread(threading.Thread):
+    """Every interval: queue depth -> replicas of the worker Deployment.
+
+    Its calls are all blocking, so it runs on a thread of its own rather than
+    borrowing the operator's event loop.
+    """
+
+    def __init__(self, settings: OperatorSettings, client: Client) -> None:
+        super().__init__(name="fractalq-autoscaler", daemon=True)
+        self.settings = settings
+        self.client = client
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        scaler = Autoscaler(self.settings.scale)
+        api = None
+        while not self.halt.is_set():
+            try:
+                api = api or kube.api_client()
+                scale_once(scaler, api, self.client, self.settings)
+            except Exception as error:  # keep going whatever one round met
+                log.warning("autoscaler: %s", error)
+            self.halt.wait(self.settings.scale_interval)
+
+
+def scale_once(scaler: Autoscaler, api: Any, client: Client, settings: OperatorSettings) -> None:
     name, namespace = settings.worker_deployment, settings.worker_namespace
-    while True:
-        try:
-            await scale_once(scaler, api, name, namespace)
-        except Exception as error:  # keep the loop alive whatever one round met
-            log.warning("autoscaler: %s", error)
-        await asyncio.sleep(settings.scale_interval)
-
-
-async def scale_once(scaler: Autoscaler, api: Any, name: str, namespace: str) -> None:
-    current, deployment = await asyncio.to_thread(kube.read_replicas, api, name, namespace)
+    current = kube.read_replicas(api, name, namespace)
     depth: int | None
     try:
-        stats = await asyncio.to_thread(state.client.stats)
+        stats = client.stats()
         depth = stats.queued + stats.delayed + stats.leased
     except ClientError as error:
         log.warning("autoscaler: no queue depth (%s): holding %d workers", error, current)
         depth = None
     wanted = scaler.decide(depth, current, time.monotonic())
     if wanted != current:
-        await asyncio.to_thread(kube.set_replicas, api, name, namespace, wanted)
-        message = f"queue depth {depth}: {current} -> {wanted} workers"
-        log.info("autoscaler: %s", message)
-        kopf.info(cast(kopf.Body, deployment), reason="Scaled", message=message)
+        decision = f"queue depth {depth}: {current} -> {wanted} workers"
+        kube.set_replicas(api, name, namespace, wanted)
+        log.info("autoscaler: %s", decision)
+        kube.record(api, name, namespace, "Scaled", decision)

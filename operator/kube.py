@@ -1,42 +1,78 @@
-"""The operator's own Kubernetes API calls: read and set the worker count.
+"""The operator's own Kubernetes API calls: the worker count, and why it changed.
 
-kopf handles the FractalJob resources; the worker Deployment is read and
-patched here with the official client (blocking; call it from a thread).
-Only ``spec.replicas`` is patched, so RBAC needs get and patch on that one
-Deployment.
+kopf handles the FractalJob resources; the worker Deployment is scaled here
+with the official client (blocking; the autoscaler runs on its own thread)
+through the ``scale`` subresource, so RBAC grants get/patch on
+``deployments/scale`` of that one Deployment and nothing that could change
+its pods. Each decision is also recorded as an Event on the Deployment.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
+import os
+import socket
+import uuid
 from typing import Any
 
 from kubernetes import client
 from kubernetes import config as kube_config
 
+TIMEOUT = (5.0, 15.0)  # connect, read: a stuck call must not hang the operator
 
-def apps_api() -> Any:
+
+def api_client() -> Any:
     try:
         kube_config.load_incluster_config()
     except kube_config.ConfigException:
-        kube_config.load_kube_config()
-    return client.AppsV1Api()
+        # The path is read now, not when the client library was imported.
+        kube_config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+    return client.ApiClient()
 
 
-def read_replicas(api: Any, name: str, namespace: str) -> tuple[int, dict[str, Any]]:
-    """The Deployment's replica count and a body to attach events to."""
-    deployment = api.read_namespaced_deployment(name, namespace)
-    body = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace, "uid": deployment.metadata.uid},
-    }
-    return int(deployment.spec.replicas or 0), body
+def read_replicas(api: Any, name: str, namespace: str) -> int:
+    # Raw JSON: one field matters, and the client's models refuse partial objects.
+    response = client.AppsV1Api(api).read_namespaced_deployment_scale(
+        name, namespace, _preload_content=False, _request_timeout=TIMEOUT
+    )
+    scale = json.loads(response.data)
+    response.release_conn()
+    return int(scale.get("spec", {}).get("replicas") or 0)
 
 
 def set_replicas(api: Any, name: str, namespace: str, replicas: int) -> None:
-    api.patch_namespaced_deployment(
+    response = client.AppsV1Api(api).patch_namespaced_deployment_scale(
         name,
         namespace,
         {"spec": {"replicas": replicas}},
         _content_type="application/merge-patch+json",
+        _preload_content=False,
+        _request_timeout=TIMEOUT,
     )
+    response.release_conn()
+
+
+def record(api: Any, name: str, namespace: str, reason: str, message: str) -> None:
+    """An Event on the Deployment, so ``kubectl describe`` shows each decision."""
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event = {
+        "metadata": {"name": f"{name}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": name,
+            "namespace": namespace,
+        },
+        "reason": reason,
+        "message": message,
+        "type": "Normal",
+        "source": {"component": "fractalq-operator", "host": socket.gethostname()},
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    response = client.CoreV1Api(api).create_namespaced_event(
+        namespace, event, _preload_content=False, _request_timeout=TIMEOUT
+    )
+    response.release_conn()

