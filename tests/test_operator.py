@@ -7,7 +7,6 @@ emulator, with a real coordinator, real workers and a real S3 server on
 
 from __future__ import annotations
 
-import io
 import os
 import urllib.request
 from collections.abc import Iterator
@@ -19,24 +18,16 @@ import pytest
 from kopf.testing import KopfRunner
 from kube import DEPLOYMENTS, FRACTALJOBS, Emulator
 from procs import Coordinator, Process, Worker, wait_until
+from reference import reference_png
 from s3server import SeaweedS3
 
 import fractalq.operator.handlers  # noqa: F401 - registers the handlers
-from fractalq.fractal.png import PngWriter
-from fractalq.fractal.render import render_rows
 from fractalq.fractal.request import RenderRequest
 from fractalq.operator.spec import job_id_for
 from fractalq.proto import fractalq_pb2 as pb
 
 NAMESPACE = "default"
 SMALL = {"width": 240, "height": 160, "maxIterations": 200, "regions": 6}
-
-
-def reference_png(request: RenderRequest) -> bytes:
-    out = io.BytesIO()
-    with PngWriter(out, request.width, request.height) as writer:
-        writer.write_rows(render_rows(request, 0, request.height))
-    return out.getvalue()
 
 
 class Setup:

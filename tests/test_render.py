@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import subprocess
 import sys
@@ -14,21 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 from procs import Coordinator, Process, Worker, run_cli, wait_until
+from reference import reference_png
 from s3server import SeaweedS3
 
-from fractalq.fractal.png import PngWriter
-from fractalq.fractal.render import render_rows
 from fractalq.fractal.request import RenderRequest
 
 SMALL = ["--width", "240", "--height", "160", "--max-iter", "200"]
-
-
-def reference_png(request: RenderRequest) -> bytes:
-    """The image rendered in one piece, in this process, without any queue."""
-    out = io.BytesIO()
-    with PngWriter(out, request.width, request.height) as writer:
-        writer.write_rows(render_rows(request, 0, request.height))
-    return out.getvalue()
 
 
 class Renderers:
