@@ -93,14 +93,16 @@ def memory(tmp: Path, shape: str) -> float:
         coordinator.stop()
 
 
+REDIS_PORT = free_port()  # one Redis for every run: Celery's app binds its URL on import
+
+
 def celery_throughput(tmp: Path, tasks: int, workers: int, concurrency: int) -> float:
     """The same measurement with Celery on a Redis broker (both started here)."""
     import redis
 
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
+    url = f"redis://127.0.0.1:{REDIS_PORT}/0"
     server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(tmp)],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
