@@ -224,16 +224,16 @@ class Broker:
         return (job for job in self.jobs.values() if not job.state.finished)
 
     def _finish(self, job: Job, state: JobState, reason: str, now: float) -> None:
-        """End a job: drop its waiting tasks and forget its leases."""
+        """End a job: drop its waiting tasks; leased ones end when they report.
+
+        Keeping those leases until their workers report (or are lost) lets a
+        client see how many tasks are still running for a cancelled job, for
+        example to clean up their output only once nothing can still write it.
+        """
         if state is not JobState.SUCCEEDED:
             for index, value in enumerate(job.states):
-                if value in (TaskState.QUEUED, TaskState.DELAYED, TaskState.LEASED):
+                if value in (TaskState.QUEUED, TaskState.DELAYED):
                     job.set_state(index, TaskState.CANCELLED)
-            for worker in self.workers.values():
-                mine = {lease for lease in worker.leases if lease[0] == job.job_id}
-                worker.leases -= mine
-                for lease in mine:
-                    del self._owners[lease]
         job.state = state
         job.reason = reason[: config.MAX_REASON_LENGTH]
         job.finished_at = now
@@ -246,7 +246,18 @@ class Broker:
         self._finished[job.job_id] = None
         while len(self._finished) > config.FINISHED_JOBS_IN_MEMORY:
             old, _ = self._finished.popitem(last=False)
+            if self.jobs[old].counts[TaskState.LEASED]:
+                continue  # still running somewhere; remembered again when it settles
             self.jobs.pop(old, None)
+
+    def _settle(self, job: Job, index: int) -> None:
+        """A leased task of a finished job has reported or lost its worker: discard it."""
+        self._drop_lease(job, index)
+        job.set_state(index, TaskState.CANCELLED)
+        if job.settled():
+            job.drop_payloads()  # now also its task states
+            self._remember_finished(job)
+        self.on_job_change(job)
 
     # ---- workers ---------------------------------------------------------
 
@@ -302,8 +313,11 @@ class Broker:
         if worker is None:
             return 0
         for job_id, index in sorted(worker.leases):
-            del self._owners[(job_id, index)]
             job = self.jobs[job_id]
+            if job.state.finished:
+                self._settle(job, index)
+                continue
+            del self._owners[(job_id, index)]
             attempt = job.attempts[index]
             message = f"worker {worker_id} lost ({why}) during attempt {attempt}"
             if attempt >= job.max_attempts:
@@ -322,8 +336,12 @@ class Broker:
         if worker is None:
             return 0
         for job_id, index in sorted(worker.leases):
+            job = self.jobs[job_id]
+            if job.state.finished:
+                self._settle(job, index)
+                continue
             del self._owners[(job_id, index)]
-            self._release(self.jobs[job_id], index)
+            self._release(job, index)
         if worker.leases:
             self.on_ready()
         return len(worker.leases)
@@ -352,14 +370,20 @@ class Broker:
         return leased
 
     def _live_lease(self, worker_id: str, job_id: str, index: int, attempt: int) -> Job | None:
-        """The job, if (job_id, index, attempt) is a live lease held by ``worker_id``."""
+        """The job, if (job_id, index, attempt) is a live lease held by ``worker_id``.
+
+        A live lease of a finished job is settled here and not returned.
+        """
         job = self.jobs.get(job_id)
-        if job is None or job.state.finished or not 0 <= index < job.total:
+        if job is None or job.settled() or not 0 <= index < job.total:
             return None
         if job.states[index] != TaskState.LEASED or job.attempts[index] != attempt:
             return None
         owner = self._owners.get((job_id, index))
         if owner is None or owner.worker_id != worker_id:
+            return None
+        if job.state.finished:
+            self._settle(job, index)
             return None
         return job
 
@@ -376,10 +400,14 @@ class Broker:
         if worker is not None:
             worker.last_seen = now
         job = self.jobs.get(job_id)
-        if job is None or job.state.finished or not 0 <= index < job.total:
+        if job is None or job.settled() or not 0 <= index < job.total:
             return False
         state = job.states[index]
         live = state == TaskState.LEASED and job.attempts[index] == attempt
+        if job.state.finished:
+            if live:
+                self._settle(job, index)
+            return False
         if not live and state not in (TaskState.QUEUED, TaskState.DELAYED):
             return False  # finished already, or leased again to someone else
         if live:

@@ -120,9 +120,14 @@ class Job:
         heapq.heapify(self.returned)
 
     def drop_payloads(self) -> None:
-        """A finished job keeps its counts, not its per-task data."""
+        """A finished job keeps no payloads; its task states go once no lease is out."""
         self.payloads = None
         self.shared_payload = b""
-        self.states = bytearray()
-        self.attempts = bytearray()
         self.returned = []
+        if not self.counts[TaskState.LEASED]:
+            self.states = bytearray()
+            self.attempts = bytearray()
+
+    def settled(self) -> bool:
+        """Finished, and no worker still holds one of its tasks."""
+        return self.state.finished and not self.counts[TaskState.LEASED]

@@ -14,9 +14,10 @@ generation, so no step ever submits twice:
 
 A spec change (a new generation) renders again: the old job is cancelled and
 a new one submitted, since a user who edits the resource wants the new image.
-Deleting the resource cancels its job and removes its bands (a finalizer);
-an unreachable coordinator delays that by at most ``DELETE_TIMEOUT`` seconds,
-never forever. The autoscaler runs beside them on a thread of its own.
+Deleting the resource cancels its job, waits for bands still rendering and
+removes the bands (a finalizer); an unreachable coordinator delays that by
+at most ``DELETE_TIMEOUT`` seconds, never forever. The autoscaler runs
+beside them on a thread of its own.
 """
 
 from __future__ import annotations
@@ -268,15 +269,19 @@ def assemble(
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, timeout=DELETE_TIMEOUT)
-async def delete(spec: kopf.Spec, status: kopf.Status, retry: int, **_: Any) -> None:
+async def delete(spec: kopf.Spec, status: kopf.Status, **_: Any) -> None:
     job_id = status.get("jobId")
     if not job_id:
         return
     try:
-        await asyncio.to_thread(state.client.cancel, job_id, "FractalJob deleted")
+        job = await asyncio.to_thread(state.client.cancel, job_id, "FractalJob deleted")
     except ClientError as error:
         if error.code is None or error.code.name != "NOT_FOUND":
             raise kopf.TemporaryError(f"cannot cancel {job_id}: {error}", delay=5) from None
+        return
+    # Bands still rendering would be stored after a clean-up now: wait for them.
+    if job.leased:
+        raise kopf.TemporaryError(f"{job.leased} band(s) of {job_id} still rendering", delay=1)
     with contextlib.suppress(ValueError, StorageError):
         request, regions, _priority = parse_spec(spec)
         await asyncio.to_thread(remove_bands, state.storage, job_id, request, regions)

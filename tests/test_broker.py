@@ -129,8 +129,9 @@ def test_a_dead_letter_fails_the_job_and_drops_its_other_tasks() -> None:
     [other] = b.lease("w2", 1, 0.0)
     assert b.fail("w1", "j", a.index, a.attempt, "bad", 0.0)
     assert job.state is JobState.FAILED
-    assert job.counts[TaskState.CANCELLED] == 4
+    assert (job.counts[TaskState.CANCELLED], job.counts[TaskState.LEASED]) == (3, 1)
     assert not b.complete("w2", "j", other.index, other.attempt, b"", 0.0)
+    assert (job.counts[TaskState.CANCELLED], job.counts[TaskState.LEASED]) == (4, 0)
     assert not b.workers["w2"].leases
     assert b.lease("w1", 5, 0.0) == []
 
@@ -172,8 +173,22 @@ def test_cancel_drops_queued_tasks_and_ignores_leased_reports() -> None:
     b.cancel("j", "no longer needed", 1.0)
     assert job.state is JobState.CANCELLED and job.reason == "no longer needed"
     assert b.lease("w1", 4, 1.0) == []
+    # The running task stays visible until its worker reports; the report is discarded.
+    assert job.counts[TaskState.LEASED] == 1 and job.counts[TaskState.CANCELLED] == 3
     assert not b.complete("w1", "j", task.index, task.attempt, b"", 2.0)
+    assert job.counts[TaskState.LEASED] == 0 and job.counts[TaskState.CANCELLED] == 4
+    assert not b.workers["w1"].leases and b.succeeded == 0
     assert b.totals()[TaskState.QUEUED] == 0
+
+
+def test_a_cancelled_jobs_lease_also_ends_when_its_worker_is_lost() -> None:
+    b = broker()
+    job, _ = b.submit(spec(2), 0, "j")
+    b.lease("w1", 1, 0.0)
+    b.cancel("j", "", 1.0)
+    assert job.counts[TaskState.LEASED] == 1
+    b.worker_lost("w1", "gone", 2.0)
+    assert job.counts[TaskState.LEASED] == 0 and job.state is JobState.CANCELLED
 
 
 def test_idempotent_submission() -> None:

@@ -28,6 +28,9 @@ from fractalq.proto import fractalq_pb2 as pb
 
 NAMESPACE = "default"
 SMALL = {"width": 240, "height": 160, "maxIterations": 200, "regions": 6}
+# Julia's interior has no shortcut: every inside pixel runs all its iterations,
+# so this takes seconds even with the fast kernel (tests can watch it run).
+HEAVY = {"width": 800, "height": 600, "maxIterations": 400000, "regions": 40}
 
 
 class Setup:
@@ -129,10 +132,8 @@ def test_a_fractaljob_goes_from_pending_to_a_png_url(setup: Setup) -> None:
 
 def test_progress_is_visible_while_running(setup: Setup) -> None:
     setup.workers(1)
-    # Julia's interior has no shortcut: every inside pixel runs all its iterations.
-    slow = {"width": 800, "height": 600, "maxIterations": 100000, "regions": 40}
     with setup.operator():
-        setup.fractaljob("slow", fractal="julia", **slow)
+        setup.fractaljob("slow", fractal="julia", **HEAVY)
         midway = wait_until(
             lambda: (
                 (s := setup.status("slow")).get("phase") == "Running"
@@ -169,17 +170,26 @@ def test_an_operator_restart_mid_job_submits_nothing_twice(setup: Setup) -> None
     assert [job.job_id for job in jobs] == [done["jobId"]]
 
 
-def test_deleting_mid_job_cancels_it_and_releases_the_finalizer(setup: Setup) -> None:
+def test_deleting_mid_job_cancels_it_removes_bands_and_releases_the_finalizer(
+    setup: Setup,
+) -> None:
+    setup.workers(1)
     with setup.operator():
-        setup.fractaljob("doomed", **SMALL)
-        queued = wait_until(lambda: setup.phase_is("doomed", "Queued"), 30, "Queued")
+        setup.fractaljob("doomed", fractal="julia", **HEAVY)
+        running = wait_until(
+            lambda: (s := setup.status("doomed")).get("bandsDone", 0) >= 2 and s, 60, "bands"
+        )
         assert "fractalq.dev/cleanup" in (
             setup.emulator.get(FRACTALJOBS, NAMESPACE, "doomed") or {}
         )["metadata"].get("finalizers", [])
         setup.emulator.delete(FRACTALJOBS, NAMESPACE, "doomed")
-        wait_until(lambda: setup.emulator.get(FRACTALJOBS, NAMESPACE, "doomed") is None, 30, "gone")
+        wait_until(lambda: setup.emulator.get(FRACTALJOBS, NAMESPACE, "doomed") is None, 60, "gone")
     with setup.coordinator.client() as client:
-        assert client.job(queued["jobId"]).state == pb.CANCELLED
+        cancelled = client.job(running["jobId"])
+    assert cancelled.state == pb.CANCELLED and cancelled.leased == 0
+    # Bands stored before the delete and the one that was rendering are all gone.
+    listed = setup.s3.client().list_objects_v2(Bucket=setup.bucket, Prefix="images/jobs/")
+    assert listed.get("KeyCount", 0) == 0
 
 
 def test_the_autoscaler_follows_the_queue(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
