@@ -15,7 +15,7 @@ period-2 bulb, whose points are known to be inside) gets the credit. The table
 also says how many of those iterations the bulb shortcut skips.
 
 Then, for the default kernel, the whole ``render_rows`` (kernel + colouring) and
-``encode_band`` (the band's PNG, as a worker stores it), so the split of a
+``encode_band`` (the band's deflated rows, as a worker stores them), so the split of a
 band's time is visible.
 """
 

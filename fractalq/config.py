@@ -109,8 +109,7 @@ DEFAULT_HEIGHT = 800
 DEFAULT_REGIONS = 8
 DEFAULT_MAX_ITER = 256
 DEFAULT_JULIA_C = (-0.7, 0.27015)
-# Bands are PNG-compressed fast on the workers; the final image better.
-BAND_COMPRESS_LEVEL = 1
+# Workers deflate their bands' rows at this level; the assembler only copies them.
 IMAGE_COMPRESS_LEVEL = 6
 DEFAULT_FRACTAL = "mandelbrot"
 DEFAULT_PALETTE = "classic"

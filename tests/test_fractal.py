@@ -283,10 +283,10 @@ def test_decode_band_round_trip_and_refusals() -> None:
         decode_band(data, 10, 6)
     with pytest.raises(ValueError, match="band is 10x5, expected 9x5"):
         decode_band(data, 9, 5)
-    gray = io.BytesIO()
-    Image.new("L", (10, 5)).save(gray, format="PNG")
-    with pytest.raises(ValueError, match="mode L, expected RGB"):
-        decode_band(gray.getvalue(), 10, 5)
+    old_format = io.BytesIO()  # bands used to be PNG files: refused, not misread
+    Image.new("RGB", (10, 5)).save(old_format, format="PNG")
+    with pytest.raises(ValueError, match="not a fractalq band"):
+        decode_band(old_format.getvalue(), 10, 5)
     for bad in (b"", b"not a png", data[: len(data) // 2]):
         with pytest.raises(ValueError, match="band") as caught:
             decode_band(bad, 10, 5)

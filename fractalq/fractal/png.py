@@ -1,22 +1,38 @@
-"""PNG for bands and for the assembled image.
+"""PNG for bands and for the assembled image, assembled without re-encoding.
 
-Bands travel as small PNG files written by Pillow (fast compression: workers
-should spend their time on the fractal). The final image is written by
-:class:`PngWriter`, a streaming encoder small enough to be exact about its
-bytes, which is what makes a distributed render identical to a one-band render:
+The final image's zlib stream is a concatenation of independently deflated rows,
+so workers do the compressing and the assembler only copies bytes:
 
-* every row gets the same fixed filter (Paeth, computed with numpy from the
-  unfiltered bytes, so it never depends on how rows were grouped);
-* one zlib stream is fed one filtered row per call, so the compressed bytes are
-  a function of the rows alone, not of the bands they came in;
+* every row gets the Sub filter (type 1), which looks at no other row, so a
+  worker filters its band alone;
+* every row is deflated on its own (raw deflate, a fresh compressor ended with
+  ``Z_SYNC_FLUSH``, so it ends on a byte boundary), primed with the previous
+  row's filtered bytes as its dictionary (at most the last 32 KiB: the deflate
+  window, which holds exactly those bytes when the rows are concatenated). The
+  compressed bytes of a row are thus a function of two rows alone, never of the
+  band cut, which keeps "same request, same bytes whatever the bands";
+* a band object carries its rows 1.. deflated, plus its first and last filtered
+  rows raw: the assembler deflates each band's first row itself, primed with the
+  previous band's last row (a few KiB of work per band), and copies the rest;
+* the stream is the zlib header, the rows, a final empty block, and the Adler-32
+  of all filtered bytes, combined from the bands' (:func:`adler32_combine`);
 * IDAT chunks are cut at fixed offsets of that stream, not when a band ends.
 
-Memory stays bounded by a band (the caller's) plus a few rows and one chunk.
+:class:`PngWriter` (one-piece images) writes exactly the same stream, so a
+distributed render is byte-identical to one rendered in one piece.
+
+Band object: a header ``>4sIIIII`` (magic ``FQB1``, width, rows, first image
+row or 0xFFFFFFFF if the encoder was not told, Adler-32 of the filtered bytes of
+rows 1.., CRC-32 of everything after the header), then the
+first filtered row, the last filtered row (each ``1 + 3 * width`` bytes), then
+the raw deflate bytes of rows 1... The CRC lets the assembler reject a corrupt
+band without inflating it.
+
+Assembly memory is bounded by one band object plus one IDAT chunk.
 """
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 from collections.abc import Iterable
@@ -24,7 +40,6 @@ from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, PngImagePlugin
 
 from fractalq import config
 
@@ -33,46 +48,174 @@ Rgb = npt.NDArray[np.uint8]
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Compressed bytes per IDAT chunk (the last one may be shorter).
 IDAT_CHUNK_BYTES = 1 << 16
-# Rows are filtered in groups of about this many bytes, to keep the int16
-# temporaries of the Paeth filter small whatever the band size.
+# Rows are filtered in groups of about this many bytes, to bound the temporaries
+# of PngWriter whatever the size of the rows it is given.
 FILTER_GROUP_BYTES = 1 << 20
-_PAETH = 4
+BAND_MAGIC = b"FQB1"
+BAND_HEADER = struct.Struct(">4sIIIII")
+UNKNOWN_START = 0xFFFFFFFF  # a band encoded without its position in the image
+_SUB = 1
+_WINDOW = 1 << 15  # deflate's window: the most of a dictionary that can be referenced
+_BASE = 65521  # Adler-32's modulus
+# A final fixed-Huffman block holding only its end code: ends the deflate stream.
+_FINAL_BLOCK = b"\x03\x00"
 _PNG_MAX_SIDE = 2**31 - 1
 
 
-def encode_band(rgb: Rgb) -> bytes:
-    """A band's pixels (uint8, shape (rows, width, 3)) as a PNG file."""
+def adler32_combine(adler1: int, adler2: int, length2: int) -> int:
+    """The Adler-32 of A + B from that of A, that of B and B's length (zlib's, in Python)."""
+    a1, b1 = adler1 & 0xFFFF, adler1 >> 16
+    a2, b2 = adler2 & 0xFFFF, adler2 >> 16
+    a = (a1 + a2 - 1) % _BASE
+    b = (b1 + b2 + (length2 % _BASE) * (a1 - 1)) % _BASE
+    return (b << 16) | a
+
+
+def _filter_rows(rgb: Rgb) -> npt.NDArray[np.uint8]:
+    """Rows (n, width, 3) as PNG rows with the Sub filter: shape (n, 1 + 3 * width)."""
+    count, width = rgb.shape[0], rgb.shape[1]
+    flat = rgb.reshape(count, width * 3)
+    filtered = np.empty((count, 1 + width * 3), dtype=np.uint8)
+    filtered[:, 0] = _SUB
+    filtered[:, 1:4] = flat[:, :3]
+    np.subtract(flat[:, 3:], flat[:, :-3], out=filtered[:, 4:])  # wraps: PNG's modulo 256
+    return filtered
+
+
+def _deflate_row(row: bytes, previous: bytes | None, level: int) -> bytes:
+    """One filtered row as raw deflate ending on a byte boundary, primed with the row above."""
+    if previous is None:
+        compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+    else:
+        compressor = zlib.compressobj(level, zlib.DEFLATED, -15, zdict=previous[-_WINDOW:])
+    return compressor.compress(row) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+class _ZlibIdat:
+    """Writes a zlib stream made of deflated pieces as IDAT chunks cut at fixed offsets."""
+
+    def __init__(self, out: BinaryIO, level: int) -> None:
+        self._out = out
+        self._pending = bytearray(zlib.compress(b"", level)[:2])  # the zlib header
+        self.adler = zlib.adler32(b"")
+
+    def add(self, piece: bytes | memoryview, adler: int, length: int) -> None:
+        """Append deflated bytes whose uncompressed data has this Adler-32 and length."""
+        self.adler = adler32_combine(self.adler, adler, length)
+        view = memoryview(piece)
+        if self._pending:
+            take = IDAT_CHUNK_BYTES - len(self._pending)
+            self._pending += view[:take]
+            view = view[take:]
+            if len(self._pending) < IDAT_CHUNK_BYTES:
+                return
+            self._write(memoryview(self._pending))
+            self._pending = bytearray()
+        while len(view) >= IDAT_CHUNK_BYTES:  # whole chunks straight from the piece
+            self._write(view[:IDAT_CHUNK_BYTES])
+            view = view[IDAT_CHUNK_BYTES:]
+        self._pending += view
+
+    def finish(self) -> None:
+        self._pending += _FINAL_BLOCK + struct.pack(">I", self.adler)
+        view = memoryview(self._pending)
+        while view:
+            self._write(view[:IDAT_CHUNK_BYTES])
+            view = view[IDAT_CHUNK_BYTES:]
+        self._pending = bytearray()
+        self._out.write(_chunk(b"IEND", b""))
+
+    def _write(self, data: memoryview) -> None:
+        crc = zlib.crc32(data, zlib.crc32(b"IDAT"))
+        self._out.write(struct.pack(">I", len(data)) + b"IDAT")
+        self._out.write(data)
+        self._out.write(struct.pack(">I", crc))
+
+
+def _check_rgb(rgb: Rgb) -> None:
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"a band is uint8 (rows, width, 3), not {rgb.dtype} {rgb.shape}")
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(
-        buffer, format="PNG", compress_level=config.BAND_COMPRESS_LEVEL
-    )
-    return buffer.getvalue()
+    if rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise ValueError(f"a band has at least one row and column, not {rgb.shape}")
 
 
-def decode_band(data: bytes, width: int, rows: int) -> Rgb:
-    """The pixels of a band PNG, checked to be 8-bit RGB of width x rows."""
-    try:
-        # The plugin class directly, not Image.open: Pillow's decompression-bomb
-        # limit would refuse legitimately large bands, and the exact size check
-        # below, made before any pixel is decoded, is the stricter guard.
-        image = PngImagePlugin.PngImageFile(io.BytesIO(data))
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
-        raise ValueError(f"band is not a readable PNG: {_one_line(error)}") from None
-    with image:
-        if image.size != (width, rows):
-            raise ValueError(f"band is {image.size[0]}x{image.size[1]}, expected {width}x{rows}")
-        if image.mode != "RGB":
-            raise ValueError(f"band is mode {image.mode}, expected RGB")
+def encode_band(
+    rgb: Rgb, start: int | None = None, compress_level: int = config.IMAGE_COMPRESS_LEVEL
+) -> bytes:
+    """A band's pixels (uint8, shape (rows, width, 3)) as a band object (see the module).
+
+    `start`, the band's first row in the image, is recorded so that the assembler
+    can refuse a band put in the wrong place; the bytes otherwise do not depend on it.
+    """
+    _check_rgb(rgb)
+    if start is not None and not 0 <= start < UNKNOWN_START:
+        raise ValueError(f"a band cannot start at row {start}")
+    count, width = rgb.shape[0], rgb.shape[1]
+    filtered = _filter_rows(np.ascontiguousarray(rgb))
+    first = filtered[0].tobytes()
+    pieces = []
+    adler = zlib.adler32(b"")
+    previous = first
+    for row in filtered[1:]:
+        data = row.tobytes()
+        pieces.append(_deflate_row(data, previous, compress_level))
+        adler = zlib.adler32(data, adler)
+        previous = data
+    body = b"".join([first, previous, *pieces])
+    position = UNKNOWN_START if start is None else start
+    header = BAND_HEADER.pack(BAND_MAGIC, width, count, position, adler, zlib.crc32(body))
+    return header + body
+
+
+class _Band:
+    """A checked band object: its first and last filtered rows and the deflated rest."""
+
+    def __init__(self, data: bytes, width: int, rows: int, start: int | None) -> None:
+        if len(data) < BAND_HEADER.size or data[:4] != BAND_MAGIC:
+            raise ValueError("band is not a fractalq band (bad magic)")
+        _, band_width, band_rows, band_start, adler, crc = BAND_HEADER.unpack_from(data)
+        if (band_width, band_rows) != (width, rows):
+            raise ValueError(f"band is {band_width}x{band_rows}, expected {width}x{rows}")
+        if start is not None and band_start not in (UNKNOWN_START, start):
+            raise ValueError(
+                f"band holds rows {band_start}..{band_start + rows}, "
+                f"expected {start}..{start + rows}"
+            )
+        stride = 1 + 3 * width
+        view = memoryview(data)[BAND_HEADER.size :]
+        if len(view) < 2 * stride:
+            raise ValueError(f"band is truncated: {len(data)} bytes")
+        if zlib.crc32(view) != crc:
+            raise ValueError("band is corrupt: CRC-32 mismatch")
+        self.first = bytes(view[:stride])
+        self.last = bytes(view[stride : 2 * stride])
+        self.deflated = view[2 * stride :]
+        self.adler = adler
+        self.tail_length = (rows - 1) * stride
+        if self.first[0] != _SUB or self.last[0] != _SUB:
+            raise ValueError("band is corrupt: a row is not Sub-filtered")
+        if rows == 1 and self.first != self.last:
+            raise ValueError("band is corrupt: its one row is stored two ways")
+        if rows == 1 and self.deflated:
+            raise ValueError("band is corrupt: trailing bytes after its one row")
+
+
+def decode_band(data: bytes, width: int, rows: int, start: int | None = None) -> Rgb:
+    """The pixels of a band object, checked to be width x rows (from `start`) and intact."""
+    band = _Band(data, width, rows, start)
+    tail = b""
+    if rows > 1:
+        inflater = zlib.decompressobj(-15, zdict=band.first[-_WINDOW:])
         try:
-            image.load()
-        except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as error:
+            tail = inflater.decompress(band.deflated, band.tail_length + 1)
+        except zlib.error as error:
             raise ValueError(f"band is corrupt: {_one_line(error)}") from None
-        pixels = np.asarray(image, dtype=np.uint8)
-    if pixels.shape != (rows, width, 3):
-        raise ValueError(f"band decoded to shape {pixels.shape}, expected {(rows, width, 3)}")
-    return pixels
+        if len(tail) != band.tail_length or zlib.adler32(tail) != band.adler:
+            raise ValueError("band is corrupt: its rows do not inflate to their checksum")
+    filtered = np.frombuffer(band.first + tail, dtype=np.uint8).reshape(rows, 1 + 3 * width)
+    if (filtered[:, 0] != _SUB).any() or filtered[-1].tobytes() != band.last:
+        raise ValueError("band is corrupt: its rows are not the ones it declares")
+    return np.cumsum(filtered[:, 1:].reshape(rows, width, 3), axis=1, dtype=np.uint8)
 
 
 def _one_line(error: BaseException) -> str:
@@ -89,23 +232,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     )
 
 
-def _paeth(rows: npt.NDArray[np.uint8], above: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    """Paeth-filter rows (shape (n, width * 3)); `above` is the row before the first.
-
-    PNG defines the filter on the unfiltered bytes, so every predictor is known in
-    advance and a whole group of rows filters at once.
-    """
-    x = rows.astype(np.int16)
-    b = np.concatenate([above[np.newaxis].astype(np.int16), x[:-1]])  # up
-    a = np.zeros_like(x)  # left: the same channel of the previous pixel
-    a[:, 3:] = x[:, :-3]
-    c = np.zeros_like(x)  # up-left
-    c[:, 3:] = b[:, :-3]
-    pa = np.abs(b - c)
-    pb = np.abs(a - c)
-    pc = np.abs(a + b - c - c)
-    predictor = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
-    return (x - predictor).astype(np.uint8)  # the wrap-around is PNG's modulo 256
+def _header(out: BinaryIO, width: int, height: int) -> None:
+    if not (1 <= width <= _PNG_MAX_SIDE and 1 <= height <= _PNG_MAX_SIDE):
+        raise ValueError(f"a PNG cannot be {width}x{height}")
+    # bit depth 8, colour type 2 (RGB), deflate, adaptive filtering, no interlace
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    out.write(SIGNATURE + _chunk(b"IHDR", header))
 
 
 class PngWriter:
@@ -113,7 +245,8 @@ class PngWriter:
 
     Feed rows top to bottom with :meth:`write_rows`, then :meth:`close`; also a
     context manager (on an exception, nothing more is written). The output does
-    not depend on how the rows were split across calls.
+    not depend on how the rows were split across calls, and equals what
+    :func:`assemble` writes from bands of the same rows.
     """
 
     def __init__(
@@ -123,19 +256,14 @@ class PngWriter:
         height: int,
         compress_level: int = config.IMAGE_COMPRESS_LEVEL,
     ) -> None:
-        if not (1 <= width <= _PNG_MAX_SIDE and 1 <= height <= _PNG_MAX_SIDE):
-            raise ValueError(f"a PNG cannot be {width}x{height}")
+        _header(out, width, height)
         self.width = width
         self.height = height
         self.rows_written = 0
-        self._out = out
-        self._compressor = zlib.compressobj(compress_level)
-        self._pending = bytearray()
-        self._above = np.zeros(width * 3, dtype=np.uint8)  # the row above row 0 is zeros
+        self._level = compress_level
+        self._stream = _ZlibIdat(out, compress_level)
+        self._previous: bytes | None = None  # the filtered row above, if any
         self._closed = False
-        # bit depth 8, colour type 2 (RGB), deflate, adaptive filtering, no interlace
-        header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-        out.write(SIGNATURE + _chunk(b"IHDR", header))
 
     def write_rows(self, rgb_rows: Rgb) -> None:
         """Append rows (uint8, shape (n, width, 3)) below those already written."""
@@ -150,15 +278,13 @@ class PngWriter:
             raise ValueError(
                 f"{self.rows_written + count} rows is more than the image's {self.height}"
             )
-        flat = rgb_rows.reshape(count, self.width * 3)
         group = max(1, FILTER_GROUP_BYTES // (self.width * 3))
-        filter_byte = bytes([_PAETH])
         for first in range(0, count, group):
-            rows = flat[first : first + group]
-            for row in _paeth(rows, self._above):
-                self._pending += self._compressor.compress(filter_byte + row.tobytes())
-            self._above = rows[-1].copy()
-            self._emit(final=False)
+            for row in _filter_rows(np.ascontiguousarray(rgb_rows[first : first + group])):
+                data = row.tobytes()
+                piece = _deflate_row(data, self._previous, self._level)
+                self._stream.add(piece, zlib.adler32(data), len(data))
+                self._previous = data
         self.rows_written += count
 
     def close(self) -> None:
@@ -167,16 +293,8 @@ class PngWriter:
             return
         if self.rows_written != self.height:
             raise ValueError(f"only {self.rows_written} of {self.height} rows were written")
-        self._pending += self._compressor.flush()
-        self._emit(final=True)
-        self._out.write(_chunk(b"IEND", b""))
+        self._stream.finish()
         self._closed = True
-
-    def _emit(self, final: bool) -> None:
-        while len(self._pending) >= IDAT_CHUNK_BYTES or (final and self._pending):
-            data = bytes(self._pending[:IDAT_CHUNK_BYTES])
-            del self._pending[:IDAT_CHUNK_BYTES]
-            self._out.write(_chunk(b"IDAT", data))
 
     def __enter__(self) -> PngWriter:
         return self
@@ -191,9 +309,12 @@ def assemble(
     request_width: int,
     band_rows: list[tuple[int, int]],
     out: BinaryIO,
+    compress_level: int = config.IMAGE_COMPRESS_LEVEL,
 ) -> None:
-    """Stream band PNGs, in order, into one PNG on `out`, one band in memory at a time.
+    """Stream band objects, in order, into one PNG on `out`, one band in memory at a time.
 
+    Nothing is inflated or re-encoded: each band's deflated rows are copied, and
+    only its first row is deflated here (it needs the previous band's last row).
     `band_rows` are the bands' half-open row ranges (as from ``split_rows``); they
     must tile the image from row 0. On an error `out` holds a partial file: write
     to a temporary name and rename on success.
@@ -205,15 +326,23 @@ def assemble(
         if start != expected or end <= start:
             raise ValueError(f"band rows {start}..{end} do not continue from row {expected}")
         expected = end
+    _header(out, request_width, expected)
+    stream = _ZlibIdat(out, compress_level)
+    previous: bytes | None = None
     supply = iter(bands)
-    with PngWriter(out, request_width, expected) as writer:
-        for index, (start, end) in enumerate(band_rows):
-            data = next(supply, None)
-            if data is None:
-                raise ValueError(f"got {index} bands, expected {len(band_rows)}")
-            try:
-                writer.write_rows(decode_band(data, request_width, end - start))
-            except ValueError as error:
-                raise ValueError(f"band {index} (rows {start}..{end}): {error}") from None
-        if next(supply, None) is not None:
-            raise ValueError(f"got more than the {len(band_rows)} bands expected")
+    for index, (start, end) in enumerate(band_rows):
+        data = next(supply, None)
+        if data is None:
+            raise ValueError(f"got {index} bands, expected {len(band_rows)}")
+        try:
+            band = _Band(data, request_width, end - start, start)
+        except ValueError as error:
+            raise ValueError(f"band {index} (rows {start}..{end}): {error}") from None
+        first = band.first
+        stream.add(_deflate_row(first, previous, compress_level), zlib.adler32(first), len(first))
+        stream.add(band.deflated, band.adler, band.tail_length)
+        previous = band.last
+        del data, band
+    if next(supply, None) is not None:
+        raise ValueError(f"got more than the {len(band_rows)} bands expected")
+    stream.finish()

@@ -57,7 +57,7 @@ def render_band(payload: bytes, context: TaskContext) -> bytes:
     if not context.storage_url:
         raise RuntimeError("this worker has no --storage to put bands in")
     request, start, end = parse_payload(payload)
-    data = encode_band(render_rows(request, start, end))
+    data = encode_band(render_rows(request, start, end), start)
     key = band_key(context.job_id, start, end)
     _storage(context.storage_url).put(key, data)  # only reported done once stored
     return key.encode()
