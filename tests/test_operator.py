@@ -174,8 +174,9 @@ def test_deleting_mid_job_cancels_it_removes_bands_and_releases_the_finalizer(
     setup: Setup,
 ) -> None:
     setup.workers(1)
+    # 2.5 times the work of HEAVY: far from done when it is deleted, on any machine.
     with setup.operator():
-        setup.fractaljob("doomed", fractal="julia", **HEAVY)
+        setup.fractaljob("doomed", fractal="julia", **{**HEAVY, "maxIterations": 1_000_000})
         running = wait_until(
             lambda: (s := setup.status("doomed")).get("bandsDone", 0) >= 2 and s, 60, "bands"
         )
