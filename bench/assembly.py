@@ -23,54 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import assembly_child  # noqa: E402
+from assembly_child import synthetic  # noqa: E402
 
 from fractalq.fractal import encode_band, split_rows  # noqa: E402
-
-PNG_MODULE = ROOT / "fractalq" / "fractal" / "png.py"
-
-CHILD = """
-import importlib.util, json, resource, sys, time
-spec = importlib.util.spec_from_file_location("png", sys.argv[1])
-png = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(png)
-out_path, width, *spec_args = sys.argv[2:]
-rows = [tuple(map(int, item.split(":"))) for item in spec_args[::2]]
-paths = spec_args[1::2]
-def bands():
-    for path in paths:
-        with open(path, "rb") as f:
-            yield f.read()
-def peak_kib():
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-before = peak_kib()
-start = time.perf_counter()
-with open(out_path, "wb") as out:
-    png.assemble(bands(), int(width), rows, out)
-seconds = time.perf_counter() - start
-print(json.dumps({
-    "seconds": seconds, "before_kib": before, "peak_kib": peak_kib(),
-    "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-}))
-"""
-
-
-def synthetic(width: int, start: int, end: int) -> np.ndarray:
-    """Rows start..end of a deterministic test image: gradients and noise-like bits."""
-    y = np.arange(start, end, dtype=np.int64)[:, np.newaxis]
-    x = np.arange(width, dtype=np.int64)[np.newaxis, :]
-    rgb = np.empty((end - start, width, 3), dtype=np.uint8)
-    rgb[..., 0] = (x * 3 + y) & 0xFF
-    rgb[..., 1] = (x ^ y) & 0xFF
-    rgb[..., 2] = (((x * 2654435761) ^ (y * 40503)) >> 13) & 0xFF
-    return rgb
 
 
 def write_bands(folder: Path, size: int, regions: int) -> tuple[list[str], int]:
@@ -105,8 +64,7 @@ def main() -> None:
             results = []
             for _ in range(args.runs):
                 child = subprocess.run(
-                    [sys.executable, "-c", CHILD, str(PNG_MODULE), str(out), str(size),
-                     *band_args],
+                    assembly_child.command(out, size, band_args),
                     capture_output=True, text=True, check=True,
                 )  # fmt: skip
                 results.append(json.loads(child.stdout))

@@ -12,12 +12,13 @@ import json
 import random
 import struct
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 
+import assembly_child
 import numpy as np
 import pytest
+from assembly_child import synthetic
 from PIL import Image
 from reference import reference_png
 
@@ -33,18 +34,6 @@ from fractalq.fractal import (
 from fractalq.fractal.png import BAND_HEADER, adler32_combine
 
 MiB = 1 << 20
-PNG_MODULE = str(Path(__file__).resolve().parent.parent / "fractalq" / "fractal" / "png.py")
-
-
-def synthetic(width: int, start: int, end: int) -> np.ndarray:
-    """Rows start..end of a deterministic, partly compressible test image."""
-    y = np.arange(start, end, dtype=np.int64)[:, np.newaxis]
-    x = np.arange(width, dtype=np.int64)[np.newaxis, :]
-    rgb = np.empty((end - start, width, 3), dtype=np.uint8)
-    rgb[..., 0] = (x * 3 + y) & 0xFF
-    rgb[..., 1] = (x ^ y) & 0xFF
-    rgb[..., 2] = (((x * 2654435761) ^ (y * 40503)) >> 13) & 0xFF  # noise-like
-    return rgb
 
 
 def stitched(rgb: np.ndarray, rows: list[tuple[int, int]]) -> bytes:
@@ -197,33 +186,6 @@ def test_assemble_rejects_corrupt_and_mismatched_bands() -> None:
 # The child loads png.py alone: importing the fractalq.fractal package would
 # also load the kernels (numba), whose footprint is not the assembler's. Its
 # peak is the kernel's VmHWM (the high-water mark of this address space): on
-# Linux ru_maxrss also counts the pages of the forked pytest process before exec.
-ASSEMBLER = """
-import importlib.util, json, resource, sys
-spec = importlib.util.spec_from_file_location("png", sys.argv.pop(1))
-png = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(png)
-assemble = png.assemble
-out_path, width, *spec = sys.argv[1:]
-rows = [tuple(map(int, item.split(":"))) for item in spec[::2]]
-paths = spec[1::2]
-def bands():
-    for path in paths:
-        with open(path, "rb") as f:
-            yield f.read()
-def peak_kib():
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-before = peak_kib()
-with open(out_path, "wb") as out:
-    assemble(bands(), int(width), rows, out)
-after = peak_kib()
-maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"before_kib": before, "peak_kib": after, "maxrss_kib": maxrss}))
-"""
 
 
 def test_a_16384_wide_image_assembles_in_bounded_memory(tmp_path: Path) -> None:
@@ -239,7 +201,7 @@ def test_a_16384_wide_image_assembles_in_bounded_memory(tmp_path: Path) -> None:
         args += [f"{start}:{end}", str(path)]
     out = tmp_path / "image.png"
     result = subprocess.run(
-        [sys.executable, "-c", ASSEMBLER, PNG_MODULE, str(out), str(width), *args],
+        assembly_child.command(out, width, args),
         capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
     usage = json.loads(result.stdout)
