@@ -532,6 +532,14 @@ def test_worker_replicas_belong_to_the_autoscaler(chart_helm: Helm) -> None:
     )
 
 
+def test_workers_cache_the_compiled_kernel_on_a_writable_volume(chart_helm: Helm) -> None:
+    worker = container_of(chart_helm.template(), "Deployment", "worker")
+    assert worker["securityContext"]["readOnlyRootFilesystem"] is True
+    cache = env_value(worker, "NUMBA_CACHE_DIR")
+    mounts = [mount["mountPath"] for mount in worker["volumeMounts"]]
+    assert any(cache.startswith(path.rstrip("/") + "/") for path in mounts), (cache, mounts)
+
+
 def test_operator_environment(chart_helm: Helm) -> None:
     operator = container_of(chart_helm.template(), "Deployment", "operator")
     assert {
