@@ -220,6 +220,13 @@ class Broker:
             self._finish(job, JobState.CANCELLED, reason or "cancelled", now)
         return job
 
+    def recent_jobs(self, limit: int, active_only: bool = False) -> list[Job]:
+        """The newest jobs in memory first, at most ``limit``."""
+        jobs = sorted(self.jobs.values(), key=lambda job: job.seq, reverse=True)
+        if active_only:
+            jobs = [job for job in jobs if not job.state.finished]
+        return jobs[: max(limit, 0)]
+
     def active_jobs(self) -> Iterator[Job]:
         return (job for job in self.jobs.values() if not job.state.finished)
 

@@ -46,12 +46,9 @@ def make_app(service: CoordinatorService) -> web.Application:
             limit = int(request.query.get("limit", config.DEFAULT_LIST_LIMIT))
         except ValueError:
             raise web.HTTPBadRequest(text="limit must be a whole number") from None
-        listed = sorted(service.broker.jobs.values(), key=lambda job: job.seq, reverse=True)
-        if active:
-            listed = [job for job in listed if not job.state.finished]
         body: list[dict[str, Any]] = [
             json_format.MessageToDict(job_message(job), always_print_fields_with_no_presence=True)
-            for job in listed[: max(limit, 0)]
+            for job in service.broker.recent_jobs(limit, active)
         ]
         return web.json_response({"jobs": body})
 

@@ -325,11 +325,10 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     async def ListJobs(
         self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListJobsResponse:
-        limit = request.limit or config.DEFAULT_LIST_LIMIT
-        jobs = sorted(self.broker.jobs.values(), key=lambda job: job.seq, reverse=True)
-        if request.active_only:
-            jobs = [job for job in jobs if not job.state.finished]
-        return pb.ListJobsResponse(jobs=[job_message(job) for job in jobs[:limit]])
+        jobs = self.broker.recent_jobs(
+            request.limit or config.DEFAULT_LIST_LIMIT, request.active_only
+        )
+        return pb.ListJobsResponse(jobs=[job_message(job) for job in jobs])
 
     @_unary
     async def CancelJob(
