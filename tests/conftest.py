@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from procs import ProcessGroup
 from s3server import SeaweedS3
 
 # ---- S3: a real SeaweedFS server (see tests/s3server.py) -------------------
@@ -28,3 +30,15 @@ def s3_server() -> Iterator[SeaweedS3]:
 
 
 # ---- end of S3 section -----------------------------------------------------
+
+
+# ---- processes: coordinators and workers of one test (see tests/procs.py) ---
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[ProcessGroup]:
+    group = ProcessGroup(tmp_path)
+    try:
+        yield group
+    finally:
+        group.stop()

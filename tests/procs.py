@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 from fractalq.client import Client
 
@@ -154,3 +154,29 @@ class Worker(Process):
         if grace is not None:
             args += ["--grace-period", str(grace)]
         super().__init__(args, tmp / f"{name}-{time.monotonic_ns()}.log", env=env)
+
+
+class ProcessGroup:
+    """The processes one test starts; ``stop()`` ends every one, the newest first."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.processes: list[Process] = []
+        self.coordinator: Coordinator | None = None
+
+    def start_coordinator(self, **kwargs: Any) -> Coordinator:
+        """A coordinator; the workers started after it connect to it."""
+        coordinator = Coordinator(self.tmp, **kwargs)
+        self.processes.append(coordinator)
+        self.coordinator = coordinator
+        return coordinator
+
+    def start_worker(self, **kwargs: Any) -> Worker:
+        assert self.coordinator is not None, "start a coordinator first"
+        worker = Worker(self.tmp, self.coordinator.address, **kwargs)
+        self.processes.append(worker)
+        return worker
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()

@@ -17,7 +17,7 @@ import kopf
 import pytest
 from kopf.testing import KopfRunner
 from kube import DEPLOYMENTS, FRACTALJOBS, Emulator
-from procs import Coordinator, Process, Worker, wait_until
+from procs import ProcessGroup, wait_until
 from reference import reference_png
 from s3server import SeaweedS3
 
@@ -37,11 +37,9 @@ class Setup:
     """Emulator, coordinator, workers, S3 and the operator's environment."""
 
     def __init__(self, tmp: Path, s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.tmp = tmp
-        self.processes: list[Process] = []
+        self.group = ProcessGroup(tmp)
         self.emulator = Emulator()
-        self.coordinator = Coordinator(tmp)
-        self.processes.append(self.coordinator)
+        self.coordinator = self.group.start_coordinator()
         self.bucket = s3.make_bucket("operator")
         self.storage = f"s3://{self.bucket}/images"
         self.s3 = s3
@@ -56,8 +54,7 @@ class Setup:
 
     def workers(self, count: int) -> None:
         for _ in range(count):
-            worker = Worker(self.tmp, self.coordinator.address, storage=self.storage, env=self.env)
-            self.processes.append(worker)
+            self.group.start_worker(storage=self.storage, env=self.env)
 
     def operator(self) -> KopfRunner:
         return KopfRunner(
@@ -92,8 +89,7 @@ class Setup:
         return seen
 
     def stop(self) -> None:
-        for process in reversed(self.processes):
-            process.stop()
+        self.group.stop()
         self.emulator.close()
 
 

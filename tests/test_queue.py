@@ -5,50 +5,15 @@ from __future__ import annotations
 import json
 import signal
 import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
-from procs import Coordinator, Process, Worker, run_cli, wait_until
+from procs import Coordinator, ProcessGroup, run_cli, wait_until
 
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
-
-
-class Cluster:
-    """Starts processes for one test and stops every one of them afterwards."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.processes: list[Process] = []
-        self.coordinator: Coordinator | None = None
-
-    def start_coordinator(self, **kwargs: Any) -> Coordinator:
-        coordinator = Coordinator(self.tmp, **kwargs)
-        self.processes.append(coordinator)
-        self.coordinator = coordinator
-        return coordinator
-
-    def start_worker(self, **kwargs: Any) -> Worker:
-        assert self.coordinator is not None
-        worker = Worker(self.tmp, self.coordinator.address, **kwargs)
-        self.processes.append(worker)
-        return worker
-
-    def stop(self) -> None:
-        for process in reversed(self.processes):
-            process.stop()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def submit(coordinator: Coordinator, task: str = "noop", count: int = 1, **fields: Any) -> pb.Job:
@@ -78,7 +43,7 @@ def stub(coordinator: Coordinator) -> tuple[grpc.Channel, pb_grpc.CoordinatorStu
     return channel, pb_grpc.CoordinatorStub(channel)
 
 
-def test_priority_then_submission_order(cluster: Cluster) -> None:
+def test_priority_then_submission_order(cluster: ProcessGroup) -> None:
     coordinator = cluster.start_coordinator()
     ids = [submit(coordinator, count=2, priority=priority).job_id for priority in (5, 1, 5, 1, 0)]
     cluster.start_worker(concurrency=1)
@@ -89,7 +54,9 @@ def test_priority_then_submission_order(cluster: Cluster) -> None:
     assert sorted(ids, key=started.__getitem__) == expected
 
 
-def test_a_silent_worker_loses_its_lease_and_its_late_report_is_ignored(cluster: Cluster) -> None:
+def test_a_silent_worker_loses_its_lease_and_its_late_report_is_ignored(
+    cluster: ProcessGroup,
+) -> None:
     coordinator = cluster.start_coordinator(worker_timeout=1.0)
     channel, coordinator_stub = stub(coordinator)
     with channel:
@@ -113,7 +80,7 @@ def test_a_silent_worker_loses_its_lease_and_its_late_report_is_ignored(cluster:
         assert job(coordinator, job_id).succeeded == 1
 
 
-def test_killing_a_worker_mid_task_loses_nothing(cluster: Cluster) -> None:
+def test_killing_a_worker_mid_task_loses_nothing(cluster: ProcessGroup) -> None:
     coordinator = cluster.start_coordinator(worker_timeout=30.0)
     victim = cluster.start_worker(concurrency=2)
     job_id = submit(coordinator, "sleep", count=6, payload={"seconds": 0.5}).job_id
@@ -126,7 +93,7 @@ def test_killing_a_worker_mid_task_loses_nothing(cluster: Cluster) -> None:
     assert done.state == pb.SUCCEEDED and done.succeeded == 6
 
 
-def test_coordinator_kill_and_restart_loses_nothing(cluster: Cluster) -> None:
+def test_coordinator_kill_and_restart_loses_nothing(cluster: ProcessGroup) -> None:
     coordinator = cluster.start_coordinator()
     cluster.start_worker(concurrency=2)
     job_id = submit(coordinator, "sleep", count=30, payload={"seconds": 0.1}).job_id
@@ -149,7 +116,7 @@ def test_coordinator_kill_and_restart_loses_nothing(cluster: Cluster) -> None:
     assert wait_until(finished(restarted, waiting)).state == pb.SUCCEEDED
 
 
-def test_sigterm_drains_running_tasks_then_exits(cluster: Cluster) -> None:
+def test_sigterm_drains_running_tasks_then_exits(cluster: ProcessGroup) -> None:
     coordinator = cluster.start_coordinator()
     worker = cluster.start_worker(concurrency=2, grace=20)
     job_id = submit(coordinator, "sleep", count=6, payload={"seconds": 1.0}).job_id
@@ -161,7 +128,7 @@ def test_sigterm_drains_running_tasks_then_exits(cluster: Cluster) -> None:
     assert (drained.succeeded, drained.leased, drained.queued) == (2, 0, 4)
 
 
-def test_sigterm_hands_back_what_outlives_the_grace_period(cluster: Cluster) -> None:
+def test_sigterm_hands_back_what_outlives_the_grace_period(cluster: ProcessGroup) -> None:
     coordinator = cluster.start_coordinator()
     worker = cluster.start_worker(concurrency=1, grace=0.5)
     job_id = submit(coordinator, "sleep", count=1, payload={"seconds": 2.0}, max_attempts=1).job_id
@@ -175,7 +142,7 @@ def test_sigterm_hands_back_what_outlives_the_grace_period(cluster: Cluster) -> 
     assert wait_until(finished(coordinator, job_id)).state == pb.SUCCEEDED
 
 
-def test_failing_tasks_are_dead_lettered_and_fail_the_job(cluster: Cluster) -> None:
+def test_failing_tasks_are_dead_lettered_and_fail_the_job(cluster: ProcessGroup) -> None:
     coordinator = cluster.start_coordinator()
     cluster.start_worker()
     result = run_cli(
@@ -191,7 +158,7 @@ def test_failing_tasks_are_dead_lettered_and_fail_the_job(cluster: Cluster) -> N
     assert "the disk is on fire" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_submit_wait_succeeds_and_status_reports(cluster: Cluster) -> None:
+def test_submit_wait_succeeds_and_status_reports(cluster: ProcessGroup) -> None:
     coordinator = cluster.start_coordinator()
     cluster.start_worker(concurrency=4)
     result = run_cli(
@@ -209,14 +176,14 @@ def test_submit_wait_succeeds_and_status_reports(cluster: Cluster) -> None:
     assert "workers: 1" in queue.stdout
 
 
-def test_wait_times_out_with_its_own_exit_code(cluster: Cluster) -> None:
+def test_wait_times_out_with_its_own_exit_code(cluster: ProcessGroup) -> None:
     coordinator = cluster.start_coordinator()
     job_id = submit(coordinator, "noop").job_id  # no worker: it never runs
     result = run_cli("wait", job_id, "--coordinator", coordinator.address, "--timeout", "0.5")
     assert result.returncode == 3 and "still QUEUED" in result.stderr
 
 
-def test_cancel_drops_queued_tasks(cluster: Cluster) -> None:
+def test_cancel_drops_queued_tasks(cluster: ProcessGroup) -> None:
     coordinator = cluster.start_coordinator()
     cluster.start_worker(concurrency=1)
     job_id = submit(coordinator, "sleep", count=10, payload={"seconds": 0.5}).job_id
@@ -232,7 +199,7 @@ def test_cancel_drops_queued_tasks(cluster: Cluster) -> None:
         assert client.stats().queued == 0
 
 
-def test_bad_requests_get_clear_errors_and_disturb_nothing(cluster: Cluster) -> None:
+def test_bad_requests_get_clear_errors_and_disturb_nothing(cluster: ProcessGroup) -> None:
     coordinator = cluster.start_coordinator()
     keep = submit(coordinator, "noop", count=3).job_id
     channel, coordinator_stub = stub(coordinator)
@@ -295,7 +262,7 @@ def test_command_line_errors_are_one_line(args: list[str], message: str) -> None
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
-def test_http_api(cluster: Cluster) -> None:
+def test_http_api(cluster: ProcessGroup) -> None:
     coordinator = cluster.start_coordinator()
     cluster.start_worker()
     job_id = submit(coordinator, "noop", count=2, priority=3).job_id

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from procs import Coordinator, Process, Worker, run_cli, wait_until
+from procs import ProcessGroup, Worker, run_cli, wait_until
 from reference import reference_png
 from s3server import SeaweedS3
 
@@ -25,17 +25,11 @@ class Renderers:
     """A coordinator and workers over one storage URL; stopped after the test."""
 
     def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.processes: list[Process] = []
-        self.coordinator = Coordinator(tmp)
-        self.processes.append(self.coordinator)
+        self.group = ProcessGroup(tmp)
+        self.coordinator = self.group.start_coordinator()
 
     def workers(self, count: int, storage: str, env: dict[str, str] | None = None) -> list[Worker]:
-        started = [
-            Worker(self.tmp, self.coordinator.address, storage=storage, env=env)
-            for _ in range(count)
-        ]
-        self.processes += started
+        started = [self.group.start_worker(storage=storage, env=env) for _ in range(count)]
         with self.coordinator.client() as client:
             wait_until(lambda: len(client.stats().workers) >= count, message="workers")
         return started
@@ -49,8 +43,7 @@ class Renderers:
         )  # fmt: skip
 
     def stop(self) -> None:
-        for process in reversed(self.processes):
-            process.stop()
+        self.group.stop()
 
 
 @pytest.fixture
