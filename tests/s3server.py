@@ -162,7 +162,9 @@ class SeaweedS3:
         values.update(overrides)
         return values
 
-    def client(self) -> S3Client:
+    def client(
+        self, connect_timeout: float = 2, read_timeout: float = 10, attempts: int = 3
+    ) -> S3Client:
         """An admin boto3 client for arranging tests (not the code under test)."""
         return boto3.session.Session().client(
             "s3",
@@ -173,9 +175,9 @@ class SeaweedS3:
             config=Config(
                 s3={"addressing_style": "path"},
                 signature_version="s3v4",
-                connect_timeout=2,
-                read_timeout=10,
-                retries={"mode": "standard", "total_max_attempts": 3},
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                retries={"mode": "standard", "total_max_attempts": attempts},
             ),
         )
 
@@ -307,19 +309,7 @@ class SeaweedS3:
 
     def _wait_ready(self, deadline: float) -> None:
         """Poll (never a fixed sleep) until an authenticated S3 round trip works."""
-        client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name=self.region,
-            config=Config(
-                s3={"addressing_style": "path"},
-                connect_timeout=1,
-                read_timeout=5,
-                retries={"mode": "standard", "total_max_attempts": 1},
-            ),
-        )
+        client = self.client(connect_timeout=1, read_timeout=5, attempts=1)
         probe_bucket = f"ready-probe-{secrets.token_hex(4)}"
         created = False
         last_error: Exception | None = None
