@@ -31,7 +31,7 @@ from fractalq.fractal import (
     render_rows,
     split_rows,
 )
-from fractalq.fractal.png import BAND_HEADER, adler32_combine
+from fractalq.fractal.png import BAND_HEADER, COMPRESS_LEVELS, adler32_combine
 
 MiB = 1 << 20
 
@@ -104,6 +104,73 @@ def test_idat_chunks_are_cut_at_fixed_offsets() -> None:
             sizes.append(length)
         offset += 12 + length
     assert len(sizes) > 1 and all(size == 1 << 16 for size in sizes[:-1])
+
+
+def sub_filtered(rgb: np.ndarray) -> bytes:
+    """The PNG rows of `rgb` with the Sub filter, written from the PNG spec, not from png.py."""
+    count = rgb.shape[0]
+    flat = rgb.reshape(count, -1).astype(np.int16)
+    sub = flat.copy()
+    sub[:, 3:] -= flat[:, :-3]
+    rows = np.concatenate([np.ones((count, 1), dtype=np.int16), sub % 256], axis=1)
+    return rows.astype(np.uint8).tobytes()
+
+
+def idat_stream(png: bytes) -> bytes:
+    offset, stream = 8, b""
+    while offset < len(png):
+        (length,) = struct.unpack(">I", png[offset : offset + 4])
+        if png[offset + 4 : offset + 8] == b"IDAT":
+            stream += png[offset + 8 : offset + 8 + length]
+        offset += 12 + length
+    return stream
+
+
+@pytest.mark.parametrize("level", COMPRESS_LEVELS)
+def test_the_deflated_rows_inflate_with_the_standard_zlib(level: int) -> None:
+    # ISA-L deflates; the standard library's zlib must read every piece exactly.
+    request = RenderRequest.create("julia", width=90, height=30)
+    rgb = render_rows(request, 0, request.height)
+    stride = 1 + 3 * request.width
+    expected = sub_filtered(rgb)
+    rows = split_rows(request.height, 4)
+    for start, end in rows:
+        data = encode_band(rgb[start:end], start, compress_level=level)
+        body = data[BAND_HEADER.size :]
+        first, last, deflated = body[:stride], body[stride : 2 * stride], body[2 * stride :]
+        assert first == expected[start * stride : (start + 1) * stride]
+        assert last == expected[(end - 1) * stride : end * stride]
+        assert deflated.endswith(b"\x00\x00\xff\xff")  # Z_SYNC_FLUSH: on a byte boundary
+        inflater = zlib.decompressobj(-15, zdict=first)
+        tail = inflater.decompress(deflated)
+        assert tail == expected[(start + 1) * stride : end * stride]
+        assert not inflater.eof and inflater.unused_data == b""  # no final block yet
+        assert BAND_HEADER.unpack_from(data)[4] == zlib.adler32(tail)
+    # The stitched image: one zlib stream (header, rows, final block, Adler-32).
+    out = io.BytesIO()
+    bands = (encode_band(rgb[a:b], a, compress_level=level) for a, b in rows)
+    assemble(bands, request.width, rows, out, compress_level=level)
+    inflater = zlib.decompressobj()
+    assert inflater.decompress(idat_stream(out.getvalue())) == expected
+    assert inflater.eof and inflater.unused_data == b""
+    one = io.BytesIO()
+    with PngWriter(one, request.width, request.height, compress_level=level) as writer:
+        writer.write_rows(rgb)
+    assert one.getvalue() == out.getvalue()
+    assert np.array_equal(pixels(out.getvalue()), rgb)
+
+
+@pytest.mark.parametrize("level", [-1, 3, 4, 6, 9, True])
+def test_a_bad_compress_level_is_refused(level: int) -> None:
+    rgb = synthetic(8, 0, 4)
+    with pytest.raises(ValueError, match=r"compress_level must be an ISA-L level, 0\.\.2, not "):
+        encode_band(rgb, compress_level=level)
+    out = io.BytesIO()
+    with pytest.raises(ValueError, match="compress_level"):
+        PngWriter(out, 8, 4, compress_level=level)
+    with pytest.raises(ValueError, match="compress_level"):
+        assemble([encode_band(rgb)], 8, [(0, 4)], out, compress_level=level)
+    assert out.getvalue() == b""  # refused before writing anything
 
 
 def test_adler32_combine_matches_zlib() -> None:
@@ -183,11 +250,10 @@ def test_assemble_rejects_corrupt_and_mismatched_bands() -> None:
     assert np.array_equal(pixels(swapped.getvalue())[:3], rgb[3:6])
 
 
-# The child loads png.py alone: importing the fractalq.fractal package would
-# also load the kernels (numba), whose footprint is not the assembler's. Its
-# peak is the kernel's VmHWM (the high-water mark of this address space): on
-
-
+# The child (assembly_child.py) loads png.py alone: importing the fractalq.fractal
+# package would also load the kernels (numba), whose footprint is not the
+# assembler's. Its peak is the kernel's VmHWM (the high-water mark of this address
+# space): on Linux ru_maxrss also counts the pages of the forked pytest process.
 def test_a_16384_wide_image_assembles_in_bounded_memory(tmp_path: Path) -> None:
     width, height, regions = 16384, 512, 8
     rows = split_rows(height, regions)

@@ -29,6 +29,30 @@ the raw deflate bytes of rows 1... The CRC lets the assembler reject a corrupt
 band without inflating it.
 
 Assembly memory is bounded by one band object plus one IDAT chunk.
+
+What compresses: ISA-L (Intel's deflate, through the ``isal`` package's
+``isal_zlib``), at ``config.IMAGE_COMPRESS_LEVEL`` (ISA-L's 0..3, default 1),
+because deflating dominated a band: for a 1200x800 Mandelbrot band zlib level 6
+took about 150 ms (530 kB) against a 25 ms escape-time kernel; ISA-L level 1
+takes 20 to 25 ms (690 kB), level 0 about 10 ms (870 kB). That is mostly a cost
+per row, a deflate block of its own with its own Huffman tables: the same rows
+as one stream take 8 ms, and Python around the calls about 2 ms. ISA-L
+honours the dictionary and ``Z_SYNC_FLUSH`` as zlib does (each row ends with the
+empty stored block ``00 00 ff ff``); any inflater reads the stream, and this
+module reads bands back with the standard library's zlib.
+
+Byte-identity holds for one compressor build: the deflated bytes are a function
+of the pinned ``isal`` (its bundled ISA-L) and of the code path ISA-L picks for
+the CPU, so the file is the same whatever the band count when every worker and
+the assembler run that pin. Checked on x86-64 (under QEMU for the older CPUs):
+levels 0..2 give the same bytes on SSE4.2, AVX, AVX2 and AVX-512 machines;
+level 3 does not (AVX-512, AVX2 and older CPUs each give their own), so it
+is refused. A CPU
+without SSE4.2 would run ISA-L's C fallback, another hash, other bytes at every
+level, but numpy 2.4 refuses such a CPU anyway (x86-64-v2). ARM64 (ISA-L's own
+assembly) is not checked. Bands deflated on different paths still assemble into
+a valid PNG of the same pixels, only not the same file: the pixels never depend
+on the compressor.
 """
 
 from __future__ import annotations
@@ -40,10 +64,13 @@ from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
+from isal import isal_zlib
 
 from fractalq import config
 
 Rgb = npt.NDArray[np.uint8]
+# A filtered row: bytes, or a view of a row of filtered rows (deflated without a copy).
+Row = bytes | memoryview
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Compressed bytes per IDAT chunk (the last one may be shorter).
@@ -60,6 +87,8 @@ _BASE = 65521  # Adler-32's modulus
 # A final fixed-Huffman block holding only its end code: ends the deflate stream.
 _FINAL_BLOCK = b"\x03\x00"
 _PNG_MAX_SIDE = 2**31 - 1
+# ISA-L's levels whose bytes do not depend on the CPU (its level 3's do, see above).
+COMPRESS_LEVELS = range(isal_zlib.ISAL_BEST_SPEED, 3)
 
 
 def adler32_combine(adler1: int, adler2: int, length2: int) -> int:
@@ -82,13 +111,47 @@ def _filter_rows(rgb: Rgb) -> npt.NDArray[np.uint8]:
     return filtered
 
 
-def _deflate_row(row: bytes, previous: bytes | None, level: int) -> bytes:
+def _check_level(level: int) -> None:
+    if isinstance(level, bool) or not isinstance(level, int) or level not in COMPRESS_LEVELS:
+        raise ValueError(
+            f"compress_level must be an ISA-L level, {COMPRESS_LEVELS.start}.."
+            f"{COMPRESS_LEVELS.stop - 1}, not {level!r}"
+        )
+
+
+def _flat(array: npt.NDArray[np.uint8]) -> memoryview:
+    """The bytes of a C-contiguous uint8 array, as a flat view (no copy)."""
+    return array.reshape(-1).data
+
+
+def _deflate_row(row: Row, previous: Row | None, level: int) -> bytes:
     """One filtered row as raw deflate ending on a byte boundary, primed with the row above."""
     if previous is None:
-        compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+        compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
     else:
-        compressor = zlib.compressobj(level, zlib.DEFLATED, -15, zdict=previous[-_WINDOW:])
-    return compressor.compress(row) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        window = previous[-_WINDOW:]
+        compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15, zdict=window)
+    return compressor.compress(row) + compressor.flush(isal_zlib.Z_SYNC_FLUSH)
+
+
+def _deflate_rows(filtered: npt.NDArray[np.uint8], previous: Row | None, level: int) -> list[bytes]:
+    """Filtered rows (n, stride) deflated one by one, the first primed with `previous`."""
+    stride = filtered.shape[1]
+    view = _flat(filtered)
+    pieces = []
+    for offset in range(0, len(view), stride):
+        row = view[offset : offset + stride]
+        pieces.append(_deflate_row(row, previous, level))
+        previous = row
+    return pieces
+
+
+def _zlib_header(level: int) -> bytes:
+    """The zlib header: deflate, 32 KiB window, FLEVEL as ISA-L writes it (advisory)."""
+    cmf = 0x78
+    flg = (0 if level == 0 else 1) << 6  # 0: fastest; 1: fast
+    flg |= -(cmf << 8 | flg) % 31  # FCHECK: the header, big-endian, is a multiple of 31
+    return bytes([cmf, flg])
 
 
 class _ZlibIdat:
@@ -96,12 +159,20 @@ class _ZlibIdat:
 
     def __init__(self, out: BinaryIO, level: int) -> None:
         self._out = out
-        self._pending = bytearray(zlib.compress(b"", level)[:2])  # the zlib header
+        self._pending = bytearray(_zlib_header(level))
         self.adler = zlib.adler32(b"")
 
     def add(self, piece: bytes | memoryview, adler: int, length: int) -> None:
         """Append deflated bytes whose uncompressed data has this Adler-32 and length."""
+        self.checksum(adler, length)
+        self.write(piece)
+
+    def checksum(self, adler: int, length: int) -> None:
+        """Account for uncompressed data of this Adler-32 and length (its bytes: `write`)."""
         self.adler = adler32_combine(self.adler, adler, length)
+
+    def write(self, piece: bytes | memoryview) -> None:
+        """Append deflated bytes (their uncompressed data: `checksum`)."""
         view = memoryview(piece)
         if self._pending:
             take = IDAT_CHUNK_BYTES - len(self._pending)
@@ -148,20 +219,15 @@ def encode_band(
     can refuse a band put in the wrong place; the bytes otherwise do not depend on it.
     """
     _check_rgb(rgb)
+    _check_level(compress_level)
     if start is not None and not 0 <= start < UNKNOWN_START:
         raise ValueError(f"a band cannot start at row {start}")
     count, width = rgb.shape[0], rgb.shape[1]
     filtered = _filter_rows(np.ascontiguousarray(rgb))
-    first = filtered[0].tobytes()
-    pieces = []
-    adler = zlib.adler32(b"")
-    previous = first
-    for row in filtered[1:]:
-        data = row.tobytes()
-        pieces.append(_deflate_row(data, previous, compress_level))
-        adler = zlib.adler32(data, adler)
-        previous = data
-    body = b"".join([first, previous, *pieces])
+    first, last = filtered[0].tobytes(), filtered[-1].tobytes()
+    pieces = _deflate_rows(filtered[1:], first, compress_level)
+    adler = zlib.adler32(_flat(filtered[1:]))
+    body = b"".join([first, last, *pieces])
     position = UNKNOWN_START if start is None else start
     header = BAND_HEADER.pack(BAND_MAGIC, width, count, position, adler, zlib.crc32(body))
     return header + body
@@ -256,6 +322,7 @@ class PngWriter:
         height: int,
         compress_level: int = config.IMAGE_COMPRESS_LEVEL,
     ) -> None:
+        _check_level(compress_level)
         _header(out, width, height)
         self.width = width
         self.height = height
@@ -280,11 +347,11 @@ class PngWriter:
             )
         group = max(1, FILTER_GROUP_BYTES // (self.width * 3))
         for first in range(0, count, group):
-            for row in _filter_rows(np.ascontiguousarray(rgb_rows[first : first + group])):
-                data = row.tobytes()
-                piece = _deflate_row(data, self._previous, self._level)
-                self._stream.add(piece, zlib.adler32(data), len(data))
-                self._previous = data
+            filtered = _filter_rows(np.ascontiguousarray(rgb_rows[first : first + group]))
+            for piece in _deflate_rows(filtered, self._previous, self._level):
+                self._stream.write(piece)
+            self._stream.checksum(zlib.adler32(_flat(filtered)), filtered.size)
+            self._previous = filtered[-1].tobytes()
         self.rows_written += count
 
     def close(self) -> None:
@@ -319,6 +386,7 @@ def assemble(
     must tile the image from row 0. On an error `out` holds a partial file: write
     to a temporary name and rename on success.
     """
+    _check_level(compress_level)
     if not band_rows:
         raise ValueError("an image needs at least one band")
     expected = 0
