@@ -12,11 +12,23 @@ out, and it does not depend on ``max_iter``, so deeper renders keep their colour
 
 Inside pixels are pure black; no outside pixel is (a palette that would round to
 black is nudged to ``(0, 0, 1)``), so black means *inside* in every image.
+
+:func:`colorize` runs compiled (:mod:`fractalq.fractal.fast_colour`) when numba
+is installed, and as :func:`colorize_numpy` otherwise; the two give the same
+bytes for every input. So that they can, the numpy reference writes out
+``np.interp``'s arithmetic instead of calling it (whose compiled C may fuse a
+multiply and an add on some platforms): each pixel's segment with
+``np.searchsorted``, then ``slope * (where - start) + colour``, one rounding per
+operation, with the slopes computed once per palette by :func:`gradient`.
+That is exactly what ``np.interp`` computes on x86-64, so the colours are the
+ones it gave.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.util
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +36,10 @@ import numpy.typing as npt
 from fractalq import config
 
 Rgb = tuple[int, int, int]
+Floats = npt.NDArray[np.float64]
+
+# Colour with the compiled routine (fractalq.fractal.fast_colour) when numba is there.
+COMPILED = importlib.util.find_spec("numba") is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +60,8 @@ class Palette:
             raise ValueError("palette stops must start at 0 and increase")
         if positions[-1] >= 1.0 or self.cycle <= 0:
             raise ValueError("palette stops must lie in [0, 1) and the cycle be positive")
+        if not all(0 <= level <= 255 for _, colour in self.stops for level in colour):
+            raise ValueError("palette colours must be bytes, 0 to 255")
 
 
 PALETTES: dict[str, Palette] = {
@@ -89,11 +107,46 @@ PALETTES: dict[str, Palette] = {
 DEFAULT_PALETTE = config.DEFAULT_PALETTE
 
 
-def _table(palette: Palette) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Stop positions and colours, closed with a copy of the first stop at 1.0."""
-    positions = [position for position, _ in palette.stops] + [1.0]
-    colours = [colour for _, colour in palette.stops] + [palette.stops[0][1]]
-    return np.array(positions, dtype=np.float64), np.array(colours, dtype=np.float64)
+@dataclasses.dataclass(frozen=True)
+class Gradient:
+    """A palette as the colouring reads it: its segments, and where a value falls on them.
+
+    ``positions`` are the stop positions closed with 1.0 (n of them), ``colours``
+    the stops' colours (n x 3, the first stop again at 1.0), and ``slopes`` each
+    segment's change of colour per unit of position ((n - 1) x 3), computed once
+    as ``np.interp`` computes them. All float64, C-contiguous and read-only.
+    """
+
+    positions: Floats
+    colours: Floats
+    slopes: Floats
+    cycle: float
+    offset: float
+
+
+@functools.lru_cache(maxsize=64)
+def gradient(palette: Palette) -> Gradient:
+    """The palette's segments, closed with a copy of the first stop at 1.0."""
+    positions = np.array([position for position, _ in palette.stops] + [1.0], dtype=np.float64)
+    colours = np.array(
+        [colour for _, colour in palette.stops] + [palette.stops[0][1]], dtype=np.float64
+    )
+    slopes = (colours[1:] - colours[:-1]) / (positions[1:] - positions[:-1])[:, np.newaxis]
+    for array in (positions, colours, slopes):
+        array.setflags(write=False)
+    return Gradient(positions, colours, slopes, palette.cycle, palette.offset)
+
+
+def _checked(
+    counts: npt.NDArray[np.int32], smooth: npt.NDArray[np.float64], palette: str
+) -> tuple[Floats, Gradient]:
+    """The smooth values as float64 (both paths compute in float64), and the gradient."""
+    if palette not in PALETTES:
+        known = ", ".join(sorted(PALETTES))
+        raise ValueError(f"unknown palette {palette!r} (known: {known})")
+    if counts.shape != smooth.shape:
+        raise ValueError(f"counts are {counts.shape} but smooth values are {smooth.shape}")
+    return np.asarray(smooth, dtype=np.float64), gradient(PALETTES[palette])
 
 
 def colorize(
@@ -105,27 +158,59 @@ def colorize(
     """RGB (uint8, shape counts.shape + (3,)) for escape-time results.
 
     ``counts == max_iter`` marks inside pixels (black); ``smooth`` is the
-    continuous iteration value of the outside ones.
+    continuous iteration value of the outside ones. Compiled
+    (:mod:`fractalq.fractal.fast_colour`) when numba is installed, else
+    :func:`colorize_numpy`; the two give the same bytes.
     """
-    if palette not in PALETTES:
-        known = ", ".join(sorted(PALETTES))
-        raise ValueError(f"unknown palette {palette!r} (known: {known})")
-    if counts.shape != smooth.shape:
-        raise ValueError(f"counts are {counts.shape} but smooth values are {smooth.shape}")
-    chosen = PALETTES[palette]
-    positions, colours = _table(chosen)
-    inside = counts >= max_iter
+    smooth, chosen = _checked(counts, smooth, palette)
+    if not COMPILED:
+        return _colorize_numpy(counts, smooth, max_iter, chosen)
+    from fractalq.fractal import fast_colour  # imports numba on first use
+
+    return fast_colour.colorize(counts, smooth, max_iter, chosen)
+
+
+def colorize_numpy(
+    counts: npt.NDArray[np.int32],
+    smooth: npt.NDArray[np.float64],
+    max_iter: int,
+    palette: str,
+) -> npt.NDArray[np.uint8]:
+    """:func:`colorize` in numpy: the reference, and the path without numba."""
+    smooth, chosen = _checked(counts, smooth, palette)
+    return _colorize_numpy(counts, smooth, max_iter, chosen)
+
+
+def _colorize_numpy(
+    counts: npt.NDArray[np.int32],
+    smooth: npt.NDArray[np.float64],
+    max_iter: int,
+    chosen: Gradient,
+) -> npt.NDArray[np.uint8]:
+    shape = counts.shape
+    counts, smooth = counts.reshape(-1), smooth.reshape(-1)
     # nan/inf never reach here from the kernels; the guard keeps one bad value from
     # turning into an arbitrary colour.
     value = np.nan_to_num(np.maximum(smooth, 0.0), nan=0.0, posinf=0.0)
-    where = np.sqrt(value) / chosen.cycle + chosen.offset
-    where -= np.floor(where)
-    rgb = np.empty((*counts.shape, 3), dtype=np.uint8)
-    for channel in range(3):
-        level = np.interp(where, positions, colours[:, channel])
-        rgb[..., channel] = np.rint(level).astype(np.uint8)
-    # Black is reserved for inside.
-    black = ~rgb.any(axis=-1) & ~inside
-    rgb[black] = (0, 0, 1)
-    rgb[inside] = 0
-    return rgb
+    with np.errstate(over="ignore", invalid="ignore"):
+        where = np.sqrt(value) / chosen.cycle + chosen.offset
+        where -= np.floor(where)  # exact: in [0, 1), or nan if `where` was infinite
+    np.fmax(where, 0.0, out=where)  # nan -> 0; nothing else changes
+    # np.interp's arithmetic, written out (see the module docstring): the segment
+    # j with positions[j] <= where < positions[j + 1], then slope * (where -
+    # positions[j]) + colour[j], one rounding per operation.
+    segment = np.searchsorted(chosen.positions, where, side="right") - 1
+    along = where - chosen.positions.take(segment)
+    r, g, b = (
+        np.rint(
+            chosen.slopes[:, channel].take(segment) * along
+            + chosen.colours[:, channel].take(segment)
+        ).astype(np.uint8)
+        for channel in range(3)
+    )
+    b[(r | g | b) == 0] = 1  # black is reserved for inside
+    outside = counts < max_iter
+    rgb = np.empty((counts.size, 3), dtype=np.uint8)
+    for channel, level in enumerate((r, g, b)):
+        np.multiply(level, outside, out=rgb[:, channel])
+    return rgb.reshape(*shape, 3)
