@@ -5,7 +5,9 @@
 For each size (a square image), synthetic bands are encoded as workers would
 (``encode_band``) and written to a temporary folder first; then each run starts
 a fresh process that only assembles: it reads the band files one at a time,
-calls ``assemble`` and writes the PNG to disk. Only ``assemble`` is timed. The
+calls ``assemble`` and writes the PNG to disk. Only ``assemble`` is timed: it
+copies the groups of rows the bands deflated and deflates the few that a band
+boundary cuts, from the raw rows the bands carry (see ``png.py``). The
 child loads ``png.py`` by itself (not the ``fractalq.fractal`` package, which
 would also load numba), and its peak memory is its VmHWM from /proc (on Linux,
 ``ru_maxrss`` after a fork also counts the parent's pages); ``ru_maxrss`` is
