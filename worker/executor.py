@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import multiprocessing
 import traceback
+from collections.abc import Iterable
 from concurrent.futures.process import BrokenProcessPool
 
 from fractalq import tasks
 from fractalq.tasks import TaskContext
+
+log = logging.getLogger(__name__)
 
 
 class TaskFailed(Exception):
@@ -28,9 +32,23 @@ def run_task(task_type: str, payload: bytes, context: TaskContext) -> bytes:
     return tasks.get(task_type).run(payload, context)
 
 
+def warm_task(task_type: str) -> None:
+    """Prepare this process for a task type (see :attr:`TaskType.warm`)."""
+    warm = tasks.get(task_type).warm
+    if warm is not None:
+        warm()
+
+
 def describe(error: BaseException) -> str:
     text = "".join(traceback.format_exception_only(type(error), error)).strip()
     return text or type(error).__name__
+
+
+def _log_warm_failure(future: concurrent.futures.Future[None]) -> None:
+    # Not fatal: the first task of the type will meet the same error and report it.
+    error = None if future.cancelled() else future.exception()
+    if error is not None:
+        log.warning("warming up failed: %s", describe(error))
 
 
 class TaskRunner:
@@ -49,6 +67,20 @@ class TaskRunner:
                 self.concurrency, mp_context=multiprocessing.get_context("spawn")
             )
         return self._processes
+
+    def warm(self, task_types: Iterable[str]) -> None:
+        """Warm every process and thread that will run these types, in the background.
+
+        A task that arrives meanwhile simply waits for the imports it needs.
+        """
+        for name in task_types:
+            kind = tasks.get(name)
+            if kind.warm is None:
+                continue
+            executor = self._executor_for(kind)
+            copies = self.concurrency if executor is self._processes else 1
+            for _ in range(copies):
+                executor.submit(warm_task, name).add_done_callback(_log_warm_failure)
 
     async def run(self, task_type: str, payload: bytes, context: TaskContext) -> bytes:
         try:

@@ -81,6 +81,7 @@ class Worker:
     # ---- the outer loop ----------------------------------------------------
 
     async def run(self) -> None:
+        self._runner.warm(self.task_types)
         delay = config.RECONNECT_INITIAL_DELAY
         loop = asyncio.get_running_loop()
         stop_deadline: float | None = None

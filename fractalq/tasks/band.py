@@ -52,7 +52,12 @@ def _storage(url: str) -> Storage:
     return open_storage(url)  # one client per process and URL
 
 
-@task_type(TASK_TYPE, check=_check, cpu_bound=True, needs_storage=True)
+def _warm() -> None:
+    """Render and encode a tiny band: loads numba and its cached machine code."""
+    encode_band(render_rows(RenderRequest.create("mandelbrot", width=8, height=2), 0, 2), 0)
+
+
+@task_type(TASK_TYPE, check=_check, cpu_bound=True, needs_storage=True, warm=_warm)
 def render_band(payload: bytes, context: TaskContext) -> bytes:
     if not context.storage_url:
         raise RuntimeError("this worker has no --storage to put bands in")

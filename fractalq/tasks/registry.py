@@ -26,6 +26,7 @@ class TaskContext:
 
 TaskFunction = Callable[[bytes, TaskContext], bytes]
 PayloadCheck = Callable[[bytes], None]
+WarmUp = Callable[[], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,9 @@ class TaskType:
     # CPU-bound tasks run in worker processes; the others on threads.
     cpu_bound: bool = False
     needs_storage: bool = False
+    # Run once in each process that will run this type, when the worker starts:
+    # imports and compiled code are ready before the first task arrives.
+    warm: WarmUp | None = None
 
 
 _REGISTRY: dict[str, TaskType] = {}
@@ -64,13 +68,14 @@ def task_type(
     check: PayloadCheck = _no_check,
     cpu_bound: bool = False,
     needs_storage: bool = False,
+    warm: WarmUp | None = None,
 ) -> Callable[[TaskFunction], TaskFunction]:
     """Register the decorated function as the task type ``name``."""
 
     def register(run: TaskFunction) -> TaskFunction:
         if name in _REGISTRY:
             raise ValueError(f"task type {name!r} is registered twice")
-        _REGISTRY[name] = TaskType(name, run, check, cpu_bound, needs_storage)
+        _REGISTRY[name] = TaskType(name, run, check, cpu_bound, needs_storage, warm)
         return run
 
     return register
