@@ -28,9 +28,18 @@ from fractalq.proto import fractalq_pb2 as pb
 
 NAMESPACE = "default"
 SMALL = {"width": 240, "height": 160, "maxIterations": 200, "regions": 6}
-# Julia's interior has no shortcut: every inside pixel runs all its iterations,
-# so this takes seconds even with the fast kernel (tests can watch it run).
-HEAVY = {"width": 800, "height": 600, "maxIterations": 400000, "regions": 40}
+# A view inside the Mandelbrot set's period-3 bulb: every pixel is inside and no
+# shortcut applies, so each runs all its iterations (32 G pixel-iterations,
+# seconds even for the fast kernel): tests can watch it run.
+HEAVY = {
+    "fractal": "mandelbrot",
+    "center": {"x": -0.1226, "y": 0.7449},
+    "viewWidth": 0.04,
+    "width": 200,
+    "height": 160,
+    "maxIterations": 1_000_000,
+    "regions": 40,
+}
 
 
 class Setup:
@@ -129,7 +138,7 @@ def test_a_fractaljob_goes_from_pending_to_a_png_url(setup: Setup) -> None:
 def test_progress_is_visible_while_running(setup: Setup) -> None:
     setup.workers(1)
     with setup.operator():
-        setup.fractaljob("slow", fractal="julia", **HEAVY)
+        setup.fractaljob("slow", **HEAVY)
         midway = wait_until(
             lambda: (
                 (s := setup.status("slow")).get("phase") == "Running"
@@ -172,7 +181,7 @@ def test_deleting_mid_job_cancels_it_removes_bands_and_releases_the_finalizer(
     setup.workers(1)
     # 2.5 times the work of HEAVY: far from done when it is deleted, on any machine.
     with setup.operator():
-        setup.fractaljob("doomed", fractal="julia", **{**HEAVY, "maxIterations": 1_000_000})
+        setup.fractaljob("doomed", **{**HEAVY, "width": 320, "height": 250})
         running = wait_until(
             lambda: (s := setup.status("doomed")).get("bandsDone", 0) >= 2 and s, 60, "bands"
         )
