@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -179,6 +180,14 @@ def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def _free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def _last_line(log: Path) -> str:
     lines = log.read_text(errors="replace").strip().splitlines()
     return lines[-1] if lines else "no output"
@@ -194,18 +203,15 @@ def run_demo(args: argparse.Namespace) -> int:
         storage_dir = tmp / "storage"
         storage_dir.mkdir()
         try:
+            # The port is chosen here so that the workers start with the
+            # coordinator (their start-up overlaps its own) instead of after it.
+            port = _free_port()
+            endpoint = f"127.0.0.1:{port}"
             coordinator = _start(
-                ["coordinator", "--host", "127.0.0.1", "--port", "0", "--no-http"],
+                ["coordinator", "--host", "127.0.0.1", "--port", str(port), "--no-http"],
                 tmp / "coordinator.log",
             )
             processes.append(coordinator)
-            assert coordinator.stdout is not None
-            line = coordinator.stdout.readline().decode()
-            if not line.startswith("coordinator listening"):
-                raise CommandError(
-                    f"the coordinator did not start: {_last_line(tmp / 'coordinator.log')}"
-                )
-            endpoint = line.split()[3]
             storage_url = storage_dir.as_uri()
             for n in range(args.workers):
                 processes.append(
@@ -213,6 +219,12 @@ def run_demo(args: argparse.Namespace) -> int:
                         ["worker", "--coordinator", endpoint, "--storage", storage_url],
                         tmp / f"worker-{n}.log",
                     )
+                )
+            assert coordinator.stdout is not None
+            line = coordinator.stdout.readline().decode()
+            if not line.startswith("coordinator listening"):
+                raise CommandError(
+                    f"the coordinator did not start: {_last_line(tmp / 'coordinator.log')}"
                 )
             storage = open_checked_storage(storage_url)
             with Client(endpoint) as client:
