@@ -27,7 +27,7 @@ from fractalq.coordinator.broker import (
     InvalidRequest,
     NotFound,
 )
-from fractalq.coordinator.jobs import Job, TaskState
+from fractalq.coordinator.jobs import Job, JobState, TaskState
 from fractalq.coordinator.store import GroupCommit, SqliteJournal
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
@@ -314,8 +314,12 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             await context.abort(_status(error), str(error))
         while True:
             changed = self._watches.event(request.job_id)
-            yield job_message(job)
-            if job.state.finished:
+            # The job object lives on while the message is sent: decide on the
+            # snapshot sent, or a job finishing meanwhile would end the stream
+            # without its final state ever being sent.
+            message = job_message(job)
+            yield message
+            if JobState(message.state).finished:
                 return
             await changed.wait()
             await asyncio.sleep(0.02)  # coalesce bursts of changes into one message

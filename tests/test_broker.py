@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
 import pytest
 
-from fractalq.config import QueueLimits, RetryPolicy
+from fractalq.config import CoordinatorConfig, QueueLimits, RetryPolicy
 from fractalq.coordinator import validation
 from fractalq.coordinator.broker import AlreadyExists, Broker, InvalidRequest, JobSpec
 from fractalq.coordinator.jobs import JobState, TaskState
+from fractalq.coordinator.service import CoordinatorService
 from fractalq.coordinator.store import SqliteJournal
+from fractalq.proto import fractalq_pb2 as pb
 from fractalq.retry import backoff_ceiling, retry_delay
 
 ALL = ("noop", "sleep", "fail")
@@ -259,3 +262,24 @@ def test_journal_restores_jobs_after_a_restart(tmp_path: Path) -> None:
     assert [o[0] for o in order[2:]] == ["shared"] * 4 + ["doomed"]
     assert journal.results(job)[0] == b"result-0"
     journal.close()
+
+
+def test_a_watch_sends_the_final_state_even_if_the_job_finishes_while_a_message_is_out() -> None:
+    # WatchJob yields a snapshot; the job may finish before the stream resumes.
+    # The stream must then go on to send the finished state, not just end.
+    async def watch() -> list[pb.Job]:
+        b = broker()
+        service = CoordinatorService(b, CoordinatorConfig())
+        b.submit(spec(2), 0.0, "j")
+        [first] = b.lease("w1", 1, 0.0)
+        assert b.complete("w1", "j", first.index, first.attempt, b"", 0.0)
+        [last] = b.lease("w1", 1, 0.0)
+        stream = service.WatchJob(pb.WatchJobRequest(job_id="j"), None)  # the context is unused
+        seen = [await anext(stream)]  # RUNNING, 1 of 2 done: "being sent" now
+        assert b.complete("w1", "j", last.index, last.attempt, b"", 0.0)
+        seen += [message async for message in stream]
+        return seen
+
+    seen = asyncio.run(watch())
+    assert seen[0].state == pb.RUNNING
+    assert seen[-1].state == pb.SUCCEEDED and seen[-1].succeeded == 2
