@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -108,6 +109,42 @@ def test_one_worker_and_kept_bands(renderers: Renderers, tmp_path: Path) -> None
     expected = RenderRequest.create("mandelbrot", width=240, height=160, max_iter=200)
     assert out.read_bytes() == reference_png(expected)
     assert len(list((tmp_path / "store").rglob("*.png"))) == 7
+
+
+def _loaded_numba(pid: int) -> bool:
+    """Whether the process has numba's JIT library (llvmlite) mapped: compiled code loaded."""
+    return "libllvmlite" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def _pool_processes(pid: int) -> list[int]:
+    """The process pool's children of a worker (not multiprocessing's resource tracker)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):  # it may have exited meanwhile
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(int(child))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_workers_load_the_kernel_before_their_first_band(
+    renderers: Renderers, tmp_path: Path, concurrency: int
+) -> None:
+    # No band is submitted: whatever renders (the worker itself, or each of its
+    # child processes) has the compiled kernel loaded already.
+    worker = renderers.group.start_worker(
+        storage=(tmp_path / "s").as_uri(), concurrency=concurrency
+    )
+
+    def renderers_ready() -> bool:
+        pids = [worker.pid] if concurrency == 1 else _pool_processes(worker.pid)
+        return len(pids) == concurrency and all(_loaded_numba(pid) for pid in pids)
+
+    assert wait_until(renderers_ready, 60, "warmed-up renderers")
+    with renderers.coordinator.client() as client:
+        assert client.stats().tasks_succeeded == 0
 
 
 def test_killing_a_worker_mid_render_gives_the_same_image(
