@@ -51,6 +51,10 @@ DEFAULT_LIST_LIMIT = 100
 # ---- worker --------------------------------------------------------------
 
 DEFAULT_CONCURRENCY = 1
+# Tasks a worker leases beyond those it runs, so that the next one is at hand
+# when a task ends (no round trip between two tasks); handed back at once when
+# the worker stops. Other workers cannot take a prefetched task meanwhile.
+DEFAULT_PREFETCH = 1
 DEFAULT_GRACE_PERIOD = 25.0  # below Kubernetes' default 30 s termination grace
 RECONNECT_INITIAL_DELAY = 0.2
 RECONNECT_MAX_DELAY = 5.0
@@ -95,6 +99,7 @@ class WorkerConfig:
     coordinator: str
     storage: str | None = None
     concurrency: int = DEFAULT_CONCURRENCY
+    prefetch: int = DEFAULT_PREFETCH
     grace_period: float = DEFAULT_GRACE_PERIOD
     task_types: tuple[str, ...] | None = None  # None: every registered type
 

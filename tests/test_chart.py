@@ -68,6 +68,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
         "coordinator.persistence.storageClassName=fast",
         "coordinator.workerTimeout=7.5",
         "worker.concurrency=4",
+        "worker.prefetch=0",
         "worker.gracePeriod=40",
         "worker.nodeSelector.pool=render",
         "worker.tolerations[0].key=render",
@@ -817,6 +818,7 @@ def test_values_mirror_the_configuration() -> None:
     assert values["coordinator"]["workerTimeout"] == config.DEFAULT_WORKER_TIMEOUT
     assert values["worker"]["gracePeriod"] == config.DEFAULT_GRACE_PERIOD
     assert values["worker"]["concurrency"] == config.DEFAULT_CONCURRENCY
+    assert values["worker"]["prefetch"] == config.DEFAULT_PREFETCH
     scaling = values["worker"]["autoscaling"]
     assert scaling["min"] == config.SCALE_MIN
     assert scaling["max"] == config.SCALE_MAX
@@ -849,6 +851,7 @@ def test_values_render_into_the_commands(chart_helm: Helm) -> None:
     worker = container_of(docs, "Deployment", "worker")
     assert worker["args"][0] == "worker"
     assert flag(worker["args"], "--concurrency") == str(config.DEFAULT_CONCURRENCY)
+    assert flag(worker["args"], "--prefetch") == str(config.DEFAULT_PREFETCH)
     assert flag(worker["args"], "--grace-period") == f"{config.DEFAULT_GRACE_PERIOD:g}"
 
     custom = chart_helm.template(*OPTIONS["everything-else"])

@@ -66,6 +66,10 @@ class Worker:
             tasks.get(name)  # unknown names fail here, before connecting
         self._runner = TaskRunner(settings.concurrency)
         self._inflight: dict[tuple[str, int, int], asyncio.Task[None]] = {}
+        # Leased tasks wait here for one of `concurrency` slots (the others are
+        # prefetched); the keys of those that have started running.
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._running: set[tuple[str, int, int]] = set()
         self._results: list[pb.TaskResult] = []
         self._errors: list[pb.TaskError] = []
         self._reports_waiting = asyncio.Event()
@@ -162,7 +166,7 @@ class Worker:
         stop = asyncio.create_task(self._stop.wait())
         try:
             while not self._stop.is_set():
-                free = self.settings.concurrency - len(self._inflight)
+                free = self.settings.concurrency + self.settings.prefetch - len(self._inflight)
                 if free <= 0:
                     self._slot_free.clear()
                     freed = asyncio.create_task(self._slot_free.wait())
@@ -192,8 +196,13 @@ class Worker:
 
     async def _execute(self, task: pb.Task, context: TaskContext) -> None:
         ref = pb.TaskRef(job_id=task.job_id, index=task.index, attempt=task.attempt)
+        key = (task.job_id, task.index, task.attempt)
         try:
-            result = await self._runner.run(task.task_type, task.payload, context)
+            async with self._slots:
+                if self._stop.is_set():
+                    return  # never started: handed back when the worker unregisters
+                self._running.add(key)
+                result = await self._runner.run(task.task_type, task.payload, context)
         except (TaskFailed, Exception) as error:  # whatever happens, the task is reported
             self.failed += 1
             log.warning(
@@ -204,7 +213,8 @@ class Worker:
             self.completed += 1
             self._results.append(pb.TaskResult(task=ref, result=result))
         finally:
-            del self._inflight[(task.job_id, task.index, task.attempt)]
+            del self._inflight[key]
+            self._running.discard(key)
             self._reports_waiting.set()
             self._slot_free.set()
 
@@ -232,7 +242,10 @@ class Worker:
     # ---- stopping ------------------------------------------------------------
 
     async def _drain(self, stub: pb_grpc.CoordinatorStub) -> None:
-        running = list(self._inflight.values())
+        for key, waiting in list(self._inflight.items()):
+            if key not in self._running:
+                waiting.cancel()  # prefetched, never started: handed back on unregister
+        running = [task for key, task in self._inflight.items() if key in self._running]
         if running:
             log.info(
                 "draining: waiting up to %.0fs for %d task(s)",

@@ -48,6 +48,13 @@ def add_parsers(commands: Any) -> None:
         "--concurrency", type=integer(1, 1024), default=config.DEFAULT_CONCURRENCY, metavar="N"
     )
     worker.add_argument(
+        "--prefetch",
+        type=integer(0, 1024),
+        default=config.DEFAULT_PREFETCH,
+        metavar="N",
+        help="tasks leased ahead of those running, so the next one is at hand",
+    )
+    worker.add_argument(
         "--grace-period",
         type=real(0, 3600),
         default=config.DEFAULT_GRACE_PERIOD,
@@ -108,6 +115,7 @@ def run_worker(args: argparse.Namespace) -> int:
         coordinator=args.coordinator,
         storage=args.storage,
         concurrency=args.concurrency,
+        prefetch=args.prefetch,
         grace_period=args.grace_period,
         task_types=names,
     )
