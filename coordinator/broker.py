@@ -65,6 +65,9 @@ class Journal(Protocol):
         self, job: Job, index: int, result: bytes | None = None, error: str | None = None
     ) -> None: ...
 
+    def forget_finished(self, before: float, keep: list[int]) -> None:
+        """Drop the finished jobs that finished before ``before``, but those of seq ``keep``."""
+
 
 class NullJournal:
     def job_added(self, job: Job) -> None:
@@ -76,6 +79,9 @@ class NullJournal:
     def task_changed(
         self, job: Job, index: int, result: bytes | None = None, error: str | None = None
     ) -> None:
+        pass
+
+    def forget_finished(self, before: float, keep: list[int]) -> None:
         pass
 
 
@@ -256,6 +262,28 @@ class Broker:
             if self.jobs[old].counts[TaskState.LEASED]:
                 continue  # still running somewhere; remembered again when it settles
             self.jobs.pop(old, None)
+
+    def forget_finished(self, before: float) -> int:
+        """Forget the jobs that finished before ``before`` (retention); returns how many.
+
+        A finished job whose leases are still out (a cancelled job with running
+        tasks) is kept until they settle.
+        """
+        forgotten = 0
+        for job_id in list(self._finished):
+            job = self.jobs[job_id]
+            if job.finished_at < before and not job.counts[TaskState.LEASED]:
+                del self._finished[job_id]
+                del self.jobs[job_id]
+                forgotten += 1
+        # The database holds older finished jobs too; it keeps those still in play.
+        keep = [
+            job.seq
+            for job in self.jobs.values()
+            if not job.state.finished or job.counts[TaskState.LEASED]
+        ]
+        self.journal.forget_finished(before, keep)
+        return forgotten
 
     def _settle(self, job: Job, index: int) -> None:
         """A leased task of a finished job has reported or lost its worker: discard it."""

@@ -24,14 +24,20 @@ from fractalq.proto import fractalq_pb2_grpc as pb_grpc
 log = logging.getLogger("fractalq.coordinator")
 
 
-async def _timers(service: CoordinatorService, interval: float) -> None:
-    """Declare silent workers dead and wake retries whose backoff is over."""
+async def _timers(service: CoordinatorService, interval: float, retention: float) -> None:
+    """Declare silent workers dead, wake retries whose backoff is over, apply retention."""
+    sweep = min(config.RETENTION_SWEEP, retention / 2)
+    swept = time.time()
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(min(interval, sweep) if retention else interval)
         now = time.time()
         for worker_id in service.broker.expire_workers(now):
             log.warning("worker %s lost: no heartbeat", worker_id)
         service.broker.promote_due(now)
+        if retention and now - swept >= sweep:
+            swept = now
+            if forgotten := service.broker.forget_finished(now - retention):
+                log.info("forgot %d job(s) finished over %gs ago", forgotten, retention)
 
 
 async def serve(
@@ -84,7 +90,9 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
 
-    background = [asyncio.create_task(_timers(service, settings.heartbeat_interval / 2))]
+    background = [
+        asyncio.create_task(_timers(service, settings.heartbeat_interval / 2, settings.retention))
+    ]
     if commit is not None:
         background.append(asyncio.create_task(commit.run()))
     log.info("coordinator listening on %s:%d (http %s)", settings.host, port, http_port)

@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     counts TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
+CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);
 CREATE TABLE IF NOT EXISTS tasks (
     job_seq INTEGER NOT NULL,
     idx INTEGER NOT NULL,
@@ -77,9 +78,11 @@ class Batch:
         self.new_jobs: list[tuple[_JobRow, list[bytes] | None]] = []
         self.job_updates: dict[int, _JobUpdate] = {}
         self.task_updates: dict[tuple[int, int], _TaskRow] = {}
+        # Retention: finished jobs that finished before this, but those kept.
+        self.forget: tuple[float, list[int]] | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.new_jobs or self.job_updates or self.task_updates)
+        return bool(self.new_jobs or self.job_updates or self.task_updates or self.forget)
 
 
 class SqliteJournal:
@@ -151,6 +154,10 @@ class SqliteJournal:
         )
         self.on_change()
 
+    def forget_finished(self, before: float, keep: list[int]) -> None:
+        self._batch.forget = (before, keep)
+        self.on_change()
+
     def take(self) -> Batch:
         batch, self._batch = self._batch, Batch()
         return batch
@@ -186,10 +193,25 @@ class SqliteJournal:
                 " result=excluded.result, error=excluded.error",
                 batch.task_updates.values(),
             )
+            if batch.forget is not None:
+                self._forget(*batch.forget)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _forget(self, before: float, keep: list[int]) -> None:
+        db = self._db
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS kept (seq INTEGER PRIMARY KEY)")
+        db.execute("DELETE FROM kept")
+        db.executemany("INSERT OR IGNORE INTO kept VALUES (?)", ((seq,) for seq in keep))
+        marks = ",".join("?" * len(_FINISHED))
+        chosen = (
+            f"SELECT seq FROM jobs WHERE state IN ({marks}) AND finished_at < ?"
+            " AND seq NOT IN (SELECT seq FROM kept)"
+        )
+        db.execute(f"DELETE FROM tasks WHERE job_seq IN ({chosen})", (*_FINISHED, before))
+        db.execute(f"DELETE FROM jobs WHERE seq IN ({chosen})", (*_FINISHED, before))
 
     # ---- reading ----------------------------------------------------------
 

@@ -46,6 +46,10 @@ COMMIT_INTERVAL = 0.005
 # Finished jobs kept in memory (for GetJob and the HTTP API); older ones are
 # still in the database.
 FINISHED_JOBS_IN_MEMORY = 1000
+# Finished jobs are forgotten (memory and database) this many seconds after they
+# finished; 0 keeps them forever. Checked at most every RETENTION_SWEEP seconds.
+DEFAULT_RETENTION = 7 * 24 * 3600.0
+RETENTION_SWEEP = 60.0
 DEFAULT_LIST_LIMIT = 100
 
 # ---- worker --------------------------------------------------------------
@@ -86,6 +90,7 @@ class CoordinatorConfig:
     http_port: int | None = DEFAULT_HTTP_PORT
     data_dir: str | None = None  # None: in memory only, nothing survives a restart
     worker_timeout: float = DEFAULT_WORKER_TIMEOUT
+    retention: float = DEFAULT_RETENTION
     limits: QueueLimits = dataclasses.field(default_factory=QueueLimits)
     retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
 

@@ -113,6 +113,7 @@ class Coordinator(Process):
         data: Path | None = None,
         worker_timeout: float = 3.0,
         name: str = "coordinator",
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.port = port or free_port()
         self.data = data or tmp / "data"
@@ -123,6 +124,7 @@ class Coordinator(Process):
             "--http-port", "0",
             "--data", str(self.data),
             "--worker-timeout", str(worker_timeout),
+            *extra,
         )  # fmt: skip
         super().__init__(args, tmp / f"{name}.log")
         assert self.proc.stdout is not None

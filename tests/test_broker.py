@@ -264,6 +264,39 @@ def test_journal_restores_jobs_after_a_restart(tmp_path: Path) -> None:
     journal.close()
 
 
+def test_retention_forgets_old_finished_jobs_in_memory_and_in_the_database(
+    tmp_path: Path,
+) -> None:
+    journal = SqliteJournal(str(tmp_path))
+    b = Broker(journal=journal)
+    b.register_worker("w1", ALL, 1, "host", 0.0)
+    b.submit(spec(1), 0.0, "done")
+    b.submit(spec(1, priority=20), 0.0, "waiting")  # old, but not finished
+    b.submit(spec(2, priority=15), 0.0, "cancelled")
+    [task] = b.lease("w1", 1, 1.0)
+    assert task.job_id == "done"
+    assert b.complete("w1", "done", task.index, task.attempt, b"", 1.0)
+    [running] = b.lease("w1", 1, 1.0)
+    assert running.job_id == "cancelled"
+    b.cancel("cancelled", "stop", 1.0)  # its leased task still runs
+    b.submit(spec(1), 5.0, "recent")
+    [task] = b.lease("w1", 1, 5.0)
+    assert b.complete("w1", "recent", task.index, task.attempt, b"", 5.0)
+
+    assert b.forget_finished(before=3.0) == 1
+    journal.write(journal.take())
+    assert set(b.jobs) == {"waiting", "cancelled", "recent"}
+    assert {job.job_id for job in journal.load(100)} == {"waiting", "cancelled", "recent"}
+    assert journal.load_job("done") is None
+
+    # Once the cancelled job's last task reports, it goes too.
+    b.complete("w1", "cancelled", running.index, running.attempt, b"", 6.0)
+    assert b.forget_finished(before=4.0) == 1
+    journal.write(journal.take())
+    assert {job.job_id for job in journal.load(100)} == {"waiting", "recent"}
+    journal.close()
+
+
 def test_a_watch_sends_the_final_state_even_if_the_job_finishes_while_a_message_is_out() -> None:
     # WatchJob yields a snapshot; the job may finish before the stream resumes.
     # The stream must then go on to send the finished state, not just end.

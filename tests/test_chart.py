@@ -790,6 +790,7 @@ def test_external_storage_renders_no_minio(chart_helm: Helm) -> None:
         "worker.concurrency=abc",
         "coordinator.port=abc",
         "coordinator.workerTimeout=soon",
+        "coordinator.retention=-1",
         "worker.autoscaling.enabled=maybe",
         "operator.urlExpiry=604801",
         "image.pullPolicy=Sometimes",
@@ -816,6 +817,7 @@ def test_values_mirror_the_configuration() -> None:
     assert values["coordinator"]["port"] == config.DEFAULT_PORT
     assert values["coordinator"]["httpPort"] == config.DEFAULT_HTTP_PORT
     assert values["coordinator"]["workerTimeout"] == config.DEFAULT_WORKER_TIMEOUT
+    assert values["coordinator"]["retention"] == config.DEFAULT_RETENTION
     assert values["worker"]["gracePeriod"] == config.DEFAULT_GRACE_PERIOD
     assert values["worker"]["concurrency"] == config.DEFAULT_CONCURRENCY
     assert values["worker"]["prefetch"] == config.DEFAULT_PREFETCH
@@ -847,6 +849,8 @@ def test_values_render_into_the_commands(chart_helm: Helm) -> None:
         "/data",
         "--worker-timeout",
         f"{config.DEFAULT_WORKER_TIMEOUT:g}",
+        "--retention",
+        f"{config.DEFAULT_RETENTION:g}",
     ]
     worker = container_of(docs, "Deployment", "worker")
     assert worker["args"][0] == "worker"

@@ -12,6 +12,7 @@ import grpc
 import pytest
 from procs import Coordinator, ProcessGroup, run_cli, wait_until
 
+from fractalq.client import ClientError
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
 
@@ -184,6 +185,30 @@ def test_wait_times_out_with_its_own_exit_code(cluster: ProcessGroup) -> None:
     job_id = submit(coordinator, "noop").job_id  # no worker: it never runs
     result = run_cli("wait", job_id, "--coordinator", coordinator.address, "--timeout", "0.5")
     assert result.returncode == 3 and "still QUEUED" in result.stderr
+
+
+def test_finished_jobs_are_forgotten_after_the_retention(cluster: ProcessGroup) -> None:
+    coordinator = cluster.start_coordinator(extra=("--retention", "1"))
+    waiting = submit(coordinator, "sleep", payload={"seconds": 1}).job_id  # no worker for it
+    done = submit(coordinator, "noop").job_id
+    with coordinator.client() as client:
+        client.cancel(done, "finished, one way or another")
+
+        def forgotten() -> bool:
+            try:
+                client.job(done)
+            except ClientError as error:
+                return bool(error.code == grpc.StatusCode.NOT_FOUND)
+            return False
+
+        assert wait_until(forgotten, 10, "the finished job to be forgotten")
+        assert client.job(waiting).state == pb.QUEUED  # old, but unfinished: kept
+    coordinator.stop()
+    restarted = cluster.start_coordinator(port=coordinator.port, data=coordinator.data)
+    with restarted.client() as client:  # gone from the database too
+        with pytest.raises(ClientError, match="no job"):
+            client.job(done)
+        assert client.job(waiting).state == pb.QUEUED
 
 
 def test_cancel_drops_queued_tasks(cluster: ProcessGroup) -> None:

@@ -38,6 +38,13 @@ def add_parsers(commands: Any) -> None:
         metavar="S",
         help="seconds without a heartbeat before a worker is declared dead",
     )
+    coordinator.add_argument(
+        "--retention",
+        type=real(0, 10 * 365 * 86400),
+        default=config.DEFAULT_RETENTION,
+        metavar="S",
+        help="seconds a finished job is kept after it finished (0: forever)",
+    )
     coordinator.add_argument("-v", "--verbose", action="store_true")
     coordinator.set_defaults(run=run_coordinator)
 
@@ -84,6 +91,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
         http_port=None if args.no_http else args.http_port,
         data_dir=args.data,
         worker_timeout=args.worker_timeout,
+        retention=args.retention,
     )
     setup_logging(args.verbose)
 
