@@ -16,6 +16,11 @@ Writes are collected in memory and committed together by :class:`GroupCommit`
 on a thread, at most every few milliseconds, so a burst of ten thousand
 completions is a handful of transactions; an RPC that promises durability
 (SubmitJob, CompleteTask) waits for the commit that holds its change.
+
+Retention: finished jobs older than the coordinator's ``--retention`` are
+deleted with their task rows, in the same group commit as the broker forgets
+them (:meth:`Broker.forget_finished`); jobs the broker still needs (unfinished,
+or with leases out) are passed in and kept.
 """
 
 from __future__ import annotations
