@@ -1,8 +1,8 @@
 """The coordinator's HTTP API: health and JSON views for people and dashboards.
 
 The JSON is the proto messages' canonical JSON mapping, so the HTTP API and
-the gRPC API describe the same things with the same names. A Prometheus
-``/metrics`` route would sit here beside them.
+the gRPC API describe the same things with the same names. ``/metrics`` is the
+same figures in Prometheus' text format (:mod:`.metrics`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from typing import Any
 from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fractalq import config
+from fractalq.coordinator.metrics import registry
 from fractalq.coordinator.service import CoordinatorService, job_message
 
 
@@ -25,6 +27,13 @@ def _json(message: Message) -> web.Response:
 
 def make_app(service: CoordinatorService) -> web.Application:
     routes = web.RouteTableDef()
+    metrics = registry(service.broker)
+
+    @routes.get("/metrics")
+    async def prometheus(request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(metrics))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
 
     @routes.get("/healthz")
     async def healthz(request: web.Request) -> web.Response:

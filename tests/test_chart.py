@@ -986,6 +986,20 @@ def test_coordinator_keeps_its_data(chart_helm: Helm) -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
+@pytest.mark.parametrize("port", [None, 9100])
+def test_prometheus_finds_the_coordinators_metrics(chart_helm: Helm, port: int | None) -> None:
+    docs = chart_helm.template(*(sets(f"coordinator.httpPort={port}") if port else ()))
+    pod = one(docs, "StatefulSet", "coordinator")["spec"]["template"]
+    annotations = pod["metadata"]["annotations"]
+    http = flag(pod["spec"]["containers"][0]["args"], "--http-port")
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": http,
+        "prometheus.io/path": "/metrics",
+    }
+    assert http == str(port or config.DEFAULT_HTTP_PORT)
+
+
 def test_image_tag_defaults_to_the_app_version(chart_helm: Helm) -> None:
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     for options, tag in (((), app_version), (OPTIONS["everything-else"], "dev")):

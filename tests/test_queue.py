@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 from procs import Coordinator, ProcessGroup, run_cli, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 
 from fractalq.client import ClientError
 from fractalq.proto import fractalq_pb2 as pb
@@ -306,3 +307,39 @@ def test_http_api(cluster: ProcessGroup) -> None:
     assert len(get("/api/workers")["workers"]) == 1
     [listed] = get("/api/jobs")["jobs"]
     assert listed["jobId"] == job_id and listed["state"] == "SUCCEEDED"
+
+
+def test_prometheus_metrics(cluster: ProcessGroup) -> None:
+    coordinator = cluster.start_coordinator()
+    cluster.start_worker(concurrency=2)
+    done = submit(coordinator, "noop", count=5).job_id
+    wait_until(finished(coordinator, done))
+    submit(coordinator, "fail", max_attempts=1, payload={"message": "no"})
+    submit(coordinator, "sleep", count=3, priority=9, payload={"seconds": 30})
+    submit(coordinator, "sleep", count=2, priority=10, payload={"seconds": 30})  # waits
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        url = f"http://127.0.0.1:{coordinator.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert response.headers["Content-Type"].startswith("text/plain")
+            text = response.read().decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def settled() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        found = scrape()
+        # Two sleeps running and one prefetched (--prefetch 1), all leased.
+        leased = found[("fractalq_tasks", (("state", "leased"),))] == 3
+        return found if leased and found[("fractalq_tasks_dead_total", ())] == 1 else None
+
+    metrics = wait_until(settled, message="three sleeps leased and one task dead")
+    assert metrics[("fractalq_tasks", (("state", "queued"),))] == 2
+    assert metrics[("fractalq_tasks", (("state", "delayed"),))] == 0
+    assert metrics[("fractalq_jobs_active", ())] == 2
+    assert metrics[("fractalq_tasks_succeeded_total", ())] == 5
+    assert metrics[("fractalq_tasks_failed_total", ())] == 1
+    assert metrics[("fractalq_workers", (("draining", "false"),))] == 1
+    assert metrics[("fractalq_worker_slots", ())] == 2
