@@ -52,7 +52,7 @@ from fractalq.operator.status import (
     now_iso,
     progress,
 )
-from fractalq.storage import Storage, StorageError, open_storage
+from fractalq.storage import Storage, StorageError, StorageOptions, open_storage
 
 GROUP, VERSION, PLURAL = "fractalq.dev", "v1alpha1", "fractaljobs"
 DELETE_TIMEOUT = 60.0
@@ -81,7 +81,10 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     state.settings = OperatorSettings.from_env()
-    state.storage = open_storage(state.settings.storage)
+    state.storage = open_storage(
+        state.settings.storage,
+        options=StorageOptions(public_endpoint=state.settings.s3_public_endpoint),
+    )
     state.client = Client(state.settings.coordinator, timeout=10)
     settings.persistence.finalizer = "fractalq.dev/cleanup"
     settings.posting.level = logging.INFO

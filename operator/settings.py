@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fractalq import config
 from fractalq.operator.autoscaler import ScalePolicy
+from fractalq.storage import StorageOptions
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -49,6 +50,11 @@ VARIABLES: dict[str, tuple[str, object, str]] = {
         "seconds of lower demand before scaling down",
     ),
     "url-expiry": ("FRACTALQ_URL_EXPIRY", config.URL_EXPIRY, "presigned link lifetime, seconds"),
+    "s3-public-endpoint": (
+        "FRACTALQ_S3_PUBLIC_ENDPOINT",
+        "",
+        "http(s)://host[:port] presigned links are signed for (default: the S3 endpoint)",
+    ),
 }
 
 
@@ -66,6 +72,7 @@ class OperatorSettings:
     scale: ScalePolicy
     scale_interval: float
     url_expiry: int
+    s3_public_endpoint: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -98,6 +105,12 @@ class OperatorSettings:
         )
         if policy.minimum > policy.maximum:
             raise SettingsError("FRACTALQ_SCALE_MIN is above FRACTALQ_SCALE_MAX")
+        public_endpoint = get("s3-public-endpoint") or None
+        if public_endpoint is not None:
+            try:
+                StorageOptions(public_endpoint=public_endpoint)
+            except ValueError as error:
+                raise SettingsError(f"FRACTALQ_S3_PUBLIC_ENDPOINT: {error}") from None
         return cls(
             coordinator=get("coordinator"),
             storage=get("storage"),
@@ -107,6 +120,7 @@ class OperatorSettings:
             scale=policy,
             scale_interval=number("scale-interval", float, 0.1),
             url_expiry=int(number("url-expiry", int, 1)),
+            s3_public_endpoint=public_endpoint,
         )
 
 

@@ -578,6 +578,14 @@ def test_operator_environment(chart_helm: Helm) -> None:
     )
     assert "-A" in watching["args"] and "-n" not in watching["args"]
 
+    assert "FRACTALQ_S3_PUBLIC_ENDPOINT" not in env_of(operator)  # the pods' endpoint
+    public = container_of(
+        chart_helm.template(*sets("storage.publicEndpoint=http://localhost:9000")),
+        "Deployment",
+        "operator",
+    )
+    assert env_value(public, "FRACTALQ_S3_PUBLIC_ENDPOINT") == "http://localhost:9000"
+
 
 def test_autoscaler_bounds_are_checked(chart_helm: Helm) -> None:
     result = chart_helm.run(
@@ -791,6 +799,7 @@ def test_external_storage_renders_no_minio(chart_helm: Helm) -> None:
         "coordinator.port=abc",
         "coordinator.workerTimeout=soon",
         "coordinator.retention=-1",
+        "storage.publicEndpoint=localhost:9000",
         "worker.autoscaling.enabled=maybe",
         "operator.urlExpiry=604801",
         "image.pullPolicy=Sometimes",
@@ -1019,6 +1028,15 @@ def test_notes_explain_how_to_submit_a_job(chart_helm: Helm) -> None:
     assert f"kubectl apply -n {NAMESPACE} -f {EXAMPLE.relative_to(REPO).as_posix()}" in notes
     assert f"kubectl get fj -n {NAMESPACE}" in notes
     assert f"kubectl get fj {example} -n {NAMESPACE} -o jsonpath='{{.status.url}}'" in notes
+    assert "--connect-to" in notes  # links signed for the in-cluster MinIO host
+
+    public = chart_helm.run(
+        "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
+        "--set", "storage.publicEndpoint=http://localhost:9000",
+    )  # fmt: skip
+    assert public.returncode == 0, public.stderr
+    notes = public.stdout.split("NOTES:", 1)[1]
+    assert "--connect-to" not in notes and "signed for http://localhost:9000" in notes
 
 
 # ---- image and quick start ------------------------------------------------------------------

@@ -17,7 +17,7 @@ import kopf
 import pytest
 from kopf.testing import KopfRunner
 from kube import DEPLOYMENTS, FRACTALJOBS, Emulator
-from procs import ProcessGroup, wait_until
+from procs import ProcessGroup, run_cli, wait_until
 from reference import reference_png
 from s3server import SeaweedS3
 
@@ -111,7 +111,12 @@ def setup(tmp_path: Path, s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch)
         prepared.stop()
 
 
-def test_a_fractaljob_goes_from_pending_to_a_png_url(setup: Setup) -> None:
+def test_a_fractaljob_goes_from_pending_to_a_png_url(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # People reach S3 at another address than the operator does (a port-forward).
+    public = setup.s3.endpoint.replace("127.0.0.1", "localhost")
+    monkeypatch.setenv("FRACTALQ_S3_PUBLIC_ENDPOINT", public)
     setup.workers(2)
     with setup.operator():
         created = setup.fractaljob("first", fractal="julia", palette="ocean", **SMALL)
@@ -126,6 +131,7 @@ def test_a_fractaljob_goes_from_pending_to_a_png_url(setup: Setup) -> None:
     assert done["jobId"] == job_id_for(created["metadata"]["uid"], 1)
     ready = {c["type"]: c for c in done["conditions"]}["Ready"]
     assert ready["status"] == "True" and done["completionTime"]
+    assert done["presignedUrl"].startswith(f"{public}/{setup.bucket}/images/{NAMESPACE}/first.png?")
     with urllib.request.urlopen(done["presignedUrl"], timeout=10) as response:
         image = response.read()
     expected = RenderRequest.create("julia", width=240, height=160, max_iter=200, palette="ocean")
@@ -150,6 +156,20 @@ def test_progress_is_visible_while_running(setup: Setup) -> None:
         )
         assert midway["progress"] == f"{midway['bandsDone']}/40"
         assert wait_until(lambda: setup.phase_is("slow", "Succeeded"), 180, "the render")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("FRACTALQ_S3_PUBLIC_ENDPOINT", "localhost:9000", "public endpoint must be http"),
+        ("FRACTALQ_SCALE_MIN", "many", "is not a number"),
+    ],
+)
+def test_bad_operator_settings_are_one_line(variable: str, value: str, message: str) -> None:
+    result = run_cli("operator", "--storage", "s3://b", env={**os.environ, variable: value})
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_an_invalid_spec_ends_failed_with_a_message(setup: Setup) -> None:

@@ -9,6 +9,7 @@ import re
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -320,6 +321,37 @@ def use_s3_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
 def s3_env(s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> Iterator[SeaweedS3]:
     use_s3_env(monkeypatch, s3_server.env())
     yield s3_server
+
+
+def test_presigned_urls_can_be_signed_for_a_public_endpoint(s3_env: SeaweedS3) -> None:
+    # The pods reach S3 at one address, people at another (a port-forward, a
+    # public name): the link must carry, and be signed for, the public one.
+    bucket = s3_env.make_bucket()
+    public = s3_env.endpoint.replace("127.0.0.1", "localhost")
+    options = StorageOptions(public_endpoint=public)
+    storage = open_storage(f"s3://{bucket}/images", options=options)
+    storage.put("a.png", b"pixels")
+    url = storage.presigned_url("a.png", 300)
+    assert url is not None and url.startswith(f"{public}/{bucket}/images/a.png?")
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.read() == b"pixels"
+    # The signature covers the host: the same link at the pods' address is refused.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url.replace(public, s3_env.endpoint), timeout=10)
+    assert refused.value.code == 403
+    # It survives pickling (workers' child processes), and plain storage is unchanged.
+    assert pickle.loads(pickle.dumps(storage)).presigned_url("a.png", 60).startswith(public)
+    plain = open_storage(f"s3://{bucket}/images").presigned_url("a.png", 60)
+    assert plain is not None and plain.startswith(s3_env.endpoint)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["localhost:9000", "ftp://host", "http://", "http://h/path", "http://u@h", "http://h?x=1"],
+)
+def test_a_bad_public_endpoint_is_refused(endpoint: str) -> None:
+    with pytest.raises(ValueError, match="public endpoint must be http"):
+        StorageOptions(public_endpoint=endpoint)
 
 
 def test_s3_round_trip(s3_env: SeaweedS3) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import urllib.parse
 from collections.abc import Iterable
 
 from fractalq.config import (
@@ -75,6 +76,10 @@ class StorageOptions:
     ``attempts`` counts fractalq's own attempts per operation (1 means no
     retry); ``s3_max_attempts`` is what botocore makes per request underneath,
     in its "standard" retry mode, which is best placed to handle throttling.
+    ``public_endpoint`` (S3 only) is the endpoint presigned URLs are signed for,
+    when people reach the server at another address than this process does
+    (``http://localhost:9000`` through a port-forward, a public host name);
+    nothing else is sent there.
     """
 
     attempts: int = STORAGE_ATTEMPTS
@@ -83,6 +88,7 @@ class StorageOptions:
     connect_timeout: float = STORAGE_CONNECT_TIMEOUT
     read_timeout: float = STORAGE_READ_TIMEOUT
     s3_max_attempts: int = S3_CLIENT_MAX_ATTEMPTS
+    public_endpoint: str | None = None
 
     def __post_init__(self) -> None:
         if self.attempts < 1 or self.s3_max_attempts < 1:
@@ -91,6 +97,19 @@ class StorageOptions:
             raise ValueError("storage retry delays must not be negative")
         if min(self.connect_timeout, self.read_timeout) <= 0:
             raise ValueError("storage timeouts must be positive")
+        if self.public_endpoint is not None:
+            parts = urllib.parse.urlsplit(self.public_endpoint)
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or parts.path not in ("", "/")
+                or parts.query
+                or parts.fragment
+                or parts.username
+            ):
+                raise ValueError(
+                    f"public endpoint must be http(s)://host[:port], not {self.public_endpoint!r}"
+                )
 
 
 def validate_key(key: str) -> str:

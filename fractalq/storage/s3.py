@@ -134,6 +134,7 @@ class S3Storage(Storage):
         self.endpoint_url = endpoint_url
         self.region = region
         self._client: S3Client | None = None
+        self._signer: S3Client | None = None  # for presigned URLs at the public endpoint
         self._client_pid = 0
         self._lock = threading.Lock()
 
@@ -226,7 +227,7 @@ class S3Storage(Storage):
         validate_expires(expires)
         try:
             # Signs locally; needs credentials but no round trip.
-            return self._get_client().generate_presigned_url(
+            return self._get_signer().generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": name}, ExpiresIn=expires
             )
         except (BotoCoreError, ClientError) as error:
@@ -243,7 +244,7 @@ class S3Storage(Storage):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         # Neither a boto3 client nor a lock can (or should) cross processes.
-        state["_client"] = None
+        state["_client"] = state["_signer"] = None
         state["_client_pid"] = 0
         del state["_lock"]
         return state
@@ -267,7 +268,17 @@ class S3Storage(Storage):
                 self._client_pid = pid
             return self._client
 
-    def _make_client(self) -> S3Client:
+    def _get_signer(self) -> S3Client:
+        client = self._get_client()  # also renews the per-process state after a fork
+        public = self.options.public_endpoint
+        if public is None:
+            return client
+        with self._lock:
+            if self._signer is None:
+                self._signer = self._make_client(public)
+            return self._signer
+
+    def _make_client(self, endpoint_url: str | None = None) -> S3Client:
         # A fresh Session per client: boto3's default session is not thread-safe.
         session = boto3.session.Session()
         config = Config(
@@ -281,7 +292,9 @@ class S3Storage(Storage):
             response_checksum_validation="when_required",
         )
         try:
-            return session.client("s3", endpoint_url=self.endpoint_url, config=config)
+            return session.client(
+                "s3", endpoint_url=endpoint_url or self.endpoint_url, config=config
+            )
         except (ValueError, BotoCoreError) as error:
             # For example AWS_ENDPOINT_URL=localhost:9000 (no scheme).
             raise StorageError(
