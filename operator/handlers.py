@@ -226,6 +226,14 @@ async def _follow(
     try:
         job = await asyncio.to_thread(state.client.job, job_id)
     except ClientError as error:
+        if error.code is not None and error.code.name == "NOT_FOUND":
+            # The coordinator lost its data (a new volume, no --data) or forgot
+            # the job: render again, under the same job id.
+            lost = f"job {job_id} is unknown to the coordinator: submitting it again"
+            log.warning("%s/%s: %s", namespace, name, lost)
+            kopf.warn(body, reason="JobLost", message=lost)
+            await _submit(body, spec, status, patch, uid, generation, None)
+            return
         patch.status["conditions"] = condition(
             status.get("conditions", []), "CoordinatorReachable", False, "Unreachable",
             str(error), generation,

@@ -181,6 +181,26 @@ def test_an_invalid_spec_ends_failed_with_a_message(setup: Setup) -> None:
     assert setup_ok[-1] == "Failed"
 
 
+def test_a_job_the_coordinator_lost_is_submitted_again(setup: Setup) -> None:
+    with setup.operator():
+        setup.fractaljob("lost", **SMALL)
+        queued = wait_until(lambda: setup.phase_is("lost", "Queued"), 30, "Queued")
+        # No worker yet. The coordinator comes back on a new, empty volume.
+        old = setup.coordinator
+        old.kill9()
+        fresh = old.data.with_name("fresh-volume")
+        setup.coordinator = setup.group.start_coordinator(port=old.port, data=fresh)
+        setup.workers(2)
+        done = wait_until(lambda: setup.phase_is("lost", "Succeeded"), 60, "the render")
+
+    # Said in the log (and as a JobLost Event, which kmock keeps only the first of).
+    said = "".join(record.getMessage() for record in caplog_records())
+    assert f"default/lost: job {queued['jobId']} is unknown to the coordinator" in said
+    assert done["jobId"] == queued["jobId"]  # the same id, submitted again
+    with setup.coordinator.client() as client:
+        assert client.job(done["jobId"]).state == pb.SUCCEEDED
+
+
 def test_an_operator_restart_mid_job_submits_nothing_twice(setup: Setup) -> None:
     with setup.operator():
         created = setup.fractaljob("restart", **SMALL)
