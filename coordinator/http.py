@@ -27,7 +27,7 @@ def _json(message: Message) -> web.Response:
 
 def make_app(service: CoordinatorService) -> web.Application:
     routes = web.RouteTableDef()
-    metrics = registry(service.broker)
+    metrics = registry(service.stats)
 
     @routes.get("/metrics")
     async def prometheus(request: web.Request) -> web.Response:
