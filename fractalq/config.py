@@ -49,6 +49,7 @@ FINISHED_JOBS_IN_MEMORY = 1000
 # Finished jobs are forgotten (memory and database) this many seconds after they
 # finished; 0 keeps them forever. Checked at most every RETENTION_SWEEP seconds.
 DEFAULT_RETENTION = 7 * 24 * 3600.0
+MAX_RETENTION = 10 * 365 * 24 * 3600.0
 RETENTION_SWEEP = 60.0
 DEFAULT_LIST_LIMIT = 100
 

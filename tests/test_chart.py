@@ -827,6 +827,9 @@ def test_values_mirror_the_configuration() -> None:
     assert values["coordinator"]["httpPort"] == config.DEFAULT_HTTP_PORT
     assert values["coordinator"]["workerTimeout"] == config.DEFAULT_WORKER_TIMEOUT
     assert values["coordinator"]["retention"] == config.DEFAULT_RETENTION
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    [retention, _] = schema["properties"]["coordinator"]["properties"]["retention"]["anyOf"]
+    assert retention["maximum"] == config.MAX_RETENTION
     assert values["worker"]["gracePeriod"] == config.DEFAULT_GRACE_PERIOD
     assert values["worker"]["concurrency"] == config.DEFAULT_CONCURRENCY
     assert values["worker"]["prefetch"] == config.DEFAULT_PREFETCH

@@ -40,7 +40,7 @@ def add_parsers(commands: Any) -> None:
     )
     coordinator.add_argument(
         "--retention",
-        type=real(0, 10 * 365 * 86400),
+        type=real(0, config.MAX_RETENTION),
         default=config.DEFAULT_RETENTION,
         metavar="S",
         help="seconds a finished job is kept after it finished (0: forever)",
