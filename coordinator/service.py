@@ -322,10 +322,10 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             if JobState(message.state).finished:
                 return
             await changed.wait()
-            job = self.broker.get_job(request.job_id) or self._job(request.job_id)
+            job = self._job(request.job_id)
             if not job.state.finished:  # the final state goes out at once
                 await asyncio.sleep(0.02)  # coalesce bursts of changes into one message
-                job = self.broker.get_job(request.job_id) or self._job(request.job_id)
+                job = self._job(request.job_id)
 
     @_unary
     async def ListJobs(
