@@ -9,8 +9,9 @@ Three parts, medians over ``--runs``:
    does it: the escape-time kernel (the maths), colouring, encoding (filtering and
    deflating the rows), storing in a local folder; then the assembly of the PNG.
    These are CPU seconds, the sum over the bands.
-2. Scaling: a coordinator and N workers (``--concurrency 1`` each; and one worker
-   with ``--concurrency 2``) are started and warmed up with a small render first,
+2. Scaling: a coordinator (keeping its database, as deployed) and N workers
+   (``--concurrency 1`` each; and one worker with ``--concurrency 2``), started as
+   the tests start them, are warmed up with a small render first,
    then the image is rendered with ``fractalq render``'s code path; the time from
    submission to the PNG on disk. Configurations take turns, so a noisy machine
    slows them alike.
@@ -34,7 +35,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from procs import ProcessGroup  # noqa: E402
 
 from fractalq.cli.render import render_image  # noqa: E402
 from fractalq.client import Client  # noqa: E402
@@ -73,43 +76,17 @@ def work_split(request: RenderRequest, regions: int) -> dict[str, float]:
     return seconds
 
 
-def _fractalq(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "fractalq", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-
-
 @contextlib.contextmanager
-def cluster(workers: int, concurrency: int, storage: str) -> Iterator[str]:
-    """A coordinator and workers on loopback; yields the coordinator's address."""
-    coordinator = _fractalq("coordinator", "--host", "127.0.0.1", "--port", "0", "--no-http")
-    processes = [coordinator]
+def cluster(workers: int, concurrency: int, folder: Path, storage: str) -> Iterator[str]:
+    """A coordinator and workers on loopback (the tests' own); yields the coordinator's address."""
+    group = ProcessGroup(folder)
     try:
-        assert coordinator.stdout is not None
-        endpoint = coordinator.stdout.readline().split()[3]
+        coordinator = group.start_coordinator()
         for _ in range(workers):
-            processes.append(
-                _fractalq(
-                    "worker",
-                    "--coordinator",
-                    endpoint,
-                    "--storage",
-                    storage,
-                    "--concurrency",
-                    str(concurrency),
-                )
-            )
-        yield endpoint
+            group.start_worker(storage=storage, concurrency=concurrency)
+        yield coordinator.address
     finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
-            process.wait(30)
-            if process.stdout:
-                process.stdout.close()
+        group.stop()
 
 
 def render_seconds(endpoint: str, storage: str, request: RenderRequest, regions: int) -> float:
@@ -131,8 +108,8 @@ def scaling(
     for _ in range(runs):
         for workers, concurrency in setups:
             with tempfile.TemporaryDirectory() as folder:
-                storage = Path(folder).as_uri()
-                with cluster(workers, concurrency, storage) as endpoint:
+                storage = (Path(folder) / "storage").as_uri()
+                with cluster(workers, concurrency, Path(folder), storage) as endpoint:
                     for _ in range(workers * concurrency):  # every process has rendered once
                         render_seconds(endpoint, storage, warm, workers * concurrency * 2)
                     times[(workers, concurrency)].append(
