@@ -14,6 +14,13 @@ hand them back unstarted with ReleaseTasks when they are asked to stop.
 Reports carry the attempt number the task was leased with: a report for an
 attempt that is no longer the task's live lease is answered and ignored.
 
+Registration opens a *session*: the coordinator issues a secret session id
+that every later worker call carries. Only the session that holds a task's
+live lease can complete, fail or hand back that task; a call with an unknown
+or wrong session is refused with NOT_FOUND ("register first") and changes
+nothing. A worker id that a live session holds cannot be registered again,
+except by that session (a reconnect, which keeps its leases).
+
 Clients submit, watch, inspect and cancel jobs, and read queue statistics.
 """
 
@@ -75,11 +82,14 @@ class RegisterWorkerRequest(_message.Message):
     TASK_TYPES_FIELD_NUMBER: _builtins.int
     CONCURRENCY_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """chosen by the worker; unique per process"""
     concurrency: _builtins.int
     """how many tasks it runs at once"""
     hostname: _builtins.str
+    session: _builtins.str
+    """to resume a live registration: the session it was given"""
     @_builtins.property
     def task_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """what this worker can run"""
@@ -91,10 +101,11 @@ class RegisterWorkerRequest(_message.Message):
         task_types: _abc.Iterable[_builtins.str] | None = ...,
         concurrency: _builtins.int = ...,
         hostname: _builtins.str = ...,
+        session: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "hostname", b"hostname", "task_types", b"task_types", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "hostname", b"hostname", "session", b"session", "task_types", b"task_types", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -106,19 +117,23 @@ class RegisterWorkerResponse(_message.Message):
 
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     WORKER_TIMEOUT_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     heartbeat_interval: _builtins.float
     """seconds between heartbeats"""
     worker_timeout: _builtins.float
     """silence after which the worker is declared dead"""
+    session: _builtins.str
+    """secret; carried by every later call of this worker"""
     def __init__(
         self,
         *,
         heartbeat_interval: _builtins.float = ...,
         worker_timeout: _builtins.float = ...,
+        session: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "worker_timeout", b"worker_timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "session", b"session", "worker_timeout", b"worker_timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -130,18 +145,21 @@ class HeartbeatRequest(_message.Message):
 
     WORKER_ID_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     draining: _builtins.bool
     """the worker takes no new tasks"""
+    session: _builtins.str
     def __init__(
         self,
         *,
         worker_id: _builtins.str = ...,
         draining: _builtins.bool = ...,
+        session: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "session", b"session", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -174,21 +192,24 @@ class GetTaskRequest(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     MAX_TASKS_FIELD_NUMBER: _builtins.int
     WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     max_tasks: _builtins.int
     """lease up to this many (at least 1)"""
     wait_seconds: _builtins.float
     """long-poll for at most this long when nothing is ready"""
+    session: _builtins.str
     def __init__(
         self,
         *,
         worker_id: _builtins.str = ...,
         max_tasks: _builtins.int = ...,
         wait_seconds: _builtins.float = ...,
+        session: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_tasks", b"max_tasks", "wait_seconds", b"wait_seconds", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_tasks", b"max_tasks", "session", b"session", "wait_seconds", b"wait_seconds", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -323,7 +344,9 @@ class CompleteTaskRequest(_message.Message):
 
     WORKER_ID_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
+    session: _builtins.str
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskResult]: ...
     def __init__(
@@ -331,10 +354,11 @@ class CompleteTaskRequest(_message.Message):
         *,
         worker_id: _builtins.str = ...,
         results: _abc.Iterable[Global___TaskResult] | None = ...,
+        session: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "session", b"session", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -346,7 +370,9 @@ class FailTaskRequest(_message.Message):
 
     WORKER_ID_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
+    session: _builtins.str
     @_builtins.property
     def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskError]: ...
     def __init__(
@@ -354,10 +380,11 @@ class FailTaskRequest(_message.Message):
         *,
         worker_id: _builtins.str = ...,
         errors: _abc.Iterable[Global___TaskError] | None = ...,
+        session: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "session", b"session", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -369,7 +396,9 @@ class ReleaseTasksRequest(_message.Message):
 
     WORKER_ID_FIELD_NUMBER: _builtins.int
     TASKS_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
+    session: _builtins.str
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskRef]: ...
     def __init__(
@@ -377,10 +406,11 @@ class ReleaseTasksRequest(_message.Message):
         *,
         worker_id: _builtins.str = ...,
         tasks: _abc.Iterable[Global___TaskRef] | None = ...,
+        session: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks", b"tasks", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "tasks", b"tasks", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -395,7 +425,7 @@ class ReportResponse(_message.Message):
     accepted: _builtins.int
     """reports that changed a task's state"""
     ignored: _builtins.int
-    """late, duplicate or cancelled: answered, not counted"""
+    """late, duplicate, cancelled or not this session's lease"""
     def __init__(
         self,
         *,
@@ -415,15 +445,18 @@ class UnregisterWorkerRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
+    session: _builtins.str
     def __init__(
         self,
         *,
         worker_id: _builtins.str = ...,
+        session: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -841,6 +874,9 @@ class Stats(_message.Message):
     TASKS_DEAD_FIELD_NUMBER: _builtins.int
     BY_PRIORITY_FIELD_NUMBER: _builtins.int
     WORKERS_FIELD_NUMBER: _builtins.int
+    REPORTS_IGNORED_FIELD_NUMBER: _builtins.int
+    REQUESTS_REFUSED_FIELD_NUMBER: _builtins.int
+    REQUESTS_INVALID_FIELD_NUMBER: _builtins.int
     queued: _builtins.int
     """ready to lease now"""
     delayed: _builtins.int
@@ -853,6 +889,12 @@ class Stats(_message.Message):
     """failed attempts since the coordinator started"""
     tasks_dead: _builtins.int
     """dead-lettered since the coordinator started"""
+    reports_ignored: _builtins.int
+    """reports that changed nothing (see ReportResponse)"""
+    requests_refused: _builtins.int
+    """worker calls with an unknown session or a taken worker id"""
+    requests_invalid: _builtins.int
+    """requests refused as malformed (INVALID_ARGUMENT)"""
     @_builtins.property
     def by_priority(self) -> _containers.RepeatedCompositeFieldContainer[Global___PriorityDepth]: ...
     @_builtins.property
@@ -869,10 +911,13 @@ class Stats(_message.Message):
         tasks_dead: _builtins.int = ...,
         by_priority: _abc.Iterable[Global___PriorityDepth] | None = ...,
         workers: _abc.Iterable[Global___WorkerInfo] | None = ...,
+        reports_ignored: _builtins.int = ...,
+        requests_refused: _builtins.int = ...,
+        requests_invalid: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_priority", b"by_priority", "delayed", b"delayed", "jobs_active", b"jobs_active", "leased", b"leased", "queued", b"queued", "tasks_dead", b"tasks_dead", "tasks_failed", b"tasks_failed", "tasks_succeeded", b"tasks_succeeded", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_priority", b"by_priority", "delayed", b"delayed", "jobs_active", b"jobs_active", "leased", b"leased", "queued", b"queued", "reports_ignored", b"reports_ignored", "requests_invalid", b"requests_invalid", "requests_refused", b"requests_refused", "tasks_dead", b"tasks_dead", "tasks_failed", b"tasks_failed", "tasks_succeeded", b"tasks_succeeded", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -14,6 +14,13 @@ hand them back unstarted with ReleaseTasks when they are asked to stop.
 Reports carry the attempt number the task was leased with: a report for an
 attempt that is no longer the task's live lease is answered and ignored.
 
+Registration opens a *session*: the coordinator issues a secret session id
+that every later worker call carries. Only the session that holds a task's
+live lease can complete, fail or hand back that task; a call with an unknown
+or wrong session is refused with NOT_FOUND ("register first") and changes
+nothing. A worker id that a live session holds cannot be registered again,
+except by that session (a reconnect, which keeps its leases).
+
 Clients submit, watch, inspect and cancel jobs, and read queue statistics.
 """
 
