@@ -12,7 +12,7 @@ import dataclasses
 
 # ---- network -------------------------------------------------------------
 
-DEFAULT_HOST = "0.0.0.0"
+DEFAULT_HOST = "127.0.0.1"  # local use; the chart passes 0.0.0.0 itself
 DEFAULT_PORT = 50051
 DEFAULT_HTTP_PORT = 8080
 # Large enough for a job of many distinct payloads in one SubmitJob.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from typing import NoReturn
 
@@ -40,6 +41,10 @@ def _number(kind: type[int] | type[float], low: float | None, high: float | None
             raise argparse.ArgumentTypeError(
                 f"{value!r} is not a {'whole ' if kind is int else ''}number"
             ) from None
+        # float() takes "nan" and "inf": a NaN passes every range check below
+        # (each comparison is False) and an infinity defeats timeouts.
+        if not math.isfinite(number):
+            raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
         if low is not None and number < low:
             raise argparse.ArgumentTypeError(f"{value} is below the minimum {low:g}")
         if high is not None and number > high:

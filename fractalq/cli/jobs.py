@@ -64,6 +64,8 @@ def run_submit(args: argparse.Namespace) -> int:
             json.loads(args.payload)
         except json.JSONDecodeError as error:
             raise CommandError(f"--payload is not JSON: {error}") from None
+        except RecursionError:
+            raise CommandError("--payload is not JSON: nested too deeply") from None
     request = pb.SubmitJobRequest(
         job_id=args.job_id,
         task_type=args.task,

@@ -38,6 +38,8 @@ def parse_payload(payload: bytes) -> tuple[RenderRequest, int, int]:
         start, end = data["rows"]
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise InvalidPayload(f"not a band payload: {error}") from None
+    except RecursionError:
+        raise InvalidPayload("not a band payload: nested too deeply") from None
     if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= request.height):
         raise InvalidPayload(f"rows {start}..{end} are not a band of {request.height} rows")
     return request, start, end

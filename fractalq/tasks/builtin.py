@@ -22,6 +22,8 @@ def _json_object(payload: bytes) -> dict[str, object]:
         value = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InvalidPayload(f"payload is not JSON: {error}") from None
+    except RecursionError:
+        raise InvalidPayload("payload is not JSON: nested too deeply") from None
     if not isinstance(value, dict):
         raise InvalidPayload("payload must be a JSON object")
     return value

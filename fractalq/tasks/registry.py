@@ -62,6 +62,27 @@ def _no_check(payload: bytes) -> None:
     return None
 
 
+def _guarded(name: str, check: PayloadCheck) -> PayloadCheck:
+    """``check``, but any failure of it is an :class:`InvalidPayload`.
+
+    The coordinator runs checks on what clients send: a parser's own error
+    (``json.loads`` raises RecursionError on deeply nested input) must refuse
+    the payload, not escape as an internal error.
+    """
+
+    def guarded(payload: bytes) -> None:
+        try:
+            check(payload)
+        except InvalidPayload:
+            raise
+        except RecursionError:
+            raise InvalidPayload("payload is nested too deeply") from None
+        except Exception:  # the class name is internal: it is not sent back
+            raise InvalidPayload(f"not a valid {name!r} payload") from None
+
+    return guarded
+
+
 def task_type(
     name: str,
     *,
@@ -75,7 +96,7 @@ def task_type(
     def register(run: TaskFunction) -> TaskFunction:
         if name in _REGISTRY:
             raise ValueError(f"task type {name!r} is registered twice")
-        _REGISTRY[name] = TaskType(name, run, check, cpu_bound, needs_storage, warm)
+        _REGISTRY[name] = TaskType(name, run, _guarded(name, check), cpu_bound, needs_storage, warm)
         return run
 
     return register
