@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 
@@ -17,6 +18,7 @@ from fractalq import config
 from fractalq.config import CoordinatorConfig
 from fractalq.coordinator.broker import Broker
 from fractalq.coordinator.http import make_app
+from fractalq.coordinator.lock import DataFolderLock, StartupError, check_listen, show_address
 from fractalq.coordinator.service import CoordinatorService
 from fractalq.coordinator.store import GroupCommit, SqliteJournal
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
@@ -45,8 +47,32 @@ async def serve(
     started: Callable[[int, int | None], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Run until ``stop`` is set (or SIGTERM/SIGINT); ``started`` gets the bound ports."""
-    journal = SqliteJournal(settings.data_dir) if settings.data_dir else None
+    """Run until ``stop`` is set (or SIGTERM/SIGINT); ``started`` gets the bound ports.
+
+    Whatever stops it from starting (the data folder in use or unusable, a
+    port taken, a bad host, a database that cannot be opened) is a
+    :class:`StartupError` of one line, raised before anything is written.
+    """
+    lock = DataFolderLock(settings.data_dir) if settings.data_dir else None
+    try:
+        check_listen(settings.host, settings.port, "gRPC")
+        if settings.http_port is not None:
+            check_listen(settings.host, settings.http_port, "HTTP")
+        await _serve(settings, started, stop)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+async def _serve(
+    settings: CoordinatorConfig,
+    started: Callable[[int, int | None], None] | None,
+    stop: asyncio.Event | None,
+) -> None:
+    try:
+        journal = SqliteJournal(settings.data_dir) if settings.data_dir else None
+    except sqlite3.Error as error:
+        raise StartupError(f"cannot open the database in {settings.data_dir}: {error}") from None
     broker = Broker(
         journal=journal,
         worker_timeout=settings.worker_timeout,
@@ -54,7 +80,11 @@ async def serve(
         retry=settings.retry,
     )
     if journal is not None:
-        jobs = journal.load(config.FINISHED_JOBS_IN_MEMORY)
+        try:
+            jobs = journal.load(config.FINISHED_JOBS_IN_MEMORY)
+        except sqlite3.Error as error:
+            journal.close()
+            raise StartupError(f"cannot read the database {journal.path}: {error}") from None
         broker.restore(jobs)
         active = sum(1 for job in jobs if not job.state.finished)
         log.info("restored %d job(s), %d unfinished, from %s", len(jobs), active, journal.path)
@@ -64,14 +94,21 @@ async def serve(
     options = [
         ("grpc.max_receive_message_length", config.MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", config.MAX_MESSAGE_BYTES),
+        # gRPC sets SO_REUSEPORT by default: a second coordinator on this port
+        # would start and take half of the connections.
+        ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options)
     pb_grpc.add_CoordinatorServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    listen = show_address(settings.host, settings.port)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:  # "Failed to bind": taken since check_listen looked
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+        raise StartupError(f"cannot listen on {listen} (gRPC): the port is already in use")
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("fractalq.v1.Coordinator", health_pb2.HealthCheckResponse.SERVING)
@@ -81,7 +118,13 @@ async def serve(
     if settings.http_port is not None:
         runner = web.AppRunner(make_app(service), access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, settings.host, settings.http_port).start()
+        try:
+            await web.TCPSite(runner, settings.host, settings.http_port).start()
+        except OSError as error:  # taken since check_listen looked
+            await runner.cleanup()
+            await server.stop(None)
+            where = show_address(settings.host, settings.http_port)
+            raise StartupError(f"cannot listen on {where} (HTTP): {error.strerror}") from None
         http_port = int(runner.addresses[0][1])
 
     stop = stop or asyncio.Event()

@@ -7,10 +7,12 @@ finite, payloads nested too deeply, a worker whose storage cannot be written.
 
 from __future__ import annotations
 
+import socket
 import subprocess
+from pathlib import Path
 
 import pytest
-from procs import ProcessGroup, run_cli
+from procs import Process, ProcessGroup, fractalq, free_port, run_cli
 
 from fractalq.client import ClientError
 from fractalq.proto import fractalq_pb2 as pb
@@ -79,3 +81,143 @@ def test_the_coordinator_refuses_a_payload_nested_too_deeply(
             client.submit(pb.SubmitJobRequest(task_type=task, count=1, payload=DEEP.encode()))
         assert client.stats().jobs_active == 0
     assert "Traceback" not in coordinator.log()
+
+
+# ---- one coordinator per port and per data folder ---------------------------
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every file of ``folder`` with its size, modification time and bytes."""
+    return {
+        str(path.relative_to(folder)): (
+            path.stat().st_size,
+            path.stat().st_mtime_ns,
+            path.read_bytes(),
+        )
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_a_second_coordinator_on_a_served_port_exits_and_the_first_serves_every_submit(
+    cluster: ProcessGroup, tmp_path: Path
+) -> None:
+    first = cluster.start_coordinator()
+    run = run_cli(
+        "coordinator",
+        "--host", "127.0.0.1",
+        "--port", str(first.port),
+        "--no-http",
+        "--data", str(tmp_path / "other"),
+        timeout=20,
+    )  # fmt: skip
+    one_line_error(run, f"127.0.0.1:{first.port}", "gRPC", "already in use")
+    with first.client() as client:
+        ids = {
+            client.submit(pb.SubmitJobRequest(task_type="noop", count=1)).job.job_id
+            for _ in range(20)
+        }
+        assert {job.job_id for job in client.jobs()} == ids
+    assert first.alive()
+
+
+def test_a_second_coordinator_on_a_data_folder_in_use_exits_and_writes_nothing(
+    cluster: ProcessGroup,
+) -> None:
+    first = cluster.start_coordinator()
+    with first.client() as client:
+        client.submit(pb.SubmitJobRequest(task_type="noop", count=3))
+    before = snapshot(first.data)
+    run = run_cli(
+        "coordinator",
+        "--host", "127.0.0.1",
+        "--port", str(free_port()),
+        "--no-http",
+        "--data", str(first.data),
+        timeout=20,
+    )  # fmt: skip
+    one_line_error(run, str(first.data), "in use", f"pid {first.pid}")
+    assert snapshot(first.data) == before
+    with first.client() as client:
+        assert client.stats().queued == 3
+
+
+def test_the_data_folder_is_free_again_once_its_coordinator_stopped(
+    cluster: ProcessGroup, tmp_path: Path
+) -> None:
+    first = cluster.start_coordinator()
+    with first.client() as client:
+        client.submit(pb.SubmitJobRequest(task_type="noop", count=2))
+    first.stop()
+    second = cluster.start_coordinator(data=first.data, name="second")
+    with second.client() as client:
+        assert client.stats().queued == 2
+
+
+# ---- every start-up failure is one line --------------------------------------
+
+
+def coordinator(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("coordinator", *args, timeout=20)
+
+
+def test_a_bad_host_is_one_line() -> None:
+    run = coordinator("--host", "not-a-host!!", "--port", "0", "--no-http")
+    one_line_error(run, "not-a-host!!", "unknown host")
+
+
+def test_a_taken_grpc_port_is_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = coordinator("--host", "127.0.0.1", "--port", str(port), "--no-http")
+    one_line_error(run, f"127.0.0.1:{port}", "gRPC", "already in use")
+
+
+def test_a_taken_http_port_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = coordinator(
+            "--host", "127.0.0.1", "--port", "0", "--http-port", str(port),
+            "--data", str(tmp_path / "data"),
+        )  # fmt: skip
+    one_line_error(run, f"127.0.0.1:{port}", "HTTP", "already in use")
+    assert not (tmp_path / "data" / "fractalq.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        ("file", "is not a folder"),
+        ("under-a-file", "Not a directory"),
+        ("database-is-a-folder", "cannot open the database"),
+        ("database-is-garbage", "not a database"),
+    ],
+)
+def test_an_unusable_data_folder_is_one_line(tmp_path: Path, make: str, needle: str) -> None:
+    data = tmp_path / "data"
+    if make == "file":
+        data.write_text("")
+    elif make == "under-a-file":
+        (tmp_path / "file").write_text("")
+        data = tmp_path / "file" / "data"
+    elif make == "database-is-a-folder":
+        (data / "fractalq.db").mkdir(parents=True)
+    else:
+        data.mkdir()
+        (data / "fractalq.db").write_bytes(bytes(range(256)) * 64)
+    run = coordinator("--host", "127.0.0.1", "--port", "0", "--no-http", "--data", str(data))
+    one_line_error(run, str(data), needle)
+
+
+def test_the_default_bind_address_is_the_loopback(tmp_path: Path) -> None:
+    process = Process(fractalq("coordinator", "--port", "0", "--no-http"), tmp_path / "c.log")
+    try:
+        assert process.proc.stdout is not None
+        line = process.proc.stdout.readline().decode()
+        assert line.startswith("coordinator listening on 127.0.0.1:"), line
+    finally:
+        process.stop()

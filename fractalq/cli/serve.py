@@ -76,9 +76,12 @@ def add_parsers(commands: Any) -> None:
 
 
 def run_coordinator(args: argparse.Namespace) -> int:
+    from fractalq.coordinator.lock import StartupError
     from fractalq.coordinator.server import serve
 
     if args.data:
+        if os.path.exists(args.data) and not os.path.isdir(args.data):
+            raise CommandError(f"data folder {args.data} is not a folder")
         try:
             os.makedirs(args.data, exist_ok=True)
         except OSError as error:
@@ -101,7 +104,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(serve(settings, started))
-    except OSError as error:
+    except (StartupError, OSError) as error:
         raise CommandError(str(error)) from None
     return 0
 
