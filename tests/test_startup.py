@@ -16,6 +16,7 @@ from procs import Process, ProcessGroup, fractalq, free_port, run_cli
 
 from fractalq.client import ClientError
 from fractalq.proto import fractalq_pb2 as pb
+from fractalq.storage import LocalStorage, StorageError, check_storage
 
 DEEP = "[" * 30_000 + "]" * 30_000
 
@@ -221,3 +222,51 @@ def test_the_default_bind_address_is_the_loopback(tmp_path: Path) -> None:
         assert line.startswith("coordinator listening on 127.0.0.1:"), line
     finally:
         process.stop()
+
+
+# ---- a worker checks its storage before it registers -------------------------
+
+
+def test_a_worker_whose_storage_cannot_be_written_exits_and_never_registers(
+    cluster: ProcessGroup, tmp_path: Path
+) -> None:
+    coordinator = cluster.start_coordinator()
+    blocker = tmp_path / "afile"
+    blocker.write_text("a file where the storage folder should be")
+    url = (blocker / "storage").as_uri()
+    run = run_cli("worker", "--coordinator", coordinator.address, "--storage", url, timeout=30)
+    one_line_error(run, "--storage", str(blocker / "storage"), "not writable")
+    with coordinator.client() as client:
+        assert len(client.stats().workers) == 0
+
+
+def test_a_worker_with_a_bad_storage_url_exits_with_one_line(cluster: ProcessGroup) -> None:
+    coordinator = cluster.start_coordinator()
+    run = run_cli("worker", "--coordinator", coordinator.address, "--storage", "ftp://x/y")
+    one_line_error(run, "storage URL must be")
+    with coordinator.client() as client:
+        assert len(client.stats().workers) == 0
+
+
+class Forgetful(LocalStorage):
+    """A folder that takes writes but gives back other bytes (a broken mount, say)."""
+
+    def get(self, key: str) -> bytes:
+        return b"not what was written"
+
+
+class ReadOnly(LocalStorage):
+    """A folder that passes the cheap check but refuses objects (read-only credentials)."""
+
+    def put(self, key: str, data: bytes) -> None:
+        raise StorageError(f"access denied writing {key!r}")
+
+
+def test_the_storage_check_writes_reads_back_and_deletes_a_probe(tmp_path: Path) -> None:
+    check_storage(LocalStorage(tmp_path / "ok"))
+    assert list((tmp_path / "ok").iterdir()) == []  # the probe is gone again
+    with pytest.raises(StorageError, match="other bytes than were written"):
+        check_storage(Forgetful(tmp_path / "forgetful"))
+    assert list((tmp_path / "forgetful").iterdir()) == []
+    with pytest.raises(StorageError, match="access denied"):
+        check_storage(ReadOnly(tmp_path / "read-only"))

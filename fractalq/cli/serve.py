@@ -122,6 +122,8 @@ def run_worker(args: argparse.Namespace) -> int:
             tasks.get(name)
     except KeyError as error:
         raise CommandError(str(error.args[0])) from None
+    if args.storage:
+        check_worker_storage(args.storage)
     settings = WorkerConfig(
         coordinator=args.coordinator,
         storage=args.storage,
@@ -146,3 +148,17 @@ def run_worker(args: argparse.Namespace) -> int:
     # Tasks still running on threads past the grace period were handed back;
     # do not wait for them at interpreter exit.
     os._exit(0)
+
+
+def check_worker_storage(url: str) -> None:
+    """Write, read back and delete a probe object, before the worker registers.
+
+    A worker that cannot store its results would take tasks only to fail
+    them, attempt after attempt, until renders are dead-lettered.
+    """
+    from fractalq.storage import StorageError, check_storage, open_storage
+
+    try:
+        check_storage(open_storage(url))
+    except (ValueError, StorageError) as error:
+        raise CommandError(f"--storage {url}: {error}") from None

@@ -17,6 +17,7 @@ an ``s3://`` URL is opened, so local runs stay quick to start.
 
 from __future__ import annotations
 
+import secrets
 import urllib.parse
 
 from fractalq.storage.base import (
@@ -64,6 +65,19 @@ def check_storage(storage: Storage) -> None:
     """Raise :class:`StorageError` unless ``storage`` is usable right now.
 
     A folder must exist (or be creatable) and take a test write; a bucket must
-    exist and the credentials must work for it.
+    exist and the credentials must work for it. Then a probe object is
+    written, read back and deleted through the storage itself: credentials
+    that may read a bucket but not write to it, or a folder that takes a file
+    but not its contents, fail here and not in every task a worker takes.
     """
     storage.check()
+    key = f".fractalq-probe-{secrets.token_hex(8)}"
+    data = f"fractalq storage probe {key}\n".encode()
+    storage.put(key, data)
+    try:
+        if storage.get(key) != data:
+            raise StorageError(
+                f"storage {storage.location} gave back other bytes than were written"
+            )
+    finally:
+        storage.delete([key])
