@@ -5,12 +5,22 @@ it can be tested without a network or a clock. The gRPC service
 (:mod:`.service`) translates requests into calls on one :class:`Broker`, and a
 :class:`Journal` (:mod:`.store`) records every change for a restart.
 
+Sessions: registering a worker opens a session with a secret the broker makes
+(:attr:`WorkerRecord.session`). Every later worker call is authenticated by
+:meth:`Broker.session` (the id and the secret, compared in constant time) and
+the resulting :class:`WorkerRecord` is what leasing and reporting take, so
+nothing a worker does can be done under another worker's name. An id held by
+a live session cannot be registered again but by that session (a reconnect,
+which keeps its leases).
+
 Leases: leasing a task increments its attempt count, and the attempt number is
-the lease's identity. A report (complete, fail, release) names the attempt it
-holds; one that is not the task's live lease changes nothing and is counted as
-ignored. The exception is a completion that arrives after its lease was lost
-but before the task was leased again: the result is as good as any other
-(rendering is idempotent), so it is taken rather than redone.
+the lease's identity. A report (complete, fail, release) changes a task only
+when it comes from the session that holds that exact lease; anything else
+(late, duplicate, another worker's, a guessed attempt) changes nothing and is
+counted as ignored. A result that arrives after its lease was lost is
+ignored too, and the task runs again: rendering is idempotent, and taking
+results from a session that no longer holds the lease would let anyone who
+registers complete tasks nobody ran.
 
 A lease ends when the task completes, fails, is released (handed back unrun:
 the attempt is not counted), or when its worker is lost (missed heartbeats or
@@ -22,7 +32,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import random
+import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Protocol
@@ -51,7 +63,11 @@ class AlreadyExists(BrokerError):
 
 
 class UnknownWorker(NotFound):
-    pass
+    """No live session with this worker id and secret."""
+
+
+class ResourceExhausted(BrokerError):
+    """A limit on what the coordinator holds at once (workers, jobs, bytes) is reached."""
 
 
 class Journal(Protocol):
@@ -102,6 +118,9 @@ class JobSpec:
     def total(self) -> int:
         return len(self.payloads) if self.payloads is not None else self.count
 
+    def payload_bytes(self) -> int:
+        return sum(map(len, self.payloads)) if self.payloads is not None else len(self.payload)
+
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
         for part in (self.task_type, str(self.priority), str(self.max_attempts), str(self.total)):
@@ -129,10 +148,14 @@ class WorkerRecord:
     concurrency: int
     hostname: str
     last_seen: float
+    session: str = dataclasses.field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     leases: set[tuple[str, int]] = dataclasses.field(default_factory=set)
     draining: bool = False
     completed: int = 0
     failed: int = 0
+    # Bumped by each heartbeat stream that opens, so that an older stream
+    # ending late (after a reconnect) does not lose the worker.
+    stream: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +190,11 @@ class Broker:
         self.succeeded = 0
         self.failed = 0
         self.dead = 0
+        self.reports_ignored = 0
+        self.requests_refused = 0
+        # Unfinished jobs, and the payload bytes they hold (both bounded by limits).
+        self.active = 0
+        self.queued_bytes = 0
         # Hooks for the transport layer: wake long polls, push job watches.
         self.on_ready: Callable[[], None] = lambda: None
         self.on_job_change: Callable[[Job], None] = lambda job: None
@@ -183,6 +211,8 @@ class Broker:
             else:
                 job.rebuild_ready()
                 self._ready.push(job)
+                self.active += 1
+                self.queued_bytes += job.payload_bytes()
 
     # ---- jobs ------------------------------------------------------------
 
@@ -194,6 +224,16 @@ class Broker:
             if existing.fingerprint != fingerprint:
                 raise AlreadyExists(f"job {job_id!r} already exists with different tasks")
             return existing, False
+        if self.active >= self.limits.max_active_jobs:
+            raise ResourceExhausted(
+                f"the queue holds {self.active} unfinished jobs, its limit; retry when some finish"
+            )
+        size = spec.payload_bytes()
+        if self.queued_bytes + size > self.limits.max_queued_bytes:
+            raise ResourceExhausted(
+                f"the queue holds {self.queued_bytes} bytes of payloads; {size} more would pass"
+                f" its limit of {self.limits.max_queued_bytes}; retry when jobs finish"
+            )
         job = Job(
             job_id=job_id,
             seq=self._next_seq,
@@ -209,6 +249,8 @@ class Broker:
         )
         self._next_seq += 1
         self.jobs[job_id] = job
+        self.active += 1
+        self.queued_bytes += size
         self.journal.job_added(job)
         self._ready.push(job)
         self.on_ready()
@@ -251,6 +293,8 @@ class Broker:
         job.reason = reason[: config.MAX_REASON_LENGTH]
         job.finished_at = now
         self.journal.job_changed(job)
+        self.active -= 1
+        self.queued_bytes -= job.payload_bytes()
         job.drop_payloads()
         self._remember_finished(job)
         self.on_job_change(job)
@@ -303,50 +347,71 @@ class Broker:
         concurrency: int,
         hostname: str,
         now: float,
+        session: str = "",
     ) -> WorkerRecord:
+        """Open a session, or resume the live one whose secret ``session`` is.
+
+        An id held by a live session is refused to anyone else, so a second
+        process (or a hostile client) cannot take over a worker's name, its
+        leases or its place in the queue.
+        """
         worker = self.workers.get(worker_id)
-        if worker is None:
-            worker = WorkerRecord(worker_id, task_types, concurrency, hostname, now)
-            self.workers[worker_id] = worker
-        else:  # a reconnect: keep its leases
+        if worker is not None:
+            if not session or not hmac.compare_digest(worker.session, session):
+                self.requests_refused += 1
+                raise AlreadyExists(f"worker id {worker_id!r} is held by a live worker")
+            # A reconnect of the same process: it keeps its session and leases.
             worker.task_types, worker.concurrency, worker.hostname = (
                 task_types,
                 concurrency,
                 hostname,
             )
             worker.last_seen = now
+            return worker
+        if len(self.workers) >= self.limits.max_workers:
+            self.requests_refused += 1
+            raise ResourceExhausted(f"{len(self.workers)} workers are registered, the limit")
+        worker = WorkerRecord(worker_id, task_types, concurrency, hostname, now)
+        self.workers[worker_id] = worker
         return worker
 
-    def worker(self, worker_id: str, now: float | None = None) -> WorkerRecord:
-        """The live worker ``worker_id``; ``now`` also counts as a sign of life."""
+    def session(self, worker_id: str, session: str, now: float | None = None) -> WorkerRecord:
+        """The live session ``worker_id`` if ``session`` is its secret.
+
+        ``now`` also counts as a sign of life. An unknown id and a wrong secret
+        get the same answer, so the answer tells nothing about other workers.
+        """
         worker = self.workers.get(worker_id)
-        if worker is None:
-            raise UnknownWorker(f"unknown worker {worker_id!r}: register first")
+        if worker is None or not hmac.compare_digest(worker.session, session):
+            self.requests_refused += 1
+            raise UnknownWorker(f"no session for worker {worker_id!r}: register first")
         if now is not None:
             worker.last_seen = now
         return worker
 
-    def heartbeat(self, worker_id: str, draining: bool, now: float) -> WorkerRecord:
-        worker = self.worker(worker_id, now)
+    def is_live(self, worker: WorkerRecord) -> bool:
+        return self.workers.get(worker.worker_id) is worker
+
+    def heartbeat(self, worker: WorkerRecord, draining: bool, now: float) -> None:
+        worker.last_seen = now
         worker.draining = draining
-        return worker
 
     def expire_workers(self, now: float) -> list[str]:
         """Declare dead every worker silent for longer than the timeout."""
         silent = [
-            worker_id
-            for worker_id, worker in self.workers.items()
+            worker
+            for worker in self.workers.values()
             if now - worker.last_seen > self.worker_timeout
         ]
-        for worker_id in silent:
-            self.worker_lost(worker_id, f"no heartbeat for {self.worker_timeout:g}s", now)
-        return silent
+        for worker in silent:
+            self.worker_lost(worker, f"no heartbeat for {self.worker_timeout:g}s", now)
+        return [worker.worker_id for worker in silent]
 
-    def worker_lost(self, worker_id: str, why: str, now: float) -> int:
-        """Forget a worker; its tasks go back to the queue (the attempt counts)."""
-        worker = self.workers.pop(worker_id, None)
-        if worker is None:
+    def worker_lost(self, worker: WorkerRecord, why: str, now: float) -> int:
+        """End a session; its tasks go back to the queue (the attempt counts)."""
+        if not self.is_live(worker):
             return 0
+        del self.workers[worker.worker_id]
         for job_id, index in sorted(worker.leases):
             job = self.jobs[job_id]
             if job.state.finished:
@@ -354,7 +419,7 @@ class Broker:
                 continue
             del self._owners[(job_id, index)]
             attempt = job.attempts[index]
-            message = f"worker {worker_id} lost ({why}) during attempt {attempt}"
+            message = f"worker {worker.worker_id} lost ({why}) during attempt {attempt}"
             if attempt >= job.max_attempts:
                 self._dead_letter(job, index, message, now)
             else:
@@ -365,11 +430,11 @@ class Broker:
             self.on_ready()
         return len(worker.leases)
 
-    def unregister_worker(self, worker_id: str) -> int:
+    def unregister_worker(self, worker: WorkerRecord) -> int:
         """A worker leaving on purpose: what it still holds goes back uncounted."""
-        worker = self.workers.pop(worker_id, None)
-        if worker is None:
+        if not self.is_live(worker):
             return 0
+        del self.workers[worker.worker_id]
         for job_id, index in sorted(worker.leases):
             job = self.jobs[job_id]
             if job.state.finished:
@@ -383,10 +448,10 @@ class Broker:
 
     # ---- leasing and reports ---------------------------------------------
 
-    def lease(self, worker_id: str, max_tasks: int, now: float) -> list[LeasedTask]:
-        worker = self.worker(worker_id, now)
-        if worker.draining:
+    def lease(self, worker: WorkerRecord, max_tasks: int, now: float) -> list[LeasedTask]:
+        if worker.draining or not self.is_live(worker):
             return []
+        worker.last_seen = now
         self.promote_due(now)
         leased: list[LeasedTask] = []
         for job, index in self._ready.lease(worker.task_types, max_tasks):
@@ -404,21 +469,28 @@ class Broker:
             )
         return leased
 
-    def _live_lease(self, worker_id: str, job_id: str, index: int, attempt: int) -> Job | None:
-        """The job, if (job_id, index, attempt) is a live lease held by ``worker_id``.
+    def _live_lease(
+        self, worker: WorkerRecord, job_id: str, index: int, attempt: int
+    ) -> Job | None:
+        """The job, if (job_id, index, attempt) is a live lease held by ``worker``.
 
-        A live lease of a finished job is settled here and not returned.
+        A live lease of a finished job is settled here and not returned. Any
+        other report counts as ignored.
         """
         job = self.jobs.get(job_id)
-        if job is None or job.settled() or not 0 <= index < job.total:
-            return None
-        if job.states[index] != TaskState.LEASED or job.attempts[index] != attempt:
-            return None
-        owner = self._owners.get((job_id, index))
-        if owner is None or owner.worker_id != worker_id:
+        if (
+            job is None
+            or job.settled()
+            or not 0 <= index < job.total
+            or job.states[index] != TaskState.LEASED
+            or job.attempts[index] != attempt
+            or self._owners.get((job_id, index)) is not worker
+        ):
+            self.reports_ignored += 1
             return None
         if job.state.finished:
             self._settle(job, index)
+            self.reports_ignored += 1
             return None
         return job
 
@@ -428,30 +500,31 @@ class Broker:
             worker.leases.discard((job.job_id, index))
 
     def complete(
-        self, worker_id: str, job_id: str, index: int, attempt: int, result: bytes, now: float
+        self,
+        worker: WorkerRecord,
+        job_id: str,
+        index: int,
+        attempt: int,
+        result: bytes,
+        now: float,
     ) -> bool:
-        """Record a result; False when the report was late, duplicate or cancelled."""
-        worker = self.workers.get(worker_id)
-        if worker is not None:
-            worker.last_seen = now
-        job = self.jobs.get(job_id)
-        if job is None or job.settled() or not 0 <= index < job.total:
+        """Record a result; False when it is not ``worker``'s live lease (changes nothing)."""
+        worker.last_seen = now
+        job = self._live_lease(worker, job_id, index, attempt)
+        if job is None:
             return False
-        state = job.states[index]
-        live = state == TaskState.LEASED and job.attempts[index] == attempt
-        if job.state.finished:
-            if live:
-                self._settle(job, index)
-            return False
-        if not live and state not in (TaskState.QUEUED, TaskState.DELAYED):
-            return False  # finished already, or leased again to someone else
-        if live:
-            self._drop_lease(job, index)
+        if len(result) > self.limits.max_result_bytes:
+            message = (
+                f"its result is {len(result)} bytes, more than the limit of"
+                f" {self.limits.max_result_bytes}"
+            )
+            self._failed_attempt(worker, job, index, attempt, message, now)
+            return True
+        self._drop_lease(job, index)
         job.set_state(index, TaskState.SUCCEEDED)
         self.journal.task_changed(job, index, result=result)
         self.succeeded += 1
-        if worker is not None:
-            worker.completed += 1
+        worker.completed += 1
         if job.counts[TaskState.SUCCEEDED] == job.total:
             self._finish(job, JobState.SUCCEEDED, "", now)
         else:
@@ -459,19 +532,28 @@ class Broker:
         return True
 
     def fail(
-        self, worker_id: str, job_id: str, index: int, attempt: int, message: str, now: float
+        self,
+        worker: WorkerRecord,
+        job_id: str,
+        index: int,
+        attempt: int,
+        message: str,
+        now: float,
     ) -> bool:
         """Record a failed attempt: retry after a backoff, or dead-letter."""
-        worker = self.workers.get(worker_id)
-        if worker is not None:
-            worker.last_seen = now
-        job = self._live_lease(worker_id, job_id, index, attempt)
+        worker.last_seen = now
+        job = self._live_lease(worker, job_id, index, attempt)
         if job is None:
             return False
+        self._failed_attempt(worker, job, index, attempt, message, now)
+        return True
+
+    def _failed_attempt(
+        self, worker: WorkerRecord, job: Job, index: int, attempt: int, message: str, now: float
+    ) -> None:
         self._drop_lease(job, index)
         self.failed += 1
-        if worker is not None:
-            worker.failed += 1
+        worker.failed += 1
         message = message[: config.MAX_REASON_LENGTH] or "task failed"
         if attempt >= job.max_attempts:
             self._dead_letter(job, index, message, now)
@@ -480,11 +562,10 @@ class Broker:
             self._delayed.push(now + retry_delay(self.retry, attempt, self._rng), job, index)
             self.journal.task_changed(job, index, error=message)
             self.on_job_change(job)
-        return True
 
-    def release(self, worker_id: str, job_id: str, index: int, attempt: int) -> bool:
+    def release(self, worker: WorkerRecord, job_id: str, index: int, attempt: int) -> bool:
         """Take back a task its worker did not run; the attempt is not counted."""
-        job = self._live_lease(worker_id, job_id, index, attempt)
+        job = self._live_lease(worker, job_id, index, attempt)
         if job is None:
             return False
         self._drop_lease(job, index)

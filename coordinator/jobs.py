@@ -68,6 +68,12 @@ class Job:
         for value in self.states:
             self.counts[TaskState(value)] += 1
 
+    def payload_bytes(self) -> int:
+        """What its payloads hold (a shared payload counts once); 0 once dropped."""
+        if self.payloads is not None:
+            return sum(map(len, self.payloads))
+        return len(self.shared_payload)
+
     def payload(self, index: int) -> bytes:
         return self.payloads[index] if self.payloads is not None else self.shared_payload
 

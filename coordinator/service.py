@@ -1,8 +1,18 @@
-"""The gRPC face of the broker: translate, delegate, map errors to status codes.
+"""The gRPC face of the broker: check, translate, delegate, map errors to codes.
 
-Nothing here decides anything about the queue; it converts messages, waits
-where the protocol waits (long polls, watches, durable commits) and turns
-:class:`~.broker.BrokerError` into gRPC status codes with the broker's message.
+Nothing here decides anything about the queue; it checks what clients send
+(:mod:`.validation`), converts messages, waits where the protocol waits (long
+polls, watches, durable commits) and turns :class:`~.broker.BrokerError` into
+gRPC status codes with the broker's message.
+
+No client input can make a handler raise anything else: requests are parsed
+by :func:`add_to_server`'s deserializers, which turn bytes that are not a
+valid message into :class:`Malformed` instead of an exception inside gRPC
+(which would log a traceback and send internal class names back), and
+malformed requests are answered INVALID_ARGUMENT and logged at most once per
+``INVALID_REQUEST_LOG_INTERVAL``. An exception that still escapes a handler
+is a bug: it is logged with its traceback and the client gets INTERNAL with
+no detail.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from fractalq import config
 from fractalq.config import CoordinatorConfig
@@ -26,21 +37,35 @@ from fractalq.coordinator.broker import (
     BrokerError,
     InvalidRequest,
     NotFound,
+    ResourceExhausted,
+    WorkerRecord,
 )
 from fractalq.coordinator.jobs import Job, JobState, TaskState
 from fractalq.coordinator.store import GroupCommit, SqliteJournal
+from fractalq.coordinator.validation import loggable
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
 
 log = logging.getLogger("fractalq.coordinator")
 
+SERVICE_NAME = "fractalq.v1.Coordinator"
+
 _CODES: dict[type[BrokerError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 R = TypeVar("R")
+
+
+class Malformed:
+    """What a deserializer returns for bytes that are not a valid request."""
+
+    def __init__(self, kind: str, error: str) -> None:
+        self.kind = kind
+        self.error = error
 
 
 def _status(error: BrokerError) -> grpc.StatusCode:
@@ -50,18 +75,96 @@ def _status(error: BrokerError) -> grpc.StatusCode:
     return grpc.StatusCode.FAILED_PRECONDITION
 
 
+class InvalidLog:
+    """Counts malformed requests and logs them at most once per ``interval`` seconds."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.total = 0
+        self._unlogged = 0
+        self._last = -interval
+
+    def record(self, method: str, message: str) -> None:
+        self.total += 1
+        now = self.clock()
+        if now - self._last < self.interval:
+            self._unlogged += 1
+            return
+        more = f" ({self._unlogged} more since the last such line)" if self._unlogged else ""
+        log.warning("refused a malformed %s request: %s%s", method, loggable(message), more)
+        self._last, self._unlogged = now, 0
+
+
+async def _refuse(
+    service: CoordinatorService,
+    method: str,
+    error: BrokerError,
+    context: grpc.aio.ServicerContext[Any, Any],
+) -> None:
+    if isinstance(error, InvalidRequest):
+        service.invalid.record(method, str(error))
+    await context.abort(_status(error), str(error))
+
+
 def _unary(
     method: Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]],
 ) -> Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]:
+    name = method.__name__
+
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
         try:
+            if isinstance(request, Malformed):
+                raise InvalidRequest(f"not a valid {request.kind} message: {request.error}")
             return await method(self, request, context)
         except BrokerError as error:
-            await context.abort(_status(error), str(error))
+            await _refuse(self, name, error, context)
             raise  # abort raises; this is for the type checker
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("%s failed", name)  # a bug: keep its traceback for us
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            raise
 
     return wrapper
+
+
+def _deserializer(kind: type[Message]) -> Callable[[bytes], Message | Malformed]:
+    def parse(data: bytes) -> Message | Malformed:
+        try:
+            return kind.FromString(data)
+        except (DecodeError, RecursionError, ValueError) as error:
+            return Malformed(kind.DESCRIPTOR.name, str(error) or "cannot be parsed")
+
+    return parse
+
+
+def add_to_server(service: CoordinatorService, server: grpc.aio.Server) -> None:
+    """Serve ``service`` on ``server``, with deserializers that never raise.
+
+    The same handlers as the generated ``add_CoordinatorServicer_to_server``,
+    built from the proto's descriptor so that no method can be missed.
+    """
+    makers = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["Coordinator"].methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        make = makers[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = make(
+            getattr(service, method.name),
+            request_deserializer=_deserializer(request_type),
+            response_serializer=response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 def job_message(job: Job, results: list[bytes] | None = None) -> pb.Job:
@@ -116,6 +219,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self.commit = commit
         self.clock = clock
         self.stopping = False
+        self.invalid = InvalidLog(config.INVALID_REQUEST_LOG_INTERVAL)
         self._ready = asyncio.Event()
         self._watches = JobWatches()
         broker.on_ready = self._wake
@@ -130,6 +234,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             await self.commit.durable()
 
     def _job(self, job_id: str) -> Job:
+        validation.check_job_id(job_id)
         job = self.broker.get_job(job_id)
         if job is None and self.journal is not None:
             job = self.journal.load_job(job_id)
@@ -139,64 +244,89 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     # ---- workers ---------------------------------------------------------
 
+    def _session(self, worker_id: str, session: str) -> WorkerRecord:
+        validation.check_worker_id(worker_id)
+        validation.check_session(session)
+        return self.broker.session(worker_id, session, self.clock())
+
     @_unary
     async def RegisterWorker(
         self, request: pb.RegisterWorkerRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RegisterWorkerResponse:
-        if not request.worker_id:
-            raise InvalidRequest("worker_id is empty")
-        if not request.task_types:
-            raise InvalidRequest("a worker must offer at least one task type")
-        self.broker.register_worker(
-            request.worker_id,
-            tuple(request.task_types),
-            max(1, request.concurrency),
-            request.hostname,
+        worker_id = validation.check_worker_id(request.worker_id)
+        task_types = validation.check_task_types(list(request.task_types))
+        worker = self.broker.register_worker(
+            worker_id,
+            task_types,
+            validation.check_concurrency(request.concurrency),
+            validation.check_hostname(request.hostname),
             self.clock(),
+            session=validation.check_session(request.session),
         )
-        log.info("worker %s registered (%s)", request.worker_id, ", ".join(request.task_types))
+        log.info("worker %s registered (%s)", worker_id, ", ".join(task_types))
         return pb.RegisterWorkerResponse(
             heartbeat_interval=self.settings.heartbeat_interval,
             worker_timeout=self.settings.worker_timeout,
+            session=worker.session,
         )
 
     async def Heartbeat(
         self,
-        request_iterator: AsyncIterator[pb.HeartbeatRequest],
+        request_iterator: AsyncIterator[pb.HeartbeatRequest | Malformed],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.HeartbeatResponse]:
-        worker_id = ""
+        worker: WorkerRecord | None = None
+        stream = 0
         try:
             async for beat in request_iterator:
                 try:
-                    worker = self.broker.heartbeat(beat.worker_id, beat.draining, self.clock())
+                    if isinstance(beat, Malformed):
+                        raise InvalidRequest(f"not a valid {beat.kind} message: {beat.error}")
+                    if worker is not None and beat.worker_id != worker.worker_id:
+                        raise InvalidRequest("worker_id changed within one heartbeat stream")
+                    current = self._session(beat.worker_id, beat.session)
+                    if current is not worker:  # the first beat opens the stream
+                        worker = current
+                        worker.stream += 1
+                        stream = worker.stream
+                    self.broker.heartbeat(worker, beat.draining, self.clock())
                 except BrokerError as error:
-                    await context.abort(_status(error), str(error))
-                worker_id = beat.worker_id
+                    await _refuse(self, "Heartbeat", error, context)
+                    raise  # abort raises; this is for the type checker
                 yield pb.HeartbeatResponse(leased=len(worker.leases))
         finally:
             # A worker leaving on purpose unregisters first; a stream that ends
             # otherwise (the process died, the network went) loses the worker
-            # at once rather than after the heartbeat timeout.
-            if worker_id in self.broker.workers and not self.stopping:
-                lost = self.broker.worker_lost(worker_id, "heartbeat stream ended", self.clock())
+            # at once rather than after the heartbeat timeout, unless a newer
+            # stream of the same session has opened since (a reconnect).
+            if (
+                worker is not None
+                and worker.stream == stream
+                and self.broker.is_live(worker)
+                and not self.stopping
+            ):
+                lost = self.broker.worker_lost(worker, "heartbeat stream ended", self.clock())
                 log.warning(
-                    "worker %s lost: heartbeat stream ended (%d leases back)", worker_id, lost
+                    "worker %s lost: heartbeat stream ended (%d leases back)",
+                    worker.worker_id,
+                    lost,
                 )
 
     @_unary
     async def GetTask(
         self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetTaskResponse:
+        worker = self._session(request.worker_id, request.session)
         limit = min(max(request.max_tasks, 1), config.MAX_TASKS_PER_LEASE)
-        wait = min(max(request.wait_seconds, 0.0), config.MAX_LONG_POLL_SECONDS)
+        wait = validation.check_finite(request.wait_seconds, "wait_seconds")
+        wait = min(wait, config.MAX_LONG_POLL_SECONDS)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
             ready = self._ready  # before leasing, so a wake-up in between is not missed
-            leased = self.broker.lease(request.worker_id, limit, self.clock())
+            leased = self.broker.lease(worker, limit, self.clock())
             remaining = deadline - loop.time()
-            if leased or remaining <= 0:
+            if leased or remaining <= 0 or not self.broker.is_live(worker):
                 break
             due = self.broker.next_due()
             if due is not None:
@@ -220,11 +350,10 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     async def CompleteTask(
         self, request: pb.CompleteTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ReportResponse:
+        worker = self._session(request.worker_id, request.session)
         now = self.clock()
         accepted = sum(
-            self.broker.complete(
-                request.worker_id, r.task.job_id, r.task.index, r.task.attempt, r.result, now
-            )
+            self.broker.complete(worker, r.task.job_id, r.task.index, r.task.attempt, r.result, now)
             for r in request.results
         )
         if accepted:
@@ -235,11 +364,10 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     async def FailTask(
         self, request: pb.FailTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ReportResponse:
+        worker = self._session(request.worker_id, request.session)
         now = self.clock()
         accepted = sum(
-            self.broker.fail(
-                request.worker_id, e.task.job_id, e.task.index, e.task.attempt, e.message, now
-            )
+            self.broker.fail(worker, e.task.job_id, e.task.index, e.task.attempt, e.message, now)
             for e in request.errors
         )
         if accepted:
@@ -250,9 +378,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     async def ReleaseTasks(
         self, request: pb.ReleaseTasksRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ReportResponse:
+        worker = self._session(request.worker_id, request.session)
         accepted = sum(
-            self.broker.release(request.worker_id, t.job_id, t.index, t.attempt)
-            for t in request.tasks
+            self.broker.release(worker, t.job_id, t.index, t.attempt) for t in request.tasks
         )
         return pb.ReportResponse(accepted=accepted, ignored=len(request.tasks) - accepted)
 
@@ -260,8 +388,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     async def UnregisterWorker(
         self, request: pb.UnregisterWorkerRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.UnregisterWorkerResponse:
-        released = self.broker.unregister_worker(request.worker_id)
-        log.info("worker %s left (%d leases back)", request.worker_id, released)
+        worker = self._session(request.worker_id, request.session)
+        released = self.broker.unregister_worker(worker)
+        log.info("worker %s left (%d leases back)", worker.worker_id, released)
         return pb.UnregisterWorkerResponse(released=released)
 
     # ---- clients ---------------------------------------------------------
@@ -303,17 +432,27 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         results = None
         if request.include_results and job.counts[TaskState.SUCCEEDED] and self.journal:
             results = self.journal.results(job)
+            size = sum(map(len, results))
+            if size > config.MAX_RESULTS_REPLY_BYTES:
+                raise ResourceExhausted(
+                    f"the results of job {job.job_id} are {size} bytes, more than one reply"
+                    f" carries ({config.MAX_RESULTS_REPLY_BYTES})"
+                )
         return job_message(job, results)
 
     async def WatchJob(
-        self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: pb.WatchJobRequest | Malformed, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.Job]:
         try:
-            job = self._job(request.job_id)
+            if isinstance(request, Malformed):
+                raise InvalidRequest(f"not a valid {request.kind} message: {request.error}")
+            job_id = request.job_id
+            job = self._job(job_id)
         except BrokerError as error:
-            await context.abort(_status(error), str(error))
+            await _refuse(self, "WatchJob", error, context)
+            raise  # abort raises; this is for the type checker
         while True:
-            changed = self._watches.event(request.job_id)
+            changed = self._watches.event(job_id)
             # The job object lives on while the message is sent: decide on the
             # snapshot sent, or a job finishing meanwhile would end the stream
             # without its final state ever being sent.
@@ -322,25 +461,25 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             if JobState(message.state).finished:
                 return
             await changed.wait()
-            job = self._job(request.job_id)
+            job = self._job(job_id)
             if not job.state.finished:  # the final state goes out at once
                 await asyncio.sleep(0.02)  # coalesce bursts of changes into one message
-                job = self._job(request.job_id)
+                job = self._job(job_id)
 
     @_unary
     async def ListJobs(
         self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListJobsResponse:
-        jobs = self.broker.recent_jobs(
-            request.limit or config.DEFAULT_LIST_LIMIT, request.active_only
-        )
+        jobs = self.broker.recent_jobs(validation.list_limit(request.limit), request.active_only)
         return pb.ListJobsResponse(jobs=[job_message(job) for job in jobs])
 
     @_unary
     async def CancelJob(
         self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Job:
-        job = self.broker.cancel(request.job_id, request.reason, self.clock())
+        validation.check_job_id(request.job_id)
+        reason = validation.check_reason(request.reason)
+        job = self.broker.cancel(request.job_id, reason, self.clock())
         await self._durable()
         return job_message(job)
 
@@ -357,7 +496,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             queued=totals[TaskState.QUEUED],
             delayed=totals[TaskState.DELAYED],
             leased=totals[TaskState.LEASED],
-            jobs_active=sum(1 for _ in broker.active_jobs()),
+            jobs_active=broker.active,
             tasks_succeeded=broker.succeeded,
             tasks_failed=broker.failed,
             tasks_dead=broker.dead,
@@ -379,4 +518,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 )
                 for worker in broker.workers.values()
             ],
+            reports_ignored=broker.reports_ignored,
+            requests_refused=broker.requests_refused,
+            requests_invalid=self.invalid.total,
         )

@@ -1,11 +1,17 @@
-"""Checks on what clients send, before anything is queued.
+"""Checks on what clients send, before the broker sees it.
 
-Each check raises :class:`~.broker.InvalidRequest` with a message that names
-the field and the rule, so the client's user learns what to fix.
+Every field a client controls is checked here against a stated pattern or
+limit from :mod:`fractalq.config`: ids, host names, task types, labels,
+payload and job sizes, and numbers (finite only). Each check raises
+:class:`~.broker.InvalidRequest` with a message that names the field and the
+rule, so the client's user learns what to fix; the service answers it with
+INVALID_ARGUMENT. Strings that pass are safe to put in a log line; strings
+that are only echoed (reasons, error messages) go through :func:`loggable`.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 
@@ -13,22 +19,121 @@ from fractalq import config, tasks
 from fractalq.config import QueueLimits
 from fractalq.coordinator.broker import InvalidRequest, JobSpec
 
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9._-]*$")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+# Sessions are made by the broker (secrets.token_urlsafe(24): 32 characters).
+MAX_SESSION_LENGTH = 64
 
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def check_job_id(job_id: str) -> str:
-    if not job_id:
-        raise InvalidRequest("job_id is empty")
-    if len(job_id) > config.MAX_JOB_ID_LENGTH or not _JOB_ID.match(job_id):
+def loggable(text: str, limit: int = 200) -> str:
+    """``text`` fit for one log line: control characters escaped, length capped."""
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _check_id(value: str, field: str, limit: int) -> str:
+    if not value:
+        raise InvalidRequest(f"{field} is empty")
+    if len(value) > limit or not _ID.match(value):
         raise InvalidRequest(
-            f"job_id must be 1-{config.MAX_JOB_ID_LENGTH} characters of letters, digits"
+            f"{field} must be 1-{limit} characters of letters, digits"
             " and . _ : - (starting with a letter or digit)"
         )
-    return job_id
+    return value
+
+
+def check_job_id(job_id: str) -> str:
+    return _check_id(job_id, "job_id", config.MAX_JOB_ID_LENGTH)
+
+
+def check_worker_id(worker_id: str) -> str:
+    return _check_id(worker_id, "worker_id", config.MAX_WORKER_ID_LENGTH)
+
+
+def check_session(session: str) -> str:
+    """A session the client claims; whether it is right is the broker's business."""
+    if len(session) > MAX_SESSION_LENGTH:
+        raise InvalidRequest(f"session is longer than {MAX_SESSION_LENGTH} characters")
+    return session
+
+
+def check_finite(value: float, field: str, low: float = 0.0) -> float:
+    if not math.isfinite(value) or value < low:
+        raise InvalidRequest(f"{field} must be a finite number of at least {low:g}")
+    return value
+
+
+def check_task_types(names: list[str]) -> tuple[str, ...]:
+    """The task types a worker offers: known to this coordinator, no duplicates."""
+    if not names:
+        raise InvalidRequest("task_types is empty: a worker must offer at least one task type")
+    if len(names) > config.MAX_TASK_TYPES:
+        raise InvalidRequest(f"task_types lists more than {config.MAX_TASK_TYPES} types")
+    for name in names:
+        _check_task_type(name)
+    return tuple(dict.fromkeys(names))
+
+
+def _check_task_type(name: str) -> tasks.TaskType:
+    if len(name) > config.MAX_TASK_TYPE_LENGTH or not name.isprintable():
+        raise InvalidRequest(
+            f"task type names are at most {config.MAX_TASK_TYPE_LENGTH} printable characters"
+        )
+    try:
+        return tasks.get(name)
+    except KeyError as error:
+        raise InvalidRequest(str(error.args[0])) from None
+
+
+def check_hostname(hostname: str) -> str:
+    if len(hostname) > config.MAX_HOSTNAME_LENGTH or not _HOSTNAME.match(hostname):
+        raise InvalidRequest(
+            f"hostname must be at most {config.MAX_HOSTNAME_LENGTH} characters of letters,"
+            " digits and . _ -"
+        )
+    return hostname
+
+
+def check_concurrency(concurrency: int) -> int:
+    if concurrency > config.MAX_CONCURRENCY:
+        raise InvalidRequest(f"concurrency must be at most {config.MAX_CONCURRENCY}")
+    return max(1, concurrency)
+
+
+def check_reason(reason: str) -> str:
+    if len(reason) > config.MAX_REASON_LENGTH:
+        raise InvalidRequest(f"reason is longer than {config.MAX_REASON_LENGTH} characters")
+    return reason
+
+
+def list_limit(limit: int) -> int:
+    """The number of jobs a listing returns: 0 means the default; capped."""
+    return min(limit or config.DEFAULT_LIST_LIMIT, config.MAX_LIST_LIMIT)
+
+
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    if len(labels) > config.MAX_LABELS:
+        raise InvalidRequest(f"at most {config.MAX_LABELS} labels")
+    for key, value in labels.items():
+        if len(key) > config.MAX_LABEL_KEY_LENGTH or not _LABEL_KEY.match(key):
+            raise InvalidRequest(
+                f"label key {loggable(key, 40)!r}: 1-{config.MAX_LABEL_KEY_LENGTH} characters"
+                " of letters, digits and . _ / - (starting with a letter or digit)"
+            )
+        if len(value) > config.MAX_LABEL_VALUE_LENGTH or not value.isprintable():
+            raise InvalidRequest(
+                f"label {key!r}: values are at most {config.MAX_LABEL_VALUE_LENGTH}"
+                " printable characters"
+            )
+    return dict(labels)
 
 
 def job_spec(
@@ -46,10 +151,7 @@ def job_spec(
     """A validated :class:`JobSpec` from the fields of a SubmitJob request."""
     if job_id:
         check_job_id(job_id)
-    try:
-        kind = tasks.get(task_type)
-    except KeyError as error:
-        raise InvalidRequest(str(error.args[0])) from None
+    kind = _check_task_type(task_type)
     if payloads:
         if count not in (0, len(payloads)):
             raise InvalidRequest(f"count is {count} but {len(payloads)} payloads were given")
@@ -69,11 +171,11 @@ def job_spec(
         max_attempts = limits.default_max_attempts
     if not 1 <= max_attempts <= limits.max_attempts:
         raise InvalidRequest(f"max_attempts must be between 1 and {limits.max_attempts}")
-    if len(labels) > config.MAX_LABELS or any(
-        len(key) + len(value) > config.MAX_LABEL_BYTES for key, value in labels.items()
-    ):
+    check_labels(labels)
+    size = sum(map(len, payloads)) if payloads else len(payload)
+    if size > limits.max_job_bytes:
         raise InvalidRequest(
-            f"at most {config.MAX_LABELS} labels of {config.MAX_LABEL_BYTES} bytes each"
+            f"the job's payloads are {size} bytes, more than the limit of {limits.max_job_bytes}"
         )
     checked: set[bytes] = set()
     for index, one in enumerate(payloads or [payload]):
@@ -87,6 +189,10 @@ def job_spec(
             kind.check(one)
         except tasks.InvalidPayload as error:
             raise InvalidRequest(f"payload {index} for {task_type!r}: {error}") from None
+        except RecursionError:
+            raise InvalidRequest(
+                f"payload {index} for {task_type!r} is nested too deeply"
+            ) from None
         checked.add(one)
     return JobSpec(
         task_type=task_type,

@@ -15,8 +15,11 @@ import dataclasses
 DEFAULT_HOST = "127.0.0.1"  # local use; the chart passes 0.0.0.0 itself
 DEFAULT_PORT = 50051
 DEFAULT_HTTP_PORT = 8080
-# Large enough for a job of many distinct payloads in one SubmitJob.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The largest gRPC message, sent or received, by the coordinator and by every
+# client alike: a SubmitJob of MAX_JOB_BYTES of payloads (plus their framing)
+# fits, and the limits below keep every reply under it (a GetStats of
+# MAX_WORKERS workers, a ListJobs of MAX_LIST_LIMIT jobs, a job's results).
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
 # ---- queue ---------------------------------------------------------------
 
@@ -25,11 +28,33 @@ DEFAULT_MAX_ATTEMPTS = 3
 MAX_ATTEMPTS_LIMIT = 100
 MAX_TASKS_PER_JOB = 1_000_000
 MAX_PAYLOAD_BYTES = 1024 * 1024
+# All the payloads of one job, and of every unfinished job together.
+MAX_JOB_BYTES = 16 * 1024 * 1024
+MAX_QUEUED_BYTES = 256 * 1024 * 1024
+MAX_ACTIVE_JOBS = 100_000
+# What a task may return (a longer result fails the attempt), and all the
+# results one GetJob may carry.
+MAX_RESULT_BYTES = 64 * 1024
+MAX_RESULTS_REPLY_BYTES = 16 * 1024 * 1024
+# Ids of jobs and workers: 1-128 of letters, digits and . _ : - (see
+# coordinator/validation.py), so they are safe in logs, storage keys and URLs.
 MAX_JOB_ID_LENGTH = 128
+MAX_WORKER_ID_LENGTH = 128
+MAX_HOSTNAME_LENGTH = 253  # a DNS name's limit
+MAX_WORKERS = 1000
+MAX_TASK_TYPES = 32
+MAX_TASK_TYPE_LENGTH = 64
+MAX_CONCURRENCY = 1024
+# Labels: printable text; keys like Kubernetes' (prefix/name), values shorter.
 MAX_LABELS = 32
-MAX_LABEL_BYTES = 1024
+MAX_LABEL_KEY_LENGTH = 128
+MAX_LABEL_VALUE_LENGTH = 256
 MAX_REASON_LENGTH = 2000
+MAX_LIST_LIMIT = 1000
 PRIORITY_RANGE = (-1_000_000, 1_000_000)
+# Malformed requests are logged at most this often (one line, with a count of
+# those not logged since), so a flood of them cannot flood the log.
+INVALID_REQUEST_LOG_INTERVAL = 5.0
 
 # Leases and liveness.
 DEFAULT_WORKER_TIMEOUT = 15.0
@@ -74,6 +99,11 @@ class QueueLimits:
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
     max_attempts: int = MAX_ATTEMPTS_LIMIT
     default_max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_job_bytes: int = MAX_JOB_BYTES
+    max_queued_bytes: int = MAX_QUEUED_BYTES
+    max_active_jobs: int = MAX_ACTIVE_JOBS
+    max_result_bytes: int = MAX_RESULT_BYTES
+    max_workers: int = MAX_WORKERS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,14 @@ import pytest
 
 from fractalq.config import CoordinatorConfig, QueueLimits, RetryPolicy
 from fractalq.coordinator import validation
-from fractalq.coordinator.broker import AlreadyExists, Broker, InvalidRequest, JobSpec
+from fractalq.coordinator.broker import (
+    AlreadyExists,
+    Broker,
+    InvalidRequest,
+    JobSpec,
+    ResourceExhausted,
+    UnknownWorker,
+)
 from fractalq.coordinator.jobs import JobState, TaskState
 from fractalq.coordinator.service import CoordinatorService
 from fractalq.coordinator.store import SqliteJournal
@@ -30,7 +37,8 @@ def broker(**kwargs: object) -> Broker:
     return b
 
 
-def lease_all(b: Broker, worker: str = "w1", now: float = 0.0) -> list[tuple[str, int]]:
+def lease_all(b: Broker, name: str = "w1", now: float = 0.0) -> list[tuple[str, int]]:
+    worker = b.workers[name]
     order = []
     while leased := b.lease(worker, 1, now):
         task = leased[0]
@@ -55,46 +63,56 @@ def test_workers_only_get_their_task_types() -> None:
     b.register_worker("sleeper", ("sleep",), 1, "host", 0.0)
     b.submit(spec(1, priority=1, task_type="noop"), 0, "n")
     b.submit(spec(1, priority=9, task_type="sleep"), 0, "s")
-    [task] = b.lease("sleeper", 5, 0.0)
+    [task] = b.lease(b.workers["sleeper"], 5, 0.0)
     assert task.job_id == "s"
-    assert b.lease("sleeper", 5, 0.0) == []
+    assert b.lease(b.workers["sleeper"], 5, 0.0) == []
 
 
 def test_lease_batches_and_job_lifecycle() -> None:
     b = broker()
     job, created = b.submit(spec(3), 0, "j")
     assert created and job.state.name == "QUEUED"
-    tasks = b.lease("w1", 10, 1.0)
+    tasks = b.lease(b.workers["w1"], 10, 1.0)
     assert [t.index for t in tasks] == [0, 1, 2] and all(t.attempt == 1 for t in tasks)
     assert job.state.name == "RUNNING" and job.started_at == 1.0
     for t in tasks:
-        assert b.complete("w1", "j", t.index, t.attempt, b"r", 2.0)
+        assert b.complete(b.workers["w1"], "j", t.index, t.attempt, b"r", 2.0)
     assert job.state is JobState.SUCCEEDED and job.finished_at == 2.0
 
 
 def test_duplicate_and_late_completions_are_ignored() -> None:
     b = broker(worker_timeout=5.0)
-    b.register_worker("w2", ALL, 1, "host", 0.0)
+    w1 = b.workers["w1"]
+    w2 = b.register_worker("w2", ALL, 1, "host", 0.0)
     job, _ = b.submit(spec(2), 0, "j")
-    [first] = b.lease("w1", 1, 0.0)
+    [first] = b.lease(w1, 1, 0.0)
     # w1 goes silent; its lease returns and w2 takes the task (attempt 2).
-    b.heartbeat("w2", False, 10.0)
+    b.heartbeat(w2, False, 10.0)
     assert b.expire_workers(10.0) == ["w1"]
-    [again] = b.lease("w2", 1, 10.0)
+    [again] = b.lease(w2, 1, 10.0)
     assert (again.index, again.attempt) == (first.index, 2)
-    assert not b.complete("w1", "j", first.index, first.attempt, b"late", 11.0)
-    assert b.complete("w2", "j", again.index, again.attempt, b"ok", 11.0)
-    assert not b.complete("w2", "j", again.index, again.attempt, b"dup", 11.0)
+    assert not b.complete(w1, "j", first.index, first.attempt, b"late", 11.0)
+    assert b.complete(w2, "j", again.index, again.attempt, b"ok", 11.0)
+    assert not b.complete(w2, "j", again.index, again.attempt, b"dup", 11.0)
     assert job.counts[TaskState.SUCCEEDED] == 1 and b.succeeded == 1
 
 
-def test_a_lost_lease_not_yet_leased_again_still_takes_the_result() -> None:
+def test_a_lost_lease_takes_no_result_even_before_it_is_leased_again() -> None:
     b = broker(worker_timeout=5.0)
+    w1 = b.workers["w1"]
     job, _ = b.submit(spec(1), 0, "j")
-    [task] = b.lease("w1", 1, 0.0)
+    [task] = b.lease(w1, 1, 0.0)
     b.expire_workers(10.0)
     assert job.task_state(0) is TaskState.QUEUED
-    assert b.complete("w1", "j", 0, task.attempt, b"ok", 11.0)
+    assert not b.complete(w1, "j", 0, task.attempt, b"ok", 11.0)
+    # Registering again under the same id opens a new session, which holds no lease.
+    again = b.register_worker("w1", ALL, 1, "host", 11.0)
+    assert again.session != w1.session
+    assert not b.complete(again, "j", 0, task.attempt, b"ok", 11.0)
+    assert job.task_state(0) is TaskState.QUEUED and b.reports_ignored == 2
+    [retry] = b.lease(again, 1, 12.0)
+    assert retry.attempt == 2
+    assert b.complete(again, "j", 0, retry.attempt, b"ok", 12.0)
     assert job.state is JobState.SUCCEEDED
 
 
@@ -104,9 +122,9 @@ def test_failures_back_off_then_dead_letter() -> None:
     job, _ = b.submit(spec(1, task_type="fail", attempts=3), 0, "j")
     now = 0.0
     for attempt in (1, 2):
-        [task] = b.lease("w1", 1, now)
+        [task] = b.lease(b.workers["w1"], 1, now)
         assert task.attempt == attempt
-        assert b.fail("w1", "j", 0, attempt, f"boom {attempt}", now)
+        assert b.fail(b.workers["w1"], "j", 0, attempt, f"boom {attempt}", now)
         assert job.task_state(0) is TaskState.DELAYED
         due = b.next_due()
         assert due is not None
@@ -115,10 +133,10 @@ def test_failures_back_off_then_dead_letter() -> None:
             <= due
             <= now + backoff_ceiling(policy, attempt)
         )
-        assert b.lease("w1", 1, due - 0.001) == []  # not before the backoff is over
+        assert b.lease(b.workers["w1"], 1, due - 0.001) == []  # not before the backoff is over
         now = due
-    [task] = b.lease("w1", 1, now)
-    assert b.fail("w1", "j", 0, 3, "boom 3", now)
+    [task] = b.lease(b.workers["w1"], 1, now)
+    assert b.fail(b.workers["w1"], "j", 0, 3, "boom 3", now)
     assert job.state is JobState.FAILED
     assert "dead-lettered after 3 attempt(s): boom 3" in job.reason
     assert job.counts[TaskState.DEAD] == 1 and b.dead == 1
@@ -128,57 +146,58 @@ def test_a_dead_letter_fails_the_job_and_drops_its_other_tasks() -> None:
     b = broker()
     b.register_worker("w2", ALL, 1, "host", 0.0)
     job, _ = b.submit(spec(5, attempts=1), 0, "j")
-    [a] = b.lease("w1", 1, 0.0)
-    [other] = b.lease("w2", 1, 0.0)
-    assert b.fail("w1", "j", a.index, a.attempt, "bad", 0.0)
+    [a] = b.lease(b.workers["w1"], 1, 0.0)
+    [other] = b.lease(b.workers["w2"], 1, 0.0)
+    assert b.fail(b.workers["w1"], "j", a.index, a.attempt, "bad", 0.0)
     assert job.state is JobState.FAILED
     assert (job.counts[TaskState.CANCELLED], job.counts[TaskState.LEASED]) == (3, 1)
-    assert not b.complete("w2", "j", other.index, other.attempt, b"", 0.0)
+    assert not b.complete(b.workers["w2"], "j", other.index, other.attempt, b"", 0.0)
     assert (job.counts[TaskState.CANCELLED], job.counts[TaskState.LEASED]) == (4, 0)
     assert not b.workers["w2"].leases
-    assert b.lease("w1", 5, 0.0) == []
+    assert b.lease(b.workers["w1"], 5, 0.0) == []
 
 
 def test_worker_loss_counts_an_attempt_and_can_dead_letter() -> None:
     b = broker(worker_timeout=1.0)
     job, _ = b.submit(spec(1, attempts=2), 0, "j")
     for now in (0.0, 10.0):
-        b.register_worker("w1", ALL, 1, "host", now)
-        assert b.lease("w1", 1, now)
-        b.worker_lost("w1", "stream broke", now)
+        worker = b.register_worker("w9", ALL, 1, "host", now)
+        assert b.lease(worker, 1, now)
+        b.worker_lost(worker, "stream broke", now)
     assert job.state is JobState.FAILED and "lost" in job.reason
 
 
 def test_release_hands_back_without_counting_an_attempt() -> None:
     b = broker()
     b.submit(spec(1), 0, "j")
-    [task] = b.lease("w1", 1, 0.0)
-    assert not b.release("someone-else", "j", 0, task.attempt)
-    assert b.release("w1", "j", 0, task.attempt)
-    [again] = b.lease("w1", 1, 0.0)
+    [task] = b.lease(b.workers["w1"], 1, 0.0)
+    someone_else = b.register_worker("someone-else", ALL, 1, "host", 0.0)
+    assert not b.release(someone_else, "j", 0, task.attempt)
+    assert b.release(b.workers["w1"], "j", 0, task.attempt)
+    [again] = b.lease(b.workers["w1"], 1, 0.0)
     assert again.attempt == 1
-    b.unregister_worker("w1")
-    b.register_worker("w1", ALL, 1, "host", 0.0)
-    assert b.lease("w1", 1, 0.0)[0].attempt == 1
+    b.unregister_worker(b.workers["w1"])
+    worker = b.register_worker("w1", ALL, 1, "host", 0.0)
+    assert b.lease(worker, 1, 0.0)[0].attempt == 1
 
 
 def test_draining_workers_get_nothing() -> None:
     b = broker()
     b.submit(spec(1), 0, "j")
-    b.heartbeat("w1", True, 0.0)
-    assert b.lease("w1", 1, 0.0) == []
+    b.heartbeat(b.workers["w1"], True, 0.0)
+    assert b.lease(b.workers["w1"], 1, 0.0) == []
 
 
 def test_cancel_drops_queued_tasks_and_ignores_leased_reports() -> None:
     b = broker()
     job, _ = b.submit(spec(4), 0, "j")
-    [task] = b.lease("w1", 1, 0.0)
+    [task] = b.lease(b.workers["w1"], 1, 0.0)
     b.cancel("j", "no longer needed", 1.0)
     assert job.state is JobState.CANCELLED and job.reason == "no longer needed"
-    assert b.lease("w1", 4, 1.0) == []
+    assert b.lease(b.workers["w1"], 4, 1.0) == []
     # The running task stays visible until its worker reports; the report is discarded.
     assert job.counts[TaskState.LEASED] == 1 and job.counts[TaskState.CANCELLED] == 3
-    assert not b.complete("w1", "j", task.index, task.attempt, b"", 2.0)
+    assert not b.complete(b.workers["w1"], "j", task.index, task.attempt, b"", 2.0)
     assert job.counts[TaskState.LEASED] == 0 and job.counts[TaskState.CANCELLED] == 4
     assert not b.workers["w1"].leases and b.succeeded == 0
     assert b.totals()[TaskState.QUEUED] == 0
@@ -187,10 +206,10 @@ def test_cancel_drops_queued_tasks_and_ignores_leased_reports() -> None:
 def test_a_cancelled_jobs_lease_also_ends_when_its_worker_is_lost() -> None:
     b = broker()
     job, _ = b.submit(spec(2), 0, "j")
-    b.lease("w1", 1, 0.0)
+    b.lease(b.workers["w1"], 1, 0.0)
     b.cancel("j", "", 1.0)
     assert job.counts[TaskState.LEASED] == 1
-    b.worker_lost("w1", "gone", 2.0)
+    b.worker_lost(b.workers["w1"], "gone", 2.0)
     assert job.counts[TaskState.LEASED] == 0 and job.state is JobState.CANCELLED
 
 
@@ -243,9 +262,9 @@ def test_journal_restores_jobs_after_a_restart(tmp_path: Path) -> None:
     b.submit(distinct, 0, "distinct")
     b.submit(spec(4, priority=2), 0, "shared")
     b.submit(spec(1, priority=3, task_type="fail", attempts=1), 0, "doomed")
-    first = b.lease("w1", 2, 1.0)
+    first = b.lease(b.workers["w1"], 2, 1.0)
     assert [(t.job_id, t.index) for t in first] == [("distinct", 0), ("distinct", 1)]
-    assert b.complete("w1", "distinct", 0, 1, b"result-0", 2.0)  # finished
+    assert b.complete(b.workers["w1"], "distinct", 0, 1, b"result-0", 2.0)  # finished
     # ("distinct", 1) stays leased: a restart must queue it again.
     journal.write(journal.take())
     journal.close()
@@ -257,7 +276,7 @@ def test_journal_restores_jobs_after_a_restart(tmp_path: Path) -> None:
     job = restored.jobs["distinct"]
     assert job.labels == {"k": "v"} and job.state is JobState.RUNNING
     assert job.task_state(0) is TaskState.SUCCEEDED
-    order = [(t.job_id, t.index, t.payload) for t in restored.lease("w1", 10, 3.0)]
+    order = [(t.job_id, t.index, t.payload) for t in restored.lease(restored.workers["w1"], 10, 3.0)]
     assert order[:2] == [("distinct", 1, b"b"), ("distinct", 2, b"c")]
     assert [o[0] for o in order[2:]] == ["shared"] * 4 + ["doomed"]
     assert journal.results(job)[0] == b"result-0"
@@ -273,15 +292,15 @@ def test_retention_forgets_old_finished_jobs_in_memory_and_in_the_database(
     b.submit(spec(1), 0.0, "done")
     b.submit(spec(1, priority=20), 0.0, "waiting")  # old, but not finished
     b.submit(spec(2, priority=15), 0.0, "cancelled")
-    [task] = b.lease("w1", 1, 1.0)
+    [task] = b.lease(b.workers["w1"], 1, 1.0)
     assert task.job_id == "done"
-    assert b.complete("w1", "done", task.index, task.attempt, b"", 1.0)
-    [running] = b.lease("w1", 1, 1.0)
+    assert b.complete(b.workers["w1"], "done", task.index, task.attempt, b"", 1.0)
+    [running] = b.lease(b.workers["w1"], 1, 1.0)
     assert running.job_id == "cancelled"
     b.cancel("cancelled", "stop", 1.0)  # its leased task still runs
     b.submit(spec(1), 5.0, "recent")
-    [task] = b.lease("w1", 1, 5.0)
-    assert b.complete("w1", "recent", task.index, task.attempt, b"", 5.0)
+    [task] = b.lease(b.workers["w1"], 1, 5.0)
+    assert b.complete(b.workers["w1"], "recent", task.index, task.attempt, b"", 5.0)
 
     assert b.forget_finished(before=3.0) == 1
     journal.write(journal.take())
@@ -290,7 +309,7 @@ def test_retention_forgets_old_finished_jobs_in_memory_and_in_the_database(
     assert journal.load_job("done") is None
 
     # Once the cancelled job's last task reports, it goes too.
-    b.complete("w1", "cancelled", running.index, running.attempt, b"", 6.0)
+    b.complete(b.workers["w1"], "cancelled", running.index, running.attempt, b"", 6.0)
     assert b.forget_finished(before=4.0) == 1
     journal.write(journal.take())
     assert {job.job_id for job in journal.load(100)} == {"waiting", "recent"}
@@ -304,15 +323,88 @@ def test_a_watch_sends_the_final_state_even_if_the_job_finishes_while_a_message_
         b = broker()
         service = CoordinatorService(b, CoordinatorConfig())
         b.submit(spec(2), 0.0, "j")
-        [first] = b.lease("w1", 1, 0.0)
-        assert b.complete("w1", "j", first.index, first.attempt, b"", 0.0)
-        [last] = b.lease("w1", 1, 0.0)
+        [first] = b.lease(b.workers["w1"], 1, 0.0)
+        assert b.complete(b.workers["w1"], "j", first.index, first.attempt, b"", 0.0)
+        [last] = b.lease(b.workers["w1"], 1, 0.0)
         stream = service.WatchJob(pb.WatchJobRequest(job_id="j"), None)  # the context is unused
         seen = [await anext(stream)]  # RUNNING, 1 of 2 done: "being sent" now
-        assert b.complete("w1", "j", last.index, last.attempt, b"", 0.0)
+        assert b.complete(b.workers["w1"], "j", last.index, last.attempt, b"", 0.0)
         seen += [message async for message in stream]
         return seen
 
     seen = asyncio.run(watch())
     assert seen[0].state == pb.RUNNING
     assert seen[-1].state == pb.SUCCEEDED and seen[-1].succeeded == 2
+
+
+def test_a_live_worker_id_is_refused_to_anyone_but_its_session() -> None:
+    b = broker()
+    w1 = b.workers["w1"]
+    job, _ = b.submit(spec(2), 0, "j")
+    [task] = b.lease(w1, 1, 0.0)
+    with pytest.raises(AlreadyExists, match="held by a live worker"):
+        b.register_worker("w1", ("noop",), 1, "evil", 1.0)
+    with pytest.raises(AlreadyExists):
+        b.register_worker("w1", ("noop",), 1, "evil", 1.0, session="guess")
+    assert b.requests_refused == 2
+    # The same process reconnecting presents its secret: same session, leases kept.
+    again = b.register_worker("w1", ALL, 2, "host", 2.0, session=w1.session)
+    assert again is w1 and again.concurrency == 2 and w1.leases == {("j", task.index)}
+    assert b.complete(w1, "j", task.index, task.attempt, b"", 3.0)
+
+
+def test_a_session_is_checked_by_its_secret() -> None:
+    b = broker()
+    w1 = b.workers["w1"]
+    assert b.session("w1", w1.session, 5.0) is w1 and w1.last_seen == 5.0
+    for worker_id, secret in [("w1", ""), ("w1", "x" * len(w1.session)), ("nobody", w1.session)]:
+        with pytest.raises(UnknownWorker, match="register first"):
+            b.session(worker_id, secret)
+    assert b.requests_refused == 3
+    b.unregister_worker(w1)
+    with pytest.raises(UnknownWorker):
+        b.session("w1", w1.session)
+
+
+def test_reports_from_a_session_that_does_not_hold_the_lease_change_nothing() -> None:
+    b = broker()
+    honest = b.workers["w1"]
+    forger = b.register_worker("forger", ALL, 1, "host", 0.0)
+    job, _ = b.submit(spec(3), 0, "j")
+    [task] = b.lease(honest, 1, 0.0)
+    # Queued tasks, the leased one, any attempt number: nothing is taken.
+    for index in range(3):
+        for attempt in range(4):
+            assert not b.complete(forger, "j", index, attempt, b"forged", 1.0)
+            assert not b.fail(forger, "j", index, attempt, "sabotage", 1.0)
+            assert not b.release(forger, "j", index, attempt)
+    assert job.counts[TaskState.SUCCEEDED] == 0 and job.counts[TaskState.LEASED] == 1
+    assert job.attempts[task.index] == 1 and b.failed == 0
+    assert b.reports_ignored == 36
+    assert b.complete(honest, "j", task.index, task.attempt, b"ok", 2.0)
+
+
+def test_limits_on_what_the_broker_holds() -> None:
+    limits = QueueLimits(max_workers=2, max_active_jobs=2, max_queued_bytes=10)
+    b = broker(limits=limits)
+    b.register_worker("w2", ALL, 1, "host", 0.0)
+    with pytest.raises(ResourceExhausted, match="workers"):
+        b.register_worker("w3", ALL, 1, "host", 0.0)
+    b.submit(JobSpec("noop", [b"12345", b"678"], b"", 2, 1, 3, {}), 0, "a")
+    with pytest.raises(ResourceExhausted, match="bytes of payloads"):
+        b.submit(JobSpec("noop", None, b"123", 1, 1, 3, {}), 0, "b")
+    b.submit(spec(1), 0, "c")
+    with pytest.raises(ResourceExhausted, match="unfinished jobs"):
+        b.submit(spec(1), 0, "d")
+    b.cancel("a", "", 1.0)
+    assert b.queued_bytes == 0 and b.active == 1
+    b.submit(JobSpec("noop", None, b"1234567890", 1, 1, 3, {}), 0, "e")
+
+
+def test_an_oversized_result_fails_the_attempt() -> None:
+    b = broker(limits=QueueLimits(max_result_bytes=4))
+    w1 = b.workers["w1"]
+    job, _ = b.submit(spec(1, attempts=1), 0, "j")
+    [task] = b.lease(w1, 1, 0.0)
+    assert b.complete(w1, "j", 0, task.attempt, b"12345", 1.0)
+    assert job.state is JobState.FAILED and "more than the limit of 4" in job.reason

@@ -63,22 +63,26 @@ def test_a_silent_worker_loses_its_lease_and_its_late_report_is_ignored(
     channel, coordinator_stub = stub(coordinator)
     with channel:
         # A worker that registers and takes a task, but never heartbeats.
-        coordinator_stub.RegisterWorker(
+        session = coordinator_stub.RegisterWorker(
             pb.RegisterWorkerRequest(worker_id="silent", task_types=["noop"], concurrency=1)
-        )
+        ).session
         job_id = submit(coordinator, count=1).job_id
         [task] = coordinator_stub.GetTask(
-            pb.GetTaskRequest(worker_id="silent", max_tasks=1, wait_seconds=5)
+            pb.GetTaskRequest(worker_id="silent", session=session, max_tasks=1, wait_seconds=5)
         ).tasks
         assert job(coordinator, job_id).leased == 1
         cluster.start_worker()
         done = wait_until(finished(coordinator, job_id), message="the task to be taken back")
         assert done.state == pb.SUCCEEDED and done.succeeded == 1
         ref = pb.TaskRef(job_id=job_id, index=task.index, attempt=task.attempt)
-        late = coordinator_stub.CompleteTask(
-            pb.CompleteTaskRequest(worker_id="silent", results=[pb.TaskResult(task=ref)])
-        )
-        assert (late.accepted, late.ignored) == (0, 1)
+        # The silent worker's session ended with its lease: its report is refused.
+        with pytest.raises(grpc.RpcError) as refused:
+            coordinator_stub.CompleteTask(
+                pb.CompleteTaskRequest(
+                    worker_id="silent", session=session, results=[pb.TaskResult(task=ref)]
+                )
+            )
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
         assert job(coordinator, job_id).succeeded == 1
 
 

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -53,8 +54,21 @@ class SessionLost(Exception):
     pass
 
 
+class WorkerError(Exception):
+    """The coordinator refused this worker for good (a bad token, a taken id): one line."""
+
+
+def _hostname() -> str:
+    """This host's name as the coordinator accepts it (letters, digits, . _ -)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())
+    return name[: config.MAX_HOSTNAME_LENGTH]
+
+
 def new_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    # The id must start with a letter or digit and fit the coordinator's limit.
+    suffix = f"-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    host = _hostname().lstrip("._-")[: config.MAX_WORKER_ID_LENGTH - len(suffix)]
+    return f"{host or 'worker'}{suffix}"
 
 
 class Worker:
@@ -77,6 +91,9 @@ class Worker:
         self._stop = asyncio.Event()
         self.completed = 0
         self.failed = 0
+        # The secret the coordinator issued at registration; presented again
+        # on a reconnect to resume the same session (and keep its leases).
+        self._session_id = ""
 
     def stop(self) -> None:
         """Begin draining: take nothing new, finish or hand back, then return from run()."""
@@ -99,7 +116,7 @@ class Worker:
                 except (grpc.aio.AioRpcError, SessionLost) as error:
                     code = error.code() if isinstance(error, grpc.aio.AioRpcError) else None
                     if code is not None and code not in _RECONNECT_CODES:
-                        raise
+                        raise WorkerError(f"the coordinator refused: {_brief(error)}") from None
                     if self._stop.is_set():
                         stop_deadline = stop_deadline or loop.time() + self.settings.grace_period
                         if loop.time() >= stop_deadline or not self._inflight:
@@ -125,10 +142,12 @@ class Worker:
                     worker_id=self.worker_id,
                     task_types=self.task_types,
                     concurrency=self.settings.concurrency,
-                    hostname=socket.gethostname(),
+                    hostname=_hostname(),
+                    session=self._session_id,
                 ),
                 timeout=10,
             )
+            self._session_id = registered.session
             log.info("worker %s registered at %s", self.worker_id, self.settings.coordinator)
             loops = [
                 asyncio.create_task(self._heartbeat(stub, registered.heartbeat_interval)),
@@ -151,7 +170,11 @@ class Worker:
     async def _heartbeat(self, stub: pb_grpc.CoordinatorStub, interval: float) -> None:
         async def beats() -> AsyncIterator[pb.HeartbeatRequest]:
             while True:
-                yield pb.HeartbeatRequest(worker_id=self.worker_id, draining=self._stop.is_set())
+                yield pb.HeartbeatRequest(
+                    worker_id=self.worker_id,
+                    session=self._session_id,
+                    draining=self._stop.is_set(),
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), interval)
                 if self._stop.is_set():  # say "draining" once, then keep the normal pace
@@ -175,7 +198,10 @@ class Worker:
                     continue
                 call = stub.GetTask(
                     pb.GetTaskRequest(
-                        worker_id=self.worker_id, max_tasks=free, wait_seconds=LONG_POLL_SECONDS
+                        worker_id=self.worker_id,
+                        session=self._session_id,
+                        max_tasks=free,
+                        wait_seconds=LONG_POLL_SECONDS,
                     ),
                     timeout=LONG_POLL_SECONDS + 10,
                 )
@@ -229,13 +255,19 @@ class Worker:
         while self._results:
             batch = self._results[: config.REPORT_BATCH]
             await stub.CompleteTask(
-                pb.CompleteTaskRequest(worker_id=self.worker_id, results=batch), timeout=30
+                pb.CompleteTaskRequest(
+                    worker_id=self.worker_id, session=self._session_id, results=batch
+                ),
+                timeout=30,
             )
             del self._results[: len(batch)]
         while self._errors:
             failures = self._errors[: config.REPORT_BATCH]
             await stub.FailTask(
-                pb.FailTaskRequest(worker_id=self.worker_id, errors=failures), timeout=30
+                pb.FailTaskRequest(
+                    worker_id=self.worker_id, session=self._session_id, errors=failures
+                ),
+                timeout=30,
             )
             del self._errors[: len(failures)]
 
@@ -257,7 +289,8 @@ class Worker:
                 log.warning("grace period over: handing back %d task(s)", len(pending))
         await self._send_reports(stub)
         response = await stub.UnregisterWorker(
-            pb.UnregisterWorkerRequest(worker_id=self.worker_id), timeout=10
+            pb.UnregisterWorkerRequest(worker_id=self.worker_id, session=self._session_id),
+            timeout=10,
         )
         log.info(
             "worker %s stopped (%d completed, %d failed, %d handed back)",

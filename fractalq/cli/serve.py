@@ -110,7 +110,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from fractalq.worker.runtime import Worker
+    from fractalq.worker.runtime import Worker, WorkerError
 
     names = (
         tuple(n.strip() for n in args.task_types.split(",") if n.strip())
@@ -142,7 +142,10 @@ def run_worker(args: argparse.Namespace) -> int:
                 loop.add_signal_handler(signum, worker.stop)
         await worker.run()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except WorkerError as error:
+        raise CommandError(str(error)) from None
     sys.stdout.flush()
     sys.stderr.flush()
     # Tasks still running on threads past the grace period were handed back;
