@@ -9,6 +9,11 @@ compares the two).
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fractalq.endpoint import Endpoint
+    from fractalq.security import ClientTLS, ServerTLS, TokenTable
 
 # ---- network -------------------------------------------------------------
 
@@ -20,6 +25,17 @@ DEFAULT_HTTP_PORT = 8080
 # fits, and the limits below keep every reply under it (a GetStats of
 # MAX_WORKERS workers, a ListJobs of MAX_LIST_LIMIT jobs, a job's results).
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+# ---- security ------------------------------------------------------------
+
+# Role tokens (--auth-tokens, --token-file): long enough not to be guessed.
+MIN_TOKEN_LENGTH = 16
+MAX_TOKEN_LENGTH = 1024
+# `fractalq certs`: days a generated certificate is valid; the CA outlives them.
+CERT_DAYS = 365
+CA_DAYS = 10 * 365
+# The diagnostic TLS handshake a client makes after a failed call, to say why.
+TLS_DIAGNOSE_TIMEOUT = 5.0
 
 # ---- queue ---------------------------------------------------------------
 
@@ -124,6 +140,8 @@ class CoordinatorConfig:
     retention: float = DEFAULT_RETENTION
     limits: QueueLimits = dataclasses.field(default_factory=QueueLimits)
     retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
+    tls: ServerTLS | None = None  # None: plaintext gRPC and HTTP
+    tokens: TokenTable | None = None  # None: every call is allowed
 
     @property
     def heartbeat_interval(self) -> float:
@@ -138,6 +156,14 @@ class WorkerConfig:
     prefetch: int = DEFAULT_PREFETCH
     grace_period: float = DEFAULT_GRACE_PERIOD
     task_types: tuple[str, ...] | None = None  # None: every registered type
+    tls: ClientTLS | None = None  # None: a plaintext channel
+    token: str | None = dataclasses.field(default=None, repr=False)  # the worker role's
+
+    @property
+    def endpoint(self) -> Endpoint:
+        from fractalq.endpoint import Endpoint
+
+        return Endpoint(self.coordinator, self.tls, self.token)
 
 
 # ---- images --------------------------------------------------------------

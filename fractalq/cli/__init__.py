@@ -9,9 +9,15 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from fractalq.cli import jobs, operator, render, serve
+# gRPC's C core logs each failed TLS handshake at INFO on stderr: a second,
+# unasked-for line beside our own one-line errors, and a line per attempt in a
+# coordinator's log that anyone who connects can cause. Set before gRPC loads.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+from fractalq.cli import certs, jobs, operator, render, serve
 from fractalq.cli.common import CommandError, OneLineParser
 
 EXIT_USAGE = 2
@@ -23,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A distributed task queue that renders Mandelbrot and Julia images.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (render, serve, jobs, operator):
+    for module in (render, serve, jobs, operator, certs):
         module.add_parsers(commands)
     return parser
 

@@ -1,0 +1,105 @@
+"""Token checks at the coordinator's two doors: a gRPC interceptor, an aiohttp middleware.
+
+Both answer the same way: no token or an unknown one is UNAUTHENTICATED (HTTP
+401 with ``WWW-Authenticate: Bearer``), a known token of a role that may not
+make this call is PERMISSION_DENIED (403). The standard gRPC health service,
+``/healthz`` and ``/metrics`` answer without a token. Tokens are never logged
+and never sent back; the refusals are counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from fractalq.security.tokens import (
+    HTTP_READ_ROLES,
+    TokenTable,
+    bearer,
+    is_open_method,
+    is_open_path,
+    method_allowed,
+)
+
+log = logging.getLogger("fractalq.coordinator.auth")
+
+UNAUTHENTICATED = "a valid token is required (authorization: Bearer TOKEN)"
+
+
+def _denied(role: str) -> str:
+    return f"the {role} token may not make this call"
+
+
+def _refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str) -> Any:
+    """A handler of the same shape as ``handler`` that ends the call with ``code``."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, details)
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(refuse)
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Checks ``authorization: Bearer TOKEN`` on every call but the health service's."""
+
+    def __init__(self, tokens: TokenTable) -> None:
+        self.tokens = tokens
+        self.refused: collections.Counter[str] = collections.Counter()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = details.method
+        handler = await continuation(details)
+        if handler is None or is_open_method(method):
+            return handler  # unknown methods stay UNIMPLEMENTED
+        header = None
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                header = value if isinstance(value, str) else None
+                break
+        role = self.tokens.role(bearer(header))
+        if role is None:
+            self.refused["unauthenticated"] += 1
+            log.debug("refused %s: no valid token", method)
+            return _refusing(handler, grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
+        if not method_allowed(method, role):
+            self.refused["permission_denied"] += 1
+            log.debug("refused %s to a %s token", method, role.value)
+            return _refusing(handler, grpc.StatusCode.PERMISSION_DENIED, _denied(role.value))
+        return handler
+
+
+def http_middleware(tokens: TokenTable) -> Any:
+    """aiohttp middleware: the API's reads need a reader or client token."""
+
+    @web.middleware
+    async def check_token(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if is_open_path(request.path):
+            return await handler(request)
+        role = tokens.role(bearer(request.headers.get("Authorization")))
+        if role is None:
+            raise web.HTTPUnauthorized(
+                text=UNAUTHENTICATED + "\n",
+                headers={"WWW-Authenticate": 'Bearer realm="fractalq"'},
+            )
+        if role not in HTTP_READ_ROLES:
+            raise web.HTTPForbidden(text=_denied(role.value) + "\n")
+        return await handler(request)
+
+    return check_token

@@ -1,0 +1,195 @@
+"""Role tokens: the ``--auth-tokens`` file, the lookup, and who may call what.
+
+The file has one ``ROLE TOKEN`` pair a line; a word that starts with ``#``
+begins a comment, blank lines are skipped, a role may have several tokens (to rotate one without a
+gap: add the new one, restart, hand it out, remove the old one). A bad line
+is a :class:`ValueError` that names the line number and never the token.
+
+Looking a presented token up compares it with *every* known token using
+:func:`hmac.compare_digest` on their SHA-256 digests, so the time taken says
+nothing about how much of a token was right, nor which token matched.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+from collections.abc import Iterable
+from pathlib import Path
+
+from fractalq import config
+
+SERVICE = "fractalq.v1.Coordinator"
+# The standard gRPC health service answers everybody: the kubelet's gRPC probe
+# carries no token (see the README's "Security" section).
+OPEN_SERVICES = ("grpc.health.v1.Health",)
+# HTTP paths that answer without a token: the kubelet's HTTP probe and
+# Prometheus' scraper carry none. /metrics holds counts only, no job ids.
+OPEN_PATHS = ("/healthz", "/metrics")
+
+
+class Role(enum.Enum):
+    WORKER = "worker"
+    CLIENT = "client"
+    READER = "reader"
+
+
+_WORKER_METHODS = frozenset(
+    {
+        "RegisterWorker",
+        "Heartbeat",
+        "GetTask",
+        "CompleteTask",
+        "FailTask",
+        "ReleaseTasks",
+        "UnregisterWorker",
+    }
+)
+_READER_METHODS = frozenset({"GetJob", "WatchJob", "ListJobs", "GetStats"})
+_CLIENT_METHODS = _READER_METHODS | {"SubmitJob", "CancelJob"}
+
+# Which roles may call each method of the Coordinator service. A method not
+# listed here (a newer client's, say) is refused to every role.
+METHOD_ROLES: dict[str, frozenset[Role]] = {
+    **{name: frozenset({Role.WORKER}) for name in _WORKER_METHODS},
+    **{name: frozenset({Role.CLIENT, Role.READER}) for name in _READER_METHODS},
+    **{name: frozenset({Role.CLIENT}) for name in _CLIENT_METHODS - _READER_METHODS},
+}
+# The HTTP API's reads (everything under /api/).
+HTTP_READ_ROLES = frozenset({Role.CLIENT, Role.READER})
+
+
+def method_allowed(full_method: str, role: Role) -> bool:
+    """May ``role`` call ``/fractalq.v1.Coordinator/Name``?"""
+    service, _, name = full_method.lstrip("/").partition("/")
+    return service == SERVICE and role in METHOD_ROLES.get(name, frozenset())
+
+
+def is_open_method(full_method: str) -> bool:
+    return full_method.lstrip("/").partition("/")[0] in OPEN_SERVICES
+
+
+def is_open_path(path: str) -> bool:
+    return path in OPEN_PATHS
+
+
+def check_token(token: str) -> str:
+    """``token`` if it can be a token, else a ValueError that does not quote it."""
+    if len(token) < config.MIN_TOKEN_LENGTH:
+        raise ValueError(f"a token must have at least {config.MIN_TOKEN_LENGTH} characters")
+    if len(token) > config.MAX_TOKEN_LENGTH:
+        raise ValueError(f"a token may have at most {config.MAX_TOKEN_LENGTH} characters")
+    # Visible ASCII only: it travels in a gRPC metadata value and an HTTP header.
+    if not all("!" <= char <= "~" for char in token) or token.startswith("#"):
+        raise ValueError("a token may hold visible ASCII characters only, not first '#'")
+    return token
+
+
+def _fields(line: str) -> list[str]:
+    """A line's words up to a comment: one that starts a line or follows a blank."""
+    fields = line.split()
+    for at, field in enumerate(fields):
+        if field.startswith("#"):
+            return fields[:at]
+    return fields
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
+class TokenTable:
+    """Known tokens and their roles; :meth:`role` finds a presented token's."""
+
+    def __init__(self, entries: Iterable[tuple[Role, str]]) -> None:
+        self._entries = [(_digest(token), role) for role, token in entries]
+        if not self._entries:
+            raise ValueError("no tokens")
+        digests = [digest for digest, _ in self._entries]
+        if len(set(digests)) != len(digests):
+            raise ValueError("the same token is given twice")
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:  # never the tokens
+        return f"TokenTable({len(self._entries)} token(s))"
+
+    def role(self, presented: str | None) -> Role | None:
+        """The role of ``presented``, or None; in time independent of the token."""
+        if presented is None:
+            return None
+        digest = _digest(presented)
+        found: Role | None = None
+        for known, role in self._entries:  # no early exit: every entry is compared
+            if hmac.compare_digest(known, digest):
+                found = role
+        return found
+
+    @classmethod
+    def parse(cls, text: str) -> TokenTable:
+        entries: list[tuple[Role, str]] = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            fields = _fields(line)
+            if not fields:
+                continue
+            if len(fields) != 2:
+                raise ValueError(f"line {number}: expected ROLE TOKEN")
+            name, token = fields
+            try:
+                role = Role(name.lower())
+            except ValueError:
+                roles = ", ".join(r.value for r in Role)
+                raise ValueError(f"line {number}: unknown role (one of {roles})") from None
+            try:
+                check_token(token)
+            except ValueError as error:
+                raise ValueError(f"line {number}: {error}") from None
+            entries.append((role, token))
+        if not entries:
+            raise ValueError("no ROLE TOKEN line")
+        try:
+            return cls(entries)
+        except ValueError as error:
+            raise ValueError(str(error)) from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> TokenTable:
+        """The table in ``path``; a ValueError names the file (and line) in one line."""
+        try:
+            text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError as error:
+            raise ValueError(f"cannot read {path}: {error.strerror or error}") from None
+        try:
+            return cls.parse(text)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+
+
+def bearer(header: str | None) -> str | None:
+    """The token of an ``authorization: Bearer TOKEN`` value, or None."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def read_token_file(path: str | Path) -> str:
+    """The token in a ``--token-file``: its first line that is not blank or a comment."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as error:
+        raise ValueError(f"cannot read token file {path}: {error.strerror or error}") from None
+    for line in text.splitlines():
+        fields = _fields(line)
+        if len(fields) == 1:
+            try:
+                return check_token(fields[0])
+            except ValueError as error:
+                raise ValueError(f"token file {path}: {error}") from None
+        if fields:
+            raise ValueError(f"token file {path}: expected the token alone on its line")
+    raise ValueError(f"token file {path} holds no token")
