@@ -2,7 +2,9 @@
 
 It turns gRPC failures into :class:`ClientError` with one readable line: an
 unreachable address, a refused request (with the coordinator's reason), or a
-job that does not exist.
+job that does not exist. Callers tell the kinds apart by class (``except
+NotFound``), never by comparing status codes: :func:`client_error` is the one
+mapping from gRPC's codes to these classes.
 """
 
 from __future__ import annotations
@@ -21,11 +23,66 @@ _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
 
 
 class ClientError(Exception):
-    """A failed call, described in one line."""
+    """A failed call, described in one line; the subclass says what kind.
+
+    ``code`` is gRPC's status code, kept for logs and tests; decisions use the
+    class.
+    """
 
     def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class NotFound(ClientError):
+    """No such job (or a job the coordinator has forgotten)."""
+
+
+class AlreadyExists(ClientError):
+    """The id is taken by something else (a job id with another request)."""
+
+
+class InvalidRequest(ClientError):
+    """The coordinator refused the request as malformed or not possible now."""
+
+
+class Unauthenticated(ClientError):
+    """No token, or a token the coordinator does not know."""
+
+
+class PermissionDenied(ClientError):
+    """A known token whose role may not make this call."""
+
+
+class ResourceExhausted(ClientError):
+    """A limit was reached (a message too large, a queue full)."""
+
+
+class Unavailable(ClientError):
+    """The coordinator cannot be reached (down, wrong address, TLS refused)."""
+
+
+class DeadlineExceeded(Unavailable):
+    """No answer in time; for a watch with a timeout, the job has not ended yet."""
+
+
+_ERRORS: dict[grpc.StatusCode, type[ClientError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.FAILED_PRECONDITION: InvalidRequest,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidRequest,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+}
+
+
+def client_error(code: grpc.StatusCode, message: str) -> ClientError:
+    """The :class:`ClientError` subclass for ``code`` (other codes: the base class)."""
+    return _ERRORS.get(code, ClientError)(message, code)
 
 
 def check_address(address: str) -> str:
@@ -63,8 +120,8 @@ class Client:
         code: grpc.StatusCode = error.code()
         details: str = error.details() or code.name
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            return ClientError(f"cannot reach the coordinator at {self.address}: {details}", code)
-        return ClientError(details, code)
+            details = f"cannot reach the coordinator at {self.address}: {details}"
+        return client_error(code, details)
 
     def submit(self, request: pb.SubmitJobRequest) -> pb.SubmitJobResponse:
         try:

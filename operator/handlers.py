@@ -34,7 +34,7 @@ from typing import Any
 import kopf
 
 from fractalq import config
-from fractalq.client import Client, ClientError
+from fractalq.client import Client, ClientError, NotFound
 from fractalq.fractal.request import RenderRequest
 from fractalq.images import remove_bands, submit_render, write_png
 from fractalq.operator import kube
@@ -226,7 +226,7 @@ async def _follow(
     try:
         job = await asyncio.to_thread(state.client.job, job_id)
     except ClientError as error:
-        if error.code is not None and error.code.name == "NOT_FOUND":
+        if isinstance(error, NotFound):
             # The coordinator lost its data (a new volume, no --data) or forgot
             # the job: render again, under the same job id.
             lost = f"job {job_id} is unknown to the coordinator: submitting it again"
@@ -287,7 +287,7 @@ async def delete(spec: kopf.Spec, status: kopf.Status, **_: Any) -> None:
     try:
         job = await asyncio.to_thread(state.client.cancel, job_id, "FractalJob deleted")
     except ClientError as error:
-        if error.code is None or error.code.name != "NOT_FOUND":
+        if not isinstance(error, NotFound):
             raise kopf.TemporaryError(f"cannot cancel {job_id}: {error}", delay=5) from None
         return
     # Bands still rendering would be stored after a clean-up now: wait for them.

@@ -11,7 +11,7 @@ from typing import Any
 from fractalq import config
 from fractalq.cli.common import CommandError, address, integer, real
 from fractalq.cli.progress import Progress
-from fractalq.client import Client, ClientError
+from fractalq.client import Client, ClientError, DeadlineExceeded
 from fractalq.proto import fractalq_pb2 as pb
 
 STATE_NAMES = {value: name for name, value in pb.JobState.items()}
@@ -97,7 +97,7 @@ def follow(client: Client, job_id: str, timeout: float | None) -> int:
             final = job.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
             progress.update(job.succeeded, job.leased, final=final)
     except ClientError as error:
-        if error.code is not None and error.code.name == "DEADLINE_EXCEEDED" and job:
+        if isinstance(error, DeadlineExceeded) and job:
             raise CommandError(
                 f"job {job_id} still {STATE_NAMES[job.state]} after {timeout:g}s", 3
             ) from None
