@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from procs import Process, ProcessGroup, fractalq, free_port, run_cli
 
-from fractalq.client import ClientError
+from fractalq.client import Client, ClientError
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.storage import LocalStorage, StorageError, check_storage
 
@@ -270,3 +270,26 @@ def test_the_storage_check_writes_reads_back_and_deletes_a_probe(tmp_path: Path)
     assert list((tmp_path / "forgetful").iterdir()) == []
     with pytest.raises(StorageError, match="access denied"):
         check_storage(ReadOnly(tmp_path / "read-only"))
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+def test_an_ipv6_address_is_printed_so_that_a_client_can_use_it(tmp_path: Path) -> None:
+    args = fractalq("coordinator", "--host", "::1", "--port", "0", "--no-http")
+    process = Process(args, tmp_path / "c.log")
+    try:
+        assert process.proc.stdout is not None
+        line = process.proc.stdout.readline().decode()
+        assert line.startswith("coordinator listening on [::1]:"), line
+        with Client(line.split()[3], timeout=10) as client:
+            assert client.stats().jobs_active == 0
+    finally:
+        process.stop()

@@ -76,7 +76,7 @@ def add_parsers(commands: Any) -> None:
 
 
 def run_coordinator(args: argparse.Namespace) -> int:
-    from fractalq.coordinator.lock import StartupError
+    from fractalq.coordinator.lock import StartupError, show_address
     from fractalq.coordinator.server import serve
 
     if args.data:
@@ -100,7 +100,8 @@ def run_coordinator(args: argparse.Namespace) -> int:
 
     def started(port: int, http_port: int | None) -> None:
         # One machine-readable line on stdout, for scripts that asked for port 0.
-        print(f"coordinator listening on {args.host}:{port} http {http_port or '-'}", flush=True)
+        where = show_address(args.host, port)
+        print(f"coordinator listening on {where} http {http_port or '-'}", flush=True)
 
     try:
         asyncio.run(serve(settings, started))
