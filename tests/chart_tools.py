@@ -8,23 +8,31 @@
 * :func:`openapi_to_json_schema` -- a CRD's OpenAPI v3 schema as a JSON Schema
   that :mod:`jsonschema` can check resources against.
 * :class:`DockerIgnore` -- Docker's ``.dockerignore`` matching rules.
+* :data:`CERT_MANAGER_SCHEMAS` -- JSON Schemas of the cert-manager objects the chart
+  renders (kubernetes-validate knows the built-in kinds only).
+* :class:`FakeKubeAPI` -- just enough of a Kubernetes API server on 127.0.0.1 for
+  Helm's ``lookup`` (Secrets), so that a test can render an upgrade.
 
-Nothing here touches the network or a cluster.
+Nothing here touches the network (beyond 127.0.0.1) or a real cluster.
 """
 
 from __future__ import annotations
 
+import http.server
 import importlib.metadata
 import importlib.util
 import io
+import json
 import os
 import re
 import shutil
 import tarfile
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
+from types import TracebackType
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
@@ -216,3 +224,263 @@ def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
         instruction, _, arguments = stripped.partition(" ")
         result.append((instruction.upper(), arguments.strip()))
     return result
+
+
+# ---- cert-manager ---------------------------------------------------------------------
+
+# The fields of cert-manager.io/v1 Certificate and Issuer that the chart may set, with
+# the types and enums of cert-manager's CRDs (deploy/crds/cert-manager.io_*.yaml in
+# cert-manager/cert-manager); any other field is an error, as a typo would be.
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+_ISSUER_REF = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "kind": {"type": "string"},
+        "group": {"type": "string"},
+    },
+    "required": ["name"],
+}
+_USAGES = [
+    "signing", "digital signature", "content commitment", "key encipherment",
+    "key agreement", "data encipherment", "cert sign", "crl sign", "encipher only",
+    "decipher only", "any", "server auth", "client auth", "code signing",
+    "email protection", "s/mime", "ipsec end system", "ipsec tunnel", "ipsec user",
+    "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc",
+]  # fmt: skip
+_DURATION = {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(h|m|s|ms|us|ns))+$"}
+_METADATA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"},
+        "namespace": {"type": "string"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+    "required": ["name", "namespace"],
+}
+
+
+def _object(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "cert-manager.io/v1"},
+            "kind": {"const": kind},
+            "metadata": _METADATA,
+            "spec": spec,
+        },
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+    }
+
+
+CERT_MANAGER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Certificate": _object(
+        "Certificate",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "secretName": {"type": "string", "minLength": 1},
+                "commonName": {"type": "string", "maxLength": 64},
+                "dnsNames": _STRINGS,
+                "ipAddresses": _STRINGS,
+                "duration": _DURATION,
+                "renewBefore": _DURATION,
+                "isCA": {"type": "boolean"},
+                "usages": {"type": "array", "items": {"enum": _USAGES}},
+                "privateKey": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+                        "encoding": {"enum": ["PKCS1", "PKCS8"]},
+                        "rotationPolicy": {"enum": ["Never", "Always"]},
+                        "size": {"type": "integer"},
+                    },
+                },
+                "issuerRef": _ISSUER_REF,
+            },
+            "required": ["secretName", "issuerRef"],
+        },
+    ),
+    "Issuer": _object(
+        "Issuer",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "selfSigned": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"crlDistributionPoints": _STRINGS},
+                },
+                "ca": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "secretName": {"type": "string", "minLength": 1},
+                        "crlDistributionPoints": _STRINGS,
+                        "ocspServers": _STRINGS,
+                        "issuingCertificateURLs": _STRINGS,
+                    },
+                    "required": ["secretName"],
+                },
+            },
+            "minProperties": 1,
+            "maxProperties": 1,
+        },
+    ),
+}
+
+
+# ---- a fake API server for lookup -------------------------------------------------------
+
+
+# The kinds the chart renders: group/version -> kind -> (plural, namespaced).
+_RESOURCES: dict[str, dict[str, tuple[str, bool]]] = {
+    "v1": {
+        "Secret": ("secrets", True),
+        "Service": ("services", True),
+        "ServiceAccount": ("serviceaccounts", True),
+        "PersistentVolumeClaim": ("persistentvolumeclaims", True),
+        "ConfigMap": ("configmaps", True),
+    },
+    "apps/v1": {"Deployment": ("deployments", True), "StatefulSet": ("statefulsets", True)},
+    "rbac.authorization.k8s.io/v1": {
+        "Role": ("roles", True),
+        "RoleBinding": ("rolebindings", True),
+        "ClusterRole": ("clusterroles", False),
+        "ClusterRoleBinding": ("clusterrolebindings", False),
+    },
+    "networking.k8s.io/v1": {"NetworkPolicy": ("networkpolicies", True)},
+    "apiextensions.k8s.io/v1": {"CustomResourceDefinition": ("customresourcedefinitions", False)},
+}
+
+
+class FakeKubeAPI:
+    """Enough of the Kubernetes API for ``helm template --dry-run=server``: version and
+    discovery documents, and GET of the Secrets in :attr:`secrets` (name -> object) in
+    one namespace; anything else is a 404 Status. A context manager; :attr:`kubeconfig`
+    is the file to point helm at (KUBECONFIG)."""
+
+    def __init__(self, home: Path, namespace: str, kube_version: str) -> None:
+        self.namespace = namespace
+        self.secrets: dict[str, dict[str, Any]] = {}
+        self.requests: list[str] = []
+        major, minor, *_ = kube_version.split(".")
+        self._version = {
+            "major": major,
+            "minor": minor,
+            "gitVersion": f"v{kube_version}",
+            "platform": "linux/amd64",
+        }
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        host, port = str(self._server.server_address[0]), int(self._server.server_address[1])
+        self.kubeconfig = home / "kubeconfig"
+        self.kubeconfig.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "fake", "cluster": {"server": f"http://{host}:{port}"}}],
+                    "users": [{"name": "fake", "user": {}}],
+                    "contexts": [
+                        {
+                            "name": "fake",
+                            "context": {"cluster": "fake", "user": "fake", "namespace": namespace},
+                        }
+                    ],
+                    "current-context": "fake",
+                }
+            )
+        )
+
+    def __enter__(self) -> FakeKubeAPI:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)
+
+    def answer(self, path: str) -> tuple[int, dict[str, Any]]:
+        self.requests.append(path)
+        if path == "/version":
+            return 200, self._version
+        if path == "/api":
+            return 200, {"kind": "APIVersions", "versions": ["v1"]}
+        if path == "/apis":
+            groups = [
+                {
+                    "name": group,
+                    "versions": [{"groupVersion": f"{group}/{version}", "version": version}],
+                    "preferredVersion": {"groupVersion": f"{group}/{version}", "version": version},
+                }
+                for group, version in (gv.split("/") for gv in _RESOURCES if "/" in gv)
+            ]
+            return 200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+        for group_version, kinds in _RESOURCES.items():
+            if path in (f"/api/{group_version}", f"/apis/{group_version}"):
+                resources = [
+                    {
+                        "name": plural,
+                        "singularName": kind.lower(),
+                        "namespaced": namespaced,
+                        "kind": kind,
+                        "verbs": ["get", "list", "create", "patch", "update", "delete"],
+                    }
+                    for kind, (plural, namespaced) in kinds.items()
+                ]
+                return 200, {
+                    "kind": "APIResourceList",
+                    "groupVersion": group_version,
+                    "resources": resources,
+                }
+        prefix = f"/api/v1/namespaces/{self.namespace}/secrets/"
+        name = path.removeprefix(prefix)
+        if path.startswith(prefix) and name in self.secrets:
+            return 200, self.secrets[name]
+        return 404, {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "reason": "NotFound",
+            "code": 404,
+            "message": f"{path} not found",
+        }
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        api = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, body = api.answer(self.path.split("?", 1)[0])
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                # A render only reads; a write would mean helm tried to change the cluster.
+                api.requests.append(f"{self.command} {self.path}")
+                self.send_response(405)
+                self.end_headers()
+
+            do_PATCH = do_PUT = do_DELETE = do_POST
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler

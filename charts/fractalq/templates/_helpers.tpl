@@ -208,3 +208,273 @@ operator.watchAllNamespaces (then a ClusterRole, since kopf -A watches every nam
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
+
+{{/* ---- TLS ------------------------------------------------------------------------ */}}
+
+{{/*
+Where the certificates are mounted, in every pod that has them: the coordinator's
+own (tls.crt, tls.key, ca.crt), or a client's (ca.crt, and tls.crt/tls.key under
+mutual TLS). The token files: the coordinator's tokens file, a client's own token.
+*/}}
+{{- define "fractalq.tls.dir" -}}/etc/fractalq/tls{{- end }}
+{{- define "fractalq.auth.tokensFile" -}}/etc/fractalq/auth/tokens{{- end }}
+{{- define "fractalq.auth.tokenFile" -}}/etc/fractalq/token/token{{- end }}
+
+{{/* Where the certificates come from: "existing", "certManager" or "generated" (by Helm). */}}
+{{- define "fractalq.tls.source" -}}
+{{- if .Values.tls.existingSecret }}existing
+{{- else if .Values.tls.certManager.enabled }}certManager
+{{- else }}generated
+{{- end }}
+{{- end }}
+
+{{/* The coordinator's certificate Secret (tls.crt, tls.key, ca.crt). */}}
+{{- define "fractalq.tls.secretName" -}}
+{{- .Values.tls.existingSecret | default (printf "%s-coordinator-tls" (include "fractalq.fullname" .)) }}
+{{- end }}
+
+{{/*
+The clients' Secret: ca.crt (and tls.crt/tls.key under mutual TLS). Helm's own
+certificates always have one, so that workers never reference the coordinator's
+key; cert-manager and existing Secrets have one under mutual TLS only.
+*/}}
+{{- define "fractalq.tls.clientSecretName" -}}
+{{- $source := include "fractalq.tls.source" . }}
+{{- if eq $source "existing" }}
+{{- if .Values.tls.mutual }}
+{{- required "tls.existingSecret with tls.mutual needs tls.existingClientSecret: a Secret with the clients' tls.crt, tls.key and ca.crt" .Values.tls.existingClientSecret }}
+{{- end }}
+{{- else if or (eq $source "generated") .Values.tls.mutual }}
+{{- printf "%s-client-tls" (include "fractalq.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* The CA's Secret (certificate and key), of Helm's or cert-manager's own CA; no pod mounts it. */}}
+{{- define "fractalq.tls.caSecretName" -}}
+{{- printf "%s-ca" (include "fractalq.fullname" .) }}
+{{- end }}
+
+{{/* The coordinator certificate's DNS names, as a JSON list. */}}
+{{- define "fractalq.tls.dnsNames" -}}
+{{- $ns := .Release.Namespace }}
+{{- $domain := .Values.clusterDomain }}
+{{- $names := list }}
+{{- range $service := list (include "fractalq.coordinator.fullname" .) (include "fractalq.coordinator.headless" .) }}
+{{- $names = append $names $service }}
+{{- $names = append $names (printf "%s.%s" $service $ns) }}
+{{- $names = append $names (printf "%s.%s.svc" $service $ns) }}
+{{- $names = append $names (printf "%s.%s.svc.%s" $service $ns $domain) }}
+{{- end }}
+{{- $pod := printf "%s-0.%s" (include "fractalq.coordinator.fullname" .) (include "fractalq.coordinator.headless" .) }}
+{{- $names = append $names (printf "%s.%s.svc" $pod $ns) }}
+{{- $names = append $names (printf "%s.%s.svc.%s" $pod $ns $domain) }}
+{{- $names = append $names "localhost" }}
+{{- concat $names .Values.tls.extraDnsNames | uniq | toJson }}
+{{- end }}
+
+{{/* The coordinator certificate's IP addresses, as a JSON list (a port-forward reaches 127.0.0.1). */}}
+{{- define "fractalq.tls.ipAddresses" -}}
+{{- concat (list "127.0.0.1" "::1") .Values.tls.extraIpAddresses | uniq | toJson }}
+{{- end }}
+
+{{/*
+Helm's own certificates, made once per render and kept in .Values.tls.generatedNow
+for every template that needs them (a second genCA would make a different CA).
+Each one already in the cluster (lookup) is kept unless it expires within
+tls.generated.renewDays, its CA was replaced, or (the server's) its names changed;
+the Secrets' annotations record each one's expiry and the names' checksum.
+helm template has no cluster: every render makes new ones.
+*/}}
+{{- define "fractalq.tls.generate" -}}
+{{- if not (hasKey .Values.tls "generatedNow") }}
+{{- $ns := .Release.Namespace }}
+{{- $now := now | unixEpoch | atoi }}
+{{- $renew := mul (int .Values.tls.generated.renewDays) 86400 }}
+{{- $days := int .Values.tls.generated.validityDays }}
+{{- $caDays := int .Values.tls.generated.caValidityDays }}
+{{- $fullname := include "fractalq.fullname" . }}
+{{- $dns := include "fractalq.tls.dnsNames" . | fromJsonArray }}
+{{- $ips := include "fractalq.tls.ipAddresses" . | fromJsonArray }}
+{{- $sans := printf "%s %s" (toJson $dns) (toJson $ips) | sha256sum }}
+{{- $out := dict "sans" $sans }}
+{{- /* The CA. */}}
+{{- $old := lookup "v1" "Secret" $ns (include "fractalq.tls.caSecretName" .) | default dict }}
+{{- $data := $old.data | default dict }}
+{{- $expires := index (($old.metadata | default dict).annotations | default dict) "fractalq.dev/expires" | default "0" | atoi }}
+{{- $ca := dict }}
+{{- $newCA := true }}
+{{- if and (index $data "tls.crt") (index $data "tls.key") (gt (sub $expires $now) $renew) }}
+{{- $ca = buildCustomCert (index $data "tls.crt") (index $data "tls.key") }}
+{{- $newCA = false }}
+{{- else }}
+{{- $ca = genCA (printf "%s CA" $fullname) $caDays }}
+{{- $expires = add $now (mul $caDays 86400) }}
+{{- end }}
+{{- $_ := set $out "ca" (dict "cert" $ca.Cert "key" $ca.Key "expires" $expires) }}
+{{- /* The coordinator's certificate. */}}
+{{- $old = lookup "v1" "Secret" $ns (include "fractalq.tls.secretName" .) | default dict }}
+{{- $data = $old.data | default dict }}
+{{- $annotations := ($old.metadata | default dict).annotations | default dict }}
+{{- $expires = index $annotations "fractalq.dev/expires" | default "0" | atoi }}
+{{- if and (not $newCA) (index $data "tls.crt") (index $data "tls.key") (gt (sub $expires $now) $renew) (eq (index $annotations "fractalq.dev/names" | default "") $sans) }}
+{{- $_ := set $out "server" (dict "cert" (index $data "tls.crt" | b64dec) "key" (index $data "tls.key" | b64dec) "expires" $expires) }}
+{{- else }}
+{{- $cert := genSignedCert (include "fractalq.coordinator.fullname" .) $ips $dns $days $ca }}
+{{- $_ := set $out "server" (dict "cert" $cert.Cert "key" $cert.Key "expires" (add $now (mul $days 86400))) }}
+{{- end }}
+{{- /* The clients' certificate (mutual TLS). */}}
+{{- if .Values.tls.mutual }}
+{{- $old = lookup "v1" "Secret" $ns (include "fractalq.tls.clientSecretName" .) | default dict }}
+{{- $data = $old.data | default dict }}
+{{- $expires = index (($old.metadata | default dict).annotations | default dict) "fractalq.dev/expires" | default "0" | atoi }}
+{{- if and (not $newCA) (index $data "tls.crt") (index $data "tls.key") (gt (sub $expires $now) $renew) }}
+{{- $_ := set $out "client" (dict "cert" (index $data "tls.crt" | b64dec) "key" (index $data "tls.key" | b64dec) "expires" $expires) }}
+{{- else }}
+{{- $cert := genSignedCert (printf "%s-client" $fullname) nil nil $days $ca }}
+{{- $_ := set $out "client" (dict "cert" $cert.Cert "key" $cert.Key "expires" (add $now (mul $days 86400))) }}
+{{- end }}
+{{- end }}
+{{- $_ := set .Values.tls "generatedNow" $out }}
+{{- end }}
+{{- end }}
+
+{{/*
+Pod annotations that change when a pod's certificates or token change, so that a
+renewal or a new token restarts exactly the pods that use them. Checksums only:
+never a key or a token. Call with (dict "ctx" $ "component" "worker").
+*/}}
+{{- define "fractalq.security.checksums" -}}
+{{- $ := .ctx }}
+{{- if and $.Values.tls.enabled (eq (include "fractalq.tls.source" $) "generated") }}
+{{- include "fractalq.tls.generate" $ }}
+{{- $g := $.Values.tls.generatedNow }}
+{{- if eq .component "coordinator" }}
+checksum/tls: {{ printf "%s%s" $g.ca.cert $g.server.cert | sha256sum | quote }}
+{{- else }}
+checksum/tls: {{ printf "%s%s" $g.ca.cert (($g.client | default dict).cert | default "") | sha256sum | quote }}
+{{- end }}
+{{- end }}
+{{- if $.Values.auth.enabled }}
+{{- include "fractalq.auth.generate" $ }}
+{{- $tokens := $.Values.auth.generatedNow }}
+{{- if eq .component "coordinator" }}
+checksum/auth: {{ include "fractalq.auth.file" $ | sha256sum | quote }}
+{{- else if eq .component "worker" }}
+checksum/auth: {{ $tokens.worker | sha256sum | quote }}
+{{- else if eq .component "operator" }}
+checksum/auth: {{ $tokens.client | sha256sum | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The volumes a client pod (worker, operator) reads TLS and its token from;
+call with (dict "ctx" $ "role" "worker").
+*/}}
+{{- define "fractalq.client.volumes" -}}
+{{- $ := .ctx }}
+{{- if $.Values.tls.enabled }}
+{{- $client := include "fractalq.tls.clientSecretName" $ }}
+- name: tls
+  projected:
+    defaultMode: 0440
+    sources:
+      - secret:
+          name: {{ $client | default (include "fractalq.tls.secretName" $) }}
+          items:
+            - key: ca.crt
+              path: ca.crt
+            {{- if $.Values.tls.mutual }}
+            - key: tls.crt
+              path: tls.crt
+            - key: tls.key
+              path: tls.key
+            {{- end }}
+{{- end }}
+{{- if $.Values.auth.enabled }}
+- name: token
+  secret:
+    secretName: {{ include "fractalq.auth.tokenSecretName" (dict "ctx" $ "role" .role) }}
+    defaultMode: 0440
+    items:
+      - key: token
+        path: {{ base (include "fractalq.auth.tokenFile" $) }}
+{{- end }}
+{{- end }}
+
+{{/* The mounts of those volumes. */}}
+{{- define "fractalq.client.volumeMounts" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: {{ include "fractalq.tls.dir" . }}
+  readOnly: true
+{{- end }}
+{{- if .Values.auth.enabled }}
+- name: token
+  mountPath: {{ include "fractalq.auth.tokenFile" . | dir }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* The FRACTALQ_* variables that point a client at those files. */}}
+{{- define "fractalq.client.env" -}}
+{{- $dir := include "fractalq.tls.dir" . }}
+{{- if .Values.tls.enabled }}
+- name: FRACTALQ_TLS_CA
+  value: {{ printf "%s/ca.crt" $dir | quote }}
+{{- if .Values.tls.mutual }}
+- name: FRACTALQ_TLS_CERT
+  value: {{ printf "%s/tls.crt" $dir | quote }}
+- name: FRACTALQ_TLS_KEY
+  value: {{ printf "%s/tls.key" $dir | quote }}
+{{- end }}
+{{- end }}
+{{- if .Values.auth.enabled }}
+- name: FRACTALQ_TOKEN_FILE
+  value: {{ include "fractalq.auth.tokenFile" . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* ---- tokens --------------------------------------------------------------------- */}}
+
+{{- define "fractalq.auth.roles" -}}
+{{- list "worker" "client" "reader" | toJson }}
+{{- end }}
+
+{{/* The Secret holding one role's token (key "token"); call with (dict "ctx" $ "role" "reader"). */}}
+{{- define "fractalq.auth.tokenSecretName" -}}
+{{- printf "%s-%s-token" (include "fractalq.fullname" .ctx) .role }}
+{{- end }}
+
+{{/* The Secret holding the coordinator's tokens file (key "tokens"). */}}
+{{- define "fractalq.auth.tokensSecretName" -}}
+{{- printf "%s-auth-tokens" (include "fractalq.fullname" .) }}
+{{- end }}
+
+{{/*
+One random token per role, made once per render into .Values.auth.generatedNow;
+a role's token already in the cluster (lookup of its Secret) is kept, so upgrades
+change nothing. To rotate one: delete its Secret and upgrade.
+*/}}
+{{- define "fractalq.auth.generate" -}}
+{{- if not (hasKey .Values.auth "generatedNow") }}
+{{- $tokens := dict }}
+{{- range $role := include "fractalq.auth.roles" . | fromJsonArray }}
+{{- $name := include "fractalq.auth.tokenSecretName" (dict "ctx" $ "role" $role) }}
+{{- $old := (lookup "v1" "Secret" $.Release.Namespace $name).data | default dict }}
+{{- $_ := set $tokens $role (index $old "token" | default "" | b64dec | default (randAlphaNum 40)) }}
+{{- end }}
+{{- $_ := set .Values.auth "generatedNow" $tokens }}
+{{- end }}
+{{- end }}
+
+{{/* The coordinator's --auth-tokens file: one "ROLE TOKEN" line per role. */}}
+{{- define "fractalq.auth.file" -}}
+{{- include "fractalq.auth.generate" . }}
+{{- $tokens := .Values.auth.generatedNow -}}
+# fractalq role tokens (ROLE TOKEN), made by the Helm chart; each role's own
+# Secret holds the same token.
+{{- range $role := include "fractalq.auth.roles" . | fromJsonArray }}
+{{ $role }} {{ index $tokens $role }}
+{{- end }}
+{{ end }}
