@@ -162,9 +162,19 @@ def coordinator(*args: str) -> subprocess.CompletedProcess[str]:
     return run_cli("coordinator", *args, timeout=20)
 
 
-def test_a_bad_host_is_one_line() -> None:
-    run = coordinator("--host", "not-a-host!!", "--port", "0", "--no-http")
-    one_line_error(run, "not-a-host!!", "unknown host")
+@pytest.mark.parametrize(
+    ("host", "needle"),
+    [
+        ("not-a-host!!", "not-a-host!!:0 (gRPC): unknown host"),
+        ("host.invalid", "host.invalid:0 (gRPC): unknown host"),
+        ("", "is not a host name"),
+        ("a\nforged log line", "'a\\nforged log line' is not a host name"),
+        ("x" * 300, "is not a host name"),
+    ],
+)
+def test_a_bad_host_is_one_line(host: str, needle: str) -> None:
+    run = coordinator("--host", host, "--port", "0", "--no-http")
+    one_line_error(run, needle)
 
 
 def test_a_taken_grpc_port_is_one_line() -> None:

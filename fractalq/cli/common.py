@@ -33,6 +33,18 @@ def address(value: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def listen_host(value: str) -> str:
+    """A host name or IP address to listen on (``[::1]`` is taken as ``::1``).
+
+    Whether it resolves is the coordinator's to say; this refuses what could
+    never be one, and what would break its error line in two (a newline).
+    """
+    host = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    if not host or len(host) > 253 or not host.isprintable() or any(c.isspace() for c in host):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a host name or IP address")
+    return host
+
+
 def _number(kind: type[int] | type[float], low: float | None, high: float | None):  # type: ignore[no-untyped-def]
     def parse(value: str) -> int | float:
         try:

@@ -11,13 +11,22 @@ import sys
 from typing import Any
 
 from fractalq import config, tasks
-from fractalq.cli.common import CommandError, address, integer, real, setup_logging
+from fractalq.cli.common import (
+    CommandError,
+    address,
+    integer,
+    listen_host,
+    real,
+    setup_logging,
+)
 from fractalq.config import CoordinatorConfig, WorkerConfig
 
 
 def add_parsers(commands: Any) -> None:
     coordinator = commands.add_parser("coordinator", help="run the gRPC coordinator")
-    coordinator.add_argument("--host", default=config.DEFAULT_HOST, help="address to listen on")
+    coordinator.add_argument(
+        "--host", type=listen_host, default=config.DEFAULT_HOST, help="address to listen on"
+    )
     coordinator.add_argument(
         "--port", type=integer(0, 65535), default=config.DEFAULT_PORT, help="gRPC port (0: any)"
     )
