@@ -7,6 +7,7 @@ sets them, so there is one way in; the defaults come from :mod:`fractalq.config`
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -88,6 +89,8 @@ class OperatorSettings:
                 value = kind(get(flag))
             except ValueError:
                 raise SettingsError(f"{name}={get(flag)!r} is not a number") from None
+            if not math.isfinite(value):  # NaN passes every comparison below
+                raise SettingsError(f"{name}={get(flag)!r} is not a finite number")
             if value < low:
                 raise SettingsError(f"{name} must be at least {low:g}")
             return value

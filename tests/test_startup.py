@@ -7,6 +7,7 @@ finite, payloads nested too deeply, a worker whose storage cannot be written.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -303,3 +304,11 @@ def test_an_ipv6_address_is_printed_so_that_a_client_can_use_it(tmp_path: Path) 
             assert client.stats().jobs_active == 0
     finally:
         process.stop()
+
+
+@pytest.mark.parametrize("variable", ["FRACTALQ_SCALE_INTERVAL", "FRACTALQ_SCALE_DOWN_WINDOW"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_the_operator_refuses_a_setting_that_is_not_finite(variable: str, value: str) -> None:
+    env = {**os.environ, variable: value}
+    run = run_cli("operator", "--storage", "s3://bucket", env=env, timeout=30)
+    one_line_error(run, variable, "not a finite number")
