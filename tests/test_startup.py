@@ -144,12 +144,15 @@ def test_a_second_coordinator_on_a_data_folder_in_use_exits_and_writes_nothing(
         assert client.stats().queued == 3
 
 
-def test_the_data_folder_is_free_again_once_its_coordinator_stopped(
-    cluster: ProcessGroup, tmp_path: Path
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_the_data_folder_is_free_again_once_its_coordinator_ended(
+    cluster: ProcessGroup, how: str
 ) -> None:
     first = cluster.start_coordinator()
     with first.client() as client:
         client.submit(pb.SubmitJobRequest(task_type="noop", count=2))
+    if how == "SIGKILL":
+        first.kill9()  # no clean-up ran: the kernel dropped the lock with the process
     first.stop()
     second = cluster.start_coordinator(data=first.data, name="second")
     with second.client() as client:
