@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sqlite3
 import time
@@ -57,6 +58,9 @@ async def serve(
     try:
         check_listen(settings.host, settings.port, "gRPC")
         if settings.http_port is not None:
+            if settings.http_port == settings.port != 0:
+                where = show_address(settings.host, settings.http_port)
+                raise StartupError(f"cannot listen on {where} (HTTP): it is the gRPC port")
             check_listen(settings.host, settings.http_port, "HTTP")
         await _serve(settings, started, stop)
     finally:
@@ -124,7 +128,8 @@ async def _serve(
             await runner.cleanup()
             await server.stop(None)
             where = show_address(settings.host, settings.http_port)
-            raise StartupError(f"cannot listen on {where} (HTTP): {error.strerror}") from None
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            raise StartupError(f"cannot listen on {where} (HTTP): {reason}") from None
         http_port = int(runner.addresses[0][1])
 
     stop = stop or asyncio.Event()

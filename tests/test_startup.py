@@ -203,6 +203,16 @@ def test_a_taken_http_port_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "data" / "fractalq.db").exists()
 
 
+def test_the_same_port_for_grpc_and_http_is_one_line(tmp_path: Path) -> None:
+    port = str(free_port())
+    run = coordinator(
+        "--host", "127.0.0.1", "--port", port, "--http-port", port,
+        "--data", str(tmp_path / "data"),
+    )  # fmt: skip
+    one_line_error(run, f"127.0.0.1:{port} (HTTP)", "it is the gRPC port")
+    assert not (tmp_path / "data" / "fractalq.db").exists()
+
+
 @pytest.mark.parametrize(
     ("make", "needle"),
     [
