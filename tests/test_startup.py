@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from procs import Process, ProcessGroup, fractalq, free_port, run_cli
+from s3server import SeaweedS3
 
 from fractalq.client import Client, ClientError
 from fractalq.proto import fractalq_pb2 as pb
@@ -268,6 +269,25 @@ def test_a_worker_with_a_bad_storage_url_exits_with_one_line(cluster: ProcessGro
     coordinator = cluster.start_coordinator()
     run = run_cli("worker", "--coordinator", coordinator.address, "--storage", "ftp://x/y")
     one_line_error(run, "storage URL must be")
+    with coordinator.client() as client:
+        assert len(client.stats().workers) == 0
+
+
+@pytest.mark.parametrize("problem", ["missing bucket", "wrong secret"])
+def test_a_worker_whose_bucket_cannot_be_used_exits_and_never_registers(
+    cluster: ProcessGroup, s3_server: SeaweedS3, problem: str
+) -> None:
+    coordinator = cluster.start_coordinator()
+    if problem == "missing bucket":
+        bucket, env = "no-such-bucket-here", s3_server.env()
+    else:
+        bucket, env = s3_server.make_bucket(), s3_server.env(AWS_SECRET_ACCESS_KEY="wrong")
+    url = f"s3://{bucket}/renders"
+    run = run_cli(
+        "worker", "--coordinator", coordinator.address, "--storage", url,
+        env={**os.environ, **env}, timeout=60,
+    )  # fmt: skip
+    one_line_error(run, "--storage", bucket)
     with coordinator.client() as client:
         assert len(client.stats().workers) == 0
 
