@@ -1089,6 +1089,549 @@ def test_notes_explain_how_to_submit_a_job(chart_helm: Helm) -> None:
     assert "--connect-to" not in notes and "signed for http://localhost:9000" in notes
 
 
+# ---- TLS, tokens and the NetworkPolicy ----------------------------------------------------
+
+# The Secrets the default values render, by name: (type, keys).
+SECURITY_SECRETS = {
+    "fractalq-ca": ("kubernetes.io/tls", {"tls.crt", "tls.key"}),
+    "fractalq-coordinator-tls": ("kubernetes.io/tls", {"tls.crt", "tls.key", "ca.crt"}),
+    "fractalq-client-tls": ("Opaque", {"ca.crt"}),
+    "fractalq-auth-tokens": ("Opaque", {"tokens"}),
+    "fractalq-worker-token": ("Opaque", {"token"}),
+    "fractalq-client-token": ("Opaque", {"token"}),
+    "fractalq-reader-token": ("Opaque", {"token"}),
+}
+# The one token Secret each component mounts (none for MinIO; the reader's is for people).
+TOKEN_SECRET = {
+    "coordinator": "fractalq-auth-tokens",
+    "worker": "fractalq-worker-token",
+    "operator": "fractalq-client-token",
+}
+# Secrets a user brings (tls.existingSecret, tls.existingClientSecret in OPTIONS).
+USER_SECRETS = {"my-tls", "my-client-tls"}
+
+
+def secret_data(docs: list[Doc], name: str) -> dict[str, bytes]:
+    [secret] = [s for s in objects(docs, "Secret") if s["metadata"]["name"] == name]
+    return {key: base64.b64decode(value) for key, value in secret["data"].items()}
+
+
+def mounted_files(pod: Doc, container: Doc) -> dict[str, tuple[str, str]]:
+    """Every file a container reads from a Secret: path -> (Secret name, key)."""
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    files: dict[str, tuple[str, str]] = {}
+    for mount in container.get("volumeMounts", []):
+        volume = volumes.get(mount["name"], {})  # absent: a StatefulSet's claim template
+        sources = []
+        if "secret" in volume:
+            sources.append((volume["secret"]["secretName"], volume["secret"].get("items")))
+        for source in volume.get("projected", {}).get("sources", []):
+            sources.append((source["secret"]["name"], source["secret"].get("items")))
+        for secret, items in sources:
+            # Named keys only: a Secret's other keys never reach the container.
+            assert items, f"{container['name']} mounts all of {secret}"
+            for item in items:
+                files[f"{mount['mountPath'].rstrip('/')}/{item['path']}"] = (secret, item["key"])
+    return files
+
+
+def secrets_referenced(pod: Doc) -> set[str]:
+    """The Secrets a pod's kubelet fetches: volumes, projected sources, env references."""
+    names = set()
+    for volume in pod.get("volumes", []):
+        if "secret" in volume:
+            names.add(volume["secret"]["secretName"])
+        for source in volume.get("projected", {}).get("sources", []):
+            names.add(source["secret"]["name"])
+    for container in containers(pod):
+        for entry in container.get("env", []):
+            if "secretKeyRef" in entry.get("valueFrom", {}):
+                names.add(entry["valueFrom"]["secretKeyRef"]["name"])
+        for source in container.get("envFrom", []):
+            if "secretRef" in source:
+                names.add(source["secretRef"]["name"])
+    return names
+
+
+def provided(docs: list[Doc], secret: str, key: str) -> bool:
+    """Whether the release fills ``key`` of ``secret``: a rendered Secret holds it, or a
+    cert-manager Certificate writes it (tls.crt, tls.key and, from a CA issuer, ca.crt),
+    or it is a Secret the user brings (with the keys values.yaml asks for)."""
+    for doc in docs:
+        if doc["kind"] == "Secret" and doc["metadata"]["name"] == secret:
+            return key in doc["data"]
+        if doc["kind"] == "Certificate" and doc["spec"]["secretName"] == secret:
+            return key in ("tls.crt", "tls.key", "ca.crt")
+    return secret in USER_SECRETS and key in ("tls.crt", "tls.key", "ca.crt")
+
+
+def component_of(workload: Doc) -> str:
+    component: str = workload["metadata"]["labels"]["app.kubernetes.io/component"]
+    return component
+
+
+def test_default_values_render_the_tls_and_token_secrets(chart_helm: Helm) -> None:
+    docs = chart_helm.template()
+    rendered = {
+        s["metadata"]["name"]: (s["type"], set(s["data"]))
+        for s in objects(docs, "Secret")
+        if s["metadata"]["name"] != "fractalq-storage"
+    }
+    assert rendered == SECURITY_SECRETS
+    assert not objects(docs, "Certificate") and not objects(docs, "Issuer")
+    # (test_rendered_objects_match_the_kubernetes_api validates each against the API.)
+
+
+@pytest.mark.parametrize("option", ["defaults", "mutual-tls", "name-override", "tokens-only"])
+def test_tokens_file_and_role_secrets_agree(chart_helm: Helm, option: str) -> None:
+    from fractalq.security.tokens import Role, TokenTable
+
+    docs = chart_helm.template(*OPTIONS[option])
+    prefix = "fractalq-fq" if option == "name-override" else "fractalq"
+    text = secret_data(docs, f"{prefix}-auth-tokens")["tokens"].decode()
+    table = TokenTable.parse(text)  # the coordinator's own parser accepts the file
+    assert len(table) == len(Role)
+    tokens = {}
+    for role in Role:
+        token = secret_data(docs, f"{prefix}-{role.value}-token")["token"].decode()
+        assert table.role(token) is role
+        assert config.MIN_TOKEN_LENGTH <= len(token) <= config.MAX_TOKEN_LENGTH
+        assert re.fullmatch(r"[A-Za-z0-9]+", token)
+        tokens[role] = token
+    assert len(set(tokens.values())) == len(Role)
+    # Random per install (helm template has no cluster to look the old ones up in).
+    again = chart_helm.template(*OPTIONS[option], *sets("commonLabels.x=y"))
+    assert secret_data(again, f"{prefix}-worker-token")["token"].decode() != tokens[Role.WORKER]
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        "defaults",
+        "mutual-tls",
+        "cert-manager",
+        "cert-manager-issuer-mutual",
+        "existing-tls",
+        "existing-tls-mutual",
+        "tokens-only",
+        "tls-only",
+        "plaintext",
+    ],
+)
+def test_each_component_reads_only_its_own_secrets(chart_helm: Helm, option: str) -> None:
+    docs = chart_helm.template(*OPTIONS[option])
+    auth = "auth.enabled=false" not in OPTIONS[option]
+    coordinator_pod = one(docs, "StatefulSet", "coordinator")["spec"]["template"]["spec"]
+    [coordinator] = coordinator_pod["containers"]
+    coordinator_files = mounted_files(coordinator_pod, coordinator)
+    server_secret = None
+    if "--tls-cert" in coordinator["args"]:
+        server_secret = coordinator_files[flag(coordinator["args"], "--tls-cert")][0]
+    seen = set()
+    for workload, pod in pod_specs(docs):
+        component = component_of(workload)
+        referenced = secrets_referenced(pod)
+        tokens = {name for name in referenced if name.endswith(("-token", "-auth-tokens"))}
+        expected = {TOKEN_SECRET[component]} if auth and component in TOKEN_SECRET else set()
+        assert tokens == expected, component
+        # The CA's key is Helm's alone; the coordinator's key is the coordinator's alone.
+        assert "fractalq-ca" not in referenced, component
+        if component != "coordinator":
+            for container in pod["containers"]:
+                for secret, key in mounted_files(pod, container).values():
+                    assert key != "tls.key" or secret != server_secret, component
+        if option in ("defaults", "mutual-tls") and component != "coordinator":
+            # Helm's own certificates: clients never even reference the coordinator's Secret.
+            assert "fractalq-coordinator-tls" not in referenced, component
+        seen.add(component)
+    assert seen == {"coordinator", "worker", "operator", "minio"}
+    for _, pod in pod_specs(docs):
+        assert "fractalq-reader-token" not in secrets_referenced(pod)  # for people only
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        "defaults",
+        "mutual-tls",
+        "cert-manager",
+        "cert-manager-issuer-mutual",
+        "existing-tls",
+        "existing-tls-mutual",
+        "tokens-only",
+        "tls-only",
+        "plaintext",
+    ],
+)
+def test_security_flags_and_variables_name_mounted_files(chart_helm: Helm, option: str) -> None:
+    from fractalq import endpoint
+
+    docs = chart_helm.template(*OPTIONS[option])
+    tls = "tls.enabled=false" not in OPTIONS[option]
+    auth = "auth.enabled=false" not in OPTIONS[option]
+    mutual = "tls.mutual=true" in OPTIONS[option]
+
+    def check(files: dict[str, tuple[str, str]], path: str | None, key: str) -> str:
+        assert path is not None and path in files, (path, sorted(files))
+        secret, mounted_key = files[path]
+        assert mounted_key == key, path
+        assert provided(docs, secret, key), (secret, key)
+        return secret
+
+    statefulset = one(docs, "StatefulSet", "coordinator")
+    pod = statefulset["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    files = mounted_files(pod, container)
+    args = build_parser().parse_args(container["args"])
+    assert args.host == "0.0.0.0"  # the coordinator's own default is 127.0.0.1
+    assert (args.tls_cert is not None, args.tls_key is not None) == (tls, tls)
+    assert (args.tls_client_ca is not None) == mutual
+    assert (args.auth_tokens is not None) == auth
+    if tls:
+        server = check(files, args.tls_cert, "tls.crt")
+        assert check(files, args.tls_key, "tls.key") == server
+        if mutual:
+            check(files, args.tls_client_ca, "ca.crt")
+    if auth:
+        assert check(files, args.auth_tokens, "tokens") == TOKEN_SECRET["coordinator"]
+    assert not any(name.startswith("FRACTALQ_") for name in env_of(container))
+
+    for component in ("worker", "operator"):
+        pod = one(docs, "Deployment", component)["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        files = mounted_files(pod, container)
+        variables = {
+            name: env_value(container, name)
+            for name in env_of(container)
+            if name.startswith("FRACTALQ_TLS_") or name.startswith("FRACTALQ_TOKEN")
+        }
+        expected = set()
+        if tls:
+            expected.add(endpoint.ENV_TLS_CA)
+            check(files, variables.get(endpoint.ENV_TLS_CA), "ca.crt")
+        if mutual:
+            expected |= {endpoint.ENV_TLS_CERT, endpoint.ENV_TLS_KEY}
+            client = check(files, variables.get(endpoint.ENV_TLS_CERT), "tls.crt")
+            assert check(files, variables.get(endpoint.ENV_TLS_KEY), "tls.key") == client
+        if auth:
+            expected.add(endpoint.ENV_TOKEN_FILE)
+            secret = check(files, variables.get(endpoint.ENV_TOKEN_FILE), "token")
+            assert secret == TOKEN_SECRET[component]
+        assert set(variables) == expected, component
+        # Everything mounted is used: no stray certificate or token in the pod.
+        assert set(files) == set(variables.values()), component
+        assert all(path.startswith("/etc/fractalq/") for path in files)
+
+
+@pytest.mark.parametrize("option", ["defaults", "mutual-tls", "cert-manager", "plaintext"])
+def test_probes_reach_what_answers_without_a_token(chart_helm: Helm, option: str) -> None:
+    from fractalq.security.tokens import OPEN_PATHS, OPEN_SERVICES
+
+    docs = chart_helm.template(*OPTIONS[option])
+    container = container_of(docs, "StatefulSet", "coordinator")
+    args = container["args"]
+    tls = "--tls-cert" in args
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = container[kind]
+        if "grpc" in probe:
+            # The kubelet's gRPC probe has no TLS and no token: only for plaintext, where
+            # the standard health service answers everybody.
+            assert not tls, kind
+            assert probe["grpc"]["port"] == int(flag(args, "--port"))
+            assert "service" not in probe["grpc"]
+            assert "grpc.health.v1.Health" in OPEN_SERVICES
+        else:
+            get = probe["httpGet"]
+            port = ports[get["port"]] if isinstance(get["port"], str) else get["port"]
+            assert port == int(flag(args, "--http-port")), kind
+            assert get["path"] in OPEN_PATHS, kind
+            assert get.get("scheme", "HTTP") == ("HTTPS" if tls else "HTTP"), kind
+            assert "httpHeaders" not in get, kind  # no token
+    if tls:
+        assert all("grpc" not in container[kind] for kind in ("startupProbe", "readinessProbe"))
+
+
+def network_policy(docs: list[Doc]) -> Doc:
+    return one(docs, "NetworkPolicy", "coordinator")
+
+
+@pytest.mark.parametrize("option", ["defaults", "fullname-override", "network-peers"])
+def test_only_workers_and_the_operator_reach_the_grpc_port(chart_helm: Helm, option: str) -> None:
+    docs = chart_helm.template(*OPTIONS[option])
+    policy = network_policy(docs)["spec"]
+    statefulset = one(docs, "StatefulSet", "coordinator")
+    assert policy["podSelector"]["matchLabels"] == statefulset["spec"]["selector"]["matchLabels"]
+    assert policy["policyTypes"] == ["Ingress"]
+    args = statefulset["spec"]["template"]["spec"]["containers"][0]["args"]
+    grpc_port, http_port = int(flag(args, "--port")), int(flag(args, "--http-port"))
+    by_port = {}
+    for rule in policy["ingress"]:
+        [port] = rule["ports"]
+        assert port["protocol"] == "TCP"
+        by_port[port["port"]] = rule.get("from")
+    assert set(by_port) == {grpc_port, http_port}
+
+    # gRPC: the pods of the worker and operator Deployments, and nothing else of the chart's.
+    peers = by_port[grpc_port]
+    selectors = [peer["podSelector"]["matchLabels"] for peer in peers if "podSelector" in peer]
+    for workload, _ in pod_specs(docs):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        admitted = any(selector.items() <= labels.items() for selector in selectors)
+        assert admitted == (component_of(workload) in ("worker", "operator")), workload["kind"]
+    extra = [peer for peer in peers if "podSelector" not in peer]
+    if option == "network-peers":
+        assert extra == [{"namespaceSelector": {"matchLabels": {"team": "ci"}}}]
+        assert by_port[http_port] == [
+            {"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}
+        ]
+    else:
+        assert extra == []
+        # HTTP: from anywhere (the kubelet's probes, Prometheus; /api/* needs a token).
+        assert by_port[http_port] is None
+
+
+def test_network_policy_follows_the_ports_and_can_be_turned_off(chart_helm: Helm) -> None:
+    docs = chart_helm.template(*sets("coordinator.port=6000", "coordinator.httpPort=6001"))
+    assert {r["ports"][0]["port"] for r in network_policy(docs)["spec"]["ingress"]} == {6000, 6001}
+    assert not objects(chart_helm.template(*sets("networkPolicy.enabled=false")), "NetworkPolicy")
+
+
+def load_certificate(pem: bytes) -> Any:
+    x509 = pytest.importorskip(
+        "cryptography.x509", reason="the cryptography package is needed to read certificates"
+    )
+    return x509.load_pem_x509_certificate(pem)
+
+
+def spki(certificate: Any) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    der: bytes = certificate.public_key().public_bytes(
+        Encoding.DER, PublicFormat.SubjectPublicKeyInfo
+    )
+    return der
+
+
+def public_key(key_pem: bytes) -> bytes:
+    """The public half of a PEM private key, as DER, to compare with a certificate's."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+@pytest.mark.parametrize("option", ["defaults", "mutual-tls", "everything-else"])
+def test_helm_makes_a_ca_and_certificates_for_the_coordinators_names(
+    chart_helm: Helm, option: str
+) -> None:
+    import datetime
+    import ipaddress
+
+    x509 = pytest.importorskip(
+        "cryptography.x509", reason="the cryptography package is needed to read certificates"
+    )
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    docs = chart_helm.template(*OPTIONS[option])
+    ca_secret = secret_data(docs, "fractalq-ca")
+    server_secret = secret_data(docs, "fractalq-coordinator-tls")
+    client_secret = secret_data(docs, "fractalq-client-tls")
+    ca = load_certificate(ca_secret["tls.crt"])
+    assert server_secret["ca.crt"] == client_secret["ca.crt"] == ca_secret["tls.crt"]
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
+    now = datetime.datetime.now(datetime.UTC)
+    assert ca.not_valid_after_utc - now > datetime.timedelta(days=config.CA_DAYS - 1)
+
+    server = load_certificate(server_secret["tls.crt"])
+    server.verify_directly_issued_by(ca)
+    assert public_key(server_secret["tls.key"]) == spki(server)
+    assert server.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    lifetime = server.not_valid_after_utc - now
+    assert datetime.timedelta(days=config.CERT_DAYS - 1) < lifetime
+    assert lifetime <= datetime.timedelta(days=config.CERT_DAYS)
+    usages = server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.SERVER_AUTH in usages
+
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    dns = set(names.get_values_for_type(x509.DNSName))
+    ips = {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+    # Every name a pod uses for the coordinator's Service, and the port-forward's.
+    domain = "corp.example" if option == "everything-else" else "cluster.local"
+    for service in objects(docs, "Service", "coordinator"):  # the ClusterIP and headless ones
+        name = service["metadata"]["name"]
+        for dns_name in (
+            name,
+            f"{name}.{NAMESPACE}",
+            f"{name}.{NAMESPACE}.svc",
+            f"{name}.{NAMESPACE}.svc.{domain}",
+        ):
+            assert dns_name in dns, dns_name
+    assert "localhost" in dns
+    address = env_value(container_of(docs, "Deployment", "operator"), "FRACTALQ_COORDINATOR")
+    assert address.rsplit(":", 1)[0] in dns  # the host the workers and the operator dial
+    assert {"127.0.0.1", "::1"} <= ips
+    assert all(ipaddress.ip_address(ip) for ip in ips)
+    if option == "everything-else":
+        assert "fractalq.example.com" in dns and "192.0.2.7" in ips
+
+    if option == "mutual-tls":
+        client = load_certificate(client_secret["tls.crt"])
+        client.verify_directly_issued_by(ca)
+        usages = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert ExtendedKeyUsageOID.CLIENT_AUTH in usages
+        assert public_key(client_secret["tls.key"]) == spki(client)
+    else:
+        assert set(client_secret) == {"ca.crt"}
+
+
+@pytest.mark.parametrize("option", ["cert-manager", "cert-manager-issuer-mutual"])
+def test_cert_manager_makes_the_certificates(chart_helm: Helm, option: str) -> None:
+    docs = chart_helm.template(*OPTIONS[option])
+    # cert-manager writes the TLS Secrets; Helm makes none (the tokens are still Helm's).
+    assert {s["metadata"]["name"] for s in objects(docs, "Secret")} == {
+        "fractalq-storage",
+        "fractalq-auth-tokens",
+        "fractalq-worker-token",
+        "fractalq-client-token",
+        "fractalq-reader-token",
+    }
+    certificates = {c["metadata"]["name"]: c["spec"] for c in objects(docs, "Certificate")}
+    issuers = {i["metadata"]["name"]: i["spec"] for i in objects(docs, "Issuer")}
+    server = certificates["fractalq-coordinator"]
+    coordinator = container_of(docs, "StatefulSet", "coordinator")
+    pod = one(docs, "StatefulSet", "coordinator")["spec"]["template"]["spec"]
+    assert mounted_files(pod, coordinator)[flag(coordinator["args"], "--tls-cert")] == (
+        server["secretName"],
+        "tls.crt",
+    )
+    assert "fractalq-coordinator" in server["dnsNames"]
+    assert f"fractalq-coordinator.{NAMESPACE}.svc.cluster.local" in server["dnsNames"]
+    assert "localhost" in server["dnsNames"] and "127.0.0.1" in server["ipAddresses"]
+    assert "server auth" in server["usages"]
+    if option == "cert-manager":
+        # The chart's own CA: self-signed Issuer -> CA Certificate -> CA Issuer.
+        assert issuers["fractalq-selfsigned"] == {"selfSigned": {}}
+        ca = certificates["fractalq-ca"]
+        assert ca["isCA"] is True
+        assert ca["issuerRef"]["name"] == "fractalq-selfsigned"
+        assert issuers["fractalq-ca"] == {"ca": {"secretName": ca["secretName"]}}
+        assert server["issuerRef"] == {
+            "name": "fractalq-ca",
+            "kind": "Issuer",
+            "group": "cert-manager.io",
+        }
+        assert set(certificates) == {"fractalq-ca", "fractalq-coordinator"}
+    else:
+        assert not issuers
+        assert set(certificates) == {"fractalq-coordinator", "fractalq-client"}
+        client = certificates["fractalq-client"]
+        reference = {"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+        assert server["issuerRef"] == client["issuerRef"] == reference
+        assert "client auth" in client["usages"]
+        worker = container_of(docs, "Deployment", "worker")
+        pod = one(docs, "Deployment", "worker")["spec"]["template"]["spec"]
+        assert mounted_files(pod, worker)[env_value(worker, "FRACTALQ_TLS_CERT")] == (
+            client["secretName"],
+            "tls.crt",
+        )
+
+
+@pytest.mark.parametrize("option", ["existing-tls", "existing-tls-mutual"])
+def test_an_existing_tls_secret_is_used_as_it_is(chart_helm: Helm, option: str) -> None:
+    docs = chart_helm.template(*OPTIONS[option])
+    assert not objects(docs, "Certificate")
+    names = {s["metadata"]["name"] for s in objects(docs, "Secret")}
+    assert not names & {"fractalq-ca", "fractalq-coordinator-tls", "fractalq-client-tls"}
+    pod = one(docs, "StatefulSet", "coordinator")["spec"]["template"]["spec"]
+    assert {secret for secret, _ in mounted_files(pod, pod["containers"][0]).values()} == {
+        "my-tls",
+        "fractalq-auth-tokens",
+    }
+    pod = one(docs, "Deployment", "worker")["spec"]["template"]["spec"]
+    tls_files = {
+        path: source
+        for path, source in mounted_files(pod, pod["containers"][0]).items()
+        if source[1] != "token"
+    }
+    if option == "existing-tls":
+        assert set(tls_files.values()) == {("my-tls", "ca.crt")}
+    else:
+        assert set(tls_files.values()) == {
+            ("my-client-tls", "ca.crt"),
+            ("my-client-tls", "tls.crt"),
+            ("my-client-tls", "tls.key"),
+        }
+
+
+@pytest.mark.parametrize(
+    "assignments",
+    [
+        ("tls.existingSecret=my-tls", "tls.mutual=true"),
+        ("tls.existingSecret=my-tls", "tls.certManager.enabled=true"),
+    ],
+    ids=["mutual without client secret", "existing and cert-manager"],
+)
+def test_contradictory_tls_values_are_refused(
+    chart_helm: Helm, assignments: tuple[str, ...]
+) -> None:
+    result = chart_helm.run("template", RELEASE, str(CHART), *sets(*assignments))
+    assert result.returncode != 0
+    assert "schema" in result.stderr, result.stderr
+
+
+def test_tls_and_tokens_off_render_the_old_plaintext_shape(chart_helm: Helm) -> None:
+    docs = chart_helm.template(*OPTIONS["plaintext"])
+    assert [s["metadata"]["name"] for s in objects(docs, "Secret")] == ["fractalq-storage"]
+    assert not objects(docs, "NetworkPolicy") and not objects(docs, "Certificate")
+    coordinator = container_of(docs, "StatefulSet", "coordinator")
+    assert coordinator["args"] == [
+        "coordinator",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(config.DEFAULT_PORT),
+        "--http-port",
+        str(config.DEFAULT_HTTP_PORT),
+        "--data",
+        "/data",
+        "--worker-timeout",
+        f"{config.DEFAULT_WORKER_TIMEOUT:g}",
+        "--retention",
+        f"{config.DEFAULT_RETENTION:g}",
+    ]
+    assert coordinator["readinessProbe"]["grpc"]["port"] == config.DEFAULT_PORT
+    assert coordinator["startupProbe"]["grpc"]["port"] == config.DEFAULT_PORT
+    assert coordinator["livenessProbe"]["httpGet"]["scheme"] == "HTTP"
+    for workload, pod in pod_specs(docs):
+        assert [v["name"] for v in pod["volumes"] if "emptyDir" in v] == ["tmp"]
+        assert {v["name"] for v in pod["volumes"]} <= {"tmp", "data"}
+        assert not any(
+            "checksum/" in key
+            for key in workload["spec"]["template"]["metadata"].get("annotations", {})
+        )
+        for container in containers(pod):
+            assert not [
+                n for n in env_of(container) if n.startswith(("FRACTALQ_TLS", "FRACTALQ_TOKEN"))
+            ]
+    annotations = one(docs, "StatefulSet", "coordinator")["spec"]["template"]["metadata"]
+    assert "prometheus.io/scheme" not in annotations["annotations"]
+
+
+def test_values_mirror_the_security_configuration() -> None:
+    values = yaml.safe_load(VALUES_FILE.read_text())
+    assert values["tls"]["generated"]["validityDays"] == config.CERT_DAYS
+    assert values["tls"]["generated"]["caValidityDays"] == config.CA_DAYS
+    assert values["tls"]["enabled"] is True and values["auth"]["enabled"] is True
+    assert values["networkPolicy"]["enabled"] is True
+    # The chart's tokens: 40 random letters and digits, within the coordinator's limits.
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    [length] = re.findall(r"randAlphaNum (\d+)", helpers)
+    assert config.MIN_TOKEN_LENGTH <= int(length) <= config.MAX_TOKEN_LENGTH
+
+
 # ---- image and quick start ------------------------------------------------------------------
 
 
