@@ -14,7 +14,9 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import re
+import socket
 import subprocess
 import time
 import tomllib
@@ -37,6 +39,7 @@ from chart_tools import (
     helm_environment,
 )
 from chart_tools import openapi_to_json_schema as to_json_schema
+from procs import Process, ProcessGroup, fractalq, run_cli, wait_until
 
 from fractalq import config
 from fractalq.cli import build_parser
@@ -1731,6 +1734,104 @@ def certificate_names(data: str) -> set[str] | None:
     certificate = x509.load_pem_x509_certificate(base64.b64decode(data))
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     return set(names.get_values_for_type(x509.DNSName))
+
+
+def materialise(docs: list[Doc], kind: str, component: str, root: Path) -> dict[str, str]:
+    """Write the Secret files one container mounts under ``root`` (as the kubelet would
+    under /); return chart path -> local path."""
+    pod = one(docs, kind, component)["spec"]["template"]["spec"]
+    local = {}
+    for path, (secret, key) in mounted_files(pod, pod["containers"][0]).items():
+        target = root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(secret_data(docs, secret)[key])
+        target.chmod(0o400)
+        local[path] = str(target)
+    return local
+
+
+def client_environment(docs: list[Doc], component: str, root: Path) -> dict[str, str]:
+    """The environment a worker or operator container gets from the chart (its TLS and
+    token variables), with its files written under ``root``."""
+    files = materialise(docs, "Deployment", component, root)
+    container = container_of(docs, "Deployment", component)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRACTALQ_")}
+    for name in env_of(container):
+        if name.startswith(("FRACTALQ_TLS_", "FRACTALQ_TOKEN")):
+            env[name] = files[env_value(container, name)]
+    return env
+
+
+@pytest.mark.parametrize("option", ["defaults", "mutual-tls"])
+def test_the_chart_files_secure_a_real_coordinator(
+    chart_helm: Helm, cluster: ProcessGroup, tmp_path: Path, option: str
+) -> None:
+    """The coordinator started with the chart's flags and its Secrets' files: the probe
+    path answers over HTTPS without a token, for the names the pods use; the operator's
+    client token reads the queue, the worker token may not; a worker with the worker
+    pod's variables registers."""
+    import http.client
+    import ssl
+
+    docs = chart_helm.template(*OPTIONS[option])
+    files = materialise(docs, "StatefulSet", "coordinator", tmp_path / "coordinator")
+    chart_args = container_of(docs, "StatefulSet", "coordinator")["args"]
+    security = chart_args[chart_args.index("--tls-cert") :]  # after the plain flags
+    assert set(security[::2]) >= {"--tls-cert", "--tls-key", "--auth-tokens"}
+    coordinator = cluster.start_coordinator(extra=tuple(files.get(a, a) for a in security))
+
+    operator = client_environment(docs, "operator", tmp_path / "operator")
+    worker = client_environment(docs, "worker", tmp_path / "worker")
+    context = ssl.create_default_context(cafile=operator["FRACTALQ_TLS_CA"])
+    # The names the workers and the operator dial, and the port-forward's, all verify.
+    service = env_value(container_of(docs, "Deployment", "operator"), "FRACTALQ_COORDINATOR")
+    for name in (service.rsplit(":", 1)[0], "localhost"):
+        with (
+            socket.create_connection(("127.0.0.1", coordinator.http_port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=name) as tls,
+        ):
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+
+    def get(path: str, token: str | None = None) -> int:
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", coordinator.http_port, context=context, timeout=10
+        )
+        try:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            connection.request("GET", path, headers=headers)
+            return connection.getresponse().status
+        finally:
+            connection.close()
+
+    probe = container_of(docs, "StatefulSet", "coordinator")["readinessProbe"]["httpGet"]
+    assert get(probe["path"]) == 200  # the kubelet's probe: no token
+    assert get("/api/stats") == 401
+    reader = secret_data(docs, "fractalq-reader-token")["token"].decode()
+    assert get("/api/stats", reader) == 200
+
+    address = f"127.0.0.1:{coordinator.port}"
+    status = run_cli("status", "--coordinator", address, env=operator)
+    assert status.returncode == 0, status.stderr
+    refused = run_cli("status", "--coordinator", address, env=worker)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    plain = {k: v for k, v in operator.items() if not k.startswith("FRACTALQ_TLS_")}
+    assert run_cli("status", "--coordinator", address, env=plain).returncode != 0
+
+    storage = tmp_path / "store"
+    storage.mkdir()
+    cluster.processes.append(
+        Process(
+            fractalq("worker", "--coordinator", address, "--storage", storage.as_uri()),
+            tmp_path / "worker.log",
+            env=worker,
+        )
+    )
+
+    def one_worker() -> bool:
+        result = run_cli("status", "--coordinator", address, env=operator)
+        return "workers: 1" in result.stdout
+
+    wait_until(one_worker, message="the worker to register with the worker token")
 
 
 def test_values_mirror_the_security_configuration() -> None:
