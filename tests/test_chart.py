@@ -1834,6 +1834,42 @@ def test_the_chart_files_secure_a_real_coordinator(
     wait_until(one_worker, message="the worker to register with the worker token")
 
 
+@pytest.mark.parametrize("option", ["defaults", "mutual-tls", "cert-manager", "plaintext"])
+def test_notes_say_how_to_reach_the_coordinator(chart_helm: Helm, option: str) -> None:
+    import shlex
+
+    result = chart_helm.run(
+        "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
+        *OPTIONS[option],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    docs = chart_helm.template(*OPTIONS[option])
+    tls = "tls.enabled=false" not in OPTIONS[option]
+    # Every Secret key the notes read is one the release provides.
+    reads = re.findall(r"kubectl get secret -n (\S+) (\S+) -o jsonpath='\{\.data\.(\S+)\}'", notes)
+    for namespace, secret, key in reads:
+        assert namespace == NAMESPACE
+        assert provided(docs, secret, key.replace("\\.", ".")), (secret, key)
+    read = {(secret, key.replace("\\.", ".")) for _, secret, key in reads}
+    if tls:
+        assert any(key == "ca.crt" for _, key in read)
+    else:
+        assert "https://" not in notes
+    if option != "plaintext":
+        assert ("fractalq-reader-token", "token") in read
+    # The status command parses, with the files the notes just wrote.
+    [line] = [line for line in notes.splitlines() if line.strip().startswith("fractalq status")]
+    command = build_parser().parse_args(shlex.split(line)[1:])
+    assert command.coordinator == f"127.0.0.1:{config.DEFAULT_PORT}"
+    assert command.tls_ca == ("ca.crt" if tls else None)
+    assert (command.tls_cert, command.tls_key) == (
+        ("client.crt", "client.key") if option == "mutual-tls" else (None, None)
+    )
+    assert command.token_file == (None if option == "plaintext" else "reader.token")
+    assert f"svc/fractalq-coordinator {config.DEFAULT_PORT}:{config.DEFAULT_PORT}" in notes
+
+
 def test_values_mirror_the_security_configuration() -> None:
     values = yaml.safe_load(VALUES_FILE.read_text())
     assert values["tls"]["generated"]["validityDays"] == config.CERT_DAYS
