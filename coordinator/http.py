@@ -17,6 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fractalq import config
 from fractalq.coordinator.metrics import registry
 from fractalq.coordinator.service import CoordinatorService, job_message
+from fractalq.security.auth import http_middleware
+from fractalq.security.tokens import TokenTable
 
 
 def _json(message: Message) -> web.Response:
@@ -25,7 +27,8 @@ def _json(message: Message) -> web.Response:
     )
 
 
-def make_app(service: CoordinatorService) -> web.Application:
+def make_app(service: CoordinatorService, tokens: TokenTable | None = None) -> web.Application:
+    """The routes; with ``tokens``, everything but /healthz and /metrics needs one."""
     routes = web.RouteTableDef()
     metrics = registry(service.stats)
 
@@ -68,6 +71,6 @@ def make_app(service: CoordinatorService) -> web.Application:
             raise web.HTTPNotFound(text="no such job")
         return _json(job_message(found))
 
-    app = web.Application()
+    app = web.Application(middlewares=[http_middleware(tokens)] if tokens else [])
     app.add_routes(routes)
     return app

@@ -23,6 +23,7 @@ from fractalq.coordinator.lock import DataFolderLock, StartupError, check_listen
 from fractalq.coordinator.service import CoordinatorService
 from fractalq.coordinator.store import GroupCommit, SqliteJournal
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
+from fractalq.security.auth import TokenInterceptor
 
 log = logging.getLogger("fractalq.coordinator")
 
@@ -102,13 +103,18 @@ async def _serve(
         # would start and take half of the connections.
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.aio.server(options=options)
+    # Tokens are checked before any servicer runs (the health service stays open).
+    interceptors = [TokenInterceptor(settings.tokens)] if settings.tokens else []
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     pb_grpc.add_CoordinatorServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     listen = show_address(settings.host, settings.port)
     try:
-        port = server.add_insecure_port(listen)
+        if settings.tls is not None:
+            port = server.add_secure_port(listen, settings.tls.grpc_credentials())
+        else:
+            port = server.add_insecure_port(listen)
     except RuntimeError:  # "Failed to bind": taken since check_listen looked
         port = 0
     if port == 0:
@@ -120,10 +126,13 @@ async def _serve(
     runner: web.AppRunner | None = None
     http_port: int | None = None
     if settings.http_port is not None:
-        runner = web.AppRunner(make_app(service), access_log=None)
+        runner = web.AppRunner(make_app(service, settings.tokens), access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, settings.host, settings.http_port).start()
+            tls_context = settings.tls.http_context() if settings.tls else None
+            await web.TCPSite(
+                runner, settings.host, settings.http_port, ssl_context=tls_context
+            ).start()
         except OSError as error:  # taken since check_listen looked
             await runner.cleanup()
             await server.stop(None)
@@ -143,7 +152,16 @@ async def _serve(
     ]
     if commit is not None:
         background.append(asyncio.create_task(commit.run()))
-    log.info("coordinator listening on %s:%d (http %s)", settings.host, port, http_port)
+    log.info(
+        "coordinator listening on %s:%d (http %s; %s; %s)",
+        settings.host,
+        port,
+        http_port or "-",
+        "TLS" + (", client certificates required" if settings.tls.client_ca_file else "")
+        if settings.tls
+        else "no TLS",
+        f"{len(settings.tokens)} token(s)" if settings.tokens else "no tokens",
+    )
     if started is not None:
         started(port, http_port)
     try:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from fractalq.client import check_address
+
+if TYPE_CHECKING:
+    from fractalq.endpoint import Endpoint
 
 
 class CommandError(Exception):
@@ -73,6 +77,45 @@ def integer(low: int | None = None, high: int | None = None) -> argparse._Action
 
 def real(low: float | None = None, high: float | None = None) -> argparse._ActionType:
     return _number(float, low, high)  # type: ignore[no-any-return]
+
+
+def add_endpoint_options(parser: argparse.ArgumentParser) -> None:
+    """A client's TLS and token flags; each defaults to its FRACTALQ_* variable."""
+    from fractalq import endpoint as e
+
+    group = parser.add_argument_group("TLS and token (each flag defaults to its variable)")
+    group.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help=f"CA of the coordinator's certificate (${e.ENV_TLS_CA})",
+    )
+    group.add_argument(
+        "--tls-cert", metavar="FILE", help=f"client certificate, for mutual TLS (${e.ENV_TLS_CERT})"
+    )
+    group.add_argument("--tls-key", metavar="FILE", help=f"its key (${e.ENV_TLS_KEY})")
+    group.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help=f"file holding the token (${e.ENV_TOKEN_FILE}; or the token itself in ${e.ENV_TOKEN})",
+    )
+
+
+def endpoint_from(args: argparse.Namespace, address: str | None = None) -> Endpoint:
+    """The coordinator endpoint the flags (or the environment) describe, checked."""
+    from fractalq import endpoint as e
+
+    env = os.environ
+    try:
+        return e.Endpoint.create(
+            address or args.coordinator,
+            tls_ca=args.tls_ca or env.get(e.ENV_TLS_CA),
+            tls_cert=args.tls_cert or env.get(e.ENV_TLS_CERT),
+            tls_key=args.tls_key or env.get(e.ENV_TLS_KEY),
+            token_file=args.token_file or env.get(e.ENV_TOKEN_FILE),
+            token=env.get(e.ENV_TOKEN),
+        )
+    except ValueError as error:
+        raise CommandError(str(error)) from None
 
 
 def setup_logging(verbose: bool = False) -> None:

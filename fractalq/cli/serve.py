@@ -8,18 +8,23 @@ import contextlib
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fractalq import config, tasks
 from fractalq.cli.common import (
     CommandError,
+    add_endpoint_options,
     address,
+    endpoint_from,
     integer,
     listen_host,
     real,
     setup_logging,
 )
 from fractalq.config import CoordinatorConfig, WorkerConfig
+
+if TYPE_CHECKING:
+    from fractalq.security import ServerTLS, TokenTable
 
 
 def add_parsers(commands: Any) -> None:
@@ -54,6 +59,21 @@ def add_parsers(commands: Any) -> None:
         metavar="S",
         help="seconds a finished job is kept after it finished (0: forever)",
     )
+    security = coordinator.add_argument_group("TLS and tokens (each flag defaults to its variable)")
+    security.add_argument(
+        "--tls-cert", metavar="FILE", help="serve TLS with this certificate ($FRACTALQ_TLS_CERT)"
+    )
+    security.add_argument("--tls-key", metavar="FILE", help="its key ($FRACTALQ_TLS_KEY)")
+    security.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="require gRPC clients to show a certificate this CA signed ($FRACTALQ_TLS_CLIENT_CA)",
+    )
+    security.add_argument(
+        "--auth-tokens",
+        metavar="FILE",
+        help="lines ROLE TOKEN (roles worker, client, reader) ($FRACTALQ_AUTH_TOKENS)",
+    )
     coordinator.add_argument("-v", "--verbose", action="store_true")
     coordinator.set_defaults(run=run_coordinator)
 
@@ -80,6 +100,7 @@ def add_parsers(commands: Any) -> None:
     worker.add_argument(
         "--task-types", metavar="NAMES", help="comma-separated types to run (default: all)"
     )
+    add_endpoint_options(worker)
     worker.add_argument("-v", "--verbose", action="store_true")
     worker.set_defaults(run=run_worker)
 
@@ -97,6 +118,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
             raise CommandError(f"cannot use data folder {args.data}: {error.strerror}") from None
         if not os.access(args.data, os.W_OK):
             raise CommandError(f"data folder {args.data} is not writable")
+    tls, tokens = _server_security(args)
     settings = CoordinatorConfig(
         host=args.host,
         port=args.port,
@@ -104,6 +126,8 @@ def run_coordinator(args: argparse.Namespace) -> int:
         data_dir=args.data,
         worker_timeout=args.worker_timeout,
         retention=args.retention,
+        tls=tls,
+        tokens=tokens,
     )
     setup_logging(args.verbose)
 
@@ -117,6 +141,27 @@ def run_coordinator(args: argparse.Namespace) -> int:
     except (StartupError, OSError) as error:
         raise CommandError(str(error)) from None
     return 0
+
+
+def _server_security(args: argparse.Namespace) -> tuple[ServerTLS | None, TokenTable | None]:
+    """The coordinator's TLS files and token table, checked; a CommandError in one line."""
+    from fractalq.security import ServerTLS, TokenTable
+
+    env = os.environ
+    cert = args.tls_cert or env.get("FRACTALQ_TLS_CERT")
+    key = args.tls_key or env.get("FRACTALQ_TLS_KEY")
+    client_ca = args.tls_client_ca or env.get("FRACTALQ_TLS_CLIENT_CA")
+    tokens_file = args.auth_tokens or env.get("FRACTALQ_AUTH_TOKENS")
+    try:
+        tls = None
+        if cert or key or client_ca:
+            if not (cert and key):
+                raise ValueError("TLS needs both --tls-cert and --tls-key")
+            tls = ServerTLS.load(cert, key, client_ca or None)
+        tokens = TokenTable.load(tokens_file) if tokens_file else None
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    return tls, tokens
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -134,6 +179,11 @@ def run_worker(args: argparse.Namespace) -> int:
         raise CommandError(str(error.args[0])) from None
     if args.storage:
         check_worker_storage(args.storage)
+    endpoint = endpoint_from(args)
+    # A TLS mistake is not transient: say which, once, rather than reconnect
+    # forever with gRPC's "handshake failed". (Nothing listening yet: None.)
+    if why := endpoint.diagnose():
+        raise CommandError(why)
     settings = WorkerConfig(
         coordinator=args.coordinator,
         storage=args.storage,
@@ -141,6 +191,8 @@ def run_worker(args: argparse.Namespace) -> int:
         prefetch=args.prefetch,
         grace_period=args.grace_period,
         task_types=names,
+        tls=endpoint.tls,
+        token=endpoint.token,
     )
     setup_logging(args.verbose)
     worker = Worker(settings)
