@@ -15,7 +15,7 @@ from types import TracebackType
 
 import grpc
 
-from fractalq import config
+from fractalq.endpoint import Endpoint
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
 
@@ -94,12 +94,14 @@ def check_address(address: str) -> str:
 
 
 class Client:
-    def __init__(self, address: str, timeout: float = 30.0) -> None:
-        self.address = check_address(address)
+    def __init__(self, endpoint: Endpoint | str, timeout: float = 30.0) -> None:
+        """``endpoint``: where and how (TLS, token); a bare ``HOST:PORT`` is plaintext, no token."""
+        if isinstance(endpoint, str):
+            endpoint = Endpoint(endpoint)
+        self.endpoint = endpoint
+        self.address = check_address(endpoint.address)
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            address, options=[("grpc.max_send_message_length", config.MAX_MESSAGE_BYTES)]
-        )
+        self._channel = endpoint.channel()
         self._stub = pb_grpc.CoordinatorStub(self._channel)
 
     def close(self) -> None:
@@ -119,6 +121,9 @@ class Client:
     def _error(self, error: grpc.RpcError) -> ClientError:
         code: grpc.StatusCode = error.code()
         details: str = error.details() or code.name
+        # gRPC does not say why a TLS handshake failed; one handshake of our own does.
+        if code == grpc.StatusCode.UNAVAILABLE and (why := self.endpoint.diagnose()):
+            return client_error(code, why)
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             details = f"cannot reach the coordinator at {self.address}: {details}"
         return client_error(code, details)

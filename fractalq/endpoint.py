@@ -79,32 +79,38 @@ def _aio_details(details: Any, header: tuple[str, str]) -> grpc.aio.ClientCallDe
     )
 
 
-class _AioUnaryToken(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[misc]
-):
+# grpc.aio files an interceptor under the first of the four kinds it is an
+# instance of, so each kind needs a class of its own.
+class _AioToken:
     def __init__(self, header: tuple[str, str]) -> None:
         self._header = header
 
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+    async def _call(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(_aio_details(details, self._header), request)
 
-    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return await continuation(_aio_details(details, self._header), requests)
+
+class _AioUnaryUnaryToken(_AioToken, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    intercept_unary_unary = _AioToken._call
 
 
-class _AioStreamToken(
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[misc]
-):
-    def __init__(self, header: tuple[str, str]) -> None:
-        self._header = header
+class _AioUnaryStreamToken(_AioToken, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    intercept_unary_stream = _AioToken._call
 
-    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(_aio_details(details, self._header), request)
 
-    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return await continuation(_aio_details(details, self._header), requests)
+class _AioStreamUnaryToken(_AioToken, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    intercept_stream_unary = _AioToken._call
+
+
+class _AioStreamStreamToken(_AioToken, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    intercept_stream_stream = _AioToken._call
+
+
+_AIO_KINDS = (
+    _AioUnaryUnaryToken,
+    _AioUnaryStreamToken,
+    _AioStreamUnaryToken,
+    _AioStreamStreamToken,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +142,7 @@ class Endpoint:
         interceptors: Sequence[Any] | None = None
         if self.token:
             header = self.metadata[0]
-            interceptors = [_AioUnaryToken(header), _AioStreamToken(header)]
+            interceptors = [kind(header) for kind in _AIO_KINDS]
         if self.tls is None:
             return grpc.aio.insecure_channel(
                 self.address, options=CHANNEL_OPTIONS, interceptors=interceptors

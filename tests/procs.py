@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from fractalq.client import Client
+from fractalq.endpoint import Endpoint
+from fractalq.security.certs import write_bundle
 
 T = TypeVar("T")
 
@@ -105,6 +108,53 @@ class Process:
         return self.log_path.read_text(errors="replace")
 
 
+class Trust:
+    """Certificates (``fractalq certs``) and a token per role, in ``folder``.
+
+    Processes get them as files: the coordinator by flags, workers and
+    commands through FRACTALQ_* variables (:meth:`env`), so no token is ever
+    in a command line. ``mutual``: the coordinator requires client certificates.
+    """
+
+    ROLES = ("worker", "client", "reader")
+
+    def __init__(self, folder: Path, mutual: bool = False) -> None:
+        self.folder = folder
+        self.mutual = mutual
+        write_bundle(folder)
+        self.tokens = {role: secrets.token_urlsafe(24) for role in self.ROLES}
+        lines = [f"{role} {token}" for role, token in self.tokens.items()]
+        (folder / "tokens").write_text("\n".join(["# role token", *lines, ""]))
+        for role, token in self.tokens.items():
+            self.token_file(role).write_text(token + "\n")
+
+    def path(self, name: str) -> str:
+        return str(self.folder / name)
+
+    def token_file(self, role: str) -> Path:
+        return self.folder / f"{role}.token"
+
+    def coordinator_args(self) -> tuple[str, ...]:
+        args = ("--tls-cert", self.path("server.crt"), "--tls-key", self.path("server.key"),
+                "--auth-tokens", self.path("tokens"))  # fmt: skip
+        return (*args, "--tls-client-ca", self.path("ca.crt")) if self.mutual else args
+
+    def env(self, role: str | None) -> dict[str, str]:
+        """The environment of a worker or a command that speaks as ``role``."""
+        env = {**os.environ, "FRACTALQ_TLS_CA": self.path("ca.crt")}
+        if self.mutual:
+            env |= {"FRACTALQ_TLS_CERT": self.path("client.crt"),
+                    "FRACTALQ_TLS_KEY": self.path("client.key")}  # fmt: skip
+        if role is not None:
+            env["FRACTALQ_TOKEN_FILE"] = str(self.token_file(role))
+        return env
+
+    def endpoint(self, address: str, role: str | None) -> Endpoint:
+        env = self.env(role)
+        env.pop("FRACTALQ_TOKEN", None)
+        return Endpoint.from_env(address, env)
+
+
 class Coordinator(Process):
     def __init__(
         self,
@@ -114,8 +164,10 @@ class Coordinator(Process):
         worker_timeout: float = 3.0,
         name: str = "coordinator",
         extra: tuple[str, ...] = (),
+        trust: Trust | None = None,
     ) -> None:
         self.port = port or free_port()
+        self.trust = trust
         self.data = data or tmp / "data"
         args = fractalq(
             "coordinator",
@@ -125,6 +177,7 @@ class Coordinator(Process):
             "--data", str(self.data),
             "--worker-timeout", str(worker_timeout),
             *extra,
+            *(trust.coordinator_args() if trust else ()),
         )  # fmt: skip
         super().__init__(args, tmp / f"{name}.log")
         assert self.proc.stdout is not None
@@ -134,9 +187,11 @@ class Coordinator(Process):
             raise RuntimeError(f"coordinator did not start: {line!r}\n{self.log()}")
         self.http_port = int(line.split()[-1])
         self.address = f"127.0.0.1:{self.port}"
+        # How the tests' own calls reach it: with TLS and tokens, as a client.
+        self.endpoint = trust.endpoint(self.address, "client") if trust else Endpoint(self.address)
 
     def client(self) -> Client:
-        return Client(self.address, timeout=10)
+        return Client(self.endpoint, timeout=10)
 
 
 class Worker(Process):
@@ -149,8 +204,16 @@ class Worker(Process):
         grace: float | None = None,
         name: str = "worker",
         env: dict[str, str] | None = None,
+        trust: Trust | None = None,
+        role: str | None = "worker",
+        extra_args: tuple[str, ...] = (),
     ) -> None:
-        args = fractalq("worker", "--coordinator", address, "--concurrency", str(concurrency))
+        if trust is not None:
+            env = {**trust.env(role), **(env or {})}
+        elif env is not None:
+            env = {**os.environ, **env}
+        args = fractalq("worker", "--coordinator", address, "--concurrency", str(concurrency),
+                        *extra_args)  # fmt: skip
         if storage:
             args += ["--storage", storage]
         if grace is not None:
@@ -175,6 +238,7 @@ class ProcessGroup:
 
     def start_worker(self, **kwargs: Any) -> Worker:
         assert self.coordinator is not None, "start a coordinator first"
+        kwargs.setdefault("trust", self.coordinator.trust)
         worker = Worker(self.tmp, self.coordinator.address, **kwargs)
         self.processes.append(worker)
         return worker

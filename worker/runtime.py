@@ -134,8 +134,8 @@ class Worker:
             self._runner.shutdown(wait=False)
 
     async def _session(self) -> None:
-        options = [("grpc.max_receive_message_length", config.MAX_MESSAGE_BYTES)]
-        async with grpc.aio.insecure_channel(self.settings.coordinator, options=options) as channel:
+        # TLS, the worker token and the message-size limits come with the channel.
+        async with self.settings.endpoint.aio_channel() as channel:
             stub = pb_grpc.CoordinatorStub(channel)
             registered = await stub.RegisterWorker(
                 pb.RegisterWorkerRequest(

@@ -9,7 +9,14 @@ import time
 from typing import Any
 
 from fractalq import config
-from fractalq.cli.common import CommandError, address, integer, real
+from fractalq.cli.common import (
+    CommandError,
+    add_endpoint_options,
+    address,
+    endpoint_from,
+    integer,
+    real,
+)
 from fractalq.cli.progress import Progress
 from fractalq.client import Client, ClientError, DeadlineExceeded
 from fractalq.proto import fractalq_pb2 as pb
@@ -20,6 +27,7 @@ STATE_NAMES = {value: name for name, value in pb.JobState.items()}
 def add_parsers(commands: Any) -> None:
     submit = commands.add_parser("submit", help="submit a job of generic tasks")
     submit.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
+    add_endpoint_options(submit)
     submit.add_argument(
         "--task", required=True, metavar="NAME", help="task type (noop, sleep, fail, ...)"
     )
@@ -47,12 +55,14 @@ def add_parsers(commands: Any) -> None:
     wait = commands.add_parser("wait", help="wait for a job to end")
     wait.add_argument("job_id", metavar="JOB")
     wait.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
+    add_endpoint_options(wait)
     wait.add_argument("--timeout", type=real(0), default=None, metavar="S")
     wait.set_defaults(run=run_wait)
 
     status = commands.add_parser("status", help="a job's state, or the queue and its workers")
     status.add_argument("job_id", nargs="?", metavar="JOB")
     status.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
+    add_endpoint_options(status)
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(run=run_status)
 
@@ -74,7 +84,7 @@ def run_submit(args: argparse.Namespace) -> int:
         priority=args.priority,
         max_attempts=args.max_attempts,
     )
-    with Client(args.coordinator) as client:
+    with Client(endpoint_from(args)) as client:
         try:
             response = client.submit(request)
         except ClientError as error:
@@ -112,7 +122,7 @@ def follow(client: Client, job_id: str, timeout: float | None) -> int:
 
 
 def run_wait(args: argparse.Namespace) -> int:
-    with Client(args.coordinator) as client:
+    with Client(endpoint_from(args)) as client:
         return follow(client, args.job_id, args.timeout)
 
 
@@ -123,7 +133,7 @@ def _age(seconds: float) -> str:
 def run_status(args: argparse.Namespace) -> int:
     from google.protobuf import json_format
 
-    with Client(args.coordinator) as client:
+    with Client(endpoint_from(args)) as client:
         try:
             message = client.job(args.job_id) if args.job_id else client.stats()
         except ClientError as error:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fractalq import config
-from fractalq.cli.common import CommandError, address, integer
+from fractalq.cli.common import CommandError, add_endpoint_options, address, endpoint_from, integer
 from fractalq.cli.progress import Progress
 from fractalq.client import Client, ClientError
 from fractalq.fractal.palettes import PALETTES
@@ -56,6 +56,7 @@ def add_parsers(commands: Any) -> None:
     render = commands.add_parser("render", help="render an image with a running coordinator")
     add_render_options(render)
     render.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
+    add_endpoint_options(render)
     render.add_argument("--storage", required=True, metavar="URL")
     render.add_argument("--out", required=True, metavar="PATH")
     render.set_defaults(run=run_render)
@@ -164,7 +165,7 @@ def run_render(args: argparse.Namespace) -> int:
     request, regions = request_from(args)
     out = check_output(args.out)
     storage = open_checked_storage(args.storage)
-    with Client(args.coordinator) as client:
+    with Client(endpoint_from(args)) as client:
         render_image(client, storage, request, regions, args.priority, out, args.keep_bands)
     print(out)
     return 0
