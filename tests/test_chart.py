@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import importlib.util
 import json
 import os
 import re
@@ -854,6 +855,13 @@ def test_external_storage_renders_no_minio(chart_helm: Helm) -> None:
         "storage.bucket=Not_A_Bucket",
         "nonsense=1",
         "worker.replica=3",
+        "tls.enabled=maybe",
+        "tls.extraIpAddresses[0]=somewhere",
+        "tls.extraDnsNames[0]=Not_A_Name",
+        "tls.certManager.duration=90 days",
+        "tls.generated.validityDays=0",
+        "auth.token=abc",
+        "networkPolicy.enable=true",
     ],
 )
 def test_values_schema_rejects(chart_helm: Helm, assignment: str) -> None:
@@ -1723,6 +1731,31 @@ def test_upgrades_keep_certificates_and_tokens(chart_helm: Helm, tmp_path: Path)
         # Rendering only reads the cluster.
         assert not [r for r in api.requests if not r.startswith("/")]
         assert "/api/v1/namespaces/render/secrets/fractalq-ca" in api.requests
+
+
+def test_turning_mutual_tls_on_keeps_the_ca(chart_helm: Helm, tmp_path: Path) -> None:
+    with FakeKubeAPI(tmp_path, NAMESPACE, KUBE_VERSION) as api:
+        first = render_upgrade(chart_helm, api)
+        install(api, first)
+        mutual = render_upgrade(chart_helm, api, *sets("tls.mutual=true"))
+    before, after = secrets_by_name(first), secrets_by_name(mutual)
+    # The CA Helm kept signs the new client certificate, so the coordinator and the
+    # clients trust each other without a new CA; the client Secret keeps its type.
+    assert after["fractalq-ca"] == before["fractalq-ca"]
+    assert after["fractalq-coordinator-tls"] == before["fractalq-coordinator-tls"]
+    assert set(after["fractalq-client-tls"]) == {"ca.crt", "tls.crt", "tls.key"}
+    assert after["fractalq-client-tls"]["ca.crt"] == before["fractalq-client-tls"]["ca.crt"]
+    assert one(mutual, "Secret", "client")["type"] == one(first, "Secret", "client")["type"]
+    if importlib.util.find_spec("cryptography") is not None:
+        from cryptography import x509
+
+        ca, client = (
+            x509.load_pem_x509_certificate(base64.b64decode(data))
+            for data in (after["fractalq-ca"]["tls.crt"], after["fractalq-client-tls"]["tls.crt"])
+        )
+        client.verify_directly_issued_by(ca)
+    args = container_of(mutual, "StatefulSet", "coordinator")["args"]
+    assert flag(args, "--tls-client-ca") == "/etc/fractalq/tls/ca.crt"
 
 
 def certificate_names(data: str) -> set[str] | None:
