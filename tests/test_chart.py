@@ -1363,6 +1363,10 @@ def test_probes_reach_what_answers_without_a_token(chart_helm: Helm, option: str
             assert "httpHeaders" not in get, kind  # no token
     if tls:
         assert all("grpc" not in container[kind] for kind in ("startupProbe", "readinessProbe"))
+    # The Service says what its HTTP port speaks.
+    [service] = [s for s in objects(docs, "Service", "coordinator") if len(s["spec"]["ports"]) == 2]
+    http = next(p for p in service["spec"]["ports"] if p["name"] == "http")
+    assert http["appProtocol"] == ("https" if tls else "http")
 
 
 def network_policy(docs: list[Doc]) -> Doc:
@@ -1631,6 +1635,11 @@ def test_tls_and_tokens_off_render_the_old_plaintext_shape(chart_helm: Helm) -> 
             ]
     annotations = one(docs, "StatefulSet", "coordinator")["spec"]["template"]["metadata"]
     assert "prometheus.io/scheme" not in annotations["annotations"]
+    [service] = [s for s in objects(docs, "Service", "coordinator") if len(s["spec"]["ports"]) == 2]
+    assert {p["name"]: p["appProtocol"] for p in service["spec"]["ports"]} == {
+        "grpc": "grpc",
+        "http": "http",
+    }
 
 
 def render_upgrade(chart_helm: Helm, api: FakeKubeAPI, *args: str) -> list[Doc]:
