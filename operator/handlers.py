@@ -85,15 +85,17 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         state.settings.storage,
         options=StorageOptions(public_endpoint=state.settings.s3_public_endpoint),
     )
-    state.client = Client(state.settings.coordinator, timeout=10)
+    state.client = Client(state.settings.endpoint, timeout=10)
     settings.persistence.finalizer = "fractalq.dev/cleanup"
     settings.posting.level = logging.INFO
     if state.settings.scale_enabled:
-        state.scaler = ScalerThread(state.settings, Client(state.settings.coordinator, timeout=10))
+        state.scaler = ScalerThread(state.settings, Client(state.settings.endpoint, timeout=10))
         state.scaler.start()
     log.info(
-        "coordinator %s, storage %s, workers %s/%s (autoscaling %s)",
+        "coordinator %s (%s, %s), storage %s, workers %s/%s (autoscaling %s)",
         state.settings.coordinator,
+        "TLS" if state.settings.tls else "no TLS",
+        "token" if state.settings.token else "no token",
         state.settings.storage,
         state.settings.worker_namespace,
         state.settings.worker_deployment,

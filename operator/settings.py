@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fractalq import config
+from fractalq.endpoint import Endpoint
 from fractalq.operator.autoscaler import ScalePolicy
+from fractalq.security import ClientTLS
 from fractalq.storage import StorageOptions
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -50,6 +52,11 @@ VARIABLES: dict[str, tuple[str, object, str]] = {
         config.SCALE_DOWN_WINDOW,
         "seconds of lower demand before scaling down",
     ),
+    "tls-ca": ("FRACTALQ_TLS_CA", "", "CA of the coordinator's certificate (turns TLS on)"),
+    "tls-cert": ("FRACTALQ_TLS_CERT", "", "client certificate, for mutual TLS"),
+    "tls-key": ("FRACTALQ_TLS_KEY", "", "its key"),
+    # The token itself may come in FRACTALQ_TOKEN (never as a flag: argv is public).
+    "token-file": ("FRACTALQ_TOKEN_FILE", "", "file holding the client token"),
     "url-expiry": ("FRACTALQ_URL_EXPIRY", config.URL_EXPIRY, "presigned link lifetime, seconds"),
     "s3-public-endpoint": (
         "FRACTALQ_S3_PUBLIC_ENDPOINT",
@@ -74,6 +81,13 @@ class OperatorSettings:
     scale_interval: float
     url_expiry: int
     s3_public_endpoint: str | None = None
+    tls: ClientTLS | None = None
+    token: str | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The coordinator, with the TLS and token the FRACTALQ_* variables give."""
+        return Endpoint(self.coordinator, self.tls, self.token)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -114,7 +128,13 @@ class OperatorSettings:
                 StorageOptions(public_endpoint=public_endpoint)
             except ValueError as error:
                 raise SettingsError(f"FRACTALQ_S3_PUBLIC_ENDPOINT: {error}") from None
+        try:
+            endpoint = Endpoint.from_env(get("coordinator"), env)
+        except ValueError as error:
+            raise SettingsError(str(error)) from None
         return cls(
+            tls=endpoint.tls,
+            token=endpoint.token,
             coordinator=get("coordinator"),
             storage=get("storage"),
             worker_deployment=get("worker-deployment"),

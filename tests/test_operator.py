@@ -17,7 +17,7 @@ import kopf
 import pytest
 from kopf.testing import KopfRunner
 from kube import DEPLOYMENTS, FRACTALJOBS, Emulator
-from procs import ProcessGroup, run_cli, wait_until
+from procs import ProcessGroup, Trust, run_cli, wait_until
 from reference import reference_png
 from s3server import SeaweedS3
 
@@ -45,14 +45,20 @@ HEAVY = {
 class Setup:
     """Emulator, coordinator, workers, S3 and the operator's environment."""
 
-    def __init__(self, tmp: Path, s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(
+        self, tmp: Path, s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch, trust: Trust | None = None
+    ) -> None:
         self.group = ProcessGroup(tmp)
         self.emulator = Emulator()
-        self.coordinator = self.group.start_coordinator()
+        self.coordinator = self.group.start_coordinator(trust=trust)
         self.bucket = s3.make_bucket("operator")
         self.storage = f"s3://{self.bucket}/images"
         self.s3 = s3
         self.env = {**os.environ, **s3.env()}
+        if trust is not None:  # the operator speaks as a client (workers get their own token)
+            for key, value in trust.env("client").items():
+                if key.startswith("FRACTALQ_"):
+                    monkeypatch.setenv(key, value)
         for key, value in s3.env().items():
             monkeypatch.setenv(key, value)
         monkeypatch.setenv("KUBECONFIG", str(self.emulator.kubeconfig(tmp)))
@@ -139,6 +145,27 @@ def test_a_fractaljob_goes_from_pending_to_a_png_url(
     # Bands are gone once the image is stored.
     listed = setup.s3.client().list_objects_v2(Bucket=setup.bucket, Prefix="images/jobs/")
     assert listed.get("KeyCount", 0) == 0
+
+
+def test_the_operator_renders_over_mutual_tls_with_a_client_token(
+    tmp_path: Path, s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trust = Trust(tmp_path / "trust", mutual=True)
+    setup = Setup(tmp_path, s3_server, monkeypatch, trust)
+    try:
+        setup.workers(1)
+        with setup.operator():
+            setup.fractaljob("secure", fractal="mandelbrot", **SMALL)
+            done = wait_until(lambda: setup.phase_is("secure", "Succeeded", "Failed"), 60)
+        assert done["phase"] == "Succeeded", done
+        image = setup.s3.client().get_object(Bucket=setup.bucket, Key="images/default/secure.png")
+        expected = RenderRequest.create("mandelbrot", width=240, height=160, max_iter=200)
+        assert image["Body"].read() == reference_png(expected)
+    finally:
+        setup.stop()
+    said = " ".join(record.getMessage() for record in caplog_records())
+    assert "(TLS, token)" in said
+    assert not any(token in said for token in trust.tokens.values())
 
 
 def test_progress_is_visible_while_running(setup: Setup) -> None:

@@ -186,3 +186,18 @@ def test_client_tls_files_are_checked_in_one_line(tmp_path: Path) -> None:
         ClientTLS.load(None, str(tmp_path / "client.crt"), str(tmp_path / "server.key"))
     with pytest.raises(ValueError, match="both --tls-cert and --tls-key"):
         ClientTLS.load(None, str(tmp_path / "client.crt"))
+
+
+def test_operator_settings_carry_tls_and_token(tmp_path: Path) -> None:
+    from fractalq.operator.settings import OperatorSettings, SettingsError
+
+    write_bundle(tmp_path)
+    (tmp_path / "token").write_text(C)
+    env = {"FRACTALQ_STORAGE": tmp_path.as_uri(), "FRACTALQ_COORDINATOR": "c:50051",
+           "FRACTALQ_TLS_CA": str(tmp_path / "ca.crt"),
+           "FRACTALQ_TOKEN_FILE": str(tmp_path / "token")}  # fmt: skip
+    settings = OperatorSettings.from_env(env)
+    assert settings.endpoint == Endpoint("c:50051", ClientTLS(str(tmp_path / "ca.crt")), C)
+    assert C not in repr(settings)
+    with pytest.raises(SettingsError, match="cannot read CA file"):
+        OperatorSettings.from_env({**env, "FRACTALQ_TLS_CA": str(tmp_path / "nope")})
