@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import ssl
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -165,3 +168,47 @@ def test_the_http_api_serves_tls(cluster: ProcessGroup, trust: Trust) -> None:
         assert json.load(reply) == {"status": "ok"}
     with pytest.raises(OSError):  # plaintext HTTP is not served
         urllib.request.urlopen(f"http://127.0.0.1:{coordinator.http_port}/healthz", timeout=10)
+
+
+def _demo_children() -> dict[str, tuple[list[str], dict[str, str]]]:
+    """The demo's coordinator and a worker: command line and environment."""
+    found: dict[str, tuple[list[str], dict[str, str]]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().decode().split("\0")
+            if "fractalq-demo-" not in " ".join(argv) or "-m" not in argv:
+                continue
+            pairs = (proc / "environ").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        env = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+        role = argv[argv.index("-m") + 2]
+        found.setdefault(role, (argv, env))
+    return found if {"coordinator", "worker"} <= found.keys() else {}
+
+
+def test_the_demo_runs_the_secure_path(tmp_path: Path) -> None:
+    out = tmp_path / "demo.png"
+    args = ["--width", "900", "--height", "600", "--max-iter", "20000", "--center-x", "-0.1226",
+            "--center-y", "0.7449", "--view-width", "0.04", "--workers", "1"]  # fmt: skip
+    # The caller's own settings for another coordinator are not the demo's.
+    env = {**os.environ, "FRACTALQ_TLS_CA": str(tmp_path / "elsewhere.crt")}
+    demo = subprocess.Popen([sys.executable, "-m", "fractalq", "demo", *args, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # fmt: skip
+    try:
+        children = wait_until(_demo_children, 60, "the demo's processes")
+    finally:
+        _, stderr = demo.communicate(timeout=300)
+    assert demo.returncode == 0, stderr
+    coordinator, _ = children["coordinator"]
+    assert {"--tls-cert", "--tls-key", "--auth-tokens"} <= set(coordinator)
+    worker_argv, worker_env = children["worker"]
+    assert worker_env["FRACTALQ_TLS_CA"].endswith("ca.crt")
+    assert worker_env["FRACTALQ_TLS_CA"] != env["FRACTALQ_TLS_CA"]
+    assert worker_env["FRACTALQ_TOKEN_FILE"].endswith("worker.token")
+    assert not any("token" in arg and "tokens" not in arg for arg in worker_argv)
+    expected = RenderRequest.create("mandelbrot", width=900, height=600, max_iter=20000,
+                                    center_x=-0.1226, center_y=0.7449, view_width=0.04)  # fmt: skip
+    assert out.read_bytes() == reference_png(expected)

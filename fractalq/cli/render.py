@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -17,10 +18,12 @@ from fractalq import config
 from fractalq.cli.common import CommandError, add_endpoint_options, address, endpoint_from, integer
 from fractalq.cli.progress import Progress
 from fractalq.client import Client, ClientError
+from fractalq.endpoint import ENV_TLS_CA, ENV_TOKEN_FILE, Endpoint
 from fractalq.fractal.palettes import PALETTES
 from fractalq.fractal.request import RenderRequest, split_rows
 from fractalq.images import remove_bands, submit_render, write_png
 from fractalq.proto import fractalq_pb2 as pb
+from fractalq.security.tls import ClientTLS
 from fractalq.storage import Storage, StorageError, check_storage, open_storage
 
 
@@ -171,14 +174,43 @@ def run_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _start(
+    args: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with open(log, "ab") as stream:
         return subprocess.Popen(
             [sys.executable, "-m", "fractalq", *args],
             stdout=subprocess.PIPE,
             stderr=stream,
             stdin=subprocess.DEVNULL,
+            env=env,
         )
+
+
+def _secure_path(folder: Path, address: str) -> tuple[list[str], dict[str, str], Endpoint]:
+    """Certificates and tokens for the demo, as the chart sets them up by default.
+
+    Returns the coordinator's flags, the workers' environment (the worker token
+    travels as a file named in FRACTALQ_TOKEN_FILE, never in a command line) and
+    the endpoint the demo itself uses, with the client token.
+    """
+    from fractalq.security.certs import write_bundle, write_file
+
+    folder.mkdir(mode=0o700)
+    write_bundle(folder)
+    tokens = {role: secrets.token_urlsafe(32) for role in ("worker", "client")}
+    table = "".join(f"{role} {token}\n" for role, token in tokens.items())
+    write_file(folder / "tokens", table.encode(), private=True, force=False)
+    write_file(folder / "worker.token", tokens["worker"].encode(), private=True, force=False)
+    coordinator = ["--tls-cert", str(folder / "server.crt"), "--tls-key",
+                   str(folder / "server.key"), "--auth-tokens", str(folder / "tokens")]  # fmt: skip
+    # The caller's own FRACTALQ_TLS_*/TOKEN* settings are for another coordinator.
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("FRACTALQ_TLS_", "FRACTALQ_TOKEN"))
+    }
+    env |= {ENV_TLS_CA: str(folder / "ca.crt"), ENV_TOKEN_FILE: str(folder / "worker.token")}
+    endpoint = Endpoint(address, ClientTLS(str(folder / "ca.crt")), tokens["client"])
+    return coordinator, env, endpoint
 
 
 def _free_port() -> int:
@@ -208,10 +240,13 @@ def run_demo(args: argparse.Namespace) -> int:
             # coordinator (their start-up overlaps its own) instead of after it.
             port = _free_port()
             endpoint = f"127.0.0.1:{port}"
+            # The secure path, as the chart runs it: TLS, and a token per role.
+            secure_flags, worker_env, secure = _secure_path(tmp / "trust", endpoint)
             coordinator = _start(
-                ["coordinator", "--host", "127.0.0.1", "--port", str(port), "--no-http"],
+                ["coordinator", "--host", "127.0.0.1", "--port", str(port), "--no-http",
+                 *secure_flags],
                 tmp / "coordinator.log",
-            )
+            )  # fmt: skip
             processes.append(coordinator)
             storage_url = storage_dir.as_uri()
             for n in range(args.workers):
@@ -219,6 +254,7 @@ def run_demo(args: argparse.Namespace) -> int:
                     _start(
                         ["worker", "--coordinator", endpoint, "--storage", storage_url],
                         tmp / f"worker-{n}.log",
+                        worker_env,
                     )
                 )
             assert coordinator.stdout is not None
@@ -228,7 +264,7 @@ def run_demo(args: argparse.Namespace) -> int:
                     f"the coordinator did not start: {_last_line(tmp / 'coordinator.log')}"
                 )
             storage = open_checked_storage(storage_url)
-            with Client(endpoint) as client:
+            with Client(secure) as client:
                 render_image(client, storage, request, regions, args.priority, out, False, began)
         finally:
             for process in reversed(processes):
