@@ -1915,6 +1915,26 @@ def test_notes_say_how_to_reach_the_coordinator(chart_helm: Helm, option: str) -
     assert f"svc/fractalq-coordinator {config.DEFAULT_PORT}:{config.DEFAULT_PORT}" in notes
 
 
+@pytest.mark.parametrize("option", ["defaults", "mutual-tls", "plaintext"])
+def test_the_operator_loads_its_settings_from_the_charts_environment(
+    chart_helm: Helm, tmp_path: Path, option: str
+) -> None:
+    from fractalq.operator.settings import OperatorSettings
+
+    docs = chart_helm.template(*OPTIONS[option])
+    env = client_environment(docs, "operator", tmp_path)
+    container = container_of(docs, "Deployment", "operator")
+    plain = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    settings = OperatorSettings.from_env({**plain, **env})
+    if option == "plaintext":
+        assert settings.tls is None and settings.token is None
+        return
+    assert settings.tls is not None
+    assert settings.tls.ca_file == env["FRACTALQ_TLS_CA"]
+    assert (settings.tls.cert_file is not None) == (option == "mutual-tls")
+    assert settings.token == secret_data(docs, "fractalq-client-token")["token"].decode()
+
+
 def test_values_mirror_the_security_configuration() -> None:
     values = yaml.safe_load(VALUES_FILE.read_text())
     assert values["tls"]["generated"]["validityDays"] == config.CERT_DAYS
