@@ -14,7 +14,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from fractalq import config
+from fractalq.coordinator import validation
 from fractalq.coordinator.metrics import registry
 from fractalq.coordinator.service import CoordinatorService, job_message
 from fractalq.security.auth import http_middleware
@@ -55,12 +55,12 @@ def make_app(service: CoordinatorService, tokens: TokenTable | None = None) -> w
     async def jobs(request: web.Request) -> web.Response:
         active = request.query.get("active", "") in ("1", "true", "yes")
         try:
-            limit = int(request.query.get("limit", config.DEFAULT_LIST_LIMIT))
+            limit = validation.list_limit(int(request.query.get("limit", 0)))
         except ValueError:
             raise web.HTTPBadRequest(text="limit must be a whole number") from None
         body: list[dict[str, Any]] = [
             json_format.MessageToDict(job_message(job), always_print_fields_with_no_presence=True)
-            for job in service.broker.recent_jobs(limit, active)
+            for job in service.broker.recent_jobs(max(limit, 0), active)
         ]
         return web.json_response({"jobs": body})
 
