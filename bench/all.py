@@ -6,8 +6,8 @@ Runs, each printing its own table: the kernels (``kernels.py``), the end-to-end
 render of the default Mandelbrot and Julia views at 4800x3200 (``render_bench.py``),
 assembly time and memory (``assembly.py``) and the queue (``queue_bench.py``; with
 the Celery comparison when the ``bench`` extra and ``redis-server`` are
-installed). ``--quick`` takes one run of each instead of several, to check that
-they all work. Takes about ten minutes on two cores.
+installed, and with TLS and tokens on against off). ``--quick`` takes one run
+of each instead of several, to check that they all work. Takes about ten minutes on two cores.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ def main() -> None:
     args = parser.parse_args()
     runs = ["--runs", "1"] if args.quick else []
     celery = importlib.util.find_spec("celery") is not None and shutil.which("redis-server")
+    celery_args = ["--celery", "2"] if celery else []
     commands = [
         ["kernels.py", *(runs or ["--runs", "5"]), *(["--masked-runs", "0"] if args.quick else [])],
         ["render_bench.py", *(runs or ["--runs", "3"])],
         ["render_bench.py", "--julia", *(runs or ["--runs", "3"])],
         ["assembly.py", *(runs or ["--runs", "3"])],
-        ["queue_bench.py", *(runs or ["--runs", "3"]), *(["--celery", "2"] if celery else [])],
+        ["queue_bench.py", *(runs or ["--runs", "3"]), "--secure", *celery_args],
     ]
     failed = []
     for command in commands:

@@ -1,6 +1,7 @@
 """Queue benchmark: throughput and latency of ``noop`` tasks, memory of a deep queue.
 
     python bench/queue_bench.py [--tasks 20000] [--workers 2] [--concurrency 16] [--runs 3]
+                                [--secure]
 
 Starts a real coordinator (with a data folder, so every report is committed)
 and real worker processes on 127.0.0.1, and prints medians over ``--runs``:
@@ -9,6 +10,8 @@ and real worker processes on 127.0.0.1, and prints medians over ``--runs``:
   task done, with ``--workers`` worker processes;
 - latency: single-task jobs submitted one after another, submit-to-done as the
   client sees it (WatchJob), p50 and p99;
+- with ``--secure``, throughput and latency again right after the plain ones,
+  with TLS on the coordinator and a role token on every call (as the chart runs it);
 - memory: the coordinator's resident set with 1,000,000 queued tasks, as one
   job of shared payload and as 1,000 jobs of 1,000 distinct payloads.
 """
@@ -26,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from procs import Coordinator, Worker, free_port, wait_until
+from procs import Coordinator, Trust, Worker, free_port, wait_until
 
 from fractalq.client import Client
 from fractalq.proto import fractalq_pb2 as pb
@@ -39,9 +42,14 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def throughput(tmp: Path, tasks: int, workers: int, concurrency: int) -> float:
-    coordinator = Coordinator(tmp, worker_timeout=15)
-    started = [Worker(tmp, coordinator.address, concurrency=concurrency) for _ in range(workers)]
+def throughput(
+    tmp: Path, tasks: int, workers: int, concurrency: int, trust: Trust | None = None
+) -> float:
+    coordinator = Coordinator(tmp, worker_timeout=15, trust=trust)
+    started = [
+        Worker(tmp, coordinator.address, concurrency=concurrency, trust=trust)
+        for _ in range(workers)
+    ]
     try:
         with coordinator.client() as client:
             wait_until(lambda: len(client.stats().workers) == workers, message="workers")
@@ -56,9 +64,9 @@ def throughput(tmp: Path, tasks: int, workers: int, concurrency: int) -> float:
             process.stop()
 
 
-def latency(tmp: Path, samples: int) -> tuple[float, float]:
-    coordinator = Coordinator(tmp, worker_timeout=15)
-    worker = Worker(tmp, coordinator.address, concurrency=1)
+def latency(tmp: Path, samples: int, trust: Trust | None = None) -> tuple[float, float]:
+    coordinator = Coordinator(tmp, worker_timeout=15, trust=trust)
+    worker = Worker(tmp, coordinator.address, concurrency=1, trust=trust)
     try:
         with coordinator.client() as client:
             wait_until(lambda: len(client.stats().workers) == 1, message="worker")
@@ -150,8 +158,16 @@ def main() -> None:
         help="also measure Celery + Redis (needs redis-server and the bench extra),"
         " with this prefork concurrency per worker",
     )
+    parser.add_argument(
+        "--secure",
+        action="store_true",
+        help="also measure throughput and latency with TLS and role tokens on, in the same runs",
+    )
     args = parser.parse_args()
     rates, p50s, p99s, celery = [], [], [], []
+    secure_rates: list[float] = []
+    secure_p50s: list[float] = []
+    secure_p99s: list[float] = []
     with tempfile.TemporaryDirectory() as folder:
 
         def fresh(name: str) -> Path:
@@ -170,6 +186,15 @@ def main() -> None:
             p50, p99 = latency(fresh(f"latency{run}"), args.latency_samples)
             p50s.append(p50)
             p99s.append(p99)
+            if args.secure:  # the same measurements right after, certificates and tokens on
+                trust = Trust(fresh(f"trust{run}"))
+                secure_rates.append(
+                    throughput(fresh(f"srate{run}"), args.tasks, args.workers, args.concurrency,
+                               trust)
+                )  # fmt: skip
+                p50, p99 = latency(fresh(f"slatency{run}"), args.latency_samples, trust)
+                secure_p50s.append(p50)
+                secure_p99s.append(p99)
         one_job = memory(fresh("mem1"), "one job")
         many = memory(fresh("mem2"), "many")
     runs = ", ".join(f"{rate:,.0f}" for rate in rates)
@@ -188,6 +213,14 @@ def main() -> None:
         f"submit-to-done latency of one task: p50 {statistics.median(p50s):.1f} ms,"
         f" p99 {statistics.median(p99s):.1f} ms (median of {args.runs} runs)"
     )
+    if secure_rates:
+        runs = ", ".join(f"{rate:,.0f}" for rate in secure_rates)
+        ratio = statistics.median(s / p for s, p in zip(secure_rates, rates, strict=True))
+        print(
+            f"with TLS and tokens: median {statistics.median(secure_rates):,.0f} tasks/s"
+            f" (runs: {runs}), {ratio:.0%} of plain (per run, median); latency p50"
+            f" {statistics.median(secure_p50s):.1f} ms, p99 {statistics.median(secure_p99s):.1f} ms"
+        )
     print(
         f"coordinator RSS with 1,000,000 queued tasks: {one_job:,.0f} MiB as one job,"
         f" {many:,.0f} MiB as 1,000 jobs of distinct payloads"
