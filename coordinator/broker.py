@@ -70,6 +70,11 @@ class ResourceExhausted(BrokerError):
     """A limit on what the coordinator holds at once (workers, jobs, bytes) is reached."""
 
 
+def _same_secret(known: str, given: str) -> bool:
+    # Bytes, because compare_digest refuses str with non-ASCII characters.
+    return hmac.compare_digest(known.encode(), given.encode("utf-8", "surrogateescape"))
+
+
 class Journal(Protocol):
     """Where the broker records changes so that a restart can rebuild it."""
 
@@ -357,7 +362,7 @@ class Broker:
         """
         worker = self.workers.get(worker_id)
         if worker is not None:
-            if not session or not hmac.compare_digest(worker.session, session):
+            if not session or not _same_secret(worker.session, session):
                 self.requests_refused += 1
                 raise AlreadyExists(f"worker id {worker_id!r} is held by a live worker")
             # A reconnect of the same process: it keeps its session and leases.
@@ -382,7 +387,7 @@ class Broker:
         get the same answer, so the answer tells nothing about other workers.
         """
         worker = self.workers.get(worker_id)
-        if worker is None or not hmac.compare_digest(worker.session, session):
+        if worker is None or not _same_secret(worker.session, session):
             self.requests_refused += 1
             raise UnknownWorker(f"no session for worker {worker_id!r}: register first")
         if now is not None:

@@ -276,7 +276,9 @@ def test_journal_restores_jobs_after_a_restart(tmp_path: Path) -> None:
     job = restored.jobs["distinct"]
     assert job.labels == {"k": "v"} and job.state is JobState.RUNNING
     assert job.task_state(0) is TaskState.SUCCEEDED
-    order = [(t.job_id, t.index, t.payload) for t in restored.lease(restored.workers["w1"], 10, 3.0)]
+    order = [
+        (t.job_id, t.index, t.payload) for t in restored.lease(restored.workers["w1"], 10, 3.0)
+    ]
     assert order[:2] == [("distinct", 1, b"b"), ("distinct", 2, b"c")]
     assert [o[0] for o in order[2:]] == ["shared"] * 4 + ["doomed"]
     assert journal.results(job)[0] == b"result-0"
@@ -340,7 +342,7 @@ def test_a_watch_sends_the_final_state_even_if_the_job_finishes_while_a_message_
 def test_a_live_worker_id_is_refused_to_anyone_but_its_session() -> None:
     b = broker()
     w1 = b.workers["w1"]
-    job, _ = b.submit(spec(2), 0, "j")
+    b.submit(spec(2), 0, "j")
     [task] = b.lease(w1, 1, 0.0)
     with pytest.raises(AlreadyExists, match="held by a live worker"):
         b.register_worker("w1", ("noop",), 1, "evil", 1.0)
@@ -357,10 +359,11 @@ def test_a_session_is_checked_by_its_secret() -> None:
     b = broker()
     w1 = b.workers["w1"]
     assert b.session("w1", w1.session, 5.0) is w1 and w1.last_seen == 5.0
-    for worker_id, secret in [("w1", ""), ("w1", "x" * len(w1.session)), ("nobody", w1.session)]:
+    wrong = [("w1", ""), ("w1", "x" * len(w1.session)), ("w1", "é\udc80"), ("nobody", w1.session)]
+    for worker_id, secret in wrong:
         with pytest.raises(UnknownWorker, match="register first"):
             b.session(worker_id, secret)
-    assert b.requests_refused == 3
+    assert b.requests_refused == 4
     b.unregister_worker(w1)
     with pytest.raises(UnknownWorker):
         b.session("w1", w1.session)

@@ -138,6 +138,7 @@ class Fuzzer:
             ],
         )
         self.outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.details = ""  # of the last refused call
         registered = pb.RegisterWorkerResponse.FromString(
             self.channel.unary_unary(f"/{SERVICE.full_name}/RegisterWorker")(
                 pb.RegisterWorkerRequest(
@@ -167,7 +168,7 @@ class Fuzzer:
             code = grpc.StatusCode.OK
         except grpc.RpcError as error:
             code = error.code()
-            details = error.details() or ""
+            details = self.details = error.details() or ""
             assert "<class" not in details and "Traceback" not in details, details
         if code == grpc.StatusCode.CANCELLED and (
             method.client_streaming or method.server_streaming
@@ -199,7 +200,9 @@ def test_any_request_to_any_rpc_gets_a_documented_answer(cluster: ProcessGroup) 
             body = build(method, fields)
         code = fuzzer.call(method.name, body)
         waits = {grpc.StatusCode.DEADLINE_EXCEEDED} if method.name in WAITING else set()
-        assert code in DOCUMENTED | waits, f"{method.name} answered {code.name}"
+        assert code in DOCUMENTED | waits, (
+            f"{method.name} answered {code.name}: {fuzzer.details}\n{coordinator.log()[-3000:]}"
+        )
         assert coordinator.alive()
 
     with fuzzer.channel:
