@@ -36,6 +36,8 @@ CERT_DAYS = 365
 CA_DAYS = 10 * 365
 # The diagnostic TLS handshake a client makes after a failed call, to say why.
 TLS_DIAGNOSE_TIMEOUT = 5.0
+# Calls refused for a missing or wrong token: one log line at most this often.
+REFUSED_LOG_INTERVAL = 5.0
 
 # ---- queue ---------------------------------------------------------------
 

@@ -212,3 +212,22 @@ def test_the_demo_runs_the_secure_path(tmp_path: Path) -> None:
     expected = RenderRequest.create("mandelbrot", width=900, height=600, max_iter=20000,
                                     center_x=-0.1226, center_y=0.7449, view_width=0.04)  # fmt: skip
     assert out.read_bytes() == reference_png(expected)
+
+
+def test_bad_tls_files_stop_the_coordinator_with_one_line(tmp_path: Path, trust: Trust) -> None:
+    other = Trust(tmp_path / "other")
+    cases = [
+        (["--tls-cert", trust.path("server.crt")], "TLS needs both --tls-cert and --tls-key"),
+        (["--tls-cert", trust.path("server.crt"), "--tls-key", other.path("server.key")],
+         "do not load together"),
+        (["--tls-cert", str(tmp_path / "nope.crt"), "--tls-key", trust.path("server.key")],
+         "cannot read certificate"),
+        (["--tls-cert", trust.path("tokens"), "--tls-key", trust.path("server.key")],
+         "is not a PEM file"),
+        (["--tls-cert", trust.path("server.crt"), "--tls-key", trust.path("server.key"),
+          "--tls-client-ca", trust.path("server.key")], "holds no certificate"),
+    ]  # fmt: skip
+    for flags, message in cases:
+        result = run_cli("coordinator", "--port", "0", "--no-http", *flags, timeout=30)
+        assert result.returncode == 1, flags
+        assert message in _one_line(result.stderr), flags

@@ -4,19 +4,23 @@ Both answer the same way: no token or an unknown one is UNAUTHENTICATED (HTTP
 401 with ``WWW-Authenticate: Bearer``), a known token of a role that may not
 make this call is PERMISSION_DENIED (403). The standard gRPC health service,
 ``/healthz`` and ``/metrics`` answer without a token. Tokens are never logged
-and never sent back; the refusals are counted.
+and never sent back; refusals are counted and logged at most every few
+seconds (:class:`RefusalLog`).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from aiohttp import web
 
+from fractalq import config
 from fractalq.security.tokens import (
     HTTP_READ_ROLES,
     TokenTable,
@@ -50,12 +54,38 @@ def _refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: st
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
+class RefusalLog:
+    """Counts refused calls and says so in one warning line at most every ``interval``.
+
+    A misconfigured worker shows in the log at once; a client hammering the
+    port with bad tokens cannot flood it. The line names the call and the
+    role, never the token.
+    """
+
+    def __init__(self, door: str, interval: float = config.REFUSED_LOG_INTERVAL) -> None:
+        self.door = door
+        self.interval = interval
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._since: collections.Counter[str] = collections.Counter()
+        self._logged = -math.inf
+
+    def refused(self, kind: str, what: str) -> None:
+        self.counts[kind] += 1
+        self._since[kind] += 1
+        now = time.monotonic()
+        if now - self._logged >= self.interval:
+            counts = ", ".join(f"{count} {name}" for name, count in sorted(self._since.items()))
+            log.warning("%s refused %s call(s) (last: %s)", self.door, counts, what)
+            self._since.clear()
+            self._logged = now
+
+
 class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Checks ``authorization: Bearer TOKEN`` on every call but the health service's."""
 
     def __init__(self, tokens: TokenTable) -> None:
         self.tokens = tokens
-        self.refused: collections.Counter[str] = collections.Counter()
+        self.refusals = RefusalLog("gRPC")
 
     async def intercept_service(
         self,
@@ -72,19 +102,19 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 header = value if isinstance(value, str) else None
                 break
         role = self.tokens.role(bearer(header))
+        # `method` is one the server registered (handler is not None): safe to log.
         if role is None:
-            self.refused["unauthenticated"] += 1
-            log.debug("refused %s: no valid token", method)
+            self.refusals.refused("unauthenticated", f"{method} without a valid token")
             return _refusing(handler, grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
         if not method_allowed(method, role):
-            self.refused["permission_denied"] += 1
-            log.debug("refused %s to a %s token", method, role.value)
+            self.refusals.refused("permission denied", f"{method} with a {role.value} token")
             return _refusing(handler, grpc.StatusCode.PERMISSION_DENIED, _denied(role.value))
         return handler
 
 
 def http_middleware(tokens: TokenTable) -> Any:
     """aiohttp middleware: the API's reads need a reader or client token."""
+    refusals = RefusalLog("HTTP")
 
     @web.middleware
     async def check_token(
@@ -93,12 +123,16 @@ def http_middleware(tokens: TokenTable) -> Any:
         if is_open_path(request.path):
             return await handler(request)
         role = tokens.role(bearer(request.headers.get("Authorization")))
+        # The path comes from the client: escaped and cut before it reaches the log.
+        where = f"GET {request.path[:100]!a}"
         if role is None:
+            refusals.refused("unauthenticated", f"{where} without a valid token")
             raise web.HTTPUnauthorized(
                 text=UNAUTHENTICATED + "\n",
                 headers={"WWW-Authenticate": 'Bearer realm="fractalq"'},
             )
         if role not in HTTP_READ_ROLES:
+            refusals.refused("permission denied", f"{where} with a {role.value} token")
             raise web.HTTPForbidden(text=_denied(role.value) + "\n")
         return await handler(request)
 
