@@ -20,9 +20,8 @@ from fractalq.config import CoordinatorConfig
 from fractalq.coordinator.broker import Broker
 from fractalq.coordinator.http import make_app
 from fractalq.coordinator.lock import DataFolderLock, StartupError, check_listen, show_address
-from fractalq.coordinator.service import CoordinatorService
+from fractalq.coordinator.service import CoordinatorService, add_to_server
 from fractalq.coordinator.store import GroupCommit, SqliteJournal
-from fractalq.proto import fractalq_pb2_grpc as pb_grpc
 from fractalq.security.auth import TokenInterceptor
 
 log = logging.getLogger("fractalq.coordinator")
@@ -106,7 +105,7 @@ async def _serve(
     # Tokens are checked before any servicer runs (the health service stays open).
     interceptors = [TokenInterceptor(settings.tokens)] if settings.tokens else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
-    pb_grpc.add_CoordinatorServicer_to_server(service, server)
+    add_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     listen = show_address(settings.host, settings.port)
