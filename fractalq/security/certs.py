@@ -64,41 +64,47 @@ def _validity(days: float, now: datetime.datetime | None) -> tuple[datetime.date
     return start, start + datetime.timedelta(days=days)
 
 
-def make_ca(
-    common_name: str = "fractalq local CA",
-    days: float = config.CA_DAYS,
-    now: datetime.datetime | None = None,
-) -> Issued:
-    key = _new_key()
+def _builder(
+    subject: str, issuer: x509.Name, key: Key, days: float, now: datetime.datetime | None, ca: bool
+) -> x509.CertificateBuilder:
+    """What both kinds of certificate share: names, validity, and the key's usage."""
     start, end = _validity(days, now)
     public = key.public_key()
-    cert = (
+    return (
         x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
+        .subject_name(_name(subject))
+        .issuer_name(issuer)
         .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
                 content_commitment=False,
                 key_encipherment=False,
                 data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
+                key_agreement=not ca,
+                key_cert_sign=ca,
+                crl_sign=ca,
                 encipher_only=False,
                 decipher_only=False,
             ),
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .sign(key, hashes.SHA256())
     )
-    return Issued(cert, key)
+
+
+def make_ca(
+    common_name: str = "fractalq local CA",
+    days: float = config.CA_DAYS,
+    now: datetime.datetime | None = None,
+) -> Issued:
+    key = _new_key()
+    builder = _builder(common_name, _name(common_name), key, days, now, ca=True)
+    return Issued(builder.sign(key, hashes.SHA256()), key)
 
 
 def _san(names: Iterable[str]) -> x509.SubjectAlternativeName:
@@ -125,34 +131,10 @@ def issue(
 ) -> Issued:
     """A certificate signed by ``ca``: for a server (valid for ``names``) or a client."""
     key = _new_key()
-    start, end = _validity(days, now)
-    public = key.public_key()
     usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(ca.cert.subject)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        _builder(common_name, ca.cert.subject, key, days, now, ca=False)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
             critical=False,
