@@ -15,9 +15,9 @@ from google.protobuf.message import Message
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fractalq.coordinator import validation
+from fractalq.coordinator.auth import http_middleware
 from fractalq.coordinator.metrics import registry
 from fractalq.coordinator.service import CoordinatorService, job_message
-from fractalq.security.auth import http_middleware
 from fractalq.security.tokens import TokenTable
 
 
@@ -71,6 +71,7 @@ def make_app(service: CoordinatorService, tokens: TokenTable | None = None) -> w
             raise web.HTTPNotFound(text="no such job")
         return _json(job_message(found))
 
-    app = web.Application(middlewares=[http_middleware(tokens)] if tokens else [])
+    middlewares = [http_middleware(tokens, service.refusals)] if tokens else []
+    app = web.Application(middlewares=middlewares)
     app.add_routes(routes)
     return app

@@ -46,6 +46,25 @@ class StatsCollector(Collector):
             yield CounterMetricFamily(
                 f"fractalq_tasks_{name}", f"{text}, since the coordinator started.", value=value
             )
+        refused = CounterMetricFamily(
+            "fractalq_requests_refused",
+            "Requests refused, since the coordinator started: malformed (invalid), without"
+            " a valid token (unauthenticated), with a token of a role that may not make the"
+            " call (denied), or worker calls with an unknown session or a live worker's id"
+            " (worker_session).",
+            labels=["reason"],
+        )
+        refused.add_metric(["invalid"], stats.requests_invalid)
+        refused.add_metric(["unauthenticated"], stats.requests_unauthenticated)
+        refused.add_metric(["denied"], stats.requests_denied)
+        refused.add_metric(["worker_session"], stats.requests_refused)
+        yield refused
+        yield CounterMetricFamily(
+            "fractalq_reports_ignored",
+            "Task reports that changed nothing (late, duplicate, cancelled, or not the"
+            " lease holder's), since the coordinator started.",
+            value=stats.reports_ignored,
+        )
         workers = GaugeMetricFamily(
             "fractalq_workers",
             "Registered workers, by whether they are draining.",

@@ -17,12 +17,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fractalq import config
 from fractalq.config import CoordinatorConfig
+from fractalq.coordinator.auth import TokenInterceptor
 from fractalq.coordinator.broker import Broker
 from fractalq.coordinator.http import make_app
 from fractalq.coordinator.lock import DataFolderLock, StartupError, check_listen, show_address
 from fractalq.coordinator.service import CoordinatorService, add_to_server
 from fractalq.coordinator.store import GroupCommit, SqliteJournal
-from fractalq.security.auth import TokenInterceptor
 
 log = logging.getLogger("fractalq.coordinator")
 
@@ -103,7 +103,7 @@ async def _serve(
         ("grpc.so_reuseport", 0),
     ]
     # Tokens are checked before any servicer runs (the health service stays open).
-    interceptors = [TokenInterceptor(settings.tokens)] if settings.tokens else []
+    interceptors = [TokenInterceptor(settings.tokens, service.refusals)] if settings.tokens else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
     add_to_server(service, server)
     health_servicer = health.aio.HealthServicer()

@@ -9,8 +9,8 @@ No client input can make a handler raise anything else: requests are parsed
 by :func:`add_to_server`'s deserializers, which turn bytes that are not a
 valid message into :class:`Malformed` instead of an exception inside gRPC
 (which would log a traceback and send internal class names back), and
-malformed requests are answered INVALID_ARGUMENT and logged at most once per
-``INVALID_REQUEST_LOG_INTERVAL``. An exception that still escapes a handler
+malformed requests are answered INVALID_ARGUMENT, counted and logged without
+flooding the log (:mod:`.refusals`). An exception that still escapes a handler
 is a bug: it is logged with its traceback and the client gets INTERNAL with
 no detail.
 """
@@ -41,6 +41,7 @@ from fractalq.coordinator.broker import (
     WorkerRecord,
 )
 from fractalq.coordinator.jobs import Job, JobState, TaskState
+from fractalq.coordinator.refusals import INVALID, PERMISSION_DENIED, UNAUTHENTICATED, Refusals
 from fractalq.coordinator.store import GroupCommit, SqliteJournal
 from fractalq.coordinator.validation import loggable
 from fractalq.proto import fractalq_pb2 as pb
@@ -73,27 +74,6 @@ def _status(error: BrokerError) -> grpc.StatusCode:
         if isinstance(error, kind):
             return code
     return grpc.StatusCode.FAILED_PRECONDITION
-
-
-class InvalidLog:
-    """Counts malformed requests and logs them at most once per ``interval`` seconds."""
-
-    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = interval
-        self.clock = clock
-        self.total = 0
-        self._unlogged = 0
-        self._last = -interval
-
-    def record(self, method: str, message: str) -> None:
-        self.total += 1
-        now = self.clock()
-        if now - self._last < self.interval:
-            self._unlogged += 1
-            return
-        more = f" ({self._unlogged} more since the last such line)" if self._unlogged else ""
-        log.warning("refused a malformed %s request: %s%s", method, loggable(message), more)
-        self._last, self._unlogged = now, 0
 
 
 def _refusal(error: BrokerError) -> tuple[grpc.StatusCode, str]:
@@ -146,7 +126,7 @@ def _refuse(
     (tens of MB per request, measured). Setting the status does not.
     """
     if code is grpc.StatusCode.INVALID_ARGUMENT:
-        service.invalid.record(method, message)
+        service.refusals.refused(INVALID, f"{method}: {loggable(message)}")
     context.set_code(code)
     context.set_details(message)
 
@@ -239,7 +219,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self.commit = commit
         self.clock = clock
         self.stopping = False
-        self.invalid = InvalidLog(config.INVALID_REQUEST_LOG_INTERVAL)
+        self.refusals = Refusals()
         self._ready = asyncio.Event()
         self._watches = JobWatches()
         broker.on_ready = self._wake
@@ -547,5 +527,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             ],
             reports_ignored=broker.reports_ignored,
             requests_refused=broker.requests_refused,
-            requests_invalid=self.invalid.total,
+            requests_invalid=self.refusals.counts[INVALID],
+            requests_unauthenticated=self.refusals.counts[UNAUTHENTICATED],
+            requests_denied=self.refusals.counts[PERMISSION_DENIED],
         )

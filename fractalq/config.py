@@ -36,7 +36,8 @@ CERT_DAYS = 365
 CA_DAYS = 10 * 365
 # The diagnostic TLS handshake a client makes after a failed call, to say why.
 TLS_DIAGNOSE_TIMEOUT = 5.0
-# Calls refused for a missing or wrong token: one log line at most this often.
+# Refused requests (malformed, no valid token, a role that may not) are said in
+# one log line at most this often, with the counts since the last one.
 REFUSED_LOG_INTERVAL = 5.0
 
 # ---- queue ---------------------------------------------------------------
@@ -70,9 +71,6 @@ MAX_LABEL_VALUE_LENGTH = 256
 MAX_REASON_LENGTH = 2000
 MAX_LIST_LIMIT = 1000
 PRIORITY_RANGE = (-1_000_000, 1_000_000)
-# Malformed requests are logged at most this often (one line, with a count of
-# those not logged since), so a flood of them cannot flood the log.
-INVALID_REQUEST_LOG_INTERVAL = 5.0
 
 # Leases and liveness.
 DEFAULT_WORKER_TIMEOUT = 15.0

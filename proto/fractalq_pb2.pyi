@@ -877,6 +877,8 @@ class Stats(_message.Message):
     REPORTS_IGNORED_FIELD_NUMBER: _builtins.int
     REQUESTS_REFUSED_FIELD_NUMBER: _builtins.int
     REQUESTS_INVALID_FIELD_NUMBER: _builtins.int
+    REQUESTS_UNAUTHENTICATED_FIELD_NUMBER: _builtins.int
+    REQUESTS_DENIED_FIELD_NUMBER: _builtins.int
     queued: _builtins.int
     """ready to lease now"""
     delayed: _builtins.int
@@ -895,6 +897,10 @@ class Stats(_message.Message):
     """worker calls with an unknown session or a taken worker id"""
     requests_invalid: _builtins.int
     """requests refused as malformed (INVALID_ARGUMENT)"""
+    requests_unauthenticated: _builtins.int
+    """calls without a valid token (gRPC and HTTP)"""
+    requests_denied: _builtins.int
+    """calls with a token of a role that may not make them"""
     @_builtins.property
     def by_priority(self) -> _containers.RepeatedCompositeFieldContainer[Global___PriorityDepth]: ...
     @_builtins.property
@@ -914,10 +920,12 @@ class Stats(_message.Message):
         reports_ignored: _builtins.int = ...,
         requests_refused: _builtins.int = ...,
         requests_invalid: _builtins.int = ...,
+        requests_unauthenticated: _builtins.int = ...,
+        requests_denied: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_priority", b"by_priority", "delayed", b"delayed", "jobs_active", b"jobs_active", "leased", b"leased", "queued", b"queued", "reports_ignored", b"reports_ignored", "requests_invalid", b"requests_invalid", "requests_refused", b"requests_refused", "tasks_dead", b"tasks_dead", "tasks_failed", b"tasks_failed", "tasks_succeeded", b"tasks_succeeded", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_priority", b"by_priority", "delayed", b"delayed", "jobs_active", b"jobs_active", "leased", b"leased", "queued", b"queued", "reports_ignored", b"reports_ignored", "requests_denied", b"requests_denied", "requests_invalid", b"requests_invalid", "requests_refused", b"requests_refused", "requests_unauthenticated", b"requests_unauthenticated", "tasks_dead", b"tasks_dead", "tasks_failed", b"tasks_failed", "tasks_succeeded", b"tasks_succeeded", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -184,8 +184,8 @@ def test_tokens_work_without_tls_and_never_reach_a_log(tmp_path: Path) -> None:
     assert "registered" in logs
     # Refusals are said, rate-limited, naming the call, never the token.
     assert (
-        "gRPC refused 1 unauthenticated call(s)"
-        " (last: /fractalq.v1.Coordinator/GetStats without a valid token)"
+        "refused 1 unauthenticated request(s)"
+        " (latest: /fractalq.v1.Coordinator/GetStats without a valid token)"
     ) in coordinator.log()
     for token in trust.tokens.values():
         assert token not in logs

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from procs import Coordinator, ProcessGroup, run_cli, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 
 from fractalq import config
 from fractalq.proto import fractalq_pb2 as pb
@@ -245,6 +247,14 @@ def test_malformed_requests_are_logged_once_in_a_while_without_tracebacks(
         details = refused(lambda: raw(b"\xff\xff\xff\xff"), grpc.StatusCode.INVALID_ARGUMENT)
         assert "SubmitJobRequest" in details
     assert stats_of(coordinator).requests_invalid == 201
+    url = f"http://127.0.0.1:{coordinator.http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        samples = {
+            (sample.name, sample.labels.get("reason")): sample.value
+            for family in text_string_to_metric_families(response.read().decode())
+            for sample in family.samples
+        }
+    assert samples[("fractalq_requests_refused_total", "invalid")] == 201
     log = coordinator.log()
-    assert 1 <= log.count("refused a malformed") <= 3
+    assert 1 <= log.count(" invalid request(s) (latest: GetJob: job_id must be") <= 3
     assert "Traceback" not in log

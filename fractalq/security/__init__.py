@@ -9,7 +9,8 @@ nothing:
   Clients trust ``--tls-ca``. A failed handshake is explained in one line by
   a diagnostic handshake (:func:`.tls.diagnose`), since gRPC does not say why.
   :mod:`.certs` makes a CA and certificates for local use (``fractalq certs``).
-- **Tokens** (:mod:`.tokens`, :mod:`.auth`): ``--auth-tokens FILE`` lists
+- **Tokens** (:mod:`.tokens`; checked at the coordinator's doors by
+  :mod:`fractalq.coordinator.auth`): ``--auth-tokens FILE`` lists
   ``ROLE TOKEN`` lines; every call carries ``authorization: Bearer TOKEN``
   and the role decides which calls it may make (workers the worker calls,
   clients submit and cancel and read, readers read). Tokens are compared in

@@ -5,22 +5,18 @@ Both answer the same way: no token or an unknown one is UNAUTHENTICATED (HTTP
 make this call is PERMISSION_DENIED (403). The standard gRPC health service,
 ``/healthz`` and ``/metrics`` answer without a token. Tokens are never logged
 and never sent back; refusals are counted and logged at most every few
-seconds (:class:`RefusalLog`).
+seconds (:mod:`.refusals`).
 """
 
 from __future__ import annotations
 
-import collections
-import logging
-import math
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from aiohttp import web
 
-from fractalq import config
+from fractalq.coordinator.refusals import PERMISSION_DENIED, UNAUTHENTICATED, Refusals
 from fractalq.security.tokens import (
     HTTP_READ_ROLES,
     TokenTable,
@@ -30,9 +26,7 @@ from fractalq.security.tokens import (
     method_allowed,
 )
 
-log = logging.getLogger("fractalq.coordinator.auth")
-
-UNAUTHENTICATED = "a valid token is required (authorization: Bearer TOKEN)"
+NEEDS_TOKEN = "a valid token is required (authorization: Bearer TOKEN)"
 
 
 def _denied(role: str) -> str:
@@ -42,8 +36,12 @@ def _denied(role: str) -> str:
 def _refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str) -> Any:
     """A handler of the same shape as ``handler`` that ends the call with ``code``."""
 
+    # The status is set, not raised with context.abort(): gRPC would keep the
+    # exception, and with it the (unread, possibly large) request, in a
+    # reference cycle until the cyclic collector runs.
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(code, details)
+        context.set_code(code)
+        context.set_details(details)
 
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(refuse)
@@ -54,38 +52,12 @@ def _refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: st
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-class RefusalLog:
-    """Counts refused calls and says so in one warning line at most every ``interval``.
-
-    A misconfigured worker shows in the log at once; a client hammering the
-    port with bad tokens cannot flood it. The line names the call and the
-    role, never the token.
-    """
-
-    def __init__(self, door: str, interval: float = config.REFUSED_LOG_INTERVAL) -> None:
-        self.door = door
-        self.interval = interval
-        self.counts: collections.Counter[str] = collections.Counter()
-        self._since: collections.Counter[str] = collections.Counter()
-        self._logged = -math.inf
-
-    def refused(self, kind: str, what: str) -> None:
-        self.counts[kind] += 1
-        self._since[kind] += 1
-        now = time.monotonic()
-        if now - self._logged >= self.interval:
-            counts = ", ".join(f"{count} {name}" for name, count in sorted(self._since.items()))
-            log.warning("%s refused %s call(s) (last: %s)", self.door, counts, what)
-            self._since.clear()
-            self._logged = now
-
-
 class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Checks ``authorization: Bearer TOKEN`` on every call but the health service's."""
 
-    def __init__(self, tokens: TokenTable) -> None:
+    def __init__(self, tokens: TokenTable, refusals: Refusals) -> None:
         self.tokens = tokens
-        self.refusals = RefusalLog("gRPC")
+        self.refusals = refusals
 
     async def intercept_service(
         self,
@@ -104,17 +76,16 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         role = self.tokens.role(bearer(header))
         # `method` is one the server registered (handler is not None): safe to log.
         if role is None:
-            self.refusals.refused("unauthenticated", f"{method} without a valid token")
-            return _refusing(handler, grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
+            self.refusals.refused(UNAUTHENTICATED, f"{method} without a valid token")
+            return _refusing(handler, grpc.StatusCode.UNAUTHENTICATED, NEEDS_TOKEN)
         if not method_allowed(method, role):
-            self.refusals.refused("permission denied", f"{method} with a {role.value} token")
+            self.refusals.refused(PERMISSION_DENIED, f"{method} with a {role.value} token")
             return _refusing(handler, grpc.StatusCode.PERMISSION_DENIED, _denied(role.value))
         return handler
 
 
-def http_middleware(tokens: TokenTable) -> Any:
+def http_middleware(tokens: TokenTable, refusals: Refusals) -> Any:
     """aiohttp middleware: the API's reads need a reader or client token."""
-    refusals = RefusalLog("HTTP")
 
     @web.middleware
     async def check_token(
@@ -126,13 +97,13 @@ def http_middleware(tokens: TokenTable) -> Any:
         # The path comes from the client: escaped and cut before it reaches the log.
         where = f"GET {request.path[:100]!a}"
         if role is None:
-            refusals.refused("unauthenticated", f"{where} without a valid token")
+            refusals.refused(UNAUTHENTICATED, f"{where} without a valid token")
             raise web.HTTPUnauthorized(
-                text=UNAUTHENTICATED + "\n",
+                text=NEEDS_TOKEN + "\n",
                 headers={"WWW-Authenticate": 'Bearer realm="fractalq"'},
             )
         if role not in HTTP_READ_ROLES:
-            refusals.refused("permission denied", f"{where} with a {role.value} token")
+            refusals.refused(PERMISSION_DENIED, f"{where} with a {role.value} token")
             raise web.HTTPForbidden(text=_denied(role.value) + "\n")
         return await handler(request)
 
