@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from procs import Coordinator, ProcessGroup, run_cli, wait_until
+from procs import Coordinator, ProcessGroup, Trust, run_cli, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from fractalq import config
@@ -137,6 +137,48 @@ def test_forged_band_reports_do_not_finish_a_render(
         render.kill()
     assert render.returncode == 0, stderr
     assert out.stat().st_size > 0
+
+
+def test_with_tokens_a_reader_cannot_cancel_a_render_nor_a_client_sabotage_it(
+    cluster: ProcessGroup, tmp_path: Path
+) -> None:
+    trust = Trust(tmp_path / "trust")
+    coordinator = cluster.start_coordinator(trust=trust)
+    storage = (tmp_path / "storage").as_uri()
+    cluster.start_worker(storage=storage)
+    out = tmp_path / "image.png"
+    render = subprocess.Popen(
+        ["python", "-m", "fractalq", "render", "--mandelbrot", "--width", "1600", "--height",
+         "1600", "--max-iter", "3000", "--center-x", "-0.1", "--center-y", "0.75",
+         "--view-width", "0.01", "--regions", "16", "--coordinator", coordinator.address,
+         "--storage", storage, "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=trust.env("client"),
+    )  # fmt: skip
+    try:
+        with coordinator.client() as client:
+            [job] = wait_until(lambda: client.jobs(active_only=True), message="the render's job")
+        for role in ("reader", "worker", None):
+            with trust.endpoint(coordinator.address, role).channel() as channel:
+                stub = pb_grpc.CoordinatorStub(channel)
+                cancel = pb.CancelJobRequest(job_id=job.job_id, reason="mine now")
+                code = (
+                    grpc.StatusCode.UNAUTHENTICATED
+                    if role is None
+                    else grpc.StatusCode.PERMISSION_DENIED
+                )
+                refused(lambda s=stub, c=cancel: s.CancelJob(c), code)
+                if role != "worker":  # a client or reader cannot pose as a worker
+                    register = pb.RegisterWorkerRequest(worker_id="saboteur", task_types=[BAND])
+                    refused(lambda s=stub, r=register: s.RegisterWorker(r), code)
+        with trust.endpoint(coordinator.address, "client").channel() as channel:
+            stub = pb_grpc.CoordinatorStub(channel)
+            register = pb.RegisterWorkerRequest(worker_id="saboteur", task_types=[BAND])
+            refused(lambda: stub.RegisterWorker(register), grpc.StatusCode.PERMISSION_DENIED)
+        _, stderr = render.communicate(timeout=240)
+    finally:
+        render.kill()
+    assert render.returncode == 0, stderr
+    assert "saboteur" not in {worker.worker_id for worker in stats_of(coordinator).workers}
 
 
 def test_a_live_workers_id_cannot_be_unregistered_or_taken_over(
