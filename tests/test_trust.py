@@ -8,8 +8,10 @@ clear status code, changes nothing, and leaves the honest work to finish.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +22,11 @@ from procs import Coordinator, ProcessGroup, Trust, run_cli, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from fractalq import config
+from fractalq.config import WorkerConfig
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
 from fractalq.tasks.band import TASK_TYPE as BAND
+from fractalq.worker.runtime import Worker
 
 
 @pytest.fixture
@@ -201,6 +205,28 @@ def test_a_live_workers_id_cannot_be_unregistered_or_taken_over(
     assert still.task_types == worker.task_types
     job_id = stub.SubmitJob(pb.SubmitJobRequest(task_type="sleep", count=4)).job.job_id
     wait_until(lambda: job_of(coordinator, job_id).state == pb.SUCCEEDED, 20, "the job")
+
+
+def test_a_worker_whose_id_is_taken_registers_under_a_new_one(
+    coordinator: Coordinator, stub: pb_grpc.CoordinatorStub
+) -> None:
+    # As when the answer to its registration was lost: a session it never
+    # learned holds its id.
+    stub.RegisterWorker(pb.RegisterWorkerRequest(worker_id="taken", task_types=["noop"]))
+    worker = Worker(WorkerConfig(coordinator=coordinator.address), worker_id="taken")
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(worker.run(),))
+    thread.start()
+    try:
+        job_id = stub.SubmitJob(pb.SubmitJobRequest(task_type="noop", count=3)).job.job_id
+        wait_until(lambda: job_of(coordinator, job_id).state == pb.SUCCEEDED, message="the job")
+        assert worker.worker_id != "taken"
+        assert {"taken", worker.worker_id} <= {w.worker_id for w in stats_of(coordinator).workers}
+    finally:
+        loop.call_soon_threadsafe(worker.stop)
+        thread.join(30)
+        loop.close()
+    assert not thread.is_alive()
 
 
 @pytest.mark.parametrize(

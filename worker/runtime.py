@@ -115,6 +115,15 @@ class Worker:
                     return
                 except (grpc.aio.AioRpcError, SessionLost) as error:
                     code = error.code() if isinstance(error, grpc.aio.AioRpcError) else None
+                    if code is grpc.StatusCode.ALREADY_EXISTS:
+                        # Our ids are unique per process, so this is a registration
+                        # of ours whose answer was lost: a session we never learned
+                        # holds the id until it times out. Start afresh under a new
+                        # id (what that session leased comes back on its timeout).
+                        old, self.worker_id = self.worker_id, new_worker_id()
+                        self._session_id = ""
+                        log.warning("worker id %s is taken; registering as %s", old, self.worker_id)
+                        continue
                     if code is not None and code not in _RECONNECT_CODES:
                         raise WorkerError(f"the coordinator refused: {_brief(error)}") from None
                     if self._stop.is_set():
