@@ -137,10 +137,14 @@ class Endpoint:
             channel = grpc.intercept_channel(channel, _SyncToken(self.metadata[0]))
         return channel
 
-    def aio_channel(self) -> grpc.aio.Channel:
-        """An asyncio channel; every call on it carries the token."""
+    def aio_channel(self, add_token: bool = True) -> grpc.aio.Channel:
+        """An asyncio channel; every call on it carries the token.
+
+        ``add_token=False``: the caller passes :attr:`metadata` with each call
+        itself, which spares the interceptors' cost on a busy channel.
+        """
         interceptors: Sequence[Any] | None = None
-        if self.token:
+        if self.token and add_token:
             header = self.metadata[0]
             interceptors = [kind(header) for kind in _AIO_KINDS]
         if self.tls is None:

@@ -94,6 +94,8 @@ class Worker:
         # The secret the coordinator issued at registration; presented again
         # on a reconnect to resume the same session (and keep its leases).
         self._session_id = ""
+        # The token, sent with each call (cheaper than a channel interceptor).
+        self._metadata = settings.endpoint.metadata
 
     def stop(self) -> None:
         """Begin draining: take nothing new, finish or hand back, then return from run()."""
@@ -144,7 +146,7 @@ class Worker:
 
     async def _session(self) -> None:
         # TLS, the worker token and the message-size limits come with the channel.
-        async with self.settings.endpoint.aio_channel() as channel:
+        async with self.settings.endpoint.aio_channel(add_token=False) as channel:
             stub = pb_grpc.CoordinatorStub(channel)
             registered = await stub.RegisterWorker(
                 pb.RegisterWorkerRequest(
@@ -155,6 +157,7 @@ class Worker:
                     session=self._session_id,
                 ),
                 timeout=10,
+                metadata=self._metadata,
             )
             self._session_id = registered.session
             log.info("worker %s registered at %s", self.worker_id, self.settings.coordinator)
@@ -189,7 +192,7 @@ class Worker:
                 if self._stop.is_set():  # say "draining" once, then keep the normal pace
                     await asyncio.sleep(interval)
 
-        call = stub.Heartbeat(beats())
+        call = stub.Heartbeat(beats(), metadata=self._metadata)
         async for _ in call:
             pass
         raise SessionLost("heartbeat stream closed by the coordinator")
@@ -213,6 +216,7 @@ class Worker:
                         wait_seconds=LONG_POLL_SECONDS,
                     ),
                     timeout=LONG_POLL_SECONDS + 10,
+                    metadata=self._metadata,
                 )
                 get = asyncio.ensure_future(call)
                 await asyncio.wait([get, stop], return_when=asyncio.FIRST_COMPLETED)
@@ -268,6 +272,7 @@ class Worker:
                     worker_id=self.worker_id, session=self._session_id, results=batch
                 ),
                 timeout=30,
+                metadata=self._metadata,
             )
             del self._results[: len(batch)]
         while self._errors:
@@ -277,6 +282,7 @@ class Worker:
                     worker_id=self.worker_id, session=self._session_id, errors=failures
                 ),
                 timeout=30,
+                metadata=self._metadata,
             )
             del self._errors[: len(failures)]
 
@@ -300,6 +306,7 @@ class Worker:
         response = await stub.UnregisterWorker(
             pb.UnregisterWorkerRequest(worker_id=self.worker_id, session=self._session_id),
             timeout=10,
+            metadata=self._metadata,
         )
         log.info(
             "worker %s stopped (%d completed, %d failed, %d handed back)",
