@@ -22,6 +22,13 @@ nothing. A worker id that a live session holds cannot be registered again,
 except by that session (a reconnect, which keeps its leases).
 
 Clients submit, watch, inspect and cancel jobs, and read queue statistics.
+
+A job runs in up to three stages: an optional first task, then its
+parallel tasks, then an optional final task. The coordinator releases each
+stage when the one before has succeeded; the job's state says which stage
+runs (PREPARING, RUNNING, FINISHING), its counts are those of the parallel
+tasks, and the first and final tasks are described on their own. The final
+task's result is the job's result (a render's: where its image is).
 """
 
 from collections import abc as _abc
@@ -50,12 +57,16 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     QUEUED: _JobState.ValueType  # 1
     """no task has been leased yet"""
     RUNNING: _JobState.ValueType  # 2
-    """some task has been leased"""
+    """some parallel task has been leased"""
     SUCCEEDED: _JobState.ValueType  # 3
     """every task succeeded"""
     FAILED: _JobState.ValueType  # 4
     """a task was dead-lettered; see reason"""
     CANCELLED: _JobState.ValueType  # 5
+    PREPARING: _JobState.ValueType  # 6
+    """the first task has been leased; the parallel tasks wait for it"""
+    FINISHING: _JobState.ValueType  # 7
+    """every parallel task succeeded; the final task runs"""
 
 class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper):
     """---- jobs ----------------------------------------------------------------"""
@@ -64,13 +75,49 @@ JOB_STATE_UNSPECIFIED: JobState.ValueType  # 0
 QUEUED: JobState.ValueType  # 1
 """no task has been leased yet"""
 RUNNING: JobState.ValueType  # 2
-"""some task has been leased"""
+"""some parallel task has been leased"""
 SUCCEEDED: JobState.ValueType  # 3
 """every task succeeded"""
 FAILED: JobState.ValueType  # 4
 """a task was dead-lettered; see reason"""
 CANCELLED: JobState.ValueType  # 5
+PREPARING: JobState.ValueType  # 6
+"""the first task has been leased; the parallel tasks wait for it"""
+FINISHING: JobState.ValueType  # 7
+"""every parallel task succeeded; the final task runs"""
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
+
+class _TaskState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TASK_STATE_UNSPECIFIED: _TaskState.ValueType  # 0
+    TASK_WAITING: _TaskState.ValueType  # 1
+    """its stage has not been released yet"""
+    TASK_QUEUED: _TaskState.ValueType  # 2
+    TASK_LEASED: _TaskState.ValueType  # 3
+    TASK_DELAYED: _TaskState.ValueType  # 4
+    """failed, waiting out its retry backoff"""
+    TASK_SUCCEEDED: _TaskState.ValueType  # 5
+    TASK_DEAD: _TaskState.ValueType  # 6
+    TASK_CANCELLED: _TaskState.ValueType  # 7
+
+class TaskState(_TaskState, metaclass=_TaskStateEnumTypeWrapper):
+    """The state of one task, as the first and final tasks of a job report it."""
+
+TASK_STATE_UNSPECIFIED: TaskState.ValueType  # 0
+TASK_WAITING: TaskState.ValueType  # 1
+"""its stage has not been released yet"""
+TASK_QUEUED: TaskState.ValueType  # 2
+TASK_LEASED: TaskState.ValueType  # 3
+TASK_DELAYED: TaskState.ValueType  # 4
+"""failed, waiting out its retry backoff"""
+TASK_SUCCEEDED: TaskState.ValueType  # 5
+TASK_DEAD: TaskState.ValueType  # 6
+TASK_CANCELLED: TaskState.ValueType  # 7
+Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
 @_typing.final
 class RegisterWorkerRequest(_message.Message):
@@ -146,20 +193,24 @@ class HeartbeatRequest(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
+    STORAGE_ERROR_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     draining: _builtins.bool
     """the worker takes no new tasks"""
     session: _builtins.str
+    storage_error: _builtins.str
+    """set while its storage is unreachable (it takes no task)"""
     def __init__(
         self,
         *,
         worker_id: _builtins.str = ...,
         draining: _builtins.bool = ...,
         session: _builtins.str = ...,
+        storage_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "session", b"session", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "session", b"session", "storage_error", b"storage_error", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -224,12 +275,15 @@ class Task(_message.Message):
     TASK_TYPE_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    TIME_LIMIT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     index: _builtins.int
     task_type: _builtins.str
     payload: _builtins.bytes
     attempt: _builtins.int
     """1 for the first lease; identifies the lease"""
+    time_limit: _builtins.float
+    """seconds this attempt may take; 0: the type's default"""
     def __init__(
         self,
         *,
@@ -238,10 +292,11 @@ class Task(_message.Message):
         task_type: _builtins.str = ...,
         payload: _builtins.bytes = ...,
         attempt: _builtins.int = ...,
+        time_limit: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "index", b"index", "job_id", b"job_id", "payload", b"payload", "task_type", b"task_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "index", b"index", "job_id", b"job_id", "payload", b"payload", "task_type", b"task_type", "time_limit", b"time_limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -483,6 +538,55 @@ class UnregisterWorkerResponse(_message.Message):
 Global___UnregisterWorkerResponse: _TypeAlias = UnregisterWorkerResponse  # noqa: Y015
 
 @_typing.final
+class StageTask(_message.Message):
+    """A task of its own type that runs before or after a job's parallel tasks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_TYPE_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    task_type: _builtins.str
+    payload: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        task_type: _builtins.str = ...,
+        payload: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "task_type", b"task_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StageTask: _TypeAlias = StageTask  # noqa: Y015
+
+@_typing.final
+class StageTaskStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_TYPE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    task_type: _builtins.str
+    state: Global___TaskState.ValueType
+    attempts: _builtins.int
+    def __init__(
+        self,
+        *,
+        task_type: _builtins.str = ...,
+        state: Global___TaskState.ValueType = ...,
+        attempts: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "state", b"state", "task_type", b"task_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StageTaskStatus: _TypeAlias = StageTaskStatus  # noqa: Y015
+
+@_typing.final
 class SubmitJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -514,6 +618,9 @@ class SubmitJobRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    FIRST_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
+    TIME_LIMIT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Optional idempotency key: submitting the same id with the same tasks again
     returns the existing job; with different tasks it is an error.
@@ -525,12 +632,22 @@ class SubmitJobRequest(_message.Message):
     """lower runs first"""
     max_attempts: _builtins.int
     """0: the coordinator's default"""
+    time_limit: _builtins.float
+    """seconds per attempt of each task; 0: the type's default"""
     @_builtins.property
     def payloads(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """Either one payload per task, or `count` copies of `payload`."""
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def first(self) -> Global___StageTask:
+        """runs before the parallel tasks (optional)"""
+
+    @_builtins.property
+    def final(self) -> Global___StageTask:
+        """runs after every parallel task succeeded (optional)"""
+
     def __init__(
         self,
         *,
@@ -542,10 +659,13 @@ class SubmitJobRequest(_message.Message):
         priority: _builtins.int = ...,
         max_attempts: _builtins.int = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        first: Global___StageTask | None = ...,
+        final: Global___StageTask | None = ...,
+        time_limit: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["final", b"final", "first", b"first"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "job_id", b"job_id", "labels", b"labels", "max_attempts", b"max_attempts", "payload", b"payload", "payloads", b"payloads", "priority", b"priority", "task_type", b"task_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "final", b"final", "first", b"first", "job_id", b"job_id", "labels", b"labels", "max_attempts", b"max_attempts", "payload", b"payload", "payloads", b"payloads", "priority", b"priority", "task_type", b"task_type", "time_limit", b"time_limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -615,6 +735,10 @@ class Job(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
+    FIRST_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    TIME_LIMIT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     task_type: _builtins.str
     priority: _builtins.int
@@ -635,11 +759,23 @@ class Job(_message.Message):
     """0 until a task is leased"""
     finished_at: _builtins.float
     """0 until the job ends"""
+    result: _builtins.bytes
+    """the final task's result, once it succeeded"""
+    time_limit: _builtins.float
+    """seconds per attempt; 0: each task type's default"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def results(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """per task, only when asked for and the job succeeded"""
+
+    @_builtins.property
+    def first(self) -> Global___StageTaskStatus:
+        """set when the job has a first task"""
+
+    @_builtins.property
+    def final(self) -> Global___StageTaskStatus:
+        """set when the job has a final task"""
 
     def __init__(
         self,
@@ -660,10 +796,14 @@ class Job(_message.Message):
         finished_at: _builtins.float = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         results: _abc.Iterable[_builtins.bytes] | None = ...,
+        first: Global___StageTaskStatus | None = ...,
+        final: Global___StageTaskStatus | None = ...,
+        result: _builtins.bytes = ...,
+        time_limit: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["final", b"final", "first", b"first"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "dead", b"dead", "finished_at", b"finished_at", "job_id", b"job_id", "labels", b"labels", "leased", b"leased", "max_attempts", b"max_attempts", "priority", b"priority", "queued", b"queued", "reason", b"reason", "results", b"results", "started_at", b"started_at", "state", b"state", "succeeded", b"succeeded", "task_type", b"task_type", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "dead", b"dead", "final", b"final", "finished_at", b"finished_at", "first", b"first", "job_id", b"job_id", "labels", b"labels", "leased", b"leased", "max_attempts", b"max_attempts", "priority", b"priority", "queued", b"queued", "reason", b"reason", "result", b"result", "results", b"results", "started_at", b"started_at", "state", b"state", "succeeded", b"succeeded", "task_type", b"task_type", "time_limit", b"time_limit", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -830,6 +970,7 @@ class WorkerInfo(_message.Message):
     FAILED_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
     LAST_SEEN_SECONDS_AGO_FIELD_NUMBER: _builtins.int
+    STORAGE_ERROR_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     hostname: _builtins.str
     concurrency: _builtins.int
@@ -838,6 +979,8 @@ class WorkerInfo(_message.Message):
     failed: _builtins.int
     draining: _builtins.bool
     last_seen_seconds_ago: _builtins.float
+    storage_error: _builtins.str
+    """set while the worker cannot reach its storage"""
     @_builtins.property
     def task_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -852,10 +995,11 @@ class WorkerInfo(_message.Message):
         failed: _builtins.int = ...,
         draining: _builtins.bool = ...,
         last_seen_seconds_ago: _builtins.float = ...,
+        storage_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "concurrency", b"concurrency", "draining", b"draining", "failed", b"failed", "hostname", b"hostname", "last_seen_seconds_ago", b"last_seen_seconds_ago", "leased", b"leased", "task_types", b"task_types", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "concurrency", b"concurrency", "draining", b"draining", "failed", b"failed", "hostname", b"hostname", "last_seen_seconds_ago", b"last_seen_seconds_ago", "leased", b"leased", "storage_error", b"storage_error", "task_types", b"task_types", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

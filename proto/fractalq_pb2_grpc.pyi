@@ -22,6 +22,13 @@ nothing. A worker id that a live session holds cannot be registered again,
 except by that session (a reconnect, which keeps its leases).
 
 Clients submit, watch, inspect and cancel jobs, and read queue statistics.
+
+A job runs in up to three stages: an optional first task, then its
+parallel tasks, then an optional final task. The coordinator releases each
+stage when the one before has succeeded; the job's state says which stage
+runs (PREPARING, RUNNING, FINISHING), its counts are those of the parallel
+tasks, and the first and final tasks are described on their own. The final
+task's result is the job's result (a render's: where its image is).
 """
 
 from collections import abc as _abc
