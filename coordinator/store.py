@@ -27,30 +27,89 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import json
 import os
 import sqlite3
 from collections.abc import Callable
+from typing import Any
 
 from fractalq.coordinator.jobs import Job, JobState, TaskState
 
-SCHEMA = """
+
+def _same(value: Any) -> object:
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """A column of the jobs table: its declaration and how a :class:`Job` maps to it.
+
+    By default the value is the job's attribute of the same name, both ways. A
+    column added to :data:`JOB_COLUMNS` is added to an existing database when
+    it is opened (``ALTER TABLE``), so it needs a default or must allow NULL.
+    """
+
+    name: str
+    decl: str
+    # The value written for a job; None: the job's attribute of the same name.
+    save: Callable[[Job], object] | None = None
+    # The job's attribute from the stored value; None: the column is not a Job
+    # field and :meth:`SqliteJournal._job` reads it itself.
+    load: Callable[[Any], object] | None = _same
+    # Written again whenever the job changes; a None value keeps the stored one.
+    updated: bool = False
+
+    def value(self, job: Job) -> object:
+        return getattr(job, self.name) if self.save is None else self.save(job)
+
+
+def _counts(job: Job) -> str | None:
+    # Only a finished job's counts: an unfinished job's come from its task rows.
+    if not job.state.finished:
+        return None
+    return json.dumps({int(state): count for state, count in job.counts.items()})
+
+
+def _shared_payload(job: Job) -> bytes | None:
+    # NULL when the tasks have payloads of their own (in their task rows).
+    return None if job.payloads is not None else job.shared_payload
+
+
+# The jobs table, in one place: its schema, INSERT, UPDATE and SELECT are made from it.
+JOB_COLUMNS = (
+    Column("seq", "INTEGER PRIMARY KEY"),
+    Column("job_id", "TEXT NOT NULL UNIQUE"),
+    Column("task_type", "TEXT NOT NULL"),
+    Column("priority", "INTEGER NOT NULL"),
+    Column("max_attempts", "INTEGER NOT NULL"),
+    Column("total", "INTEGER NOT NULL"),
+    Column("shared_payload", "BLOB", save=_shared_payload, load=None),
+    Column("labels", "TEXT NOT NULL", save=lambda job: json.dumps(job.labels), load=json.loads),
+    Column("fingerprint", "TEXT NOT NULL"),
+    Column(
+        "state", "INTEGER NOT NULL", save=lambda job: int(job.state), load=JobState, updated=True
+    ),
+    Column("reason", "TEXT NOT NULL DEFAULT ''", updated=True),
+    Column("created_at", "REAL NOT NULL"),
+    Column("started_at", "REAL NOT NULL DEFAULT 0", updated=True),
+    Column("finished_at", "REAL NOT NULL DEFAULT 0", updated=True),
+    Column("counts", "TEXT", save=_counts, load=None, updated=True),
+)
+_NAMES = ", ".join(column.name for column in JOB_COLUMNS)
+_UPDATED = tuple(column for column in JOB_COLUMNS if column.updated)
+INSERT_JOB = f"INSERT INTO jobs ({_NAMES}) VALUES ({','.join('?' * len(JOB_COLUMNS))})"
+UPDATE_JOB = (
+    "UPDATE jobs SET "
+    + ", ".join(f"{column.name}=COALESCE(?, {column.name})" for column in _UPDATED)
+    + " WHERE seq=?"
+)
+SELECT_JOBS = f"SELECT {_NAMES} FROM jobs"
+_DECLARATIONS = ",\n    ".join(f"{column.name} {column.decl}" for column in JOB_COLUMNS)
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY,
-    job_id TEXT NOT NULL UNIQUE,
-    task_type TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    max_attempts INTEGER NOT NULL,
-    total INTEGER NOT NULL,
-    shared_payload BLOB,
-    labels TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    state INTEGER NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    started_at REAL NOT NULL DEFAULT 0,
-    finished_at REAL NOT NULL DEFAULT 0,
-    counts TEXT
+    {_DECLARATIONS}
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);
@@ -67,21 +126,16 @@ CREATE TABLE IF NOT EXISTS tasks (
 """
 
 _FINISHED = tuple(int(state) for state in JobState if state.finished)
-_JobRow = tuple[int, str, str, int, int, int, bytes | None, str, str, int, str, float, float, float]
 _TaskRow = tuple[int, int, int, int, bytes | None, str | None]
-_JobUpdate = tuple[int, str, float, float, str | None, int]
-# A jobs row as read back: the job row's columns, then its stored counts.
-_LoadedRow = tuple[
-    int, str, str, int, int, int, bytes | None, str, str, int, str, float, float, float, str | None
-]
 
 
 class Batch:
     """Changes recorded since the last commit, in the order they must be written."""
 
     def __init__(self) -> None:
-        self.new_jobs: list[tuple[_JobRow, list[bytes] | None]] = []
-        self.job_updates: dict[int, _JobUpdate] = {}
+        # Rows in the order of JOB_COLUMNS; updates in the order of UPDATE_JOB.
+        self.new_jobs: list[tuple[tuple[object, ...], list[bytes] | None]] = []
+        self.job_updates: dict[int, tuple[object, ...]] = {}
         self.task_updates: dict[tuple[int, int], _TaskRow] = {}
         # Retention: finished jobs that finished before this, but those kept.
         self.forget: tuple[float, list[int]] | None = None
@@ -101,10 +155,18 @@ class SqliteJournal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._add_new_columns()
         # Lookups of old jobs read on the event loop, beside the committer.
         self._reader = sqlite3.connect(self.path, check_same_thread=False)
         self._batch = Batch()
         self.on_change: Callable[[], None] = lambda: None
+
+    def _add_new_columns(self) -> None:
+        """A database written by an older version gets the columns added since."""
+        known = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column in JOB_COLUMNS:
+            if column.name not in known:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column.name} {column.decl}")
 
     def close(self) -> None:
         self._reader.close()
@@ -113,37 +175,13 @@ class SqliteJournal:
     # ---- recording (called by the broker, on the event loop) -------------
 
     def job_added(self, job: Job) -> None:
-        row: _JobRow = (
-            job.seq,
-            job.job_id,
-            job.task_type,
-            job.priority,
-            job.max_attempts,
-            job.total,
-            None if job.payloads is not None else job.shared_payload,
-            json.dumps(job.labels),
-            job.fingerprint,
-            int(job.state),
-            job.reason,
-            job.created_at,
-            job.started_at,
-            job.finished_at,
-        )
+        row = tuple(column.value(job) for column in JOB_COLUMNS)
         self._batch.new_jobs.append((row, job.payloads))
         self.on_change()
 
     def job_changed(self, job: Job) -> None:
-        counts = None
-        if job.state.finished:
-            counts = json.dumps({int(state): count for state, count in job.counts.items()})
-        self._batch.job_updates[job.seq] = (
-            int(job.state),
-            job.reason,
-            job.started_at,
-            job.finished_at,
-            counts,
-            job.seq,
-        )
+        values = tuple(column.value(job) for column in _UPDATED)
+        self._batch.job_updates[job.seq] = (*values, job.seq)
         self.on_change()
 
     def task_changed(
@@ -174,23 +212,14 @@ class SqliteJournal:
         db.execute("BEGIN")
         try:
             for row, payloads in batch.new_jobs:
-                db.execute(
-                    "INSERT INTO jobs (seq, job_id, task_type, priority, max_attempts, total,"
-                    " shared_payload, labels, fingerprint, state, reason, created_at, started_at,"
-                    " finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    row,
-                )
+                db.execute(INSERT_JOB, row)
                 if payloads is not None:
-                    seq = row[0]
+                    seq = row[0]  # JOB_COLUMNS begins with seq
                     db.executemany(
                         "INSERT INTO tasks (job_seq, idx, payload, state) VALUES (?,?,?,0)",
                         ((seq, index, payload) for index, payload in enumerate(payloads)),
                     )
-            db.executemany(
-                "UPDATE jobs SET state=?, reason=?, started_at=?, finished_at=?,"
-                " counts=COALESCE(?, counts) WHERE seq=?",
-                batch.job_updates.values(),
-            )
+            db.executemany(UPDATE_JOB, batch.job_updates.values())
             db.executemany(
                 "INSERT INTO tasks (job_seq, idx, state, attempts, result, error)"
                 " VALUES (?,?,?,?,?,?) ON CONFLICT (job_seq, idx) DO UPDATE SET"
@@ -222,27 +251,16 @@ class SqliteJournal:
 
     def load(self, finished_limit: int) -> list[Job]:
         """Every unfinished job, and the latest ``finished_limit`` finished ones."""
-        columns = (
-            "seq, job_id, task_type, priority, max_attempts, total, shared_payload, labels,"
-            " fingerprint, state, reason, created_at, started_at, finished_at, counts"
-        )
         marks = ",".join("?" * len(_FINISHED))
-        rows = self._db.execute(
-            f"SELECT {columns} FROM jobs WHERE state NOT IN ({marks})", _FINISHED
-        ).fetchall()
+        rows = self._db.execute(f"{SELECT_JOBS} WHERE state NOT IN ({marks})", _FINISHED).fetchall()
         rows += self._db.execute(
-            f"SELECT {columns} FROM jobs WHERE state IN ({marks}) ORDER BY seq DESC LIMIT ?",
+            f"{SELECT_JOBS} WHERE state IN ({marks}) ORDER BY seq DESC LIMIT ?",
             (*_FINISHED, finished_limit),
         ).fetchall()
         return [self._job(row) for row in rows]
 
     def load_job(self, job_id: str) -> Job | None:
-        row = self._reader.execute(
-            "SELECT seq, job_id, task_type, priority, max_attempts, total, shared_payload,"
-            " labels, fingerprint, state, reason, created_at, started_at, finished_at, counts"
-            " FROM jobs WHERE job_id=?",
-            (job_id,),
-        ).fetchone()
+        row = self._reader.execute(f"{SELECT_JOBS} WHERE job_id=?", (job_id,)).fetchone()
         return None if row is None else self._job(row)
 
     def results(self, job: Job) -> list[bytes]:
@@ -251,11 +269,11 @@ class SqliteJournal:
         ).fetchall()
         return [row[0] or b"" for row in rows]
 
-    def _job(self, row: _LoadedRow) -> Job:
-        (seq, job_id, task_type, priority, max_attempts, total, shared, labels, fingerprint,
-         state, reason, created_at, started_at, finished_at, counts) = row  # fmt: skip
-        job_state = JobState(state)
-        finished = job_state.finished
+    def _job(self, row: tuple[Any, ...]) -> Job:
+        stored = {column.name: value for column, value in zip(JOB_COLUMNS, row, strict=True)}
+        fields = {c.name: c.load(stored[c.name]) for c in JOB_COLUMNS if c.load is not None}
+        seq, total, shared = stored["seq"], stored["total"], stored["shared_payload"]
+        finished = JobState(stored["state"]).finished
         if finished:  # counts only: a finished job keeps no per-task data in memory
             states = attempts = bytearray(1)
         else:
@@ -275,28 +293,16 @@ class SqliteJournal:
             if payloads is not None:
                 payloads[idx] = payload or b""
         job = Job(
-            job_id=job_id,
-            seq=seq,
-            task_type=task_type,
-            priority=priority,
-            max_attempts=max_attempts,
-            total=total,
-            fingerprint=fingerprint,
-            created_at=created_at,
+            **fields,  # type: ignore[arg-type]
             payloads=payloads,
             shared_payload=shared or b"",
-            labels=json.loads(labels),
-            state=job_state,
-            reason=reason,
-            started_at=started_at,
-            finished_at=finished_at,
             states=states,
             attempts=attempts,
         )
         if finished:
             job.drop_payloads()
-            stored = json.loads(counts) if counts else {}
-            job.counts = {s: int(stored.get(str(int(s)), 0)) for s in TaskState}
+            counts = json.loads(stored["counts"]) if stored["counts"] else {}
+            job.counts = {s: int(counts.get(str(int(s)), 0)) for s in TaskState}
         return job
 
 
