@@ -78,7 +78,10 @@ HEARTBEATS_PER_TIMEOUT = 3
 MAX_LONG_POLL_SECONDS = 30.0
 MAX_TASKS_PER_LEASE = 1000
 
-# Retries: capped exponential backoff with full jitter.
+# Backoff: every retry in fractalq waits by one formula (fractalq/retry.py):
+# after failed attempt n, between half and all of min(max, base * 2**(n-1))
+# ("equal jitter"), with the base and max below for each use. Here: a failed
+# task, put back in the queue by the coordinator.
 RETRY_BASE_DELAY = 0.5
 RETRY_MAX_DELAY = 30.0
 
@@ -102,9 +105,23 @@ DEFAULT_CONCURRENCY = 1
 # the worker stops. Other workers cannot take a prefetched task meanwhile.
 DEFAULT_PREFETCH = 1
 DEFAULT_GRACE_PERIOD = 25.0  # below Kubernetes' default 30 s termination grace
-RECONNECT_INITIAL_DELAY = 0.2
+# The worker reconnecting to a coordinator it lost (the backoff formula above).
+RECONNECT_BASE_DELAY = 0.2
 RECONNECT_MAX_DELAY = 5.0
 REPORT_BATCH = 256
+# A storage outage: a task whose storage calls still fail transiently after the
+# storage layer's own tries (STORAGE_ATTEMPTS, below) is not failed. Its worker
+# keeps the lease (and the attempt), takes no new task and probes the storage
+# with this backoff; once a probe succeeds the task runs again. Only a task
+# that has waited for storage longer than STORAGE_OUTAGE_LIMIT seconds fails
+# (and then the attempt counts).
+STORAGE_PROBE_BASE_DELAY = 0.5
+STORAGE_PROBE_MAX_DELAY = 5.0
+STORAGE_OUTAGE_LIMIT = 30 * 60.0
+MAX_STORAGE_OUTAGE_LIMIT = 7 * 24 * 3600.0
+# What a worker says about its storage in heartbeats and the worker list: one
+# line, cut to this length by the coordinator.
+MAX_STORAGE_ERROR_LENGTH = 300
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,10 +141,16 @@ class QueueLimits:
 
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:
-    """Capped exponential backoff: attempt n waits up to base * 2**(n-1), at most cap."""
+    """Capped exponential backoff: attempt n waits up to base * 2**(n-1), at most cap.
+
+    The defaults are a failed task's; :func:`fractalq.retry.retry_delay` draws the wait.
+    """
 
     base_delay: float = RETRY_BASE_DELAY
     max_delay: float = RETRY_MAX_DELAY
+
+
+RECONNECT_BACKOFF = RetryPolicy(RECONNECT_BASE_DELAY, RECONNECT_MAX_DELAY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +178,7 @@ class WorkerConfig:
     concurrency: int = DEFAULT_CONCURRENCY
     prefetch: int = DEFAULT_PREFETCH
     grace_period: float = DEFAULT_GRACE_PERIOD
+    storage_outage_limit: float = STORAGE_OUTAGE_LIMIT
     task_types: tuple[str, ...] | None = None  # None: every registered type
     tls: ClientTLS | None = None  # None: a plaintext channel
     token: str | None = dataclasses.field(default=None, repr=False)  # the worker role's
@@ -191,6 +215,8 @@ DEFAULT_JULIA_VIEW = (0.0, 0.0, 3.0)
 
 # ---- storage -------------------------------------------------------------
 
+# Each storage call: up to STORAGE_ATTEMPTS tries on a transient error, with
+# the backoff formula above (fractalq/storage/retry.py).
 STORAGE_ATTEMPTS = 5
 STORAGE_RETRY_BASE_DELAY = 0.2
 STORAGE_RETRY_MAX_DELAY = 5.0

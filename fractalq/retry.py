@@ -1,4 +1,10 @@
-"""Retry delays: capped exponential backoff with jitter.
+"""Retry delays: the one backoff formula of fractalq, capped exponential with jitter.
+
+Every retry waits by :func:`retry_delay`, each with its own
+:class:`~fractalq.config.RetryPolicy` from :mod:`fractalq.config`: a failed task
+put back in the queue (the coordinator's broker), a storage call that failed
+transiently (:mod:`fractalq.storage.retry`), a worker probing storage during an
+outage and a worker reconnecting to the coordinator (:mod:`fractalq.worker.runtime`).
 
 "Equal jitter": half of the capped exponential is always waited, the other half
 is a uniform draw. The fixed half guarantees a failing task backs off; the

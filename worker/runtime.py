@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import re
 import socket
 import uuid
@@ -33,6 +32,7 @@ from fractalq import config, tasks
 from fractalq.config import WorkerConfig
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
+from fractalq.retry import retry_delay
 from fractalq.tasks import TaskContext
 from fractalq.worker.executor import TaskFailed, TaskRunner
 
@@ -96,6 +96,7 @@ class Worker:
         self._session_id = ""
         # The token, sent with each call (cheaper than a channel interceptor).
         self._metadata = settings.endpoint.metadata
+        self._reconnects = 0  # failed connections in a row
 
     def stop(self) -> None:
         """Begin draining: take nothing new, finish or hand back, then return from run()."""
@@ -105,7 +106,6 @@ class Worker:
 
     async def run(self) -> None:
         self._runner.warm(self.task_types)
-        delay = config.RECONNECT_INITIAL_DELAY
         loop = asyncio.get_running_loop()
         stop_deadline: float | None = None
         try:
@@ -133,12 +133,13 @@ class Worker:
                         if loop.time() >= stop_deadline or not self._inflight:
                             log.warning("stopping without the coordinator: %s", _brief(error))
                             return
+                    self._reconnects += 1
+                    delay = retry_delay(config.RECONNECT_BACKOFF, self._reconnects)
                     log.warning(
                         "coordinator connection lost (%s); retrying in %.1fs", _brief(error), delay
                     )
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), delay * (0.5 + random.random()))
-                    delay = min(delay * 2, config.RECONNECT_MAX_DELAY)
+                        await asyncio.wait_for(self._stop.wait(), delay)
         finally:
             for task in self._inflight.values():
                 task.cancel()
@@ -160,6 +161,7 @@ class Worker:
                 metadata=self._metadata,
             )
             self._session_id = registered.session
+            self._reconnects = 0  # the next loss backs off from the start again
             log.info("worker %s registered at %s", self.worker_id, self.settings.coordinator)
             loops = [
                 asyncio.create_task(self._heartbeat(stub, registered.heartbeat_interval)),
