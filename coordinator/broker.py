@@ -41,7 +41,7 @@ from typing import Protocol
 
 from fractalq import config
 from fractalq.config import QueueLimits, RetryPolicy
-from fractalq.coordinator.jobs import Job, JobState, TaskState
+from fractalq.coordinator.jobs import Job, JobState, Stage, StageTask, TaskState
 from fractalq.coordinator.queue import DelayQueue, ReadyQueue
 from fractalq.retry import retry_delay
 
@@ -107,6 +107,14 @@ class NullJournal:
 
 
 @dataclasses.dataclass(frozen=True)
+class StageSpec:
+    """A first or final task as submitted: its type and payload."""
+
+    task_type: str
+    payload: bytes
+
+
+@dataclasses.dataclass(frozen=True)
 class JobSpec:
     """A validated submission."""
 
@@ -118,17 +126,32 @@ class JobSpec:
     max_attempts: int
     labels: dict[str, str]
     job_id: str = ""
+    first: StageSpec | None = None
+    final: StageSpec | None = None
+    time_limit: float = 0.0
 
     @property
     def total(self) -> int:
         return len(self.payloads) if self.payloads is not None else self.count
 
+    def _stages(self) -> list[StageSpec]:
+        return [stage for stage in (self.first, self.final) if stage is not None]
+
     def payload_bytes(self) -> int:
-        return sum(map(len, self.payloads)) if self.payloads is not None else len(self.payload)
+        stages = sum(len(stage.payload) for stage in self._stages())
+        if self.payloads is not None:
+            return stages + sum(map(len, self.payloads))
+        return stages + len(self.payload)
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
-        for part in (self.task_type, str(self.priority), str(self.max_attempts), str(self.total)):
+        parts = [self.task_type, str(self.priority), str(self.max_attempts), str(self.total)]
+        if self.time_limit:  # only when set, so that older fingerprints stay valid
+            parts.append(repr(self.time_limit))
+        for name, stage in (("first", self.first), ("final", self.final)):
+            if stage is not None:
+                parts += [name, stage.task_type, stage.payload.hex()]
+        for part in parts:
             digest.update(part.encode())
             digest.update(b"\0")
         for payload in self.payloads if self.payloads is not None else [self.payload]:
@@ -144,6 +167,7 @@ class LeasedTask:
     task_type: str
     payload: bytes
     attempt: int
+    time_limit: float = 0.0
 
 
 @dataclasses.dataclass(eq=False)
@@ -156,6 +180,9 @@ class WorkerRecord:
     session: str = dataclasses.field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     leases: set[tuple[str, int]] = dataclasses.field(default_factory=set)
     draining: bool = False
+    # What the worker last said about its storage: "" while it works, one line
+    # while it cannot reach it (then it takes no task, see worker/runtime.py).
+    storage_error: str = ""
     completed: int = 0
     failed: int = 0
     # Bumped by each heartbeat stream that opens, so that an older stream
@@ -251,7 +278,11 @@ class Broker:
             payloads=spec.payloads,
             shared_payload=spec.payload if spec.payloads is None else b"",
             labels=dict(spec.labels),
+            first=StageTask(spec.first.task_type, spec.first.payload) if spec.first else None,
+            final=StageTask(spec.final.task_type, spec.final.payload) if spec.final else None,
+            time_limit=spec.time_limit,
         )
+        job.start()
         self._next_seq += 1
         self.jobs[job_id] = job
         self.active += 1
@@ -294,6 +325,9 @@ class Broker:
             for index, value in enumerate(job.states):
                 if value in (TaskState.QUEUED, TaskState.DELAYED):
                     job.set_state(index, TaskState.CANCELLED)
+            for _, task in job.stage_tasks():
+                if task.state in (TaskState.QUEUED, TaskState.DELAYED, TaskState.WAITING):
+                    task.state = TaskState.CANCELLED
         job.state = state
         job.reason = reason[: config.MAX_REASON_LENGTH]
         job.finished_at = now
@@ -308,7 +342,7 @@ class Broker:
         self._finished[job.job_id] = None
         while len(self._finished) > config.FINISHED_JOBS_IN_MEMORY:
             old, _ = self._finished.popitem(last=False)
-            if self.jobs[old].counts[TaskState.LEASED]:
+            if self.jobs[old].leased_out():
                 continue  # still running somewhere; remembered again when it settles
             self.jobs.pop(old, None)
 
@@ -321,16 +355,12 @@ class Broker:
         forgotten = 0
         for job_id in list(self._finished):
             job = self.jobs[job_id]
-            if job.finished_at < before and not job.counts[TaskState.LEASED]:
+            if job.finished_at < before and not job.leased_out():
                 del self._finished[job_id]
                 del self.jobs[job_id]
                 forgotten += 1
         # The database holds older finished jobs too; it keeps those still in play.
-        keep = [
-            job.seq
-            for job in self.jobs.values()
-            if not job.state.finished or job.counts[TaskState.LEASED]
-        ]
+        keep = [job.seq for job in self.jobs.values() if not job.state.finished or job.leased_out()]
         self.journal.forget_finished(before, keep)
         return forgotten
 
@@ -397,9 +427,13 @@ class Broker:
     def is_live(self, worker: WorkerRecord) -> bool:
         return self.workers.get(worker.worker_id) is worker
 
-    def heartbeat(self, worker: WorkerRecord, draining: bool, now: float) -> None:
+    def heartbeat(
+        self, worker: WorkerRecord, draining: bool, now: float, storage_error: str = ""
+    ) -> None:
         worker.last_seen = now
         worker.draining = draining
+        # Shown in the worker list: one line of bounded length, whatever was sent.
+        worker.storage_error = " ".join(storage_error.split())[: config.MAX_STORAGE_ERROR_LENGTH]
 
     def expire_workers(self, now: float) -> list[str]:
         """Declare dead every worker silent for longer than the timeout."""
@@ -423,7 +457,7 @@ class Broker:
                 self._settle(job, index)
                 continue
             del self._owners[(job_id, index)]
-            attempt = job.attempts[index]
+            attempt = job.attempts_of(index)
             message = f"worker {worker.worker_id} lost ({why}) during attempt {attempt}"
             if attempt >= job.max_attempts:
                 self._dead_letter(job, index, message, now)
@@ -461,7 +495,7 @@ class Broker:
         leased: list[LeasedTask] = []
         for job, index in self._ready.lease(worker.task_types, max_tasks):
             if job.state is JobState.QUEUED:
-                job.state = JobState.RUNNING
+                job.state = JobState.PREPARING if job.stage is Stage.FIRST else JobState.RUNNING
                 job.started_at = now
                 self.journal.job_changed(job)
                 self.on_job_change(job)
@@ -469,7 +503,12 @@ class Broker:
             self._owners[(job.job_id, index)] = worker
             leased.append(
                 LeasedTask(
-                    job.job_id, index, job.task_type, job.payload(index), job.attempts[index]
+                    job.job_id,
+                    index,
+                    job.task_type_of(index),
+                    job.payload(index),
+                    job.attempts_of(index),
+                    job.time_limit,
                 )
             )
         return leased
@@ -486,9 +525,9 @@ class Broker:
         if (
             job is None
             or job.settled()
-            or not 0 <= index < job.total
-            or job.states[index] != TaskState.LEASED
-            or job.attempts[index] != attempt
+            or not 0 <= index < job.size
+            or job.state_of(index) != TaskState.LEASED
+            or job.attempts_of(index) != attempt
             or self._owners.get((job_id, index)) is not worker
         ):
             self.reports_ignored += 1
@@ -527,13 +566,21 @@ class Broker:
             return True
         self._drop_lease(job, index)
         job.set_state(index, TaskState.SUCCEEDED)
+        if job.final is not None and index == job.final_index:
+            job.final.result = result
         self.journal.task_changed(job, index, result=result)
         self.succeeded += 1
         worker.completed += 1
-        if job.counts[TaskState.SUCCEEDED] == job.total:
-            self._finish(job, JobState.SUCCEEDED, "", now)
-        else:
+        if not job.stage_done():
             self.on_job_change(job)
+        elif job.advance():  # the next stage's tasks are ready now
+            job.state = JobState.FINISHING if job.stage is Stage.FINAL else JobState.RUNNING
+            self.journal.job_changed(job)
+            self._ready.push(job)
+            self.on_ready()
+            self.on_job_change(job)
+        else:
+            self._finish(job, JobState.SUCCEEDED, "", now)
         return True
 
     def fail(
@@ -579,7 +626,7 @@ class Broker:
         return True
 
     def _release(self, job: Job, index: int) -> None:
-        job.attempts[index] -= 1
+        job.uncount_attempt(index)
         job.push_ready(index)
         self._ready.push(job)
         self.on_job_change(job)
@@ -588,7 +635,11 @@ class Broker:
         job.set_state(index, TaskState.DEAD)
         self.journal.task_changed(job, index, error=message)
         self.dead += 1
-        reason = f"task {index} dead-lettered after {job.attempts[index]} attempt(s): {message}"
+        which = f"task {index}"
+        if (task := job.stage_task(index)) is not None:
+            which = f"the {'first' if task is job.first else 'final'} task ({task.task_type})"
+        attempts = job.attempts_of(index)
+        reason = f"{which} dead-lettered after {attempts} attempt(s): {message}"
         self._finish(job, JobState.FAILED, reason, now)
 
     def promote_due(self, now: float) -> int:
@@ -596,7 +647,7 @@ class Broker:
         promoted = 0
         for job_id, index in self._delayed.pop_due(now):
             job = self.jobs.get(job_id)
-            if job is None or job.state.finished or job.states[index] != TaskState.DELAYED:
+            if job is None or job.state.finished or job.state_of(index) != TaskState.DELAYED:
                 continue
             job.push_ready(index)
             self._ready.push(job)
@@ -614,16 +665,28 @@ class Broker:
         """priority -> (queued, leased), counting tasks waiting out a backoff as queued."""
         depth: dict[int, tuple[int, int]] = {}
         for job in self.active_jobs():
+            counts = _counts(job)
             queued, leased = depth.get(job.priority, (0, 0))
             depth[job.priority] = (
-                queued + job.counts[TaskState.QUEUED] + job.counts[TaskState.DELAYED],
-                leased + job.counts[TaskState.LEASED],
+                queued + counts[TaskState.QUEUED] + counts[TaskState.DELAYED],
+                leased + counts[TaskState.LEASED],
             )
         return depth
 
     def totals(self) -> dict[TaskState, int]:
         totals = {state: 0 for state in TaskState}
         for job in self.active_jobs():
-            for state, count in job.counts.items():
+            for state, count in _counts(job).items():
                 totals[state] += count
         return totals
+
+
+def _counts(job: Job) -> dict[TaskState, int]:
+    """A job's tasks by state, its released stage tasks included (they are queue depth)."""
+    counts = dict(job.counts)
+    if job.stage is not Stage.PARALLEL:  # the parallel tasks wait for the first one
+        counts[TaskState.WAITING] += counts[TaskState.QUEUED]
+        counts[TaskState.QUEUED] = 0
+    for _, task in job.stage_tasks():
+        counts[task.state] += 1
+    return counts

@@ -5,6 +5,15 @@ of an object per task, so a million queued tasks cost a few megabytes. Its
 ready tasks are the indices from ``next_fresh`` onwards (never leased yet)
 plus a small heap of indices that came back (lease lost, released, retry due);
 both are read in index order, so a job's tasks run in submission order.
+
+Stages: a job may have a *first* task, run before its parallel tasks, and a
+*final* task, run once they all succeeded (:class:`StageTask`, each of its own
+task type). They are addressed by the indices just past the parallel ones
+(``total`` for the first, then the final), so leases, reports, retries and the
+journal treat every task alike through :meth:`Job.state_of`,
+:meth:`Job.set_state` and :meth:`Job.attempts_of`. Only the tasks of the
+current stage are ever ready, so a job's ready tasks are always of one type
+(:attr:`Job.ready_type`); ``counts`` and ``total`` are the parallel tasks'.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ class TaskState(enum.IntEnum):
     SUCCEEDED = 3
     DEAD = 4  # dead-lettered: failed max_attempts times
     CANCELLED = 5
+    WAITING = 6  # a stage task whose stage has not come yet
 
 
 class JobState(enum.IntEnum):
@@ -30,10 +40,33 @@ class JobState(enum.IntEnum):
     SUCCEEDED = 3
     FAILED = 4
     CANCELLED = 5
+    PREPARING = 6  # the first task runs
+    FINISHING = 7  # the final task runs
 
     @property
     def finished(self) -> bool:
-        return self >= JobState.SUCCEEDED
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+TERMINAL_TASK_STATES = frozenset({TaskState.SUCCEEDED, TaskState.DEAD, TaskState.CANCELLED})
+
+
+class Stage(enum.Enum):
+    FIRST = "first"
+    PARALLEL = "parallel"
+    FINAL = "final"
+
+
+@dataclasses.dataclass(eq=False)
+class StageTask:
+    """A job's first or final task: one task of its own type and payload."""
+
+    task_type: str
+    payload: bytes
+    state: TaskState = TaskState.WAITING
+    attempts: int = 0
+    result: bytes = b""  # the final task's, once it succeeded
 
 
 @dataclasses.dataclass(eq=False)
@@ -59,6 +92,10 @@ class Job:
     next_fresh: int = 0
     returned: list[int] = dataclasses.field(default_factory=list)
     counts: dict[TaskState, int] = dataclasses.field(default_factory=dict)
+    first: StageTask | None = None
+    final: StageTask | None = None
+    time_limit: float = 0.0  # seconds per attempt; 0: each task type's default
+    stage: Stage = Stage.PARALLEL
 
     def __post_init__(self) -> None:
         if not self.states:
@@ -68,36 +105,158 @@ class Job:
         for value in self.states:
             self.counts[TaskState(value)] += 1
 
+    # ---- stages ----------------------------------------------------------
+
+    def stage_task(self, index: int) -> StageTask | None:
+        """The first or final task if ``index`` is one's (past the parallel tasks)."""
+        if index < self.total:
+            return None
+        if index == self.total and self.first is not None:
+            return self.first
+        return self.final if index == self.final_index else None
+
+    @property
+    def final_index(self) -> int:
+        return self.total + (1 if self.first is not None else 0)
+
+    @property
+    def size(self) -> int:
+        """How many indices a job's tasks take: the parallel ones and its stage tasks."""
+        return self.final_index + (1 if self.final is not None else 0)
+
+    def stage_tasks(self) -> list[tuple[int, StageTask]]:
+        found = []
+        if self.first is not None:
+            found.append((self.total, self.first))
+        if self.final is not None:
+            found.append((self.final_index, self.final))
+        return found
+
+    @property
+    def ready_type(self) -> str:
+        """The task type of the stage that runs now (only its tasks are ever ready)."""
+        if self.stage is Stage.FIRST and self.first is not None:
+            return self.first.task_type
+        if self.stage is Stage.FINAL and self.final is not None:
+            return self.final.task_type
+        return self.task_type
+
+    def start(self) -> None:
+        """At submission: the first stage there is."""
+        if self.first is not None:
+            self.stage = Stage.FIRST
+            self.first.state = TaskState.QUEUED
+
+    def resume(self) -> None:
+        """After loading an unfinished job: the stage to run, from what has succeeded.
+
+        A stage task that was leased or waiting out a backoff is ready again.
+        """
+        if self.first is not None and self.first.state is not TaskState.SUCCEEDED:
+            self.stage, task = Stage.FIRST, self.first
+        elif self.final is not None and self.counts[TaskState.SUCCEEDED] == self.total:
+            self.stage, task = Stage.FINAL, self.final
+        else:
+            self.stage = Stage.PARALLEL
+            return
+        if task.state not in TERMINAL_TASK_STATES:
+            task.state = TaskState.QUEUED
+
+    def advance(self) -> bool:
+        """After a stage's last success: release the next; False when none is left."""
+        if self.stage is Stage.FIRST:
+            self.stage = Stage.PARALLEL
+            return True
+        if self.stage is Stage.PARALLEL and self.final is not None:
+            self.stage = Stage.FINAL
+            self.final.state = TaskState.QUEUED
+            return True
+        return False
+
+    def stage_done(self) -> bool:
+        """Has every task of the current stage succeeded?"""
+        if self.stage is Stage.PARALLEL:
+            return self.counts[TaskState.SUCCEEDED] == self.total
+        task = self.first if self.stage is Stage.FIRST else self.final
+        return task is not None and task.state is TaskState.SUCCEEDED
+
+    def leased_out(self) -> int:
+        """Tasks some worker holds, stage tasks included."""
+        stage = sum(1 for _, task in self.stage_tasks() if task.state is TaskState.LEASED)
+        return self.counts[TaskState.LEASED] + stage
+
+    # ---- any task, by index ----------------------------------------------
+
+    def state_of(self, index: int) -> TaskState:
+        task = self.stage_task(index)
+        return task.state if task is not None else TaskState(self.states[index])
+
+    def attempts_of(self, index: int) -> int:
+        task = self.stage_task(index)
+        return task.attempts if task is not None else self.attempts[index]
+
+    def uncount_attempt(self, index: int) -> None:
+        """A lease handed back unrun does not count as an attempt."""
+        task = self.stage_task(index)
+        if task is not None:
+            task.attempts -= 1
+        else:
+            self.attempts[index] -= 1
+
+    def task_type_of(self, index: int) -> str:
+        task = self.stage_task(index)
+        return task.task_type if task is not None else self.task_type
+
     def payload_bytes(self) -> int:
         """What its payloads hold (a shared payload counts once); 0 once dropped."""
+        stages = sum(len(task.payload) for _, task in self.stage_tasks())
         if self.payloads is not None:
-            return sum(map(len, self.payloads))
-        return len(self.shared_payload)
+            return stages + sum(map(len, self.payloads))
+        return stages + len(self.shared_payload)
 
     def payload(self, index: int) -> bytes:
+        task = self.stage_task(index)
+        if task is not None:
+            return task.payload
         return self.payloads[index] if self.payloads is not None else self.shared_payload
 
     def set_state(self, index: int, state: TaskState) -> None:
+        task = self.stage_task(index)
+        if task is not None:
+            task.state = state
+            return
         old = TaskState(self.states[index])
         self.counts[old] -= 1
         self.counts[state] += 1
         self.states[index] = state
 
     def task_state(self, index: int) -> TaskState:
-        return TaskState(self.states[index])
+        return self.state_of(index)
 
     # ---- the ready set ---------------------------------------------------
 
     def has_ready(self) -> bool:
-        return self.counts[TaskState.QUEUED] > 0
+        if self.stage is Stage.PARALLEL:
+            return self.counts[TaskState.QUEUED] > 0
+        task = self.first if self.stage is Stage.FIRST else self.final
+        return task is not None and task.state is TaskState.QUEUED
 
     def push_ready(self, index: int) -> None:
-        """Mark a task ready again (it must be below next_fresh)."""
+        """Mark a task ready again (a parallel one must be below next_fresh)."""
         self.set_state(index, TaskState.QUEUED)
-        heapq.heappush(self.returned, index)
+        if self.stage_task(index) is None:
+            heapq.heappush(self.returned, index)
 
     def lease_next(self) -> int | None:
-        """Lease the lowest ready index (attempts + 1), or None; skips stale entries."""
+        """Lease the current stage's lowest ready index (attempts + 1), or None."""
+        if self.stage is not Stage.PARALLEL:
+            at = self.total if self.stage is Stage.FIRST else self.final_index
+            task = self.stage_task(at)
+            if task is None or task.state is not TaskState.QUEUED:
+                return None
+            task.state = TaskState.LEASED
+            task.attempts += 1
+            return at
         index = self._pop_ready()
         if index is not None:
             self.set_state(index, TaskState.LEASED)
@@ -130,10 +289,12 @@ class Job:
         self.payloads = None
         self.shared_payload = b""
         self.returned = []
+        for _, task in self.stage_tasks():
+            task.payload = b""
         if not self.counts[TaskState.LEASED]:
             self.states = bytearray()
             self.attempts = bytearray()
 
     def settled(self) -> bool:
         """Finished, and no worker still holds one of its tasks."""
-        return self.state.finished and not self.counts[TaskState.LEASED]
+        return self.state.finished and not self.leased_out()

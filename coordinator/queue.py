@@ -7,8 +7,10 @@ index order (see :mod:`.jobs`). A lease is O(log jobs) and a million queued
 tasks are one heap entry per job, not per task.
 
 There is one heap per task type, so a worker only ever sees the types it can
-run. Entries are removed lazily: a job whose ready set ran dry is dropped when
-it reaches the top.
+run. A job's ready tasks are all of one type, its current stage's
+(:attr:`~.jobs.Job.ready_type`); when its stage changes it gets an entry in
+the next type's heap. Entries are removed lazily: a job whose ready set ran
+dry, or whose stage moved on, is dropped when it reaches the top.
 
 Tasks waiting out a retry backoff sit in :class:`DelayQueue` until due.
 """
@@ -26,31 +28,35 @@ _Entry = tuple[int, int, str]  # (priority, seq, job_id)
 class ReadyQueue:
     def __init__(self) -> None:
         self._heaps: dict[str, list[_Entry]] = {}
-        self._queued: set[str] = set()  # job ids that have a heap entry
+        self._queued: dict[str, str] = {}  # job id -> the type of its live heap entry
         self._jobs: dict[str, Job] = {}
 
     def push(self, job: Job) -> None:
         """Make sure ``job`` has an entry; call whenever it gains a ready task."""
-        if job.job_id in self._queued or not job.has_ready():
+        task_type = job.ready_type
+        if self._queued.get(job.job_id) == task_type or not job.has_ready():
             return
-        self._queued.add(job.job_id)
+        self._queued[job.job_id] = task_type
         self._jobs[job.job_id] = job
-        heap = self._heaps.setdefault(job.task_type, [])
+        heap = self._heaps.setdefault(task_type, [])
         heapq.heappush(heap, (job.priority, job.seq, job.job_id))
 
     def _top(self, task_type: str) -> Job | None:
         heap = self._heaps.get(task_type)
         while heap:
-            job = self._jobs[heap[0][2]]
-            if job.has_ready() and not job.state.finished:
+            job = self._jobs.get(heap[0][2])
+            if (
+                job is not None
+                and job.ready_type == task_type
+                and job.has_ready()
+                and not job.state.finished
+            ):
                 return job
             heapq.heappop(heap)
-            self._forget(job)
+            if job is not None and self._queued.get(job.job_id) == task_type:
+                del self._queued[job.job_id]
+                self._jobs.pop(job.job_id, None)
         return None
-
-    def _forget(self, job: Job) -> None:
-        self._queued.discard(job.job_id)
-        self._jobs.pop(job.job_id, None)
 
     def lease(self, task_types: Iterable[str], limit: int) -> list[tuple[Job, int]]:
         """Lease up to ``limit`` tasks, best first, among ``task_types``: (job, index) pairs."""

@@ -40,7 +40,7 @@ from fractalq.coordinator.broker import (
     ResourceExhausted,
     WorkerRecord,
 )
-from fractalq.coordinator.jobs import Job, JobState, TaskState
+from fractalq.coordinator.jobs import Job, JobState, StageTask, TaskState
 from fractalq.coordinator.refusals import INVALID, PERMISSION_DENIED, UNAUTHENTICATED, Refusals
 from fractalq.coordinator.store import GroupCommit, SqliteJournal
 from fractalq.coordinator.validation import loggable
@@ -167,9 +167,39 @@ def add_to_server(service: CoordinatorService, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
+_TASK_STATES: dict[TaskState, pb.TaskState.ValueType] = {
+    TaskState.WAITING: pb.TASK_WAITING,
+    TaskState.QUEUED: pb.TASK_QUEUED,
+    TaskState.LEASED: pb.TASK_LEASED,
+    TaskState.DELAYED: pb.TASK_DELAYED,
+    TaskState.SUCCEEDED: pb.TASK_SUCCEEDED,
+    TaskState.DEAD: pb.TASK_DEAD,
+    TaskState.CANCELLED: pb.TASK_CANCELLED,
+}
+
+
+def _stage_spec(request: pb.SubmitJobRequest, name: str) -> tuple[str, bytes] | None:
+    if not request.HasField(name):  # type: ignore[arg-type]
+        return None
+    stage: pb.StageTask = getattr(request, name)
+    return stage.task_type, stage.payload
+
+
+def _stage_status(task: StageTask | None) -> pb.StageTaskStatus | None:
+    if task is None:
+        return None
+    return pb.StageTaskStatus(
+        task_type=task.task_type, state=_TASK_STATES[task.state], attempts=task.attempts
+    )
+
+
 def job_message(job: Job, results: list[bytes] | None = None) -> pb.Job:
     counts = job.counts
     return pb.Job(
+        first=_stage_status(job.first),
+        final=_stage_status(job.final),
+        result=job.final.result if job.final is not None else b"",
+        time_limit=job.time_limit,
         job_id=job.job_id,
         task_type=job.task_type,
         priority=job.priority,
@@ -290,7 +320,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                         worker = current
                         worker.stream += 1
                         stream = worker.stream
-                    self.broker.heartbeat(worker, beat.draining, self.clock())
+                    self.broker.heartbeat(worker, beat.draining, self.clock(), beat.storage_error)
                 except BrokerError as error:
                     refusal = _refusal(error)
                 if refusal is not None or worker is None:
@@ -345,6 +375,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     task_type=task.task_type,
                     payload=task.payload,
                     attempt=task.attempt,
+                    time_limit=task.time_limit,
                 )
                 for task in leased
             ]
@@ -413,6 +444,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             labels=dict(request.labels),
             job_id=request.job_id,
             limits=self.settings.limits,
+            first=_stage_spec(request, "first"),
+            final=_stage_spec(request, "final"),
+            time_limit=request.time_limit,
         )
         job_id = spec.job_id or validation.new_job_id()
         known = self.broker.get_job(job_id) is not None
@@ -521,6 +555,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     completed=worker.completed,
                     failed=worker.failed,
                     draining=worker.draining,
+                    storage_error=worker.storage_error,
                     last_seen_seconds_ago=max(now - worker.last_seen, 0.0),
                 )
                 for worker in broker.workers.values()

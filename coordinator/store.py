@@ -34,7 +34,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from fractalq.coordinator.jobs import Job, JobState, TaskState
+from fractalq.coordinator.jobs import TERMINAL_TASK_STATES, Job, JobState, StageTask, TaskState
 
 
 def _same(value: Any) -> object:
@@ -71,6 +71,10 @@ def _counts(job: Job) -> str | None:
     return json.dumps({int(state): count for state, count in job.counts.items()})
 
 
+def _stage(task: StageTask | None, field: str) -> object:
+    return None if task is None else getattr(task, field)
+
+
 def _shared_payload(job: Job) -> bytes | None:
     # NULL when the tasks have payloads of their own (in their task rows).
     return None if job.payloads is not None else job.shared_payload
@@ -95,6 +99,13 @@ JOB_COLUMNS = (
     Column("started_at", "REAL NOT NULL DEFAULT 0", updated=True),
     Column("finished_at", "REAL NOT NULL DEFAULT 0", updated=True),
     Column("counts", "TEXT", save=_counts, load=None, updated=True),
+    # A job's first and final tasks (NULL when it has none); their states and
+    # results are task rows at the indices just past the parallel tasks'.
+    Column("first_type", "TEXT", save=lambda job: _stage(job.first, "task_type"), load=None),
+    Column("first_payload", "BLOB", save=lambda job: _stage(job.first, "payload"), load=None),
+    Column("final_type", "TEXT", save=lambda job: _stage(job.final, "task_type"), load=None),
+    Column("final_payload", "BLOB", save=lambda job: _stage(job.final, "payload"), load=None),
+    Column("time_limit", "REAL NOT NULL DEFAULT 0"),
 )
 _NAMES = ", ".join(column.name for column in JOB_COLUMNS)
 _UPDATED = tuple(column for column in JOB_COLUMNS if column.updated)
@@ -190,8 +201,8 @@ class SqliteJournal:
         self._batch.task_updates[(job.seq, index)] = (
             job.seq,
             index,
-            job.states[index],
-            job.attempts[index],
+            int(job.state_of(index)),
+            job.attempts_of(index),
             result,
             error,
         )
@@ -265,7 +276,7 @@ class SqliteJournal:
 
     def results(self, job: Job) -> list[bytes]:
         rows = self._reader.execute(
-            "SELECT result FROM tasks WHERE job_seq=? ORDER BY idx", (job.seq,)
+            "SELECT result FROM tasks WHERE job_seq=? AND idx<? ORDER BY idx", (job.seq, job.total)
         ).fetchall()
         return [row[0] or b"" for row in rows]
 
@@ -287,7 +298,9 @@ class SqliteJournal:
             )
         )
         for idx, payload, task_state, task_attempts in task_rows:
-            if task_state in (TaskState.SUCCEEDED, TaskState.DEAD, TaskState.CANCELLED):
+            if idx >= total:
+                continue  # a stage task's: below
+            if task_state in TERMINAL_TASK_STATES:
                 states[idx] = task_state
             attempts[idx] = task_attempts
             if payloads is not None:
@@ -299,10 +312,26 @@ class SqliteJournal:
             states=states,
             attempts=attempts,
         )
+        for name in ("first", "final"):
+            if stored[f"{name}_type"] is not None:
+                task = StageTask(stored[f"{name}_type"], stored[f"{name}_payload"] or b"")
+                setattr(job, name, task)
+        stage_rows = self._reader.execute(
+            "SELECT idx, state, attempts, result FROM tasks WHERE job_seq=? AND idx>=?",
+            (seq, total),
+        )
+        for idx, task_state, task_attempts, result in stage_rows:
+            if (loaded := job.stage_task(idx)) is not None:
+                loaded.attempts = task_attempts
+                if task_state in TERMINAL_TASK_STATES:
+                    loaded.state = TaskState(task_state)
+                    loaded.result = result or b""
         if finished:
             job.drop_payloads()
             counts = json.loads(stored["counts"]) if stored["counts"] else {}
             job.counts = {s: int(counts.get(str(int(s)), 0)) for s in TaskState}
+        else:
+            job.resume()
         return job
 
 

@@ -17,7 +17,7 @@ import uuid
 
 from fractalq import config, tasks
 from fractalq.config import QueueLimits
-from fractalq.coordinator.broker import InvalidRequest, JobSpec
+from fractalq.coordinator.broker import InvalidRequest, JobSpec, StageSpec
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9._-]*$")
@@ -147,11 +147,22 @@ def job_spec(
     labels: dict[str, str],
     job_id: str,
     limits: QueueLimits,
+    first: tuple[str, bytes] | None = None,
+    final: tuple[str, bytes] | None = None,
+    time_limit: float = 0.0,
 ) -> JobSpec:
     """A validated :class:`JobSpec` from the fields of a SubmitJob request."""
     if job_id:
         check_job_id(job_id)
     kind = _check_task_type(task_type)
+    stages = {
+        name: _stage(name, stage, limits) for name, stage in (("first", first), ("final", final))
+    }
+    if not math.isfinite(time_limit) or not 0 <= time_limit <= config.MAX_TIME_LIMIT:
+        raise InvalidRequest(
+            f"time_limit must be a number of seconds from 0 (the task type's default)"
+            f" to {config.MAX_TIME_LIMIT:g}"
+        )
     if payloads:
         if count not in (0, len(payloads)):
             raise InvalidRequest(f"count is {count} but {len(payloads)} payloads were given")
@@ -173,6 +184,7 @@ def job_spec(
         raise InvalidRequest(f"max_attempts must be between 1 and {limits.max_attempts}")
     check_labels(labels)
     size = sum(map(len, payloads)) if payloads else len(payload)
+    size += sum(len(stage.payload) for stage in stages.values() if stage is not None)
     if size > limits.max_job_bytes:
         raise InvalidRequest(
             f"the job's payloads are {size} bytes, more than the limit of {limits.max_job_bytes}"
@@ -203,4 +215,27 @@ def job_spec(
         max_attempts=max_attempts,
         labels=dict(labels),
         job_id=job_id,
+        first=stages["first"],
+        final=stages["final"],
+        time_limit=time_limit,
     )
+
+
+def _stage(name: str, stage: tuple[str, bytes] | None, limits: QueueLimits) -> StageSpec | None:
+    """A first or final task: a known type, a payload that type accepts."""
+    if stage is None:
+        return None
+    task_type, payload = stage
+    try:
+        kind = _check_task_type(task_type)
+    except InvalidRequest as error:
+        raise InvalidRequest(f"{name}: {error}") from None
+    if len(payload) > limits.max_payload_bytes:
+        raise InvalidRequest(
+            f"{name}: the payload is {len(payload)} bytes, more than {limits.max_payload_bytes}"
+        )
+    try:
+        kind.check(payload)
+    except tasks.InvalidPayload as error:
+        raise InvalidRequest(f"{name}: payload for {task_type!r}: {error}") from None
+    return StageSpec(task_type, payload)

@@ -72,6 +72,13 @@ MAX_REASON_LENGTH = 2000
 MAX_LIST_LIMIT = 1000
 PRIORITY_RANGE = (-1_000_000, 1_000_000)
 
+# Time limits: seconds one attempt of a task may run before its worker stops it
+# and reports it failed. A task type without a limit of its own gets the
+# default; bands get BAND_TIME_LIMIT; a job may set its own, up to the maximum.
+DEFAULT_TIME_LIMIT = 3600.0
+BAND_TIME_LIMIT = 600.0
+MAX_TIME_LIMIT = 7 * 24 * 3600.0
+
 # Leases and liveness.
 DEFAULT_WORKER_TIMEOUT = 15.0
 HEARTBEATS_PER_TIMEOUT = 3

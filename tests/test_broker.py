@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,10 @@ from fractalq.coordinator.broker import (
     InvalidRequest,
     JobSpec,
     ResourceExhausted,
+    StageSpec,
     UnknownWorker,
 )
-from fractalq.coordinator.jobs import JobState, TaskState
+from fractalq.coordinator.jobs import Job, JobState, TaskState
 from fractalq.coordinator.service import CoordinatorService
 from fractalq.coordinator.store import SqliteJournal
 from fractalq.proto import fractalq_pb2 as pb
@@ -411,3 +413,109 @@ def test_an_oversized_result_fails_the_attempt() -> None:
     [task] = b.lease(w1, 1, 0.0)
     assert b.complete(w1, "j", 0, task.attempt, b"12345", 1.0)
     assert job.state is JobState.FAILED and "more than the limit of 4" in job.reason
+
+
+def state(job: Job) -> JobState:
+    return job.state  # read afresh: mypy would narrow ``job.state`` across calls
+
+
+def staged(count: int = 2, attempts: int = 3) -> JobSpec:
+    return JobSpec(
+        "noop", None, b"", count, 10, attempts, {},
+        first=StageSpec("sleep", b'{"seconds": 0}'), final=StageSpec("fail", b"{}"),
+    )  # fmt: skip
+
+
+def test_a_job_runs_its_first_task_then_its_parallel_tasks_then_its_final_task() -> None:
+    b = broker()
+    w1 = b.workers["w1"]
+    only_noop = b.register_worker("noop-only", ("noop",), 4, "host", 0.0)
+    job, _ = b.submit(staged(), 0, "j")
+    assert state(job) is JobState.QUEUED and b.totals()[TaskState.QUEUED] == 1
+    assert b.lease(only_noop, 4, 0.0) == []  # the parallel tasks wait for the first one
+    [first] = b.lease(w1, 4, 0.0)
+    assert (first.index, first.task_type, first.payload) == (2, "sleep", b'{"seconds": 0}')
+    assert state(job) is JobState.PREPARING and b.lease(only_noop, 4, 0.0) == []
+    assert b.complete(w1, "j", first.index, first.attempt, b"orbit", 1.0)
+    assert state(job) is JobState.RUNNING
+    parallel = b.lease(only_noop, 4, 1.0)
+    assert [(t.index, t.task_type) for t in parallel] == [(0, "noop"), (1, "noop")]
+    assert b.lease(w1, 4, 1.0) == []  # the final task waits for them
+    assert b.complete(only_noop, "j", 0, 1, b"", 2.0)
+    assert b.complete(only_noop, "j", 1, 1, b"", 2.0)
+    assert state(job) is JobState.FINISHING and b.totals()[TaskState.QUEUED] == 1
+    [final] = b.lease(w1, 4, 2.0)
+    assert (final.index, final.task_type) == (3, "fail")
+    assert b.complete(w1, "j", final.index, final.attempt, b'{"url": "x"}', 3.0)
+    assert state(job) is JobState.SUCCEEDED and job.final is not None
+    assert job.final.result == b'{"url": "x"}'
+    assert job.counts[TaskState.SUCCEEDED] == 2 and b.totals()[TaskState.QUEUED] == 0
+
+
+def test_a_final_task_that_keeps_failing_fails_the_job_with_its_name() -> None:
+    b = broker()
+    w1 = b.workers["w1"]
+    job, _ = b.submit(replace(staged(1, attempts=2), first=None), 0, "j")
+    [task] = b.lease(w1, 1, 0.0)
+    assert b.complete(w1, "j", task.index, task.attempt, b"", 0.0)
+    [final] = b.lease(w1, 1, 0.0)
+    b.release(w1, "j", final.index, final.attempt)  # handed back: not an attempt
+    for attempt in (1, 2):
+        [final] = b.lease(w1, 1, 100.0 * attempt)
+        assert final.attempt == attempt and final.index == 1
+        assert b.fail(w1, "j", final.index, final.attempt, "disk full", 100.0 * attempt)
+    assert job.state is JobState.FAILED
+    assert job.reason == "the final task (fail) dead-lettered after 2 attempt(s): disk full"
+
+
+def test_cancelling_a_staged_job_cancels_its_waiting_tasks_and_a_lost_worker_requeues() -> None:
+    b = broker()
+    w1 = b.workers["w1"]
+    job, _ = b.submit(staged(), 0, "j")
+    [first] = b.lease(w1, 1, 0.0)
+    b.worker_lost(w1, "gone", 1.0)  # the first task goes back, the attempt counted
+    w2 = b.register_worker("w2", ALL, 1, "host", 1.0)
+    [again] = b.lease(w2, 1, 1.0)
+    assert (again.index, again.attempt) == (first.index, 2)
+    b.cancel("j", "stop", 2.0)
+    assert job.final is not None and job.final.state is TaskState.CANCELLED
+    assert job.counts[TaskState.CANCELLED] == 2 and not job.settled()
+    assert not b.complete(w2, "j", again.index, again.attempt, b"", 3.0)
+    assert job.settled() and job.state is JobState.CANCELLED
+
+
+def test_a_staged_job_resumes_its_stage_after_a_restart(tmp_path: Path) -> None:
+    journal = SqliteJournal(str(tmp_path))
+    b = Broker(journal=journal)
+    w1 = b.register_worker("w1", ALL, 1, "host", 0.0)
+    b.submit(replace(staged(2), time_limit=60.0), 0, "j")
+    [first] = b.lease(w1, 1, 0.0)
+    assert first.time_limit == 60.0
+    assert b.complete(w1, "j", first.index, first.attempt, b"orbit", 1.0)
+    [band] = b.lease(w1, 1, 1.0)
+    assert b.complete(w1, "j", band.index, band.attempt, b"", 1.0)
+    b.lease(w1, 1, 1.0)  # band 1 leased when the coordinator dies
+    journal.write(journal.take())
+    journal.close()
+
+    journal = SqliteJournal(str(tmp_path))
+    restored = Broker(journal=journal)
+    restored.restore(journal.load(100))
+    job = restored.jobs["j"]
+    assert state(job) is JobState.RUNNING and job.time_limit == 60.0
+    assert job.first is not None and job.first.state is TaskState.SUCCEEDED
+    worker = restored.register_worker("w1", ALL, 1, "host", 2.0)
+    [band] = restored.lease(worker, 4, 2.0)
+    assert (band.index, band.task_type) == (1, "noop")
+    assert restored.complete(worker, "j", band.index, band.attempt, b"", 2.0)
+    [final] = restored.lease(worker, 4, 2.0)
+    assert restored.complete(worker, "j", final.index, final.attempt, b"image", 3.0)
+    assert state(job) is JobState.SUCCEEDED
+    journal.write(journal.take())
+    journal.close()
+
+    journal = SqliteJournal(str(tmp_path))
+    [again] = journal.load(100)
+    assert again.final is not None and again.final.result == b"image"
+    assert again.state is JobState.SUCCEEDED and again.counts[TaskState.SUCCEEDED] == 2
+    journal.close()

@@ -347,3 +347,26 @@ def test_prometheus_metrics(cluster: ProcessGroup) -> None:
     assert metrics[("fractalq_tasks_failed_total", ())] == 1
     assert metrics[("fractalq_workers", (("draining", "false"),))] == 1
     assert metrics[("fractalq_worker_slots", ())] == 2
+
+
+def test_a_job_with_a_first_and_a_final_task_runs_them_on_real_workers(
+    cluster: ProcessGroup,
+) -> None:
+    coordinator = cluster.start_coordinator()
+    staged = submit(
+        coordinator, "noop", count=4,
+        first=pb.StageTask(task_type="sleep", payload=b'{"seconds": 0.2}'),
+        final=pb.StageTask(task_type="noop"),
+    )  # fmt: skip
+    assert staged.first.state == pb.TASK_QUEUED and staged.final.state == pb.TASK_WAITING
+    cluster.start_worker(concurrency=2)
+    done = wait_until(finished(coordinator, staged.job_id), message="the staged job")
+    assert done.state == pb.SUCCEEDED and done.succeeded == 4
+    assert (done.first.state, done.final.state) == (pb.TASK_SUCCEEDED, pb.TASK_SUCCEEDED)
+    channel, coordinator_stub = stub(coordinator)
+    with channel, pytest.raises(grpc.RpcError) as caught:
+        coordinator_stub.SubmitJob(
+            pb.SubmitJobRequest(task_type="noop", count=1, final=pb.StageTask(task_type="nope"))
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "final: unknown task type 'nope'" in caught.value.details()
