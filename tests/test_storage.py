@@ -511,3 +511,31 @@ def test_s3_bad_endpoint_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> N
     use_s3_env(monkeypatch, {"AWS_ENDPOINT_URL": "localhost:9000"})
     with pytest.raises(StorageError, match="endpoint localhost:9000"):
         open_storage("s3://some-bucket").get("k")
+
+
+def _file_round_trip(storage: Storage, tmp_path: Path, size: int) -> None:
+    source = tmp_path / "image.png"
+    data = os.urandom(size)
+    source.write_bytes(data)
+    assert storage.put_file("jobs/1/image.png", str(source)) == size
+    target = tmp_path / "out" / "copy.png"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    assert storage.get_file("jobs/1/image.png", str(target)) == size
+    assert target.read_bytes() == data
+    assert sorted(p.name for p in target.parent.iterdir()) == ["copy.png"]  # no temporary
+    with pytest.raises(ObjectNotFoundError):
+        storage.get_file("jobs/2/image.png", str(target))
+    assert target.read_bytes() == data  # a failed get leaves the file as it was
+
+
+def test_local_files_go_in_and_out_whole(local: LocalStorage, tmp_path: Path) -> None:
+    _file_round_trip(local, tmp_path, 3 * 1024 * 1024 + 5)
+    assert files_under(local.root) == ["jobs/1/image.png"]
+
+
+def test_s3_files_go_in_and_out_whole_in_parts(s3_env: SeaweedS3, tmp_path: Path) -> None:
+    bucket = s3_env.make_bucket()
+    storage = open_storage(f"s3://{bucket}/renders")
+    _file_round_trip(storage, tmp_path, 20 * 1024 * 1024 + 7)  # a multipart upload
+    assert storage.exists("jobs/1/image.png")

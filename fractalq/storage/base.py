@@ -171,6 +171,17 @@ class Storage(abc.ABC):
         """The object under ``key``; :class:`ObjectNotFoundError` if there is none."""
 
     @abc.abstractmethod
+    def put_file(self, key: str, path: str) -> int:
+        """Store the file at ``path`` under ``key`` atomically; returns its size.
+
+        Memory stays bounded whatever the size (S3: a multipart upload)."""
+
+    @abc.abstractmethod
+    def get_file(self, key: str, path: str) -> int:
+        """Write the object under ``key`` to ``path`` (replaced whole, never half-written);
+        returns its size. :class:`ObjectNotFoundError` if there is none."""
+
+    @abc.abstractmethod
     def exists(self, key: str) -> bool:
         """Whether an object is stored under ``key``."""
 

@@ -92,6 +92,25 @@ class LocalStorage(Storage):
         path = self._path(key)
         return call_with_retry(lambda: self._read(key, path), self.options, what=f"get {key!r}")
 
+    def put_file(self, key: str, path: str) -> int:
+        target = self._path(key)
+
+        def copy() -> int:
+            try:
+                folder = target.parent
+                folder.mkdir(parents=True, exist_ok=True)
+                return _copy_into(Path(path), target)
+            except OSError as error:
+                raise self._os_error(error, key) from error
+
+        return call_with_retry(copy, self.options, what=f"put {key!r}")
+
+    def get_file(self, key: str, path: str) -> int:
+        source = self._path(key)
+        if not source.is_file():
+            raise ObjectNotFoundError(f"no object {key!r} in folder {self.root}")
+        return _copy_into(source, Path(path))
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
@@ -239,3 +258,20 @@ def _file_in_the_way(path: Path) -> Path | None:
         if candidate.exists() or candidate.is_symlink():
             return None if candidate.is_dir() else candidate
     return None
+
+
+def _copy_into(source: Path, target: Path) -> int:
+    """Copy ``source`` to ``target`` through a temporary file beside it, then rename."""
+    temp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        size = 0
+        with open(source, "rb") as reader, open(temp, "wb") as writer:
+            while chunk := reader.read(1 << 20):
+                writer.write(chunk)
+                size += len(chunk)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    return size

@@ -32,6 +32,7 @@ stands in for the error code.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import os
@@ -42,6 +43,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -103,6 +105,13 @@ _TRANSIENT_CODES = {
 }
 # DeleteObjects takes at most this many keys per request.
 _DELETE_BATCH = 1000
+# Large objects (images) move in parts of this size, a few at a time: memory
+# stays bounded whatever the image's size.
+_TRANSFER = TransferConfig(
+    multipart_threshold=8 * 1024 * 1024,
+    multipart_chunksize=8 * 1024 * 1024,
+    max_concurrency=4,
+)
 _ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] ([^'\"\]\)]+)")
 
 
@@ -195,6 +204,35 @@ class S3Storage(Storage):
                 body.close()
 
         return self._run(fetch, key, f"get {key!r}")
+
+    def put_file(self, key: str, path: str) -> int:
+        name = self._object_key(key)
+        size = os.path.getsize(path)
+        # boto3's managed transfer: one PutObject when small, else a multipart
+        # upload of 8 MiB parts, completed at once (readers never see part of it).
+        self._run(
+            lambda client: client.upload_file(path, self.bucket, name, Config=_TRANSFER),
+            key,
+            f"put {key!r}",
+        )
+        return size
+
+    def get_file(self, key: str, path: str) -> int:
+        name = self._object_key(key)
+        folder = os.path.dirname(os.path.abspath(path))
+        temp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+
+        def fetch(client: S3Client) -> int:
+            client.download_file(self.bucket, name, temp, Config=_TRANSFER)
+            return os.path.getsize(temp)
+
+        try:
+            size = self._run(fetch, key, f"get {key!r}")
+            os.replace(temp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+        return size
 
     def exists(self, key: str) -> bool:
         name = self._object_key(key)
