@@ -7,6 +7,7 @@ queue knows nothing of images, and the fractal maths nothing of queues.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from fractalq.fractal.png import assemble
 from fractalq.fractal.request import RenderRequest, split_rows
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.storage import Storage
+from fractalq.tasks.assemble import TASK_TYPE as ASSEMBLE
+from fractalq.tasks.assemble import assemble_payload
 from fractalq.tasks.band import TASK_TYPE, band_key, band_payload
 
 
@@ -26,14 +29,25 @@ def submit_render(
     priority: int,
     job_id: str = "",
     labels: dict[str, str] | None = None,
+    assemble: bool = False,
+    keep_bands: bool = False,
 ) -> pb.SubmitJobResponse:
-    """Queue one task per band; ``job_id`` makes the submission idempotent."""
+    """Queue one task per band; ``job_id`` makes the submission idempotent.
+
+    ``assemble``: the job's final task assembles the image into storage
+    (:mod:`fractalq.tasks.assemble`) and its result says where.
+    """
     rows = split_rows(request.height, regions)
+    final = None
+    if assemble:
+        payload = assemble_payload(request, regions, keep_bands)
+        final = pb.StageTask(task_type=ASSEMBLE, payload=payload)
     return client.submit(
         pb.SubmitJobRequest(
             job_id=job_id,
             task_type=TASK_TYPE,
             payloads=[band_payload(request, start, end) for start, end in rows],
+            final=final,
             priority=priority,
             labels={
                 "fractal": request.fractal,
@@ -69,6 +83,15 @@ def write_png(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
+
+
+def image_of(job: pb.Job) -> tuple[str, int]:
+    """The storage key and size of a finished render's image, from the job's result."""
+    try:
+        result = json.loads(job.result)
+        return str(result["key"]), int(result["bytes"])
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"job {job.job_id} has no image in its result") from None
 
 
 def remove_bands(storage: Storage, job_id: str, request: RenderRequest, regions: int) -> None:

@@ -96,8 +96,9 @@ def test_any_bands_any_workers_same_bytes(renderers: Renderers, tmp_path: Path) 
         center_x=-0.7435, center_y=0.1314, view_width=0.02,
     )  # fmt: skip
     assert digests == {hashlib.sha256(reference_png(expected)).hexdigest()}
-    # Bands are removed once the image is assembled.
-    assert not [p for p in (tmp_path / "store").rglob("*.png")]
+    # Bands are removed once the image is assembled; each render's image stays in storage.
+    stored = sorted(p.relative_to(tmp_path / "store") for p in (tmp_path / "store").rglob("*.png"))
+    assert len(stored) == 3 and all(p.name == "image.png" for p in stored)
 
 
 def test_one_worker_and_kept_bands(renderers: Renderers, tmp_path: Path) -> None:
@@ -108,7 +109,7 @@ def test_one_worker_and_kept_bands(renderers: Renderers, tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     expected = RenderRequest.create("mandelbrot", width=240, height=160, max_iter=200)
     assert out.read_bytes() == reference_png(expected)
-    assert len(list((tmp_path / "store").rglob("*.png"))) == 7
+    assert len(list((tmp_path / "store").rglob("*.png"))) == 7 + 1  # the bands and the image
 
 
 def _loaded_numba(pid: int) -> bool:
@@ -182,7 +183,8 @@ def test_render_through_s3(renderers: Renderers, tmp_path: Path, s3_server: Seaw
     expected = RenderRequest.create("mandelbrot", width=240, height=160, max_iter=200)
     assert out.read_bytes() == reference_png(expected)
     listed = s3_server.client().list_objects_v2(Bucket=bucket, Prefix="renders/")
-    assert len(listed.get("Contents", [])) == 6
+    keys = [entry["Key"] for entry in listed.get("Contents", [])]
+    assert len(keys) == 6 + 1 and sum(key.endswith("/image.png") for key in keys) == 1
 
     missing = renderers.render("s3://no-such-bucket/x", out, *SMALL, env=env)
     assert missing.returncode != 0

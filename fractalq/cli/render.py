@@ -21,7 +21,7 @@ from fractalq.client import Client, ClientError
 from fractalq.endpoint import ENV_TLS_CA, ENV_TOKEN_FILE, Endpoint
 from fractalq.fractal.palettes import PALETTES
 from fractalq.fractal.request import RenderRequest, split_rows
-from fractalq.images import remove_bands, submit_render, write_png
+from fractalq.images import image_of, submit_render
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.security.tls import ClientTLS
 from fractalq.storage import Storage, StorageError, check_storage, open_storage
@@ -125,21 +125,27 @@ def render_image(
     keep_bands: bool,
     began: float | None = None,
 ) -> None:
-    """Submit, show progress, assemble into ``out``; a failed job is a CommandError.
+    """Submit, show progress, download the image to ``out``; a failed job is a CommandError.
 
-    The closing summary splits the time since ``began`` (default: now, a
-    ``time.monotonic()`` value) into the wait for the first band to start (queue
-    and, for the demo, process start-up), the bands, and the assembly.
+    The job's final task assembles the image in storage; this only follows the
+    job and then copies the image out. The closing summary splits the time
+    since ``began`` (default: now, a ``time.monotonic()`` value) into the wait
+    for the first band to start (queue and, for the demo, process start-up),
+    the bands, the assembly and the download.
     """
     began = time.monotonic() if began is None else began
-    first_band = None
+    first_band = assembling = None
     try:
-        submitted = submit_render(client, request, regions, priority).job
+        submitted = submit_render(
+            client, request, regions, priority, assemble=True, keep_bands=keep_bands
+        ).job
         progress = Progress(submitted.total, "bands")
         job = submitted
         for job in client.watch(submitted.job_id):
             if first_band is None and (job.leased or job.succeeded):
                 first_band = time.monotonic()
+            if assembling is None and job.state in (pb.FINISHING, pb.SUCCEEDED):
+                assembling = time.monotonic()
             finished = job.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
             progress.update(job.succeeded, job.leased, final=finished)
     except ClientError as error:
@@ -147,19 +153,19 @@ def render_image(
     if job.state != pb.SUCCEEDED:
         state = pb.JobState.Name(job.state)
         raise CommandError(f"render job {job.job_id} {state}: {job.reason}")
-    rendered = time.monotonic()
+    assembled = time.monotonic()
     try:
-        write_png(storage, job.job_id, request, regions, out)
-        if not keep_bands:
-            remove_bands(storage, job.job_id, request, regions)
+        key, _ = image_of(job)
+        storage.get_file(key, out)
     except (StorageError, ValueError, OSError) as error:
-        raise CommandError(f"assembling {out}: {error}") from None
+        raise CommandError(f"downloading the image to {out}: {error}") from None
     done = time.monotonic()
-    first_band = rendered if first_band is None else first_band
+    first_band = assembled if first_band is None else first_band
+    assembling = assembled if assembling is None else assembling
     print(
         f"{request.width}x{request.height} {request.fractal} in {done - began:.2f}s"
-        f" (first band after {first_band - began:.2f}s, bands {rendered - first_band:.2f}s,"
-        f" assembly {done - rendered:.2f}s)",
+        f" (first band after {first_band - began:.2f}s, bands {assembling - first_band:.2f}s,"
+        f" assembly {assembled - assembling:.2f}s, download {done - assembled:.2f}s)",
         file=sys.stderr,
     )
 

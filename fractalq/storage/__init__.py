@@ -17,6 +17,7 @@ an ``s3://`` URL is opened, so local runs stay quick to start.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import urllib.parse
 
@@ -40,6 +41,7 @@ __all__ = [
     "StorageOptions",
     "check_storage",
     "open_storage",
+    "shared_storage",
     "validate_key",
 ]
 
@@ -59,6 +61,12 @@ def open_storage(url: str, *, options: StorageOptions | None = None) -> Storage:
 
         return S3Storage.from_url(url, options=options)
     raise bad_url(url)
+
+
+@functools.lru_cache(maxsize=8)
+def shared_storage(url: str) -> Storage:
+    """One storage object per URL in this process, so tasks reuse its connections."""
+    return open_storage(url)
 
 
 def check_storage(storage: Storage) -> None:
