@@ -10,15 +10,19 @@ mapping from gRPC's codes to these classes.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from types import TracebackType
 
 import grpc
 
+from fractalq import config
 from fractalq.endpoint import Endpoint
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
+from fractalq.retry import retry_delay
 
+_STREAM_LOST = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
 
 
@@ -149,6 +153,38 @@ class Client:
             yield from self._stub.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=timeout)
         except grpc.RpcError as error:
             raise self._error(error) from None
+
+    def follow(
+        self, job_id: str, reconnect_timeout: float, on_lost: Callable[[str], None] | None = None
+    ) -> Iterator[pb.Job]:
+        """Like :meth:`watch`, but rides out a lost connection or a coordinator restart.
+
+        When the stream breaks (Unavailable), it reconnects with backoff and
+        resumes following; after ``reconnect_timeout`` seconds without getting
+        through it gives up with the last error. ``on_lost`` hears each loss.
+        """
+        lost_since: float | None = None
+        attempt = 0
+        while True:
+            try:
+                for job in self.watch(job_id):
+                    lost_since, attempt = None, 0
+                    yield job
+                return
+            except ClientError as error:
+                # A restarting coordinator ends streams as UNAVAILABLE, or as
+                # UNKNOWN ("Stream removed") or CANCELLED when it goes down mid-send.
+                if not isinstance(error, Unavailable) and error.code not in _STREAM_LOST:
+                    raise
+                now = time.monotonic()
+                lost_since = now if lost_since is None else lost_since
+                if now - lost_since >= reconnect_timeout:
+                    raise
+                if on_lost is not None:
+                    on_lost(str(error))
+                attempt += 1
+                pause = retry_delay(config.RECONNECT_BACKOFF, attempt)
+                time.sleep(min(pause, max(lost_since + reconnect_timeout - now, 0.0)))
 
     def cancel(self, job_id: str, reason: str = "") -> pb.Job:
         try:

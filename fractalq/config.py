@@ -113,6 +113,9 @@ DEFAULT_CONCURRENCY = 1
 DEFAULT_PREFETCH = 1
 DEFAULT_GRACE_PERIOD = 25.0  # below Kubernetes' default 30 s termination grace
 # The worker reconnecting to a coordinator it lost (the backoff formula above).
+# How long `fractalq render` keeps trying to follow its job when it loses the
+# coordinator (a restart, a network cut) before it gives up.
+RENDER_RECONNECT_TIMEOUT = 300.0
 RECONNECT_BASE_DELAY = 0.2
 RECONNECT_MAX_DELAY = 5.0
 REPORT_BATCH = 256

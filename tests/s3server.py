@@ -221,6 +221,21 @@ class SeaweedS3:
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def halt(self) -> None:
+        """Stop weed but keep its ports and data: an outage, ended by :meth:`resume`."""
+        self._reap()
+
+    def resume(self) -> None:
+        """Start weed again after :meth:`halt`, on the same ports with the same data."""
+        if self._proc is not None or not self.ports:
+            raise RuntimeError("resume() follows halt()")
+        self._spawn()
+        try:
+            self._wait_ready(time.monotonic() + self.start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

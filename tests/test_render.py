@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from procs import ProcessGroup, Worker, run_cli, wait_until
+from procs import ProcessGroup, Worker, fractalq, run_cli, wait_until
 from reference import reference_png
 from s3server import SeaweedS3
 
 from fractalq.fractal.request import RenderRequest
+from fractalq.proto import fractalq_pb2 as pb
 
 SMALL = ["--width", "240", "--height", "160", "--max-iter", "200"]
 
@@ -250,3 +251,41 @@ def test_rendered_pixels_follow_the_contract(tmp_path: Path) -> None:
                 inside[j, i] = True
     assert inside.sum() > 1000
     assert (black != inside).sum() <= 3  # rounding at the boundary only
+
+
+def test_a_render_rides_out_a_coordinator_killed_and_restarted(
+    renderers: Renderers, tmp_path: Path
+) -> None:
+    storage = (tmp_path / "store").as_uri()
+    renderers.workers(1, storage)
+    coordinator = renderers.coordinator
+    out = tmp_path / "deep.png"
+    view = ["--width", "480", "--height", "480", "--max-iter", "20000", "--center-x", "-0.1",
+            "--center-y", "0.75", "--view-width", "0.01", "--regions", "24"]  # fmt: skip
+    render = subprocess.Popen(
+        fractalq("render", "--mandelbrot", *view, "--coordinator", coordinator.address,
+                 "--storage", storage, "--out", str(out)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert render.stdout is not None
+        first = render.stdout.readline()
+        assert first.startswith("submitted 24 bands as job ")
+        job_id = first.split()[-1]
+        with coordinator.client() as client:
+            wait_until(lambda: client.job(job_id).succeeded >= 2, message="some bands")
+        coordinator.kill9()
+        restarted = renderers.group.start_coordinator(port=coordinator.port, data=coordinator.data)
+        stdout, stderr = render.communicate(timeout=240)
+    finally:
+        render.kill()
+    assert render.returncode == 0, stderr
+    assert stdout.strip().splitlines()[-1] == str(out)
+    assert "lost the coordinator" in stderr and "Traceback" not in stderr
+    expected = RenderRequest.create(
+        "mandelbrot", width=480, height=480, max_iter=20000,
+        center_x=-0.1, center_y=0.75, view_width=0.01,
+    )  # fmt: skip
+    assert out.read_bytes() == reference_png(expected)
+    with restarted.client() as client:
+        assert client.job(job_id).state == pb.SUCCEEDED

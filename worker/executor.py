@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from concurrent.futures.process import BrokenProcessPool
 
 from fractalq import tasks
+from fractalq.storage.base import StorageError
 from fractalq.tasks import TaskContext
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,20 @@ log = logging.getLogger(__name__)
 
 class TaskFailed(Exception):
     """The task raised; the message is what the coordinator records."""
+
+
+class StorageUnavailable(Exception):
+    """The task met a transient storage error that outlasted the storage layer's
+    own retries: an outage, not the task's fault. The worker keeps the attempt
+    and runs the task again once storage answers (see :mod:`.outage`)."""
+
+
+def _failure(error: BaseException) -> Exception:
+    # The task must raise the StorageError itself (a wrapped one is the task's
+    # failure). From a child process it comes back pickled, its flag kept.
+    if isinstance(error, StorageError) and error.transient:
+        return StorageUnavailable(str(error))
+    return TaskFailed(describe(error))
 
 
 def run_task(task_type: str, payload: bytes, context: TaskContext) -> bytes:
@@ -97,7 +112,7 @@ class TaskRunner:
             self._processes = None
             raise TaskFailed(f"worker process died: {error}") from None
         except Exception as error:
-            raise TaskFailed(describe(error)) from None
+            raise _failure(error) from None
 
     def shutdown(self, wait: bool) -> None:
         self._threads.shutdown(wait=wait, cancel_futures=True)

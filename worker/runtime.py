@@ -24,7 +24,8 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import grpc
 
@@ -34,7 +35,8 @@ from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
 from fractalq.retry import retry_delay
 from fractalq.tasks import TaskContext
-from fractalq.worker.executor import TaskFailed, TaskRunner
+from fractalq.worker.executor import StorageUnavailable, TaskFailed, TaskRunner
+from fractalq.worker.outage import StorageOutage
 
 log = logging.getLogger("fractalq.worker")
 
@@ -89,6 +91,9 @@ class Worker:
         self._reports_waiting = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._stop = asyncio.Event()
+        # Set to send a heartbeat at once (a storage outage began or ended).
+        self._beat_now = asyncio.Event()
+        self._outage = StorageOutage(settings.storage, self._beat_now.set)
         self.completed = 0
         self.failed = 0
         # The secret the coordinator issued at registration; presented again
@@ -143,6 +148,7 @@ class Worker:
         finally:
             for task in self._inflight.values():
                 task.cancel()
+            self._outage.close()
             self._runner.shutdown(wait=False)
 
     async def _session(self) -> None:
@@ -183,16 +189,22 @@ class Worker:
 
     async def _heartbeat(self, stub: pb_grpc.CoordinatorStub, interval: float) -> None:
         async def beats() -> AsyncIterator[pb.HeartbeatRequest]:
+            said_draining = False
             while True:
+                self._beat_now.clear()
                 yield pb.HeartbeatRequest(
                     worker_id=self.worker_id,
                     session=self._session_id,
                     draining=self._stop.is_set(),
+                    storage_error=self._outage.error,
                 )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), interval)
-                if self._stop.is_set():  # say "draining" once, then keep the normal pace
-                    await asyncio.sleep(interval)
+                # The next beat after the interval, or at once to say "draining"
+                # (once) or that storage went down or came back.
+                said_draining = said_draining or self._stop.is_set()
+                wake = [self._beat_now.wait()]
+                if not said_draining:
+                    wake.append(self._stop.wait())
+                await _first_of(wake, interval)
 
         call = stub.Heartbeat(beats(), metadata=self._metadata)
         async for _ in call:
@@ -203,6 +215,10 @@ class Worker:
         stop = asyncio.create_task(self._stop.wait())
         try:
             while not self._stop.is_set():
+                if self._outage.down:
+                    # No new task while storage is down; those held wait for it.
+                    await _first_of([self._outage.wait_up(), self._stop.wait()], None)
+                    continue
                 free = self.settings.concurrency + self.settings.prefetch - len(self._inflight)
                 if free <= 0:
                     self._slot_free.clear()
@@ -243,7 +259,7 @@ class Worker:
                 if self._stop.is_set():
                     return  # never started: handed back when the worker unregisters
                 self._running.add(key)
-                result = await self._runner.run(task.task_type, task.payload, context)
+                result = await self._run(task, context)
         except (TaskFailed, Exception) as error:  # whatever happens, the task is reported
             self.failed += 1
             log.warning(
@@ -258,6 +274,44 @@ class Worker:
             self._running.discard(key)
             self._reports_waiting.set()
             self._slot_free.set()
+
+    async def _run(self, task: pb.Task, context: TaskContext) -> bytes:
+        """Run the task, and through a storage outage again once storage answers.
+
+        While storage is down the task keeps its lease and its attempt (see
+        :mod:`.outage`); if storage is still down ``storage_outage_limit``
+        seconds after the task first had to wait, it fails with the last error.
+        """
+        loop = asyncio.get_running_loop()
+        limit = self.settings.storage_outage_limit
+        waiting_since: float | None = None
+        last_error = ""
+        while True:
+            if waiting_since is None and self._outage.down and _needs_storage(task.task_type):
+                # It would only meet the outage: wait for storage first.
+                waiting_since, last_error = loop.time(), self._outage.error
+            if waiting_since is not None and self._outage.down:
+                remaining = waiting_since + limit - loop.time()
+                try:
+                    await asyncio.wait_for(self._outage.wait_up(), max(remaining, 0.0))
+                except TimeoutError:
+                    raise TaskFailed(
+                        f"storage unavailable for {limit:g}s, the limit: {last_error}"
+                    ) from None
+            try:
+                return await self._runner.run(task.task_type, task.payload, context)
+            except StorageUnavailable as error:
+                last_error = str(error)
+                if waiting_since is None:
+                    waiting_since = loop.time()
+                    log.info(
+                        "task %s/%d attempt %d waits for storage (the attempt is kept): %s",
+                        task.job_id,
+                        task.index,
+                        task.attempt,
+                        error,
+                    )
+                self._outage.report(last_error)
 
     async def _report(self, stub: pb_grpc.CoordinatorStub) -> None:
         while True:
@@ -317,6 +371,22 @@ class Worker:
             self.failed,
             response.released,
         )
+
+
+def _needs_storage(task_type: str) -> bool:
+    with contextlib.suppress(KeyError):
+        return tasks.get(task_type).needs_storage
+    return False
+
+
+async def _first_of(waits: list[Coroutine[Any, Any, Any]], seconds: float | None) -> None:
+    """Wait until one of ``waits`` is done or ``seconds`` pass; cancel the others."""
+    pending = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(pending, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 def _brief(error: BaseException) -> str:

@@ -166,6 +166,8 @@ def run_status(args: argparse.Namespace) -> int:
     print(f"workers: {len(stats.workers)}")
     for worker in stats.workers:
         state = "draining" if worker.draining else "ready"
+        if worker.storage_error:
+            state += f", storage unavailable ({worker.storage_error})"
         print(
             f"  {worker.worker_id}: {state}, {worker.leased}/{worker.concurrency} busy,"
             f" {worker.completed} done, {worker.failed} failed,"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import secrets
 import socket
@@ -15,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from fractalq import config
-from fractalq.cli.common import CommandError, add_endpoint_options, address, endpoint_from, integer
+from fractalq.cli.common import (
+    CommandError,
+    add_endpoint_options,
+    address,
+    endpoint_from,
+    integer,
+    real,
+)
 from fractalq.cli.progress import Progress
 from fractalq.client import Client, ClientError
 from fractalq.endpoint import ENV_TLS_CA, ENV_TOKEN_FILE, Endpoint
@@ -62,6 +70,13 @@ def add_parsers(commands: Any) -> None:
     add_endpoint_options(render)
     render.add_argument("--storage", required=True, metavar="URL")
     render.add_argument("--out", required=True, metavar="PATH")
+    render.add_argument(
+        "--reconnect-timeout",
+        type=real(0, 24 * 3600),
+        default=config.RENDER_RECONNECT_TIMEOUT,
+        metavar="S",
+        help="how long to keep reconnecting to a lost coordinator",
+    )
     render.set_defaults(run=run_render)
 
     demo = commands.add_parser("demo", help="render with local processes, nothing to start first")
@@ -124,6 +139,7 @@ def render_image(
     out: str,
     keep_bands: bool,
     began: float | None = None,
+    reconnect_timeout: float = config.RENDER_RECONNECT_TIMEOUT,
 ) -> None:
     """Submit, show progress, download the image to ``out``; a failed job is a CommandError.
 
@@ -139,9 +155,12 @@ def render_image(
         submitted = submit_render(
             client, request, regions, priority, assemble=True, keep_bands=keep_bands
         ).job
+        # First line: the id, so that a caller can fetch the image later whatever happens.
+        print(f"submitted {submitted.total} bands as job {submitted.job_id}", flush=True)
         progress = Progress(submitted.total, "bands")
         job = submitted
-        for job in client.watch(submitted.job_id):
+        lost = functools.partial(_say_lost, client.address, reconnect_timeout)
+        for job in client.follow(submitted.job_id, reconnect_timeout, lost):
             if first_band is None and (job.leased or job.succeeded):
                 first_band = time.monotonic()
             if assembling is None and job.state in (pb.FINISHING, pb.SUCCEEDED):
@@ -170,12 +189,20 @@ def render_image(
     )
 
 
+def _say_lost(address: str, timeout: float, why: str) -> None:
+    print(f"lost the coordinator at {address} ({why}); reconnecting for up to {timeout:g}s",
+          file=sys.stderr)  # fmt: skip
+
+
 def run_render(args: argparse.Namespace) -> int:
     request, regions = request_from(args)
     out = check_output(args.out)
     storage = open_checked_storage(args.storage)
     with Client(endpoint_from(args)) as client:
-        render_image(client, storage, request, regions, args.priority, out, args.keep_bands)
+        render_image(
+            client, storage, request, regions, args.priority, out, args.keep_bands,
+            reconnect_timeout=args.reconnect_timeout,
+        )  # fmt: skip
     print(out)
     return 0
 

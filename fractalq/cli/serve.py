@@ -98,6 +98,13 @@ def add_parsers(commands: Any) -> None:
         help="on SIGTERM, how long running tasks may take before they are handed back",
     )
     worker.add_argument(
+        "--storage-outage-limit",
+        type=real(1, config.MAX_STORAGE_OUTAGE_LIMIT),
+        default=config.STORAGE_OUTAGE_LIMIT,
+        metavar="S",
+        help="how long a task waits for unreachable storage, keeping its attempt, before it fails",
+    )
+    worker.add_argument(
         "--task-types", metavar="NAMES", help="comma-separated types to run (default: all)"
     )
     add_endpoint_options(worker)
@@ -190,6 +197,7 @@ def run_worker(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         prefetch=args.prefetch,
         grace_period=args.grace_period,
+        storage_outage_limit=args.storage_outage_limit,
         task_types=names,
         tls=endpoint.tls,
         token=endpoint.token,

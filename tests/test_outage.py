@@ -1,0 +1,219 @@
+"""Storage outages do not spend attempts (worker/outage.py).
+
+A task that meets a transient storage error keeps its lease and its attempt
+while its worker waits for storage, says so in its heartbeats and takes no new
+task; errors of the task itself still fail the attempt. End to end: a real S3
+server stopped for a minute in the middle of a render, then started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from procs import ProcessGroup, fractalq, run_cli, wait_until
+from reference import reference_png
+from s3server import SeaweedS3
+
+from fractalq.config import MAX_STORAGE_ERROR_LENGTH, WorkerConfig
+from fractalq.coordinator.broker import Broker
+from fractalq.fractal.request import RenderRequest
+from fractalq.proto import fractalq_pb2 as pb
+from fractalq.storage import StorageError
+from fractalq.tasks import TaskContext, registry
+from fractalq.worker.executor import StorageUnavailable, TaskFailed, TaskRunner
+from fractalq.worker.runtime import Worker
+
+# ---- without a network -------------------------------------------------------
+
+
+class Flaky:
+    """A task type that raises ``error`` ``times`` times, then succeeds."""
+
+    def __init__(self, error: Exception, times: int) -> None:
+        self.error, self.times, self.calls = error, times, 0
+
+    def __call__(self, payload: bytes, context: TaskContext) -> bytes:
+        self.calls += 1
+        if self.calls <= self.times:
+            raise self.error
+        return b"stored"
+
+
+def register(monkeypatch: pytest.MonkeyPatch, name: str, run: Flaky) -> None:
+    kind = registry.TaskType(name, run, lambda payload: None, needs_storage=True)
+    monkeypatch.setitem(registry._REGISTRY, name, kind)
+
+
+def test_only_a_transient_storage_error_is_an_outage(monkeypatch: pytest.MonkeyPatch) -> None:
+    register(monkeypatch, "t.down", Flaky(StorageError("S3 endpoint unreachable", True), 1))
+    register(monkeypatch, "t.denied", Flaky(StorageError("access denied"), 1))
+    register(monkeypatch, "t.bug", Flaky(ZeroDivisionError("division by zero"), 1))
+    runner = TaskRunner(1)
+
+    async def outcome(name: str) -> Exception:
+        try:
+            await runner.run(name, b"", TaskContext())
+        except Exception as error:
+            return error
+        raise AssertionError("the task did not fail")
+
+    try:
+        down = asyncio.run(outcome("t.down"))
+        assert isinstance(down, StorageUnavailable) and "unreachable" in str(down)
+        for name in ("t.denied", "t.bug"):
+            assert isinstance(asyncio.run(outcome(name)), TaskFailed)
+    finally:
+        runner.shutdown(wait=True)
+
+
+def _worker(storage: str | None, name: str, limit: float) -> Worker:
+    settings = WorkerConfig(
+        "127.0.0.1:1",  # never contacted: only the task loop runs
+        storage=storage,
+        task_types=(name,),
+        storage_outage_limit=limit,
+    )
+    return Worker(settings)
+
+
+def test_a_task_runs_again_once_storage_answers_on_the_same_attempt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flaky = Flaky(StorageError("S3 endpoint unreachable", True), 2)
+    register(monkeypatch, "t.flaky", flaky)
+    worker = _worker(tmp_path.as_uri(), "t.flaky", limit=60)
+    task = pb.Task(job_id="j", index=0, task_type="t.flaky", attempt=1)
+    seen: list[str] = []
+
+    async def scenario() -> bytes:
+        run = asyncio.create_task(worker._run(task, TaskContext(tmp_path.as_uri(), "j", 0, 1)))
+        while not run.done():
+            seen.append(worker._outage.error)
+            await asyncio.sleep(0.01)
+        return await run
+
+    try:
+        assert asyncio.run(scenario()) == b"stored"
+    finally:
+        worker._runner.shutdown(wait=True)
+    assert flaky.calls == 3
+    assert "S3 endpoint unreachable" in seen  # said while it waited (heartbeats carry it)
+    assert worker._outage.error == "" and not worker._outage.down
+
+
+def test_a_task_waits_for_storage_no_longer_than_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register(monkeypatch, "t.gone", Flaky(StorageError("S3 endpoint unreachable", True), 10**9))
+    worker = _worker(None, "t.gone", limit=1.5)  # no storage to probe: storage seems back
+    task = pb.Task(job_id="j", index=0, task_type="t.gone", attempt=1)
+    began = time.monotonic()
+    try:
+        with pytest.raises(TaskFailed, match=r"storage unavailable for 1\.5s.*unreachable"):
+            asyncio.run(worker._run(task, TaskContext(None, "j", 0, 1)))
+    finally:
+        worker._runner.shutdown(wait=True)
+    assert 1.5 <= time.monotonic() - began < 10
+
+
+def test_the_coordinator_keeps_a_workers_storage_error_as_one_short_line() -> None:
+    broker = Broker()
+    worker = broker.register_worker("w1", ("noop",), 1, "host", 0.0)
+    broker.heartbeat(worker, False, 1.0, "cannot reach S3\nendpoint " + "x" * 1000)
+    assert worker.storage_error.startswith("cannot reach S3 endpoint x")
+    assert len(worker.storage_error) == MAX_STORAGE_ERROR_LENGTH
+    broker.heartbeat(worker, False, 2.0, "")
+    assert worker.storage_error == ""
+
+
+# ---- a real S3 server stopped mid-render ------------------------------------
+
+OUTAGE_SECONDS = 60.0
+# Half the image is the inside of the period-3 bulb, where every pixel runs
+# all its iterations: some seconds of rendering on two workers, so the outage
+# begins with most bands still to do.
+REQUEST = RenderRequest.create(
+    width=600, height=400, max_iter=250_000, center_x=-0.1226, center_y=0.7449, view_width=0.3
+)
+VIEW = ["--width", "600", "--height", "400", "--max-iter", "250000",
+        "--center-x", "-0.1226", "--center-y", "0.7449", "--view-width", "0.3"]  # fmt: skip
+
+
+@pytest.fixture
+def own_s3() -> Iterator[SeaweedS3]:
+    """A server of this test's own, since the test stops it."""
+    server = SeaweedS3()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_render_survives_a_storage_outage_without_spending_attempts(
+    tmp_path: Path, own_s3: SeaweedS3
+) -> None:
+    storage = f"s3://{own_s3.make_bucket('outage')}/renders"
+    env = {**os.environ, **own_s3.env()}
+    group = ProcessGroup(tmp_path)
+    render: subprocess.Popen[str] | None = None
+    try:
+        coordinator = group.start_coordinator()
+        # One worker runs bands on a thread, the other in child processes.
+        workers = [group.start_worker(storage=storage, env=env, concurrency=n) for n in (1, 2)]
+        out = tmp_path / "outage.png"
+        with coordinator.client() as client:
+            wait_until(lambda: len(client.stats().workers) == 2, 60, "two workers")
+            ids = {worker.worker_id for worker in client.stats().workers}
+            render = subprocess.Popen(
+                fractalq("render", "--coordinator", coordinator.address, "--storage", storage,
+                         "--out", str(out), "--regions", "40", *VIEW),
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            wait_until(lambda: client.stats().tasks_succeeded >= 3, 120, "the render under way")
+            own_s3.halt()
+            began = time.monotonic()
+
+            def reporting() -> list[str]:
+                return [w.storage_error for w in client.stats().workers if w.storage_error]
+
+            errors = wait_until(reporting, OUTAGE_SECONDS, "a worker to report storage down")
+            assert any(own_s3.endpoint in error for error in errors), errors
+            status = run_cli("status", "--coordinator", coordinator.address)
+            assert "storage unavailable (" in status.stdout, status.stdout
+            # The expected image, made meanwhile: the workers are idle anyway.
+            expected = reference_png(REQUEST)
+            assert time.monotonic() - began < OUTAGE_SECONDS, "the outage was over too soon"
+            while time.monotonic() - began < OUTAGE_SECONDS:
+                stats = client.stats()
+                assert (stats.tasks_failed, stats.tasks_dead) == (0, 0)
+                assert render.poll() is None, render.communicate()
+                time.sleep(0.5)
+            succeeded_during = client.stats().tasks_succeeded
+            own_s3.resume()
+            _, stderr = render.communicate(timeout=240)
+            assert render.returncode == 0, stderr
+            assert out.read_bytes() == expected
+            [job] = client.jobs()
+            assert (job.succeeded, job.dead, job.total) == (40, 0, 40)
+            assert succeeded_during < 40
+            stats = client.stats()
+            # No attempt was spent: nothing failed and no worker was lost.
+            assert (stats.tasks_failed, stats.tasks_dead) == (0, 0)
+            assert {worker.worker_id for worker in stats.workers} == ids
+            assert all(worker.failed == 0 for worker in stats.workers)
+            wait_until(lambda: not reporting(), 30, "the storage errors cleared")
+        logs = "".join(worker.log() for worker in workers)
+        assert "storage unavailable, taking no new task" in logs
+        assert "storage answers again" in logs
+    finally:
+        if render is not None and render.poll() is None:
+            render.kill()
+            render.communicate()
+        group.stop()
