@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -289,3 +290,42 @@ def test_a_render_rides_out_a_coordinator_killed_and_restarted(
     assert out.read_bytes() == reference_png(expected)
     with restarted.client() as client:
         assert client.job(job_id).state == pb.SUCCEEDED
+
+
+def test_fetch_cancel_and_jobs(renderers: Renderers, tmp_path: Path) -> None:
+    storage = (tmp_path / "store").as_uri()
+    renderers.workers(1, storage)
+    address = renderers.coordinator.address
+    out = tmp_path / "first.png"
+    result = renderers.render(storage, out, *SMALL, "--regions", "3")
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.splitlines()[0].split()[-1]
+
+    again = tmp_path / "again.png"
+    fetched = run_cli("fetch", job_id, "--coordinator", address, "--storage", storage,
+                      "--out", str(again))  # fmt: skip
+    assert fetched.returncode == 0, fetched.stderr
+    assert fetched.stdout.strip() == str(again) and again.read_bytes() == out.read_bytes()
+    unknown = run_cli("fetch", "no-such-job", "--coordinator", address, "--storage", storage,
+                      "--out", str(again))  # fmt: skip
+    assert unknown.returncode == 1 and "no job 'no-such-job'" in unknown.stderr
+    assert len(unknown.stderr.strip().splitlines()) == 1
+
+    with renderers.coordinator.client() as client:
+        sleeping = client.submit(
+            pb.SubmitJobRequest(task_type="sleep", count=50, payload=b'{"seconds": 1}')
+        ).job.job_id
+    early = run_cli("fetch", sleeping, "--coordinator", address, "--storage", storage,
+                    "--out", str(again))  # fmt: skip
+    assert early.returncode == 1 and f"job {sleeping} is " in early.stderr
+    active = run_cli("jobs", "--coordinator", address, "--active")
+    assert active.returncode == 0 and sleeping in active.stdout and job_id not in active.stdout
+    cancelled = run_cli("cancel", sleeping, "--coordinator", address, "--reason", "enough")
+    assert cancelled.returncode == 0 and "CANCELLED: enough" in cancelled.stdout
+    listed = run_cli("jobs", "--coordinator", address, "--json")
+    states = {job["jobId"]: job["state"] for job in json.loads(listed.stdout)["jobs"]}
+    assert states == {job_id: "SUCCEEDED", sleeping: "CANCELLED"}
+    table = run_cli("jobs", "--coordinator", address).stdout.splitlines()
+    assert table[0].split() == ["JOB", "TYPE", "STATE", "PROGRESS", "AGE", "LABELS"]
+    [render_row] = [line for line in table if line.startswith(job_id)]
+    assert "fractal.band" in render_row and "3/3" in render_row and "size=240x160" in render_row
