@@ -136,6 +136,9 @@ CREATE TABLE IF NOT EXISTS tasks (
 ) WITHOUT ROWID;
 """
 
+# A batch of at least this many changes means the queue is busy: the next
+# commit waits out the interval to gather a larger one.
+BUSY_BATCH = 8
 _FINISHED = tuple(int(state) for state in JobState if state.finished)
 _TaskRow = tuple[int, int, int, int, bytes | None, str | None]
 
@@ -153,6 +156,9 @@ class Batch:
 
     def __bool__(self) -> bool:
         return bool(self.new_jobs or self.job_updates or self.task_updates or self.forget)
+
+    def __len__(self) -> int:
+        return len(self.new_jobs) + len(self.job_updates) + len(self.task_updates)
 
 
 class SqliteJournal:
@@ -356,12 +362,19 @@ class GroupCommit:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        last, busy = -self._interval, False
         while True:
             await self._wake.wait()
-            await asyncio.sleep(self._interval)  # let a burst gather
+            # Under load (the last batch was large) commits are at most one per
+            # interval, so that a burst gathers into one transaction; on a quiet
+            # queue a change is written at once, rather than after a pause that
+            # every RPC waiting for durability would pay.
+            pause = last + self._interval - loop.time() if busy else 0.0
+            await asyncio.sleep(max(pause, 0.0))
             self._wake.clear()
             batch, waiters = self._journal.take(), self._waiters
             self._waiters = []
+            busy = len(batch) >= BUSY_BATCH
             try:
                 if batch:
                     await loop.run_in_executor(self._executor, self._journal.write, batch)
@@ -373,6 +386,7 @@ class GroupCommit:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+            last = loop.time()
 
     async def flush(self) -> None:
         """Write what is pending now (at shutdown)."""
