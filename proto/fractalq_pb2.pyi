@@ -621,6 +621,7 @@ class SubmitJobRequest(_message.Message):
     FIRST_FIELD_NUMBER: _builtins.int
     FINAL_FIELD_NUMBER: _builtins.int
     TIME_LIMIT_FIELD_NUMBER: _builtins.int
+    CLEANUP_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Optional idempotency key: submitting the same id with the same tasks again
     returns the existing job; with different tasks it is an error.
@@ -648,6 +649,12 @@ class SubmitJobRequest(_message.Message):
     def final(self) -> Global___StageTask:
         """runs after every parallel task succeeded (optional)"""
 
+    @_builtins.property
+    def cleanup(self) -> Global___StageTask:
+        """Runs if the job fails or is cancelled, once none of its tasks is running any
+        more: a job of its own, "<job_id>.cleanup", of this one task (optional).
+        """
+
     def __init__(
         self,
         *,
@@ -662,10 +669,11 @@ class SubmitJobRequest(_message.Message):
         first: Global___StageTask | None = ...,
         final: Global___StageTask | None = ...,
         time_limit: _builtins.float = ...,
+        cleanup: Global___StageTask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["final", b"final", "first", b"first"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cleanup", b"cleanup", "final", b"final", "first", b"first"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "final", b"final", "first", b"first", "job_id", b"job_id", "labels", b"labels", "max_attempts", b"max_attempts", "payload", b"payload", "payloads", b"payloads", "priority", b"priority", "task_type", b"task_type", "time_limit", b"time_limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleanup", b"cleanup", "count", b"count", "final", b"final", "first", b"first", "job_id", b"job_id", "labels", b"labels", "max_attempts", b"max_attempts", "payload", b"payload", "payloads", b"payloads", "priority", b"priority", "task_type", b"task_type", "time_limit", b"time_limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -739,6 +747,7 @@ class Job(_message.Message):
     FINAL_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     TIME_LIMIT_FIELD_NUMBER: _builtins.int
+    CLEANUP_JOB_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     task_type: _builtins.str
     priority: _builtins.int
@@ -763,6 +772,8 @@ class Job(_message.Message):
     """the final task's result, once it succeeded"""
     time_limit: _builtins.float
     """seconds per attempt; 0: each task type's default"""
+    cleanup_job: _builtins.str
+    """the id of its cleanup job, once that was submitted"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -800,10 +811,11 @@ class Job(_message.Message):
         final: Global___StageTaskStatus | None = ...,
         result: _builtins.bytes = ...,
         time_limit: _builtins.float = ...,
+        cleanup_job: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["final", b"final", "first", b"first"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "dead", b"dead", "final", b"final", "finished_at", b"finished_at", "first", b"first", "job_id", b"job_id", "labels", b"labels", "leased", b"leased", "max_attempts", b"max_attempts", "priority", b"priority", "queued", b"queued", "reason", b"reason", "result", b"result", "results", b"results", "started_at", b"started_at", "state", b"state", "succeeded", b"succeeded", "task_type", b"task_type", "time_limit", b"time_limit", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleanup_job", b"cleanup_job", "created_at", b"created_at", "dead", b"dead", "final", b"final", "finished_at", b"finished_at", "first", b"first", "job_id", b"job_id", "labels", b"labels", "leased", b"leased", "max_attempts", b"max_attempts", "priority", b"priority", "queued", b"queued", "reason", b"reason", "result", b"result", "results", b"results", "started_at", b"started_at", "state", b"state", "succeeded", b"succeeded", "task_type", b"task_type", "time_limit", b"time_limit", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
