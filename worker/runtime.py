@@ -74,8 +74,13 @@ def new_worker_id() -> str:
 
 
 class Worker:
-    def __init__(self, settings: WorkerConfig, worker_id: str | None = None) -> None:
+    def __init__(
+        self, settings: WorkerConfig, worker_id: str | None = None, storage_error: str = ""
+    ) -> None:
+        """``storage_error``: the storage was unreachable when the worker started;
+        it begins as in an outage (no task until a probe of the storage answers)."""
         self.settings = settings
+        self._storage_error_at_start = storage_error
         self.worker_id = worker_id or new_worker_id()
         self.task_types = tuple(settings.task_types or tasks.available(bool(settings.storage)))
         for name in self.task_types:
@@ -111,6 +116,8 @@ class Worker:
 
     async def run(self) -> None:
         self._runner.warm(self.task_types)
+        if self._storage_error_at_start:
+            self._outage.report(self._storage_error_at_start)
         loop = asyncio.get_running_loop()
         stop_deadline: float | None = None
         try:

@@ -184,8 +184,7 @@ def run_worker(args: argparse.Namespace) -> int:
             tasks.get(name)
     except KeyError as error:
         raise CommandError(str(error.args[0])) from None
-    if args.storage:
-        check_worker_storage(args.storage)
+    storage_error = check_worker_storage(args.storage) if args.storage else ""
     endpoint = endpoint_from(args)
     # A TLS mistake is not transient: say which, once, rather than reconnect
     # forever with gRPC's "handshake failed". (Nothing listening yet: None.)
@@ -203,7 +202,7 @@ def run_worker(args: argparse.Namespace) -> int:
         token=endpoint.token,
     )
     setup_logging(args.verbose)
-    worker = Worker(settings)
+    worker = Worker(settings, storage_error=storage_error)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -223,15 +222,23 @@ def run_worker(args: argparse.Namespace) -> int:
     os._exit(0)
 
 
-def check_worker_storage(url: str) -> None:
+def check_worker_storage(url: str) -> str:
     """Write, read back and delete a probe object, before the worker registers.
 
     A worker that cannot store its results would take tasks only to fail
-    them, attempt after attempt, until renders are dead-lettered.
+    them, attempt after attempt, until renders are dead-lettered: a wrong URL,
+    bucket or credentials is one line and exit 1. Storage that is only down
+    for now (a transient error) is returned instead: the worker starts as in
+    an outage, taking no task until the storage answers.
     """
     from fractalq.storage import StorageError, check_storage, open_storage
 
     try:
         check_storage(open_storage(url))
-    except (ValueError, StorageError) as error:
+    except StorageError as error:
+        if error.transient:
+            return str(error)
         raise CommandError(f"--storage {url}: {error}") from None
+    except ValueError as error:
+        raise CommandError(f"--storage {url}: {error}") from None
+    return ""
