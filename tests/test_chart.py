@@ -890,6 +890,9 @@ def test_values_mirror_the_configuration() -> None:
     [retention, _] = schema["properties"]["coordinator"]["properties"]["retention"]["anyOf"]
     assert retention["maximum"] == config.MAX_RETENTION
     assert values["worker"]["gracePeriod"] == config.DEFAULT_GRACE_PERIOD
+    assert values["worker"]["storageOutageLimit"] == config.STORAGE_OUTAGE_LIMIT
+    [outage, _] = schema["properties"]["worker"]["properties"]["storageOutageLimit"]["anyOf"]
+    assert outage["maximum"] == config.MAX_STORAGE_OUTAGE_LIMIT
     assert values["worker"]["concurrency"] == config.DEFAULT_CONCURRENCY
     assert values["worker"]["prefetch"] == config.DEFAULT_PREFETCH
     scaling = values["worker"]["autoscaling"]
@@ -934,6 +937,8 @@ def test_values_render_into_the_commands(chart_helm: Helm) -> None:
     assert flag(worker["args"], "--concurrency") == str(config.DEFAULT_CONCURRENCY)
     assert flag(worker["args"], "--prefetch") == str(config.DEFAULT_PREFETCH)
     assert flag(worker["args"], "--grace-period") == f"{config.DEFAULT_GRACE_PERIOD:g}"
+    outage = f"{config.STORAGE_OUTAGE_LIMIT:g}"
+    assert flag(worker["args"], "--storage-outage-limit") == outage
 
     custom = chart_helm.template(*OPTIONS["everything-else"])
     assert (
