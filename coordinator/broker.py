@@ -30,6 +30,7 @@ workers is dead-lettered like one that raises).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -41,7 +42,14 @@ from typing import Protocol
 
 from fractalq import config
 from fractalq.config import QueueLimits, RetryPolicy
-from fractalq.coordinator.jobs import Job, JobState, Stage, StageTask, TaskState
+from fractalq.coordinator.jobs import (
+    Job,
+    JobState,
+    Stage,
+    StageSpec,
+    StageTask,
+    TaskState,
+)
 from fractalq.coordinator.queue import DelayQueue, ReadyQueue
 from fractalq.retry import retry_delay
 
@@ -107,14 +115,6 @@ class NullJournal:
 
 
 @dataclasses.dataclass(frozen=True)
-class StageSpec:
-    """A first or final task as submitted: its type and payload."""
-
-    task_type: str
-    payload: bytes
-
-
-@dataclasses.dataclass(frozen=True)
 class JobSpec:
     """A validated submission."""
 
@@ -129,6 +129,7 @@ class JobSpec:
     first: StageSpec | None = None
     final: StageSpec | None = None
     time_limit: float = 0.0
+    cleanup: StageSpec | None = None
 
     @property
     def total(self) -> int:
@@ -148,7 +149,11 @@ class JobSpec:
         parts = [self.task_type, str(self.priority), str(self.max_attempts), str(self.total)]
         if self.time_limit:  # only when set, so that older fingerprints stay valid
             parts.append(repr(self.time_limit))
-        for name, stage in (("first", self.first), ("final", self.final)):
+        for name, stage in (
+            ("first", self.first),
+            ("final", self.final),
+            ("cleanup", self.cleanup),
+        ):
             if stage is not None:
                 parts += [name, stage.task_type, stage.payload.hex()]
         for part in parts:
@@ -233,7 +238,7 @@ class Broker:
 
     # ---- restoring -------------------------------------------------------
 
-    def restore(self, jobs: list[Job]) -> None:
+    def restore(self, jobs: list[Job], now: float) -> None:
         """Take back jobs loaded from the journal (leases were lost with the process)."""
         for job in sorted(jobs, key=lambda job: job.seq):
             self.jobs[job.job_id] = job
@@ -245,6 +250,9 @@ class Broker:
                 self._ready.push(job)
                 self.active += 1
                 self.queued_bytes += job.payload_bytes()
+        # A cleanup the last process decided on but did not get to submit.
+        for job in [job for job in self.jobs.values() if job.state.finished]:
+            self._clean_up(job, now)
 
     # ---- jobs ------------------------------------------------------------
 
@@ -281,6 +289,7 @@ class Broker:
             first=StageTask(spec.first.task_type, spec.first.payload) if spec.first else None,
             final=StageTask(spec.final.task_type, spec.final.payload) if spec.final else None,
             time_limit=spec.time_limit,
+            cleanup=spec.cleanup,
         )
         job.start()
         self._next_seq += 1
@@ -337,6 +346,7 @@ class Broker:
         job.drop_payloads()
         self._remember_finished(job)
         self.on_job_change(job)
+        self._clean_up(job, now)
 
     def _remember_finished(self, job: Job) -> None:
         self._finished[job.job_id] = None
@@ -364,7 +374,7 @@ class Broker:
         self.journal.forget_finished(before, keep)
         return forgotten
 
-    def _settle(self, job: Job, index: int) -> None:
+    def _settle(self, job: Job, index: int, now: float) -> None:
         """A leased task of a finished job has reported or lost its worker: discard it."""
         self._drop_lease(job, index)
         job.set_state(index, TaskState.CANCELLED)
@@ -372,6 +382,34 @@ class Broker:
             job.drop_payloads()  # now also its task states
             self._remember_finished(job)
         self.on_job_change(job)
+        self._clean_up(job, now)
+
+    def _clean_up(self, job: Job, now: float) -> None:
+        """Submit a failed or cancelled job's cleanup, once nothing of it runs any more.
+
+        Waiting until no task is out means a band still being written when the
+        job was cancelled cannot land after its cleanup.
+        """
+        if (
+            job.cleanup is None
+            or job.cleanup_job
+            or job.state is JobState.SUCCEEDED
+            or not job.settled()
+        ):
+            return
+        spec = JobSpec(
+            task_type=job.cleanup.task_type,
+            payloads=None,
+            payload=job.cleanup.payload,
+            count=1,
+            priority=job.priority,
+            max_attempts=job.max_attempts,
+            labels={"cleanup-of": job.job_id},
+        )
+        job.cleanup_job = job.job_id + config.CLEANUP_SUFFIX
+        with contextlib.suppress(AlreadyExists, ResourceExhausted):  # already, or no room now
+            self.submit(spec, now, job.cleanup_job)
+        self.journal.job_changed(job)
 
     # ---- workers ---------------------------------------------------------
 
@@ -454,7 +492,7 @@ class Broker:
         for job_id, index in sorted(worker.leases):
             job = self.jobs[job_id]
             if job.state.finished:
-                self._settle(job, index)
+                self._settle(job, index, now)
                 continue
             del self._owners[(job_id, index)]
             attempt = job.attempts_of(index)
@@ -469,7 +507,7 @@ class Broker:
             self.on_ready()
         return len(worker.leases)
 
-    def unregister_worker(self, worker: WorkerRecord) -> int:
+    def unregister_worker(self, worker: WorkerRecord, now: float) -> int:
         """A worker leaving on purpose: what it still holds goes back uncounted."""
         if not self.is_live(worker):
             return 0
@@ -477,7 +515,7 @@ class Broker:
         for job_id, index in sorted(worker.leases):
             job = self.jobs[job_id]
             if job.state.finished:
-                self._settle(job, index)
+                self._settle(job, index, now)
                 continue
             del self._owners[(job_id, index)]
             self._release(job, index)
@@ -514,7 +552,7 @@ class Broker:
         return leased
 
     def _live_lease(
-        self, worker: WorkerRecord, job_id: str, index: int, attempt: int
+        self, worker: WorkerRecord, job_id: str, index: int, attempt: int, now: float
     ) -> Job | None:
         """The job, if (job_id, index, attempt) is a live lease held by ``worker``.
 
@@ -533,7 +571,7 @@ class Broker:
             self.reports_ignored += 1
             return None
         if job.state.finished:
-            self._settle(job, index)
+            self._settle(job, index, now)
             self.reports_ignored += 1
             return None
         return job
@@ -554,7 +592,7 @@ class Broker:
     ) -> bool:
         """Record a result; False when it is not ``worker``'s live lease (changes nothing)."""
         worker.last_seen = now
-        job = self._live_lease(worker, job_id, index, attempt)
+        job = self._live_lease(worker, job_id, index, attempt, now)
         if job is None:
             return False
         if len(result) > self.limits.max_result_bytes:
@@ -594,7 +632,7 @@ class Broker:
     ) -> bool:
         """Record a failed attempt: retry after a backoff, or dead-letter."""
         worker.last_seen = now
-        job = self._live_lease(worker, job_id, index, attempt)
+        job = self._live_lease(worker, job_id, index, attempt, now)
         if job is None:
             return False
         self._failed_attempt(worker, job, index, attempt, message, now)
@@ -615,9 +653,11 @@ class Broker:
             self.journal.task_changed(job, index, error=message)
             self.on_job_change(job)
 
-    def release(self, worker: WorkerRecord, job_id: str, index: int, attempt: int) -> bool:
+    def release(
+        self, worker: WorkerRecord, job_id: str, index: int, attempt: int, now: float
+    ) -> bool:
         """Take back a task its worker did not run; the attempt is not counted."""
-        job = self._live_lease(worker, job_id, index, attempt)
+        job = self._live_lease(worker, job_id, index, attempt, now)
         if job is None:
             return False
         self._drop_lease(job, index)

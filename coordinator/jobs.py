@@ -58,6 +58,14 @@ class Stage(enum.Enum):
     FINAL = "final"
 
 
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    """A task as submitted for a stage (first, final) or for the cleanup: type and payload."""
+
+    task_type: str
+    payload: bytes
+
+
 @dataclasses.dataclass(eq=False)
 class StageTask:
     """A job's first or final task: one task of its own type and payload."""
@@ -96,6 +104,9 @@ class Job:
     final: StageTask | None = None
     time_limit: float = 0.0  # seconds per attempt; 0: each task type's default
     stage: Stage = Stage.PARALLEL
+    # Submitted as a job of its own (cleanup_job) if this one fails or is cancelled.
+    cleanup: StageSpec | None = None
+    cleanup_job: str = ""
 
     def __post_init__(self) -> None:
         if not self.states:

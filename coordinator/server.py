@@ -89,7 +89,7 @@ async def _serve(
         except sqlite3.Error as error:
             journal.close()
             raise StartupError(f"cannot read the database {journal.path}: {error}") from None
-        broker.restore(jobs)
+        broker.restore(jobs, time.time())
         active = sum(1 for job in jobs if not job.state.finished)
         log.info("restored %d job(s), %d unfinished, from %s", len(jobs), active, journal.path)
     commit = GroupCommit(journal, config.COMMIT_INTERVAL) if journal else None

@@ -200,6 +200,7 @@ def job_message(job: Job, results: list[bytes] | None = None) -> pb.Job:
         final=_stage_status(job.final),
         result=job.final.result if job.final is not None else b"",
         time_limit=job.time_limit,
+        cleanup_job=job.cleanup_job,
         job_id=job.job_id,
         task_type=job.task_type,
         priority=job.priority,
@@ -414,8 +415,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self, request: pb.ReleaseTasksRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ReportResponse:
         worker = self._session(request.worker_id, request.session)
+        now = self.clock()
         accepted = sum(
-            self.broker.release(worker, t.job_id, t.index, t.attempt) for t in request.tasks
+            self.broker.release(worker, t.job_id, t.index, t.attempt, now) for t in request.tasks
         )
         return pb.ReportResponse(accepted=accepted, ignored=len(request.tasks) - accepted)
 
@@ -424,7 +426,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self, request: pb.UnregisterWorkerRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.UnregisterWorkerResponse:
         worker = self._session(request.worker_id, request.session)
-        released = self.broker.unregister_worker(worker)
+        released = self.broker.unregister_worker(worker, self.clock())
         log.info("worker %s left (%d leases back)", worker.worker_id, released)
         return pb.UnregisterWorkerResponse(released=released)
 
@@ -447,6 +449,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             first=_stage_spec(request, "first"),
             final=_stage_spec(request, "final"),
             time_limit=request.time_limit,
+            cleanup=_stage_spec(request, "cleanup"),
         )
         job_id = spec.job_id or validation.new_job_id()
         known = self.broker.get_job(job_id) is not None

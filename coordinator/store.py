@@ -34,7 +34,14 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from fractalq.coordinator.jobs import TERMINAL_TASK_STATES, Job, JobState, StageTask, TaskState
+from fractalq.coordinator.jobs import (
+    TERMINAL_TASK_STATES,
+    Job,
+    JobState,
+    StageSpec,
+    StageTask,
+    TaskState,
+)
 
 
 def _same(value: Any) -> object:
@@ -71,7 +78,7 @@ def _counts(job: Job) -> str | None:
     return json.dumps({int(state): count for state, count in job.counts.items()})
 
 
-def _stage(task: StageTask | None, field: str) -> object:
+def _stage(task: StageTask | StageSpec | None, field: str) -> object:
     return None if task is None else getattr(task, field)
 
 
@@ -106,6 +113,10 @@ JOB_COLUMNS = (
     Column("final_type", "TEXT", save=lambda job: _stage(job.final, "task_type"), load=None),
     Column("final_payload", "BLOB", save=lambda job: _stage(job.final, "payload"), load=None),
     Column("time_limit", "REAL NOT NULL DEFAULT 0"),
+    # The task that cleans up after the job if it fails, and the job that runs it.
+    Column("cleanup_type", "TEXT", save=lambda job: _stage(job.cleanup, "task_type"), load=None),
+    Column("cleanup_payload", "BLOB", save=lambda job: _stage(job.cleanup, "payload"), load=None),
+    Column("cleanup_job", "TEXT NOT NULL DEFAULT ''", updated=True),
 )
 _NAMES = ", ".join(column.name for column in JOB_COLUMNS)
 _UPDATED = tuple(column for column in JOB_COLUMNS if column.updated)
@@ -322,6 +333,8 @@ class SqliteJournal:
             if stored[f"{name}_type"] is not None:
                 task = StageTask(stored[f"{name}_type"], stored[f"{name}_payload"] or b"")
                 setattr(job, name, task)
+        if stored["cleanup_type"] is not None:
+            job.cleanup = StageSpec(stored["cleanup_type"], stored["cleanup_payload"] or b"")
         stage_rows = self._reader.execute(
             "SELECT idx, state, attempts, result FROM tasks WHERE job_seq=? AND idx>=?",
             (seq, total),

@@ -17,7 +17,8 @@ import uuid
 
 from fractalq import config, tasks
 from fractalq.config import QueueLimits
-from fractalq.coordinator.broker import InvalidRequest, JobSpec, StageSpec
+from fractalq.coordinator.broker import InvalidRequest, JobSpec
+from fractalq.coordinator.jobs import StageSpec
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9._-]*$")
@@ -150,14 +151,17 @@ def job_spec(
     first: tuple[str, bytes] | None = None,
     final: tuple[str, bytes] | None = None,
     time_limit: float = 0.0,
+    cleanup: tuple[str, bytes] | None = None,
 ) -> JobSpec:
     """A validated :class:`JobSpec` from the fields of a SubmitJob request."""
     if job_id:
         check_job_id(job_id)
     kind = _check_task_type(task_type)
-    stages = {
-        name: _stage(name, stage, limits) for name, stage in (("first", first), ("final", final))
-    }
+    named = (("first", first), ("final", final), ("cleanup", cleanup))
+    stages = {name: _stage(name, stage, limits) for name, stage in named}
+    if cleanup is not None and len(job_id) > config.MAX_JOB_ID_LENGTH - len(config.CLEANUP_SUFFIX):
+        limit = config.MAX_JOB_ID_LENGTH - len(config.CLEANUP_SUFFIX)
+        raise InvalidRequest(f"job_id of a job with a cleanup task is at most {limit} characters")
     if not math.isfinite(time_limit) or not 0 <= time_limit <= config.MAX_TIME_LIMIT:
         raise InvalidRequest(
             f"time_limit must be a number of seconds from 0 (the task type's default)"
@@ -218,6 +222,7 @@ def job_spec(
         first=stages["first"],
         final=stages["final"],
         time_limit=time_limit,
+        cleanup=stages["cleanup"],
     )
 
 

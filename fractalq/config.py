@@ -71,6 +71,8 @@ MAX_LABEL_VALUE_LENGTH = 256
 MAX_REASON_LENGTH = 2000
 MAX_LIST_LIMIT = 1000
 PRIORITY_RANGE = (-1_000_000, 1_000_000)
+# A failed or cancelled job's cleanup task runs as the job "<job_id>.cleanup".
+CLEANUP_SUFFIX = ".cleanup"
 
 # Time limits: seconds one attempt of a task may run before its worker stops it
 # and reports it failed. A task type without a limit of its own gets the

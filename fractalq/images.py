@@ -17,6 +17,7 @@ from fractalq.fractal.png import assemble
 from fractalq.fractal.request import RenderRequest, split_rows
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.storage import Storage
+from fractalq.tasks.assemble import CLEANUP_TYPE as CLEANUP
 from fractalq.tasks.assemble import TASK_TYPE as ASSEMBLE
 from fractalq.tasks.assemble import assemble_payload
 from fractalq.tasks.band import TASK_TYPE, band_key, band_payload
@@ -35,19 +36,22 @@ def submit_render(
     """Queue one task per band; ``job_id`` makes the submission idempotent.
 
     ``assemble``: the job's final task assembles the image into storage
-    (:mod:`fractalq.tasks.assemble`) and its result says where.
+    (:mod:`fractalq.tasks.assemble`) and its result says where; if the job
+    fails or is cancelled, its cleanup job removes the bands.
     """
     rows = split_rows(request.height, regions)
-    final = None
+    final = cleanup = None
     if assemble:
         payload = assemble_payload(request, regions, keep_bands)
         final = pb.StageTask(task_type=ASSEMBLE, payload=payload)
+        cleanup = pb.StageTask(task_type=CLEANUP, payload=payload)
     return client.submit(
         pb.SubmitJobRequest(
             job_id=job_id,
             task_type=TASK_TYPE,
             payloads=[band_payload(request, start, end) for start, end in rows],
             final=final,
+            cleanup=cleanup,
             priority=priority,
             labels={
                 "fractal": request.fractal,

@@ -17,10 +17,9 @@ from fractalq.coordinator.broker import (
     InvalidRequest,
     JobSpec,
     ResourceExhausted,
-    StageSpec,
     UnknownWorker,
 )
-from fractalq.coordinator.jobs import Job, JobState, TaskState
+from fractalq.coordinator.jobs import Job, JobState, StageSpec, TaskState
 from fractalq.coordinator.service import CoordinatorService
 from fractalq.coordinator.store import SqliteJournal
 from fractalq.proto import fractalq_pb2 as pb
@@ -174,11 +173,11 @@ def test_release_hands_back_without_counting_an_attempt() -> None:
     b.submit(spec(1), 0, "j")
     [task] = b.lease(b.workers["w1"], 1, 0.0)
     someone_else = b.register_worker("someone-else", ALL, 1, "host", 0.0)
-    assert not b.release(someone_else, "j", 0, task.attempt)
-    assert b.release(b.workers["w1"], "j", 0, task.attempt)
+    assert not b.release(someone_else, "j", 0, task.attempt, 0.0)
+    assert b.release(b.workers["w1"], "j", 0, task.attempt, 0.0)
     [again] = b.lease(b.workers["w1"], 1, 0.0)
     assert again.attempt == 1
-    b.unregister_worker(b.workers["w1"])
+    b.unregister_worker(b.workers["w1"], 0.0)
     worker = b.register_worker("w1", ALL, 1, "host", 0.0)
     assert b.lease(worker, 1, 0.0)[0].attempt == 1
 
@@ -273,7 +272,7 @@ def test_journal_restores_jobs_after_a_restart(tmp_path: Path) -> None:
 
     journal = SqliteJournal(str(tmp_path))
     restored = Broker(journal=journal)
-    restored.restore(journal.load(100))
+    restored.restore(journal.load(100), 2.0)
     restored.register_worker("w1", ALL, 1, "host", 0.0)
     job = restored.jobs["distinct"]
     assert job.labels == {"k": "v"} and job.state is JobState.RUNNING
@@ -366,7 +365,7 @@ def test_a_session_is_checked_by_its_secret() -> None:
         with pytest.raises(UnknownWorker, match="register first"):
             b.session(worker_id, secret)
     assert b.requests_refused == 4
-    b.unregister_worker(w1)
+    b.unregister_worker(w1, 0.0)
     with pytest.raises(UnknownWorker):
         b.session("w1", w1.session)
 
@@ -382,7 +381,7 @@ def test_reports_from_a_session_that_does_not_hold_the_lease_change_nothing() ->
         for attempt in range(4):
             assert not b.complete(forger, "j", index, attempt, b"forged", 1.0)
             assert not b.fail(forger, "j", index, attempt, "sabotage", 1.0)
-            assert not b.release(forger, "j", index, attempt)
+            assert not b.release(forger, "j", index, attempt, 0.0)
     assert job.counts[TaskState.SUCCEEDED] == 0 and job.counts[TaskState.LEASED] == 1
     assert job.attempts[task.index] == 1 and b.failed == 0
     assert b.reports_ignored == 36
@@ -459,7 +458,7 @@ def test_a_final_task_that_keeps_failing_fails_the_job_with_its_name() -> None:
     [task] = b.lease(w1, 1, 0.0)
     assert b.complete(w1, "j", task.index, task.attempt, b"", 0.0)
     [final] = b.lease(w1, 1, 0.0)
-    b.release(w1, "j", final.index, final.attempt)  # handed back: not an attempt
+    b.release(w1, "j", final.index, final.attempt, 0.0)  # handed back: not an attempt
     for attempt in (1, 2):
         [final] = b.lease(w1, 1, 100.0 * attempt)
         assert final.attempt == attempt and final.index == 1
@@ -500,7 +499,7 @@ def test_a_staged_job_resumes_its_stage_after_a_restart(tmp_path: Path) -> None:
 
     journal = SqliteJournal(str(tmp_path))
     restored = Broker(journal=journal)
-    restored.restore(journal.load(100))
+    restored.restore(journal.load(100), 2.0)
     job = restored.jobs["j"]
     assert state(job) is JobState.RUNNING and job.time_limit == 60.0
     assert job.first is not None and job.first.state is TaskState.SUCCEEDED
@@ -518,4 +517,54 @@ def test_a_staged_job_resumes_its_stage_after_a_restart(tmp_path: Path) -> None:
     [again] = journal.load(100)
     assert again.final is not None and again.final.result == b"image"
     assert again.state is JobState.SUCCEEDED and again.counts[TaskState.SUCCEEDED] == 2
+    journal.close()
+
+
+def with_cleanup(count: int = 2, attempts: int = 1) -> JobSpec:
+    return JobSpec(
+        "noop", None, b"", count, 10, attempts, {}, cleanup=StageSpec("sleep", b'{"seconds": 0}')
+    )
+
+
+def test_a_cancelled_job_is_cleaned_up_once_its_running_tasks_have_reported() -> None:
+    b = broker()
+    w1 = b.workers["w1"]
+    job, _ = b.submit(with_cleanup(), 0, "j")
+    [task] = b.lease(w1, 1, 0.0)
+    b.cancel("j", "enough", 1.0)
+    assert "j.cleanup" not in b.jobs  # a band may still be written: not yet
+    assert not b.complete(w1, "j", task.index, task.attempt, b"", 2.0)
+    cleanup = b.jobs["j.cleanup"]
+    assert job.cleanup_job == "j.cleanup" and cleanup.labels == {"cleanup-of": "j"}
+    [run] = b.lease(w1, 1, 3.0)
+    assert (run.job_id, run.task_type, run.payload) == ("j.cleanup", "sleep", b'{"seconds": 0}')
+
+
+def test_a_failed_job_is_cleaned_up_and_a_succeeded_one_is_not() -> None:
+    b = broker()
+    w1 = b.workers["w1"]
+    b.submit(with_cleanup(1), 0, "ok")
+    b.submit(with_cleanup(1), 0, "bad")
+    [ok, bad] = b.lease(w1, 2, 0.0)
+    assert b.complete(w1, ok.job_id, ok.index, ok.attempt, b"", 1.0)
+    assert b.fail(w1, bad.job_id, bad.index, bad.attempt, "boom", 1.0)
+    assert set(b.jobs) == {"ok", "bad", "bad.cleanup"}
+
+
+def test_a_cleanup_decided_before_a_crash_is_submitted_after_the_restart(tmp_path: Path) -> None:
+    journal = SqliteJournal(str(tmp_path))
+    b = Broker(journal=journal)
+    b.submit(with_cleanup(), 0, "j")
+    b.cancel("j", "stop", 1.0)
+    journal.write(journal.take())
+    journal.close()
+
+    journal = SqliteJournal(str(tmp_path))
+    # As if the process died after the cancel was written and before the cleanup job was.
+    [loaded] = [job for job in journal.load(100) if job.job_id == "j"]
+    assert loaded.cleanup_job == "j.cleanup" and loaded.cleanup is not None
+    loaded.cleanup_job = ""
+    restored = Broker(journal=journal)
+    restored.restore([loaded], 5.0)
+    assert restored.jobs["j.cleanup"].created_at == 5.0
     journal.close()

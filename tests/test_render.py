@@ -329,3 +329,37 @@ def test_fetch_cancel_and_jobs(renderers: Renderers, tmp_path: Path) -> None:
     assert table[0].split() == ["JOB", "TYPE", "STATE", "PROGRESS", "AGE", "LABELS"]
     [render_row] = [line for line in table if line.startswith(job_id)]
     assert "fractal.band" in render_row and "3/3" in render_row and "size=240x160" in render_row
+
+
+def test_a_cancelled_render_leaves_no_bands_behind(renderers: Renderers, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    renderers.workers(1, store.as_uri())
+    coordinator = renderers.coordinator
+    view = ["--width", "480", "--height", "480", "--max-iter", "20000", "--center-x", "-0.1",
+            "--center-y", "0.75", "--view-width", "0.01", "--regions", "24"]  # fmt: skip
+    render = subprocess.Popen(
+        fractalq("render", "--mandelbrot", *view, "--coordinator", coordinator.address,
+                 "--storage", store.as_uri(), "--out", str(tmp_path / "never.png")),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert render.stdout is not None
+        job_id = render.stdout.readline().split()[-1]
+        with coordinator.client() as client:
+            wait_until(lambda: client.job(job_id).succeeded >= 2, message="some bands")
+            assert list((store / "jobs" / job_id / "bands").iterdir())
+            cancelled = run_cli("cancel", job_id, "--coordinator", coordinator.address)
+            assert cancelled.returncode == 0, cancelled.stderr
+            _, stderr = render.communicate(timeout=60)
+            assert render.returncode == 1 and "CANCELLED" in stderr
+
+            def cleaned() -> pb.Job | None:
+                job = client.job(f"{job_id}.cleanup")
+                return job if job.state == pb.SUCCEEDED else None
+
+            cleanup = wait_until(cleaned, message="the cleanup job")
+            assert cleanup.labels["cleanup-of"] == job_id
+            assert client.job(job_id).cleanup_job == f"{job_id}.cleanup"
+    finally:
+        render.kill()
+    assert not [path for path in (store / "jobs" / job_id).rglob("*") if path.is_file()]

@@ -1,4 +1,4 @@
-"""The ``fractal.assemble`` task type: the final task of a render.
+"""``fractal.assemble`` and ``fractal.cleanup``: the final and the cleanup task of a render.
 
 Payload: ``{"request": <RenderRequest JSON>, "regions": N, "keep_bands": bool}``.
 It runs once every band of the job is stored: it stitches them into the PNG
@@ -9,6 +9,11 @@ of the job, so a retried assembly rewrites the same object with the same
 bytes. The task's result, which becomes the job's, is JSON: ``{"key", "url",
 "bytes"}``; clients (``render``, ``fetch``, the operator) read the image from
 there and never assemble themselves.
+
+``fractal.cleanup`` (same payload) runs as a job of its own when a render
+fails or is cancelled, once none of its bands is being written any more: it
+removes the bands and any image, so a render that did not finish leaves
+nothing behind in storage.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ import json
 import os
 import tempfile
 
+from fractalq import config
 from fractalq.fractal.request import RenderRequest, split_rows
 from fractalq.storage import shared_storage
 from fractalq.tasks.registry import InvalidPayload, TaskContext, task_type
 
 TASK_TYPE = "fractal.assemble"
+CLEANUP_TYPE = "fractal.cleanup"
 
 
 def image_key(job_id: str) -> str:
@@ -72,3 +79,17 @@ def assemble_image(payload: bytes, context: TaskContext) -> bytes:
     if not keep_bands:
         remove_bands(storage, context.job_id, request, regions)
     return json.dumps({"key": key, "url": storage.url(key), "bytes": size}).encode()
+
+
+@task_type(CLEANUP_TYPE, check=_check, needs_storage=True)
+def clean_up(payload: bytes, context: TaskContext) -> bytes:
+    from fractalq.images import remove_bands
+
+    if not context.storage_url:
+        raise RuntimeError("this worker has no --storage to clean up")
+    request, regions, _ = parse_payload(payload)
+    render_job = context.job_id.removesuffix(config.CLEANUP_SUFFIX)
+    storage = shared_storage(context.storage_url)
+    remove_bands(storage, render_job, request, regions)
+    storage.delete([image_key(render_job)])
+    return b""
