@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from boto3.exceptions import RetriesExceededError, S3UploadFailedError
+from botocore.exceptions import ClientError
 from procs import ProcessGroup, fractalq, run_cli, wait_until
 from reference import reference_png
 from s3server import SeaweedS3
@@ -24,7 +26,8 @@ from fractalq.config import MAX_STORAGE_ERROR_LENGTH, WorkerConfig
 from fractalq.coordinator.broker import Broker
 from fractalq.fractal.request import RenderRequest
 from fractalq.proto import fractalq_pb2 as pb
-from fractalq.storage import StorageError
+from fractalq.storage import StorageError, StorageOptions
+from fractalq.storage.s3 import S3Storage
 from fractalq.tasks import TaskContext, registry
 from fractalq.worker.executor import StorageUnavailable, TaskFailed, TaskRunner
 from fractalq.worker.runtime import Worker
@@ -120,6 +123,47 @@ def test_a_task_waits_for_storage_no_longer_than_the_limit(
     finally:
         worker._runner.shutdown(wait=True)
     assert 1.5 <= time.monotonic() - began < 10
+
+
+class FailingTransfers:
+    """A boto3 client whose managed transfers fail as boto3 reports it."""
+
+    def __init__(self, status: int, code: str) -> None:
+        self.status, self.code = status, code
+
+    def upload_file(self, *args: object, **kwargs: object) -> None:
+        response = {
+            "Error": {"Code": self.code, "Message": "try later"},
+            "ResponseMetadata": {"HTTPStatusCode": self.status},
+        }
+        try:
+            raise ClientError(response, "UploadPart")  # type: ignore[arg-type]
+        except ClientError as error:
+            raise S3UploadFailedError(f"Failed to upload: {error}")  # noqa: B904 - as boto3 does
+
+    def download_file(self, *args: object, **kwargs: object) -> None:
+        # boto3 passes the socket error it last met (its stubs say a Boto3Error).
+        reset = ConnectionResetError("connection reset by peer")
+        raise RetriesExceededError(reset)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("status", "code", "transient"),
+                         [(503, "SlowDown", True), (500, "InternalError", True),
+                          (403, "AccessDenied", False)])  # fmt: skip
+def test_managed_transfers_fail_transiently_when_their_cause_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: int, code: str, transient: bool
+) -> None:
+    storage = S3Storage("bucket", options=StorageOptions(attempts=1))
+    monkeypatch.setattr(storage, "_get_client", lambda: FailingTransfers(status, code))
+    image = tmp_path / "image.png"
+    image.write_bytes(b"png")
+    with pytest.raises(StorageError, match=code) as upload:
+        storage.put_file("jobs/j/image.png", str(image))
+    assert upload.value.transient is transient
+    with pytest.raises(StorageError, match="broke off") as download:
+        storage.get_file("jobs/j/image.png", str(tmp_path / "copy.png"))
+    assert download.value.transient
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.png"]
 
 
 def test_the_coordinator_keeps_a_workers_storage_error_as_one_short_line() -> None:

@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
+from boto3.exceptions import RetriesExceededError, S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import (
@@ -362,6 +363,19 @@ class S3Storage(Storage):
                 return call(client)
             except (BotoCoreError, ClientError) as error:
                 raise self._translate(error, key) from error
+            except S3UploadFailedError as error:
+                # boto3's managed upload raises this for a ClientError, which
+                # is its context: translated, a 5xx or throttling stays transient.
+                cause = error.__context__
+                if isinstance(cause, BotoCoreError | ClientError):
+                    raise self._translate(cause, key) from error
+                raise StorageError(f"S3 upload to {self.location} failed: {error}") from error
+            except RetriesExceededError as error:
+                # boto3's managed download gave up on a stream that kept breaking.
+                raise StorageError(
+                    f"S3 endpoint {self._endpoint()} broke off sending object {key!r}",
+                    transient=True,
+                ) from error
 
         if not retry:
             return attempt()
