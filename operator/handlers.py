@@ -1,75 +1,106 @@
 """kopf handlers: FractalJob resources in, coordinator jobs and images out.
 
-One timer per FractalJob drives it through its phases; everything it needs
-is in the resource (its uid, generation and status), so an operator restart
-simply resumes, and the coordinator job id is derived from the uid and the
-generation, so no step ever submits twice:
+One daemon per FractalJob that still has work to do (kopf stops it once this
+generation is ``Succeeded`` or ``Failed``, and starts it again when the spec
+changes). Everything it needs is in the resource (its uid, generation and
+status), so an operator restart simply resumes, and the coordinator job id is
+derived from the uid and the generation, so no step ever submits twice:
 
 - no job for this generation yet: check the spec (a bad one ends ``Failed``
   with the reason), submit the bands, ``Queued``;
-- ``Queued``/``Running``: copy the job's progress into the status;
-- the job succeeded: ``Assembling``, stream the bands into a PNG, upload it
-  to ``<storage>/<namespace>/<name>.png``, write its ``s3://`` URL and a
-  presigned link, ``Succeeded``; a dead-lettered band: ``Failed`` with why.
+- then follow the job's ``WatchJob`` stream: each message the coordinator
+  sends becomes status fields, written only when they differ from what is
+  written, progress alone at most once per ``PROGRESS_INTERVAL``
+  (:class:`~fractalq.operator.status.StatusBuffer`);
+- the job succeeded: ``Assembling``, then the image (:mod:`.image`), its
+  ``s3://`` URL and a presigned link, ``Succeeded``; a dead-lettered band:
+  ``Failed`` with why.
+
+The stream runs on an asyncio channel in kopf's own event loop, not on a
+thread: a stream lasts as long as its render, and a thread per FractalJob
+would soon exhaust the default executor that every ``asyncio.to_thread``
+call (submissions, status patches) shares; a daemon's stream is also
+cancelled at once when kopf stops the daemon.
 
 A spec change (a new generation) renders again: the old job is cancelled and
 a new one submitted, since a user who edits the resource wants the new image.
 Deleting the resource cancels its job, waits for bands still rendering and
 removes the bands (a finalizer); an unreachable coordinator delays that by
-at most ``DELETE_TIMEOUT`` seconds, never forever. The autoscaler runs
-beside them on a thread of its own.
+at most ``DELETE_TIMEOUT`` seconds, never forever.
+
+What the handlers share (settings, storage, clients) is made once at start-up
+and kept in kopf's memo; the autoscaler runs beside them (:mod:`.scaler`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-import os
-import tempfile
-import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
+import grpc
 import kopf
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from fractalq import config
-from fractalq.client import Client, ClientError, NotFound
-from fractalq.fractal.request import RenderRequest
-from fractalq.images import remove_bands, submit_render, write_png
+from fractalq.client import Client, ClientError, NotFound, Unavailable, client_error
+from fractalq.images import remove_bands, submit_render
 from fractalq.operator import kube
-from fractalq.operator.autoscaler import Autoscaler
+from fractalq.operator.image import finished_image
+from fractalq.operator.scaler import ScalerThread
 from fractalq.operator.settings import OperatorSettings
-from fractalq.operator.spec import image_key, job_id_for, parse_spec
+from fractalq.operator.spec import job_id_for, parse_spec
 from fractalq.operator.status import (
-    ASSEMBLING,
     FAILED,
-    FINAL,
     PENDING,
     QUEUED,
     SUCCEEDED,
+    StatusBuffer,
     condition,
+    finished,
     now_iso,
     progress,
 )
+from fractalq.proto import fractalq_pb2 as pb
+from fractalq.proto import fractalq_pb2_grpc as pb_grpc
 from fractalq.storage import Storage, StorageError, StorageOptions, open_storage
 
 GROUP, VERSION, PLURAL = "fractalq.dev", "v1alpha1", "fractaljobs"
 DELETE_TIMEOUT = 60.0
+RETRY_DELAY = 5.0  # seconds before trying again after a failed call
+MEMO_KEY = "fractalq"  # the Operator in kopf's memo
+SETTINGS_KEY = "settings"  # OperatorSettings a caller of kopf.run may put in the memo
 
 log = logging.getLogger("fractalq.operator")
 
 
-class State:
-    """What the handlers share, made once at start-up."""
+@dataclasses.dataclass
+class Operator:
+    """What the handlers share, made once at start-up and kept in kopf's memo."""
 
     settings: OperatorSettings
     storage: Storage
-    client: Client
+    client: Client  # unary calls (submit, cancel), made on threads
+    channel: grpc.aio.Channel  # the WatchJob streams, in kopf's event loop
+    api: Any  # the Kubernetes API client for status patches
     scaler: ScalerThread | None = None
 
+    def watch(self, job_id: str) -> Any:
+        stub = pb_grpc.CoordinatorStub(self.channel)
+        request = pb.WatchJobRequest(job_id=job_id)
+        return stub.WatchJob(request, metadata=self.settings.endpoint.metadata)
 
-state = State()
+
+def operator_of(memo: Any) -> Operator:
+    found = memo.get(MEMO_KEY)
+    if not isinstance(found, Operator):
+        raise kopf.PermanentError("the operator has not started")  # a handler before startup
+    return found
 
 
 @kopf.on.login()
@@ -79,215 +110,320 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.startup()
-async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
-    state.settings = OperatorSettings.from_env()
-    state.storage = open_storage(
-        state.settings.storage,
-        options=StorageOptions(public_endpoint=state.settings.s3_public_endpoint),
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # `fractalq operator` puts its settings in the memo; `kopf run -m` reads the environment.
+    ours = memo.get(SETTINGS_KEY) or OperatorSettings.from_env()
+    storage = open_storage(
+        ours.storage, options=StorageOptions(public_endpoint=ours.s3_public_endpoint)
     )
-    state.client = Client(state.settings.endpoint, timeout=10)
+    api = await asyncio.to_thread(kube.api_client)
+    state = Operator(
+        settings=ours,
+        storage=storage,
+        client=Client(ours.endpoint, timeout=10),
+        channel=ours.endpoint.aio_channel(add_token=False),
+        api=api,
+    )
+    memo[MEMO_KEY] = state
     settings.persistence.finalizer = "fractalq.dev/cleanup"
     settings.posting.level = logging.INFO
-    if state.settings.scale_enabled:
-        state.scaler = ScalerThread(state.settings, Client(state.settings.endpoint, timeout=10))
+    if ours.scale_enabled:
+        state.scaler = ScalerThread(ours, Client(ours.endpoint, timeout=10))
         state.scaler.start()
     log.info(
         "coordinator %s (%s, %s), storage %s, workers %s/%s (autoscaling %s)",
-        state.settings.coordinator,
-        "TLS" if state.settings.tls else "no TLS",
-        "token" if state.settings.token else "no token",
-        state.settings.storage,
-        state.settings.worker_namespace,
-        state.settings.worker_deployment,
-        "on" if state.settings.scale_enabled else "off",
+        ours.coordinator,
+        "TLS" if ours.tls else "no TLS",
+        "token" if ours.token else "no token",
+        ours.storage,
+        ours.worker_namespace,
+        ours.worker_deployment,
+        "on" if ours.scale_enabled else "off",
     )
 
 
 @kopf.on.cleanup()
-async def stop(**_: Any) -> None:
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    state = memo.get(MEMO_KEY)
+    if not isinstance(state, Operator):
+        return
     if state.scaler is not None:
-        state.scaler.halt.set()
-        await asyncio.to_thread(state.scaler.join, 30)
-        state.scaler.client.close()
+        await asyncio.to_thread(state.scaler.stop, 30)
         state.scaler = None
+    await state.channel.close()
     state.client.close()
 
 
 # ---- the FractalJob lifecycle ----------------------------------------------
 
 
-def _set(patch: kopf.Patch, fields: dict[str, Any]) -> None:
-    for key, value in fields.items():
-        patch.status[key] = value
+class Retry(Exception):
+    """Something outside the operator failed; the daemon tries again after a pause."""
 
 
-def _fail(
-    body: kopf.Body, patch: kopf.Patch, status: kopf.Status, generation: int, why: str
-) -> None:
-    _set(patch, {"phase": FAILED, "message": why, "completionTime": now_iso()})
-    patch.status["conditions"] = condition(
-        status.get("conditions", []), "Ready", False, "Failed", why, generation
-    )
-    kopf.warn(body, reason="Failed", message=why)
+def _generation(meta: Mapping[str, Any]) -> int:
+    return int(meta.get("generation") or 1)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=config.PROGRESS_INTERVAL)
-async def reconcile(
+def _unfinished(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
+    return not finished(status, _generation(meta))
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, when=_unfinished, cancellation_timeout=5.0)
+async def follow_fractaljob(
     body: kopf.Body,
-    spec: kopf.Spec,
     status: kopf.Status,
-    meta: kopf.Meta,
-    patch: kopf.Patch,
     uid: str,
     name: str,
     namespace: str | None,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
     **_: Any,
 ) -> None:
-    generation = int(meta.get("generation") or 1)
-    observed = status.get("observedGeneration")
-    phase = status.get("phase")
-    if observed == generation and phase in FINAL:
-        return
-    if phase is None:  # first sight: say so, submit on the next tick
-        patch.status["phase"] = PENDING
-        kopf.info(body, reason=PENDING, message="accepted")
-        return
-    if observed != generation:
-        await _submit(body, spec, status, patch, uid, generation, observed)
-        return
-    await _follow(body, spec, status, patch, uid, name, namespace or "default", generation)
+    """Submit this generation's job and follow it to its end; never returns on its own.
+
+    kopf stops it when the resource is deleted or this generation finished
+    (the ``when`` filter); a daemon that returned would never be started
+    again for this resource.
+    """
+    run = Run(operator_of(memo), body, status, uid, name, namespace or "default", stopped)
+    while not stopped:
+        try:
+            await run.step()
+        except (ClientError, Retry, ApiException, HTTPError) as error:
+            log.warning("%s/%s: %s", run.namespace, run.name, error)
+            await stopped.wait(RETRY_DELAY)
 
 
-async def _submit(
-    body: kopf.Body,
-    spec: kopf.Spec,
-    status: kopf.Status,
-    patch: kopf.Patch,
-    uid: str,
-    generation: int,
-    observed: int | None,
-) -> None:
-    _set(patch, {"observedGeneration": generation, "phase": PENDING, "message": ""})
-    try:
-        request, regions, priority = parse_spec(spec)
-    except ValueError as error:
-        _fail(body, patch, status, generation, str(error))
-        return
-    if observed is not None and status.get("jobId"):  # the spec changed: render again
-        with contextlib.suppress(ClientError):
-            await asyncio.to_thread(state.client.cancel, status["jobId"], "spec changed")
-    job_id = job_id_for(uid, generation)
-    try:
-        await asyncio.to_thread(
-            submit_render, state.client, request, regions, priority, job_id, {"fractaljob": uid}
-        )
-    except ClientError as error:
-        # Nothing is lost: the next tick submits the same job id again.
-        patch.status["observedGeneration"] = observed
-        patch.status["conditions"] = condition(
-            status.get("conditions", []), "CoordinatorReachable", False, "Unreachable",
-            str(error), generation,
-        )  # fmt: skip
-        raise kopf.TemporaryError(str(error), delay=5) from None
-    _set(
-        patch,
-        {
-            "phase": QUEUED,
-            "jobId": job_id,
-            "size": f"{request.width}x{request.height}",
-            "bandsTotal": regions,
-            "bandsDone": 0,
-            "progress": f"0/{regions}",
-            "url": "",
-            "presignedUrl": "",
-            "startTime": now_iso(),
-            "completionTime": None,
-        },
-    )
-    conditions = condition(
-        status.get("conditions", []), "CoordinatorReachable", True, "Submitted",
-        f"job {job_id}", generation,
-    )  # fmt: skip
-    patch.status["conditions"] = condition(
-        conditions, "Ready", False, "Rendering", f"{regions} bands queued", generation
-    )
-    kopf.info(body, reason="Queued", message=f"submitted {regions} bands as job {job_id}")
+class Run:
+    """One FractalJob followed by its daemon; ``buffer`` holds its status as written."""
 
+    def __init__(
+        self,
+        operator: Operator,
+        body: kopf.Body,
+        status: Mapping[str, Any],
+        uid: str,
+        name: str,
+        namespace: str,
+        stopped: kopf.DaemonStopped,
+    ) -> None:
+        self.operator = operator
+        self.body = body  # kopf keeps it fresh: a spec change shows as a new generation
+        self.uid, self.name, self.namespace = uid, name, namespace
+        self.stopped = stopped
+        self.buffer = StatusBuffer(status, config.PROGRESS_INTERVAL)
 
-async def _follow(
-    body: kopf.Body,
-    spec: kopf.Spec,
-    status: kopf.Status,
-    patch: kopf.Patch,
-    uid: str,
-    name: str,
-    namespace: str,
-    generation: int,
-) -> None:
-    job_id = status.get("jobId") or job_id_for(uid, generation)
-    try:
-        job = await asyncio.to_thread(state.client.job, job_id)
-    except ClientError as error:
-        if isinstance(error, NotFound):
+    @property
+    def generation(self) -> int:
+        return _generation(self.body.meta)
+
+    async def step(self) -> None:
+        generation = self.generation
+        if finished(self.buffer.written, generation):
+            # kopf stops this daemon on the next event; a spec change restarts the work.
+            while not self.stopped and self.generation == generation:
+                await self.stopped.wait(1.0)
+            return
+        if self.buffer.get("phase") is None:
+            await self.write({"phase": PENDING})
+            kopf.info(self.body, reason=PENDING, message="accepted")
+        if self.buffer.written.get("observedGeneration") != generation:
+            await self.submit(generation)
+            return
+        job_id = self.buffer.get("jobId") or job_id_for(self.uid, generation)
+        try:
+            await self.follow(job_id, generation)
+        except NotFound:
             # The coordinator lost its data (a new volume, no --data) or forgot
             # the job: render again, under the same job id.
             lost = f"job {job_id} is unknown to the coordinator: submitting it again"
-            log.warning("%s/%s: %s", namespace, name, lost)
-            kopf.warn(body, reason="JobLost", message=lost)
-            await _submit(body, spec, status, patch, uid, generation, None)
+            log.warning("%s/%s: %s", self.namespace, self.name, lost)
+            kopf.warn(self.body, reason="JobLost", message=lost)
+            await self.submit(generation)
+
+    # -- writing the status ----------------------------------------------------
+
+    async def write(self, fields: Mapping[str, Any] | None = None) -> None:
+        """Add ``fields``; write what changed if it is due (progress alone waits its turn)."""
+        if fields:
+            self.buffer.add(fields)
+        if self.buffer.due(time.monotonic()) != 0:
             return
-        patch.status["conditions"] = condition(
-            status.get("conditions", []), "CoordinatorReachable", False, "Unreachable",
-            str(error), generation,
+        pending = self.buffer.take()
+        await asyncio.to_thread(
+            kube.patch_status,
+            self.operator.api, GROUP, VERSION, PLURAL, self.namespace, self.name, pending,
         )  # fmt: skip
-        raise kopf.TemporaryError(str(error), delay=5) from None
-    fields = progress(job)
-    if fields.get("phase") == FAILED:
-        _set(patch, {key: value for key, value in fields.items() if key != "phase"})
-        _fail(body, patch, status, generation, fields["message"])
-        return
-    if fields.get("phase") != status.get("phase"):
-        kopf.info(body, reason=fields["phase"], message=f"{fields['progress']} bands")
-    _set(patch, fields)
-    # Assembling shows for a tick before the (possibly long) assembly starts.
-    if fields.get("phase") != ASSEMBLING or status.get("phase") != ASSEMBLING:
-        return
-    request, regions, _priority = parse_spec(spec)
-    try:
-        url, link = await asyncio.to_thread(assemble, request, regions, job_id, namespace, name)
-    except (StorageError, ValueError, OSError) as error:
-        raise kopf.TemporaryError(f"assembly failed: {error}", delay=10) from None
-    _set(
-        patch,
-        {"phase": SUCCEEDED, "url": url, "presignedUrl": link or "", "completionTime": now_iso()},
-    )
-    patch.status["conditions"] = condition(
-        status.get("conditions", []), "Ready", True, "Succeeded", url, generation
-    )
-    kopf.info(body, reason="Succeeded", message=url)
+        self.buffer.wrote(pending, time.monotonic())
+
+    def conditions(self, kind: str, ok: bool, reason: str, message: str) -> list[dict[str, Any]]:
+        existing = self.buffer.get("conditions") or []
+        return condition(existing, kind, ok, reason, message, self.generation)
+
+    async def unreachable(self, error: ClientError) -> None:
+        conditions = self.conditions("CoordinatorReachable", False, "Unreachable", str(error))
+        with contextlib.suppress(ApiException, HTTPError):
+            await self.write({"conditions": conditions})
+
+    async def fail(self, why: str, fields: Mapping[str, Any] | None = None) -> None:
+        await self.write(
+            {
+                **(fields or {}),
+                "phase": FAILED,
+                "message": why,
+                "completionTime": now_iso(),
+                "conditions": self.conditions("Ready", False, "Failed", why),
+            }
+        )
+        kopf.warn(self.body, reason="Failed", message=why)
+
+    # -- the steps -------------------------------------------------------------
+
+    async def submit(self, generation: int) -> None:
+        spec = self.body.spec
+        try:
+            request, regions, priority = parse_spec(spec)
+        except ValueError as error:
+            await self.fail(str(error), {"observedGeneration": generation})
+            return
+        client = self.operator.client
+        job_id = job_id_for(self.uid, generation)
+        previous = self.buffer.written.get("jobId")
+        if previous and previous != job_id:
+            # The spec changed: the old render is no longer wanted.
+            with contextlib.suppress(ClientError):
+                await asyncio.to_thread(client.cancel, previous, "spec changed")
+        labels = {"fractaljob": self.uid}
+        try:
+            await asyncio.to_thread(
+                submit_render, client, request, regions, priority, job_id, labels
+            )
+        except ClientError as error:
+            await self.unreachable(error)  # nothing is lost: the same job id is submitted again
+            raise
+        conditions = self.conditions("CoordinatorReachable", True, "Submitted", f"job {job_id}")
+        ready = condition(
+            conditions, "Ready", False, "Rendering", f"{regions} bands queued", generation
+        )
+        await self.write(
+            {
+                "observedGeneration": generation,
+                "phase": QUEUED,
+                "message": "",
+                "jobId": job_id,
+                "size": f"{request.width}x{request.height}",
+                "bandsTotal": regions,
+                "bandsDone": 0,
+                "progress": f"0/{regions}",
+                "url": "",
+                "presignedUrl": "",
+                "startTime": now_iso(),
+                "completionTime": None,
+                "conditions": ready,
+            }
+        )
+        kopf.info(self.body, reason="Queued", message=f"submitted {regions} bands as job {job_id}")
+
+    async def follow(self, job_id: str, generation: int) -> None:
+        """Until the job ends, the daemon is stopped or the spec changes."""
+        messages: asyncio.Queue[pb.Job | ClientError] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(job_id, messages), name=f"watch {job_id}")
+        try:
+            while not self.stopped and self.generation == generation:
+                due = self.buffer.due(time.monotonic())
+                wait = 1.0 if due is None else min(1.0, due)
+                try:
+                    message = await asyncio.wait_for(messages.get(), wait)
+                except TimeoutError:
+                    await self.write()  # progress held back, if it is due now
+                    continue
+                if isinstance(message, ClientError):
+                    if not isinstance(message, NotFound):
+                        await self.unreachable(message)
+                    raise message
+                if await self.update(message):
+                    return
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _read(self, job_id: str, messages: asyncio.Queue[pb.Job | ClientError]) -> None:
+        try:
+            async for job in self.operator.watch(job_id):
+                messages.put_nowait(job)
+        except grpc.aio.AioRpcError as error:
+            code, details = error.code(), error.details() or error.code().name
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                details = (
+                    f"cannot reach the coordinator at {self.operator.client.address}: {details}"
+                )
+            messages.put_nowait(client_error(code, details))
+            return
+        # The stream ends after the job's final state, which update() ends on first.
+        messages.put_nowait(Unavailable(f"the watch of {job_id} ended early"))
+
+    async def update(self, job: pb.Job) -> bool:
+        """One message of the stream into the status; True once the job has ended."""
+        fields = progress(job)
+        if _was_unreachable(self.buffer):
+            fields["conditions"] = self.conditions(
+                "CoordinatorReachable", True, "Following", f"job {job.job_id}"
+            )
+        if fields.get("phase") == FAILED:
+            why = fields.pop("message")
+            fields.pop("phase")
+            await self.fail(why, fields)
+            return True
+        phase = fields.get("phase")
+        if phase and phase != self.buffer.get("phase"):
+            kopf.info(self.body, reason=phase, message=f"{fields['progress']} bands")
+        await self.write(fields)  # a new phase at once, progress alone when due
+        if job.state != pb.SUCCEEDED:
+            return False
+        await self.finish(job)
+        return True
+
+    async def finish(self, job: pb.Job) -> None:
+        """The job succeeded (the status says Assembling): its image, then Succeeded."""
+        operator = self.operator
+        request, regions, _priority = parse_spec(self.body.spec)
+        try:
+            image = await asyncio.to_thread(
+                finished_image,
+                operator.storage, job, request, regions, self.namespace, self.name,
+                operator.settings.url_expiry,
+            )  # fmt: skip
+        except (StorageError, ValueError, OSError) as error:
+            raise Retry(f"assembly failed: {error}") from None
+        await self.write(
+            {
+                "phase": SUCCEEDED,
+                "url": image.url,
+                "presignedUrl": image.link or "",
+                "completionTime": now_iso(),
+                "conditions": self.conditions("Ready", True, "Succeeded", image.url),
+            }
+        )
+        kopf.info(self.body, reason="Succeeded", message=image.url)
 
 
-def assemble(
-    request: RenderRequest, regions: int, job_id: str, namespace: str, name: str
-) -> tuple[str, str | None]:
-    """Bands to PNG (through a temp file: bounded memory), upload, drop the bands."""
-    storage, key = state.storage, image_key(namespace, name)
-    with tempfile.TemporaryDirectory(prefix="fractalq-assemble-") as folder:
-        path = os.path.join(folder, "image.png")
-        write_png(storage, job_id, request, regions, path)
-        with open(path, "rb") as image:
-            storage.put(key, image.read())
-    remove_bands(storage, job_id, request, regions)
-    return storage.url(key), storage.presigned_url(key, state.settings.url_expiry)
+def _was_unreachable(buffer: StatusBuffer) -> bool:
+    return any(
+        c.get("type") == "CoordinatorReachable" and c.get("status") == "False"
+        for c in buffer.get("conditions") or []
+    )
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, timeout=DELETE_TIMEOUT)
-async def delete(spec: kopf.Spec, status: kopf.Status, **_: Any) -> None:
+async def delete(spec: kopf.Spec, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
     job_id = status.get("jobId")
     if not job_id:
         return
+    operator = operator_of(memo)
     try:
-        job = await asyncio.to_thread(state.client.cancel, job_id, "FractalJob deleted")
+        job = await asyncio.to_thread(operator.client.cancel, job_id, "FractalJob deleted")
     except ClientError as error:
         if not isinstance(error, NotFound):
             raise kopf.TemporaryError(f"cannot cancel {job_id}: {error}", delay=5) from None
@@ -297,50 +433,4 @@ async def delete(spec: kopf.Spec, status: kopf.Status, **_: Any) -> None:
         raise kopf.TemporaryError(f"{job.leased} band(s) of {job_id} still rendering", delay=1)
     with contextlib.suppress(ValueError, StorageError):
         request, regions, _priority = parse_spec(spec)
-        await asyncio.to_thread(remove_bands, state.storage, job_id, request, regions)
-
-
-# ---- the autoscaler -------------------------------------------------------
-
-
-class ScalerThread(threading.Thread):
-    """Every interval: queue depth -> replicas of the worker Deployment.
-
-    Its calls are all blocking, so it runs on a thread of its own rather than
-    borrowing the operator's event loop.
-    """
-
-    def __init__(self, settings: OperatorSettings, client: Client) -> None:
-        super().__init__(name="fractalq-autoscaler", daemon=True)
-        self.settings = settings
-        self.client = client
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        scaler = Autoscaler(self.settings.scale)
-        api = None
-        while not self.halt.is_set():
-            try:
-                api = api or kube.api_client()
-                scale_once(scaler, api, self.client, self.settings)
-            except Exception as error:  # keep going whatever one round met
-                log.warning("autoscaler: %s", error)
-            self.halt.wait(self.settings.scale_interval)
-
-
-def scale_once(scaler: Autoscaler, api: Any, client: Client, settings: OperatorSettings) -> None:
-    name, namespace = settings.worker_deployment, settings.worker_namespace
-    current = kube.read_replicas(api, name, namespace)
-    depth: int | None
-    try:
-        stats = client.stats()
-        depth = stats.queued + stats.delayed + stats.leased
-    except ClientError as error:
-        log.warning("autoscaler: no queue depth (%s): holding %d workers", error, current)
-        depth = None
-    wanted = scaler.decide(depth, current, time.monotonic())
-    if wanted != current:
-        decision = f"queue depth {depth}: {current} -> {wanted} workers"
-        kube.set_replicas(api, name, namespace, wanted)
-        log.info("autoscaler: %s", decision)
-        kube.record(api, name, namespace, "Scaled", decision)
+        await asyncio.to_thread(remove_bands, operator.storage, job_id, request, regions)

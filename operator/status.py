@@ -4,10 +4,16 @@ Phases: Pending (seen, not yet submitted), Queued, Running, Assembling,
 Succeeded, Failed. Conditions follow the Kubernetes convention (type, status,
 reason, message, lastTransitionTime, observedGeneration); a condition keeps
 its transition time while its status does not change.
+
+:class:`StatusBuffer` decides when to write: only fields that differ from
+what was last written, a phase change (or any other field) at once, progress
+alone at most once per interval, so a FractalJob whose job does not move costs
+the API server nothing.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,8 +29,18 @@ PENDING, QUEUED, RUNNING, ASSEMBLING, SUCCEEDED, FAILED = (
     "Failed",
 )
 FINAL = (SUCCEEDED, FAILED)
+PROGRESS_FIELDS = frozenset({"bandsTotal", "bandsDone", "progress"})
 
-_PHASES = {pb.QUEUED: QUEUED, pb.RUNNING: RUNNING, pb.SUCCEEDED: ASSEMBLING}
+# A job in its first stage is Running: its bands wait for it. A job whose
+# bands are done is Assembling, whether a final task assembles it (FINISHING)
+# or the operator does (SUCCEEDED, see image.py).
+_PHASES = {
+    pb.QUEUED: QUEUED,
+    pb.PREPARING: RUNNING,
+    pb.RUNNING: RUNNING,
+    pb.FINISHING: ASSEMBLING,
+    pb.SUCCEEDED: ASSEMBLING,
+}
 
 
 def now_iso() -> str:
@@ -72,3 +88,60 @@ def progress(job: pb.Job) -> dict[str, Any]:
         fields["phase"] = FAILED
         fields["message"] = job.reason or "the render job ended without finishing"
     return fields
+
+
+def finished(status: Mapping[str, Any], generation: int) -> bool:
+    """True when this generation of the resource has reached its final phase."""
+    return status.get("observedGeneration") == generation and status.get("phase") in FINAL
+
+
+def changes(current: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``fields`` whose value differs from ``current`` (absent counts as None)."""
+    return {key: value for key, value in fields.items() if current.get(key) != value}
+
+
+class StatusBuffer:
+    """What is to be written to a status, and when; no I/O and no clock of its own.
+
+    ``written`` mirrors the status as last written. :meth:`add` keeps only real
+    changes; :meth:`due` says how long the pending fields may wait: 0 for any
+    field but progress, else until ``interval`` after the last progress write.
+    """
+
+    def __init__(self, written: Mapping[str, Any], interval: float) -> None:
+        self.written: dict[str, Any] = copy.deepcopy(dict(written))
+        self.interval = interval
+        self.pending: dict[str, Any] = {}
+        self._last: float | None = None  # when progress was last written
+
+    def add(self, fields: Mapping[str, Any]) -> None:
+        for key, value in fields.items():
+            if self.written.get(key) != value:
+                self.pending[key] = value
+            else:  # back to what is written: nothing to say about it any more
+                self.pending.pop(key, None)
+
+    def get(self, key: str) -> Any:
+        """A field as it will be once the pending fields are written."""
+        return self.pending[key] if key in self.pending else self.written.get(key)
+
+    def due(self, now: float) -> float | None:
+        """Seconds until the pending fields should be written; None when there are none."""
+        if not self.pending:
+            return None
+        if self._last is None or not self.pending.keys() <= PROGRESS_FIELDS:
+            return 0.0
+        return max(0.0, self._last + self.interval - now)
+
+    def take(self) -> dict[str, Any]:
+        """The pending fields, to write; :meth:`wrote` once they are written."""
+        return copy.deepcopy(self.pending)
+
+    def wrote(self, fields: Mapping[str, Any], now: float) -> None:
+        """``fields`` (from :meth:`take`) are written; a failed write changes nothing."""
+        for key, value in fields.items():
+            self.written[key] = copy.deepcopy(value)
+            if self.pending.get(key) == value:
+                del self.pending[key]
+        if fields.keys() & PROGRESS_FIELDS:
+            self._last = now

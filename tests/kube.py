@@ -132,6 +132,22 @@ class Emulator:
         group_version, plural = resource.rsplit("/", 1)
         self.request("DELETE", f"/apis/{group_version}/namespaces/{namespace}/{plural}/{name}")
 
+    def patches(self, resource: str, namespace: str, name: str) -> list[str]:
+        """The PATCH requests the emulator received for one object, oldest first.
+
+        Each is its subresource (``"status"``) or ``""`` for the object itself.
+        """
+        plural = resource.rsplit("/", 1)[1]
+        return [
+            request.subresource or ""
+            for request in list(self.kmock)
+            if request.method == kmock.method.PATCH
+            and request.resource is not None
+            and request.resource.plural == plural
+            and request.namespace == namespace
+            and request.name == name
+        ]
+
     def history(self, resource: str, namespace: str, name: str) -> list[dict[str, Any]]:
         """Every version the emulator stored of one object, oldest first."""
         obj = self.kmock.objects[resource, namespace, name]

@@ -8,6 +8,7 @@ emulator, with a real coordinator, real workers and a real S3 server on
 from __future__ import annotations
 
 import os
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from fractalq.operator.spec import job_id_for
 from fractalq.proto import fractalq_pb2 as pb
 
 NAMESPACE = "default"
+QUIET = 3.0  # seconds a test watches for writes that should not happen
 SMALL = {"width": 240, "height": 160, "maxIterations": 200, "regions": 6}
 # A view inside the Mandelbrot set's period-3 bulb: every pixel is inside and no
 # shortcut applies, so each runs all its iterations (32 G pixel-iterations,
@@ -183,6 +185,30 @@ def test_progress_is_visible_while_running(setup: Setup) -> None:
         )
         assert midway["progress"] == f"{midway['bandsDone']}/40"
         assert wait_until(lambda: setup.phase_is("slow", "Succeeded"), 180, "the render")
+
+
+def test_status_is_patched_only_when_it_changes(setup: Setup) -> None:
+    def writes() -> int:  # the operator's status PATCHes (kopf's own go to the object)
+        return setup.emulator.patches(FRACTALJOBS, NAMESPACE, "quiet").count("status")
+
+    with setup.operator():
+        setup.fractaljob("quiet", **SMALL)
+        wait_until(lambda: setup.phase_is("quiet", "Queued"), 30, "Queued")
+        # No worker yet: the job waits at the coordinator and nothing changes,
+        # so nothing is written for QUIET seconds.
+        queued = writes()
+        time.sleep(QUIET)
+        assert writes() == queued
+        setup.workers(2)
+        wait_until(lambda: setup.phase_is("quiet", "Succeeded"), 60, "the render")
+        done = writes()
+        time.sleep(QUIET)  # finished: nothing is written either
+        assert writes() == done
+    everything = setup.emulator.patches(FRACTALJOBS, NAMESPACE, "quiet")
+    print(f"PATCH requests for one FractalJob: {len(everything)}, {done} of them its status")
+    # One per phase (Pending, Queued, Running, Assembling, Succeeded) and perhaps
+    # a progress update between two phases, not one a second.
+    assert done <= 7, everything
 
 
 @pytest.mark.parametrize(
