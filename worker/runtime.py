@@ -9,6 +9,11 @@ worker keeps running what it holds, keeps the reports, and reconnects with
 backoff; the reports are delivered when it is back (a coordinator that
 restarted takes them if the task was not leased again).
 
+Storage outages (:mod:`.outage`): a task whose storage stays unreachable is
+neither failed nor handed back; it keeps its lease and attempt and runs again
+once storage answers. Meanwhile the worker pulls nothing and its heartbeats
+carry the error.
+
 Stopping (SIGTERM): no new task is pulled, the heartbeat says "draining",
 running tasks get until the grace period to finish, their reports are sent,
 whatever is still running is handed back (UnregisterWorker returns every
