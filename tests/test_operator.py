@@ -18,7 +18,8 @@ import kopf
 import pytest
 from kopf.testing import KopfRunner
 from kube import DEPLOYMENTS, FRACTALJOBS, Emulator
-from procs import ProcessGroup, Trust, run_cli, wait_until
+from procs import Process, ProcessGroup, Trust, run_cli, wait_until
+from procs import fractalq as fractalq_command
 from reference import reference_png
 from s3server import SeaweedS3
 
@@ -209,6 +210,21 @@ def test_status_is_patched_only_when_it_changes(setup: Setup) -> None:
     # One per phase (Pending, Queued, Running, Assembling, Succeeded) and perhaps
     # a progress update between two phases, not one a second.
     assert done <= 7, everything
+
+
+def test_fractalq_operator_renders_with_its_settings_given_as_flags(
+    setup: Setup, tmp_path: Path
+) -> None:
+    setup.workers(1)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FRACTALQ_")}
+    flags = ("--coordinator", setup.coordinator.address, "--storage", setup.storage)
+    args = fractalq_command("operator", *flags, "--scale-enabled", "false", "-A", "--standalone")
+    operator = Process(args, tmp_path / "operator.log", env=env)
+    setup.group.processes.append(operator)
+    setup.fractaljob("flags", fractal="mandelbrot", **SMALL)
+    done = wait_until(lambda: setup.phase_is("flags", "Succeeded", "Failed"), 60, "the render")
+    assert done["phase"] == "Succeeded", (done, operator.log())
+    assert done["url"] == f"{setup.storage}/{NAMESPACE}/flags.png"
 
 
 @pytest.mark.parametrize(

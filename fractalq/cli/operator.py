@@ -1,8 +1,10 @@
 """``fractalq operator``: the kopf operator, configured by flags or environment.
 
-Each flag sets its ``FRACTALQ_*`` variable (see :mod:`fractalq.operator.settings`);
-anything else is passed to ``kopf run`` (``-A``, ``-n NS``, ``--standalone``,
-``--liveness URL``, ``--verbose``...).
+Each flag overrides its ``FRACTALQ_*`` variable (see :mod:`fractalq.operator.settings`);
+the settings are read and checked here, once, and handed to the handlers in
+kopf's memo. Anything else is an option of ``kopf run`` (``-A``, ``-n NS``,
+``--standalone``, ``--liveness URL``, ``--verbose``...), parsed by kopf's own
+command line and passed to :func:`kopf.run`.
 """
 
 from __future__ import annotations
@@ -29,19 +31,53 @@ def add_parsers(commands: Any) -> None:
     parser.set_defaults(run=run_operator, passthrough=True)
 
 
-def run_operator(args: argparse.Namespace) -> int:
+def kopf_options(extra: list[str]) -> dict[str, Any]:
+    """``kopf run``'s options, parsed by kopf's own command (its checks, its messages)."""
+    import click
     import kopf.cli
+
+    try:
+        context = kopf.cli.run.make_context(
+            "fractalq operator", list(extra), auto_envvar_prefix="KOPF_RUN"
+        )
+    except click.exceptions.Exit as done:  # --help
+        raise SystemExit(done.exit_code) from None
+    except click.ClickException as error:
+        raise CommandError(f"kopf run: {error.format_message()}") from None
+    options: dict[str, Any] = dict(context.params)
+    if options.pop("paths", ()) or options.pop("modules", ()):
+        raise CommandError("fractalq operator runs its own handlers (no -m or paths)")
+    if options.pop("dev", False):
+        options["priority"] = 666  # as kopf run --dev
+    if options["namespaces"] and options["clusterwide"]:
+        raise CommandError("either --namespace or --all-namespaces, not both")
+    return options
+
+
+def run_operator(args: argparse.Namespace) -> int:
+    import kopf
 
     from fractalq.operator.settings import VARIABLES, OperatorSettings, SettingsError
 
-    for variable, _, _ in VARIABLES.values():
-        value = getattr(args, variable, None)
-        if value is not None:
-            os.environ[variable] = value
+    flags = {
+        variable: value
+        for variable, _, _ in VARIABLES.values()
+        if (value := getattr(args, variable, None)) is not None
+    }
     try:
-        OperatorSettings.from_env()
+        settings = OperatorSettings.from_env({**os.environ, **flags})
     except SettingsError as error:
         raise CommandError(str(error)) from None
-    kopf_args = ["run", "-m", "fractalq.operator.handlers", *args.extra]
-    kopf.cli.main(args=kopf_args, prog_name="fractalq operator")
+    options = kopf_options(args.extra)
+    kopf.configure(
+        debug=options.pop("debug"),
+        verbose=options.pop("verbose"),
+        quiet=options.pop("quiet"),
+        log_format=options.pop("log_format"),
+        log_refkey=options.pop("log_refkey"),
+        log_prefix=options.pop("log_prefix"),
+    )
+    from fractalq.operator import handlers  # registers the handlers with kopf
+
+    kopf.run(memo=kopf.Memo({handlers.SETTINGS_KEY: settings}), **options)
     return 0
