@@ -24,6 +24,7 @@ from reference import reference_png
 from s3server import SeaweedS3
 
 import fractalq.operator.handlers  # noqa: F401 - registers the handlers
+from fractalq import config
 from fractalq.fractal.request import RenderRequest
 from fractalq.operator.spec import job_id_for
 from fractalq.proto import fractalq_pb2 as pb
@@ -186,6 +187,33 @@ def test_progress_is_visible_while_running(setup: Setup) -> None:
         )
         assert midway["progress"] == f"{midway['bandsDone']}/40"
         assert wait_until(lambda: setup.phase_is("slow", "Succeeded"), 180, "the render")
+
+
+def test_status_follows_the_job_as_the_coordinator_reports_it(setup: Setup) -> None:
+    setup.workers(1)
+    with setup.operator():
+        setup.fractaljob("followed", **HEAVY)
+        started = time.monotonic()
+        running = wait_until(
+            lambda: (s := setup.status("followed")).get("bandsDone", 0) >= 3 and s, 120, "bands"
+        )
+        # Cancelled behind the operator's back: the stream says so, the status follows.
+        with setup.coordinator.client() as client:
+            client.cancel(running["jobId"], "stopped by hand")
+        failed = wait_until(lambda: setup.phase_is("followed", "Failed"), 10, "Failed")
+        elapsed = time.monotonic() - started
+    assert failed["message"] == "stopped by hand"
+    ready = {c["type"]: c for c in failed["conditions"]}["Ready"]
+    assert ready["status"] == "False" and ready["reason"] == "Failed"
+    seen = [
+        (version.get("status") or {}).get("bandsDone")
+        for version in setup.emulator.history(FRACTALJOBS, NAMESPACE, "followed")
+    ]
+    done = [value for value in seen if value is not None]
+    assert done == sorted(done) and len(set(done)) >= 2  # progress as it happened
+    # Progress at most about once a second, plus one write per phase.
+    writes = setup.emulator.patches(FRACTALJOBS, NAMESPACE, "followed").count("status")
+    assert writes <= elapsed / config.PROGRESS_INTERVAL + 5, (writes, elapsed)
 
 
 def test_status_is_patched_only_when_it_changes(setup: Setup) -> None:
