@@ -4,7 +4,8 @@
 
 Runs, each printing its own table: the kernels (``kernels.py``), the end-to-end
 render of the default Mandelbrot and Julia views at 4800x3200 (``render_bench.py``),
-assembly time and memory (``assembly.py``) and the queue (``queue_bench.py``; with
+assembly time and memory (``assembly.py``), gigapixel demos (``gigapixel.py``) and
+the queue (``queue_bench.py``; with
 the Celery comparison when the ``bench`` extra and ``redis-server`` are
 installed, and with TLS and tokens on against off). ``--quick`` takes one run
 of each instead of several, to check that they all work. Takes about ten minutes on two cores.
@@ -34,6 +35,7 @@ def main() -> None:
         ["render_bench.py", *(runs or ["--runs", "3"])],
         ["render_bench.py", "--julia", *(runs or ["--runs", "3"])],
         ["assembly.py", *(runs or ["--runs", "3"])],
+        ["gigapixel.py", *(["--sizes", "4096", "16384"] if args.quick else [])],
         ["queue_bench.py", *(runs or ["--runs", "3"]), "--secure", *celery_args],
     ]
     failed = []

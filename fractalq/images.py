@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from fractalq.client import Client
 from fractalq.fractal.png import assemble
-from fractalq.fractal.request import RenderRequest, split_rows
+from fractalq.fractal.request import RenderRequest, band_rows
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.storage import Storage
 from fractalq.tasks.assemble import CLEANUP_TYPE as CLEANUP
@@ -39,7 +39,7 @@ def submit_render(
     (:mod:`fractalq.tasks.assemble`) and its result says where; if the job
     fails or is cancelled, its cleanup job removes the bands.
     """
-    rows = split_rows(request.height, regions)
+    rows = band_rows(request, regions)
     final = cleanup = None
     if assemble:
         payload = assemble_payload(request, regions, keep_bands)
@@ -63,7 +63,7 @@ def submit_render(
 
 
 def band_keys(job_id: str, request: RenderRequest, regions: int) -> list[str]:
-    return [band_key(job_id, start, end) for start, end in split_rows(request.height, regions)]
+    return [band_key(job_id, start, end) for start, end in band_rows(request, regions)]
 
 
 def _fetch(storage: Storage, keys: list[str]) -> Iterator[bytes]:
@@ -79,7 +79,7 @@ def write_png(
     fd, temp = tempfile.mkstemp(prefix=".fractalq-", suffix=".png", dir=folder)
     try:
         with os.fdopen(fd, "wb") as out:
-            rows = split_rows(request.height, regions)
+            rows = band_rows(request, regions)
             assemble(_fetch(storage, band_keys(job_id, request, regions)), request.width, rows, out)
         os.chmod(temp, 0o644)
         os.replace(temp, path)

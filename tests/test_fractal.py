@@ -25,6 +25,7 @@ from fractalq.fractal import (
     PngWriter,
     RenderRequest,
     assemble,
+    band_rows,
     colorize,
     decode_band,
     encode_band,
@@ -328,7 +329,6 @@ BAD_FIELDS = [
     ({"width": 0}, "width"),
     ({"width": config.MAX_DIMENSION + 1}, "width"),
     ({"height": -5}, "height"),
-    ({"width": config.MAX_DIMENSION, "height": config.MAX_DIMENSION}, str(config.MAX_PIXELS)),
     ({"max_iter": 0}, "max_iter"),
     ({"max_iter": config.MAX_ITERATIONS + 1}, "max_iter"),
     ({"view_width": 0.0}, "view_width"),
@@ -350,9 +350,25 @@ def test_validation_names_the_bad_field(change: dict[str, object], named: str) -
     assert named in message and "\n" not in message
 
 
-def test_the_pixel_cap_is_stated() -> None:
-    with pytest.raises(ValueError, match=f"cap of {config.MAX_PIXELS} pixels"):
-        RenderRequest.create(width=20000, height=20000)
+def test_the_largest_image_is_allowed_and_a_pixel_cap_is_stated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    largest = RenderRequest.create(width=config.MAX_DIMENSION, height=config.MAX_DIMENSION)
+    assert largest.width * largest.height == config.MAX_PIXELS == 65536**2
+    monkeypatch.setattr(config, "MAX_PIXELS", 1000)
+    with pytest.raises(ValueError, match="cap of 1000 pixels"):
+        RenderRequest.create(width=100, height=100)
+
+
+def test_large_images_get_bands_of_bounded_size() -> None:
+    small = RenderRequest.create(width=1200, height=800)
+    assert band_rows(small, 8) == split_rows(800, 8)
+    huge = RenderRequest.create(width=32768, height=32768)
+    rows = band_rows(huge, 8)
+    assert len(rows) == 256 and all(end - start == 128 for start, end in rows)
+    widest = RenderRequest.create(width=65536, height=200)  # 13 M pixels: 4 bands, not 1
+    assert band_rows(widest, 1) == split_rows(200, 4)
+    assert band_rows(widest, 10) == split_rows(200, 10)  # more asked for: as asked
 
 
 def test_json_round_trip_and_key() -> None:

@@ -9,7 +9,7 @@ from fractalq.fractal.kernels import DEFAULT_KERNEL, KERNELS, escape
 from fractalq.fractal.palettes import DEFAULT_PALETTE, PALETTES, Palette, colorize
 from fractalq.fractal.png import PngWriter, assemble, decode_band, encode_band
 from fractalq.fractal.render import render_rows
-from fractalq.fractal.request import FRACTALS, RenderRequest, split_rows
+from fractalq.fractal.request import FRACTALS, RenderRequest, band_rows, split_rows
 
 __all__ = [
     "DEFAULT_KERNEL",
@@ -21,6 +21,7 @@ __all__ = [
     "PngWriter",
     "RenderRequest",
     "assemble",
+    "band_rows",
     "colorize",
     "decode_band",
     "encode_band",

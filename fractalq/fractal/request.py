@@ -188,6 +188,13 @@ class RenderRequest:
         return hashlib.sha256(self.to_json()).hexdigest()[:16]
 
 
+def band_rows(request: RenderRequest, regions: int) -> list[tuple[int, int]]:
+    """The bands of a render asked for in ``regions`` bands: at least that many, and
+    more when a band would exceed ``config.MAX_BAND_PIXELS`` (bounded memory)."""
+    needed = -(-request.width * request.height // config.MAX_BAND_PIXELS)  # ceiling
+    return split_rows(request.height, min(max(regions, needed), request.height))
+
+
 def split_rows(height: int, regions: int) -> list[tuple[int, int]]:
     """Cut rows 0..height into `regions` contiguous half-open bands.
 
