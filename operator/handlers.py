@@ -51,7 +51,7 @@ from fractalq import config
 from fractalq.client import Client, ClientError, NotFound, Unavailable, client_error
 from fractalq.images import remove_bands, submit_render
 from fractalq.operator import kube
-from fractalq.operator.image import finished_image
+from fractalq.operator.image import QUEUE_ASSEMBLES, finished_image
 from fractalq.operator.scaler import ScalerThread
 from fractalq.operator.settings import OperatorSettings
 from fractalq.operator.spec import job_id_for, parse_spec
@@ -297,7 +297,7 @@ class Run:
         labels = {"fractaljob": self.uid}
         try:
             await asyncio.to_thread(
-                submit_render, client, request, regions, priority, job_id, labels
+                submit_render, client, request, regions, priority, job_id, labels, QUEUE_ASSEMBLES
             )
         except ClientError as error:
             await self.unreachable(error)  # nothing is lost: the same job id is submitted again

@@ -1,22 +1,29 @@
 """The operator's decisions, without a cluster or a network.
 
 The spec's checks, the status computed from a job and which fields get
-written when, the autoscaler's window and clamp (driven by an injected clock,
-no waiting), one autoscaler round against stand-ins for the Deployment and
-the coordinator, and ``fractalq operator`` handing its settings to kopf.
+written when, where a finished job's image comes from, the autoscaler's
+window and clamp (driven by an injected clock, no waiting), one autoscaler
+round against stand-ins for the Deployment and the coordinator, and
+``fractalq operator`` handing its settings to kopf.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
+from reference import reference_png
 
 from fractalq import config
 from fractalq.client import Unavailable
+from fractalq.fractal.request import RenderRequest, split_rows
+from fractalq.images import band_keys
 from fractalq.operator import kube, scaler
 from fractalq.operator.autoscaler import Autoscaler, ScalePolicy, recommend
+from fractalq.operator.image import Image, finished_image
 from fractalq.operator.settings import OperatorSettings
 from fractalq.operator.spec import image_key, job_id_for, parse_spec
 from fractalq.operator.status import (
@@ -27,6 +34,9 @@ from fractalq.operator.status import (
     progress,
 )
 from fractalq.proto import fractalq_pb2 as pb
+from fractalq.storage import open_storage
+from fractalq.tasks.band import band_payload, render_band
+from fractalq.tasks.registry import TaskContext
 
 # ---- spec -----------------------------------------------------------------
 
@@ -183,6 +193,35 @@ def test_a_field_changed_while_its_write_was_on_the_way_stays_pending() -> None:
     buffer.add({"phase": "Running"})
     buffer.wrote(sent, 0.0)
     assert buffer.written["phase"] == "Queued" and buffer.take() == {"phase": "Running"}
+
+
+# ---- image ----------------------------------------------------------------
+
+TINY = RenderRequest.create("mandelbrot", width=48, height=30, max_iter=50)
+
+
+def test_an_image_the_queue_assembled_is_copied_from_the_job_result(tmp_path: Path) -> None:
+    storage = open_storage(f"file://{tmp_path}")
+    storage.put("jobs/j/image.png", b"png")
+    result = json.dumps({"key": "jobs/j/image.png", "url": "ignored", "bytes": 3}).encode()
+    final = pb.StageTaskStatus(task_type="fractal.assemble", state=pb.TASK_SUCCEEDED)
+    done = pb.Job(job_id="j", state=pb.SUCCEEDED, final=final, result=result)
+    image = finished_image(storage, done, TINY, 3, "ns", "name", 60)
+    assert image == Image(storage.url("jobs/j/image.png"), None)
+    assert not storage.exists(image_key("ns", "name"))  # nothing assembled here
+    with pytest.raises(ValueError, match="no image in its result"):
+        finished_image(storage, pb.Job(job_id="j", final=final), TINY, 3, "ns", "name", 60)
+
+
+def test_an_image_of_bands_only_is_assembled_and_the_bands_removed(tmp_path: Path) -> None:
+    storage = open_storage(f"file://{tmp_path}")
+    context = TaskContext(storage_url=f"file://{tmp_path}", job_id="j")
+    for start, end in split_rows(TINY.height, 3):
+        render_band(band_payload(TINY, start, end), context)
+    image = finished_image(storage, pb.Job(job_id="j"), TINY, 3, "ns", "name", 60)
+    assert image.url == storage.url("ns/name.png")
+    assert storage.get("ns/name.png") == reference_png(TINY)
+    assert not any(storage.exists(key) for key in band_keys("j", TINY, 3))
 
 
 # ---- autoscaler -----------------------------------------------------------
