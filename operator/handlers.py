@@ -361,6 +361,9 @@ class Run:
                 )
             messages.put_nowait(client_error(code, details))
             return
+        except Exception as error:  # whatever it was, follow() must hear of it, not wait
+            messages.put_nowait(ClientError(f"watching {job_id}: {error!r}"))
+            return
         # The stream ends after the job's final state, which update() ends on first.
         messages.put_nowait(Unavailable(f"the watch of {job_id} ended early"))
 

@@ -298,6 +298,49 @@ def test_a_job_the_coordinator_lost_is_submitted_again(setup: Setup) -> None:
         assert client.job(done["jobId"]).state == pb.SUCCEEDED
 
 
+def test_a_coordinator_restart_is_ridden_out_and_said_in_a_condition(setup: Setup) -> None:
+    def reachable() -> str | None:
+        conditions = setup.status("restarted").get("conditions") or []
+        found = [c for c in conditions if c["type"] == "CoordinatorReachable"]
+        return found[0]["status"] if found else None
+
+    with setup.operator():
+        setup.fractaljob("restarted", **SMALL)
+        queued = wait_until(lambda: setup.phase_is("restarted", "Queued"), 30, "Queued")
+        old = setup.coordinator
+        old.kill9()  # its watch streams break
+        wait_until(lambda: reachable() == "False", 30, "CoordinatorReachable False")
+        setup.coordinator = setup.group.start_coordinator(port=old.port, data=old.data)
+        setup.workers(2)
+        done = wait_until(lambda: setup.phase_is("restarted", "Succeeded"), 60, "the render")
+    assert done["jobId"] == queued["jobId"]  # followed again, not submitted again
+    assert reachable() == "True"
+
+
+def test_editing_the_spec_of_a_finished_fractaljob_renders_it_again(setup: Setup) -> None:
+    setup.workers(2)
+    with setup.operator():
+        setup.fractaljob("edited", **SMALL)
+        first = wait_until(lambda: setup.phase_is("edited", "Succeeded"), 60, "the render")
+        # kmock keeps no generation: bump it as the API server does on a spec change.
+        edit = {"metadata": {"generation": 2}, "spec": {**SMALL, "width": 200}}
+        setup.emulator.patch(FRACTALJOBS, NAMESPACE, "edited", edit)
+        second = wait_until(
+            lambda: (
+                (s := setup.status("edited")).get("observedGeneration") == 2
+                and s.get("phase") == "Succeeded"
+                and s
+            ),
+            60,
+            "the second render",
+        )
+    assert second["size"] == "200x160" and second["jobId"] != first["jobId"]
+    assert second["jobId"].endswith("-g2")
+    image = setup.s3.client().get_object(Bucket=setup.bucket, Key="images/default/edited.png")
+    expected = RenderRequest.create("mandelbrot", width=200, height=160, max_iter=200)
+    assert image["Body"].read() == reference_png(expected)
+
+
 def test_an_operator_restart_mid_job_submits_nothing_twice(setup: Setup) -> None:
     with setup.operator():
         created = setup.fractaljob("restart", **SMALL)
