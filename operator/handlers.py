@@ -68,11 +68,11 @@ from fractalq.operator.status import (
 )
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
+from fractalq.retry import retry_delay
 from fractalq.storage import Storage, StorageError, StorageOptions, open_storage
 
 GROUP, VERSION, PLURAL = "fractalq.dev", "v1alpha1", "fractaljobs"
 DELETE_TIMEOUT = 60.0
-RETRY_DELAY = 5.0  # seconds before trying again after a failed call
 MEMO_KEY = "fractalq"  # the Operator in kopf's memo
 SETTINGS_KEY = "settings"  # OperatorSettings a caller of kopf.run may put in the memo
 
@@ -191,8 +191,11 @@ async def follow_fractaljob(
         try:
             await run.step()
         except (ClientError, Retry, ApiException, HTTPError) as error:
+            # The reconnect backoff: a restarted coordinator is found again within
+            # a fraction of a second, one that stays down is asked every few seconds.
+            run.failures += 1
             log.warning("%s/%s: %s", run.namespace, run.name, error)
-            await stopped.wait(RETRY_DELAY)
+            await stopped.wait(retry_delay(config.RECONNECT_BACKOFF, run.failures))
 
 
 class Run:
@@ -213,6 +216,7 @@ class Run:
         self.uid, self.name, self.namespace = uid, name, namespace
         self.stopped = stopped
         self.buffer = StatusBuffer(status, config.PROGRESS_INTERVAL)
+        self.failures = 0  # in a row: the calls since the last that got through
 
     @property
     def generation(self) -> int:
@@ -324,6 +328,7 @@ class Run:
             }
         )
         kopf.info(self.body, reason="Queued", message=f"submitted {regions} bands as job {job_id}")
+        self.failures = 0
 
     async def follow(self, job_id: str, generation: int) -> None:
         """Until the job ends, the daemon is stopped or the spec changes."""
@@ -369,6 +374,7 @@ class Run:
 
     async def update(self, job: pb.Job) -> bool:
         """One message of the stream into the status; True once the job has ended."""
+        self.failures = 0
         fields = progress(job)
         if _was_unreachable(self.buffer):
             fields["conditions"] = self.conditions(
