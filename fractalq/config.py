@@ -257,6 +257,6 @@ SCALE_MAX = 10
 SCALE_TASKS_PER_WORKER = 4
 SCALE_INTERVAL = 5.0
 SCALE_DOWN_WINDOW = 60.0  # Kubernetes' HPA uses 300 s
-PROGRESS_INTERVAL = 1.0  # seconds between status updates of a running FractalJob
+PROGRESS_INTERVAL = 1.0  # least seconds between two writes of a FractalJob's progress alone
 URL_EXPIRY = 7 * 24 * 3600  # presigned links: S3's longest allowed lifetime
 COORDINATOR_RETRY_MAX_DELAY = 30.0
