@@ -50,8 +50,7 @@ from urllib3.exceptions import HTTPError
 from fractalq import config
 from fractalq.client import Client, ClientError, NotFound, Unavailable, client_error
 from fractalq.images import remove_bands, submit_render
-from fractalq.operator import kube
-from fractalq.operator.image import QUEUE_ASSEMBLES, finished_image
+from fractalq.operator import image, kube
 from fractalq.operator.scaler import ScalerThread
 from fractalq.operator.settings import OperatorSettings
 from fractalq.operator.spec import job_id_for, parse_spec
@@ -301,8 +300,9 @@ class Run:
         labels = {"fractaljob": self.uid}
         try:
             await asyncio.to_thread(
-                submit_render, client, request, regions, priority, job_id, labels, QUEUE_ASSEMBLES
-            )
+                submit_render, client, request, regions, priority, job_id, labels,
+                image.QUEUE_ASSEMBLES,
+            )  # fmt: skip
         except ClientError as error:
             await self.unreachable(error)  # nothing is lost: the same job id is submitted again
             raise
@@ -399,23 +399,23 @@ class Run:
         operator = self.operator
         request, regions, _priority = parse_spec(self.body.spec)
         try:
-            image = await asyncio.to_thread(
-                finished_image,
+            found = await asyncio.to_thread(
+                image.finished_image,
                 operator.storage, job, request, regions, self.namespace, self.name,
                 operator.settings.url_expiry,
             )  # fmt: skip
         except (StorageError, ValueError, OSError) as error:
-            raise Retry(f"assembly failed: {error}") from None
+            raise Retry(f"the image of job {job.job_id}: {error}") from None
         await self.write(
             {
                 "phase": SUCCEEDED,
-                "url": image.url,
-                "presignedUrl": image.link or "",
+                "url": found.url,
+                "presignedUrl": found.link or "",
                 "completionTime": now_iso(),
-                "conditions": self.conditions("Ready", True, "Succeeded", image.url),
+                "conditions": self.conditions("Ready", True, "Succeeded", found.url),
             }
         )
-        kopf.info(self.body, reason="Succeeded", message=image.url)
+        kopf.info(self.body, reason="Succeeded", message=found.url)
 
 
 def _was_unreachable(buffer: StatusBuffer) -> bool:

@@ -26,6 +26,8 @@ from s3server import SeaweedS3
 import fractalq.operator.handlers  # noqa: F401 - registers the handlers
 from fractalq import config
 from fractalq.fractal.request import RenderRequest
+from fractalq.images import image_of
+from fractalq.operator import image
 from fractalq.operator.spec import job_id_for
 from fractalq.proto import fractalq_pb2 as pb
 
@@ -149,6 +151,28 @@ def test_a_fractaljob_goes_from_pending_to_a_png_url(
     # Bands are gone once the image is stored.
     listed = setup.s3.client().list_objects_v2(Bucket=setup.bucket, Prefix="images/jobs/")
     assert listed.get("KeyCount", 0) == 0
+
+
+def test_with_the_queue_assembling_the_url_is_copied_from_the_job(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(image, "QUEUE_ASSEMBLES", True)  # the one switch
+    setup.workers(2)
+    with setup.operator():
+        setup.fractaljob("queued", fractal="julia", **SMALL)
+        done = wait_until(lambda: setup.phase_is("queued", "Succeeded", "Failed"), 60, "the render")
+    assert done["phase"] == "Succeeded", done
+    with setup.coordinator.client() as client:
+        job = client.job(done["jobId"])
+    key, size = image_of(job)  # where the job's final task put it
+    assert key == f"jobs/{done['jobId']}/image.png"
+    assert done["url"] == f"{setup.storage}/{key}"
+    assert done["presignedUrl"].startswith(f"{setup.s3.endpoint}/{setup.bucket}/images/{key}?")
+    with urllib.request.urlopen(done["presignedUrl"], timeout=10) as response:
+        png = response.read()
+    assert len(png) == size
+    assert png == reference_png(RenderRequest.create("julia", width=240, height=160, max_iter=200))
+    assert setup.phases("queued")[-2:] == ["Assembling", "Succeeded"]
 
 
 def test_the_operator_renders_over_mutual_tls_with_a_client_token(
