@@ -5,17 +5,30 @@ worker runs more than one task at once, so they use every core instead of
 sharing one interpreter lock; everything else runs on threads. Child processes
 are spawned, not forked: the parent holds gRPC's threads, which a fork would
 copy in an undefined state.
+
+Time limits: an attempt that runs past its limit (the job's, or its type's
+default; counted from when it is handed to its thread or process) is reported
+failed with "timed out after N s". Each child process is a pool of its own,
+one per slot, so that killing the process of a task past its limit stops that
+task alone; a fresh one takes its place. A thread cannot be stopped: the task
+is reported failed all the same and the thread is left to finish in the
+background, its result ignored, while other threads serve the next tasks
+(:class:`DaemonThreads`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import multiprocessing
+import queue
+import threading
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 from fractalq import tasks
 from fractalq.storage.base import StorageError
@@ -66,22 +79,125 @@ def _log_warm_failure(future: concurrent.futures.Future[None]) -> None:
         log.warning("warming up failed: %s", describe(error))
 
 
+def timed_out(limit: float, killed: bool) -> str:
+    """The reason an attempt past its limit is reported failed with."""
+    how = "its process was killed" if killed else "its thread cannot be stopped and runs on"
+    return f"timed out after {limit:g} s ({how})"
+
+
+async def _within(future: asyncio.Future[bytes], limit: float) -> bool:
+    """Wait up to ``limit`` seconds for ``future``; False if it is not done by then.
+
+    Not :func:`asyncio.wait_for`: a task's own TimeoutError (a socket's) is
+    its failure, not the limit's.
+    """
+    try:
+        done, _ = await asyncio.wait([future], timeout=limit)
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+    if not done:
+        future.cancel()  # whatever it ends with later is ignored
+    return bool(done)
+
+
+ProcessPool = concurrent.futures.ProcessPoolExecutor
+_Work = tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]
+
+
+class DaemonThreads(concurrent.futures.Executor):
+    """Daemon threads, started as needed and kept while idle.
+
+    Not a ThreadPoolExecutor: its threads are joined when the interpreter
+    exits, so a task that never returns would keep the worker from exiting,
+    and each one it holds is a slot lost. Here a task that finds every thread
+    busy starts a new one, so a hung task costs its own thread only.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0  # threads done with their work, each about to take the next
+        self._closed = False
+
+    def submit(  # type: ignore[override]
+        self, fn: Callable[..., Any], /, *args: Any
+    ) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot run a task after shutdown")
+            if self._idle:
+                self._idle -= 1
+            else:
+                name = f"{self._name}-{len(self._threads)}"
+                thread = threading.Thread(target=self._serve, name=name, daemon=True)
+                thread.start()
+                self._threads.append(thread)
+        self._work.put((future, fn, args))
+        return future
+
+    def _serve(self) -> None:
+        while (work := self._work.get()) is not None:
+            future, fn, args = work
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args)
+                except BaseException as error:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+            del work, future, fn, args
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        if cancel_futures:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    if (work := self._work.get_nowait()) is not None:
+                        work[0].cancel()
+        for _ in threads:
+            self._work.put(None)
+        if wait:
+            for thread in threads:
+                thread.join()
+
+
+def _children(pool: ProcessPool) -> list[multiprocessing.process.BaseProcess]:
+    # The executor keeps its processes in a private dict; there is no public way.
+    processes = getattr(pool, "_processes", None) or {}
+    return list(processes.values())
+
+
 class TaskRunner:
     def __init__(self, concurrency: int) -> None:
         self.concurrency = concurrency
-        self._threads = concurrent.futures.ThreadPoolExecutor(
-            concurrency, thread_name_prefix="fractalq-task"
-        )
-        self._processes: concurrent.futures.ProcessPoolExecutor | None = None
+        self._threads = DaemonThreads("fractalq-task")
+        # One single-process pool per slot, made on first use; those not
+        # running a task are idle.
+        self._pools: list[ProcessPool] = []
+        self._idle: list[ProcessPool] = []
+        self._warmed: list[str] = []  # the CPU-bound types a new process is warmed for
 
-    def _executor_for(self, kind: tasks.TaskType) -> concurrent.futures.Executor:
-        if not kind.cpu_bound or self.concurrency == 1:
-            return self._threads
-        if self._processes is None:
-            self._processes = concurrent.futures.ProcessPoolExecutor(
-                self.concurrency, mp_context=multiprocessing.get_context("spawn")
-            )
-        return self._processes
+    def _new_pool(self) -> ProcessPool:
+        pool = ProcessPool(1, mp_context=multiprocessing.get_context("spawn"))
+        for name in self._warmed:
+            pool.submit(warm_task, name).add_done_callback(_log_warm_failure)
+        self._pools.append(pool)
+        return pool
+
+    def _in_process(self, kind: tasks.TaskType) -> bool:
+        return kind.cpu_bound and self.concurrency > 1
+
+    def _start_pools(self) -> None:
+        while len(self._pools) < self.concurrency:
+            self._idle.append(self._new_pool())
 
     def warm(self, task_types: Iterable[str]) -> None:
         """Warm every process and thread that will run these types, in the background.
@@ -92,32 +208,67 @@ class TaskRunner:
             kind = tasks.get(name)
             if kind.warm is None:
                 continue
-            executor = self._executor_for(kind)
-            copies = self.concurrency if executor is self._processes else 1
-            for _ in range(copies):
-                executor.submit(warm_task, name).add_done_callback(_log_warm_failure)
+            if self._in_process(kind):
+                self._start_pools()
+                self._warmed.append(name)
+                for pool in self._pools:
+                    pool.submit(warm_task, name).add_done_callback(_log_warm_failure)
+            else:
+                self._threads.submit(warm_task, name).add_done_callback(_log_warm_failure)
 
-    async def run(self, task_type: str, payload: bytes, context: TaskContext) -> bytes:
+    async def run(
+        self, task_type: str, payload: bytes, context: TaskContext, time_limit: float = 0.0
+    ) -> bytes:
+        """Run one attempt; ``time_limit`` 0 means its type's."""
         try:
             kind = tasks.get(task_type)
         except KeyError as error:
             raise TaskFailed(str(error.args[0])) from None
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(
-                self._executor_for(kind), run_task, task_type, payload, context
+        limit = tasks.time_limit(kind, time_limit)
+        if not self._in_process(kind):
+            future = asyncio.get_running_loop().run_in_executor(
+                self._threads, run_task, task_type, payload, context
             )
+            if not await _within(future, limit):
+                log.warning("a %s task past its time limit runs on in its thread", task_type)
+                raise TaskFailed(timed_out(limit, killed=False))
+            try:
+                return future.result()
+            except Exception as error:
+                raise _failure(error) from None
+        self._start_pools()
+        pool = self._idle.pop() if self._idle else self._new_pool()
+        try:
+            future = asyncio.get_running_loop().run_in_executor(
+                pool, run_task, task_type, payload, context
+            )
+            if not await _within(future, limit):
+                pool = self._replace(pool)
+                raise TaskFailed(timed_out(limit, killed=True))
+            return future.result()
+        except TaskFailed:
+            raise
         except BrokenProcessPool as error:
-            # A child died (out of memory, killed): start a new pool for the next task.
-            self._processes = None
+            # The child died (out of memory, killed): a new one for the next task.
+            pool = self._replace(pool)
             raise TaskFailed(f"worker process died: {error}") from None
         except Exception as error:
             raise _failure(error) from None
+        finally:
+            self._idle.append(pool)
+
+    def _replace(self, pool: ProcessPool) -> ProcessPool:
+        """Kill the pool's process (if it still runs) and make a new pool in its place."""
+        for process in _children(pool):
+            process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        self._pools.remove(pool)
+        return self._new_pool()
 
     def shutdown(self, wait: bool) -> None:
         self._threads.shutdown(wait=wait, cancel_futures=True)
-        if self._processes is not None:
+        for pool in self._pools:
             if not wait:
-                for process in list(getattr(self._processes, "_processes", {}).values()):
+                for process in _children(pool):
                     process.terminate()
-            self._processes.shutdown(wait=wait, cancel_futures=True)
+            pool.shutdown(wait=wait, cancel_futures=True)

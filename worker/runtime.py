@@ -311,7 +311,9 @@ class Worker:
                         f"storage unavailable for {limit:g}s, the limit: {last_error}"
                     ) from None
             try:
-                return await self._runner.run(task.task_type, task.payload, context)
+                return await self._runner.run(
+                    task.task_type, task.payload, context, task.time_limit
+                )
             except StorageUnavailable as error:
                 last_error = str(error)
                 if waiting_since is None:

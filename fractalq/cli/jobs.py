@@ -48,6 +48,14 @@ def add_parsers(commands: Any) -> None:
         default=config.DEFAULT_MAX_ATTEMPTS,
         metavar="K",
     )
+    submit.add_argument(
+        "--time-limit",
+        type=real(0, config.MAX_TIME_LIMIT),
+        default=0.0,
+        metavar="S",
+        help="seconds an attempt of a task may run before it is stopped and failed"
+        " (default: 0, the task type's own limit)",
+    )
     submit.add_argument("--job-id", default="", help="idempotency key (default: generated)")
     submit.add_argument("--wait", action="store_true", help="show progress until the job ends")
     submit.set_defaults(run=run_submit)
@@ -83,6 +91,7 @@ def run_submit(args: argparse.Namespace) -> int:
         count=args.count,
         priority=args.priority,
         max_attempts=args.max_attempts,
+        time_limit=args.time_limit,
     )
     with Client(endpoint_from(args)) as client:
         try:

@@ -13,6 +13,7 @@ from fractalq.tasks.registry import (
     get,
     names,
     task_type,
+    time_limit,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "get",
     "names",
     "task_type",
+    "time_limit",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 
+from fractalq import config
 from fractalq.fractal.png import encode_band
 from fractalq.fractal.render import render_rows
 from fractalq.fractal.request import RenderRequest
@@ -59,7 +60,14 @@ def _warm() -> None:
     encode_band(render_rows(RenderRequest.create("mandelbrot", width=8, height=2), 0, 2), 0)
 
 
-@task_type(TASK_TYPE, check=_check, cpu_bound=True, needs_storage=True, warm=_warm)
+@task_type(
+    TASK_TYPE,
+    check=_check,
+    cpu_bound=True,
+    needs_storage=True,
+    warm=_warm,
+    time_limit=config.BAND_TIME_LIMIT,
+)
 def render_band(payload: bytes, context: TaskContext) -> bytes:
     if not context.storage_url:
         raise RuntimeError("this worker has no --storage to put bands in")

@@ -1,8 +1,8 @@
 """Diagnostic task types: ``noop``, ``sleep`` and ``fail``.
 
 They exercise the queue without any application code: ``noop`` measures the
-queue's own cost, ``sleep`` holds a lease for a while (for drain and crash
-tests), ``fail`` always raises (for retries and dead-lettering).
+queue's own cost, ``sleep`` holds a lease for a while (for drain, crash and
+time-limit tests), ``fail`` always raises (for retries and dead-lettering).
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ def noop(payload: bytes, context: TaskContext) -> bytes:
     return b""
 
 
-@task_type("sleep", check=_check_sleep)
+# Its limit is above the longest sleep a payload may ask for, so that only a job
+# that sets a shorter limit stops a sleep.
+@task_type("sleep", check=_check_sleep, time_limit=2 * MAX_SLEEP_SECONDS)
 def sleep(payload: bytes, context: TaskContext) -> bytes:
     time.sleep(_seconds(payload))
     return b""

@@ -6,6 +6,8 @@ import dataclasses
 import importlib
 from collections.abc import Callable
 
+from fractalq import config
+
 
 class InvalidPayload(ValueError):
     """A payload that its task type cannot run; the message says why."""
@@ -40,6 +42,9 @@ class TaskType:
     # Run once in each process that will run this type, when the worker starts:
     # imports and compiled code are ready before the first task arrives.
     warm: WarmUp | None = None
+    # Seconds an attempt may run before the worker stops it and reports it
+    # failed (a job may set another limit for its tasks).
+    time_limit: float = config.DEFAULT_TIME_LIMIT
 
 
 _REGISTRY: dict[str, TaskType] = {}
@@ -90,13 +95,18 @@ def task_type(
     cpu_bound: bool = False,
     needs_storage: bool = False,
     warm: WarmUp | None = None,
+    time_limit: float = config.DEFAULT_TIME_LIMIT,
 ) -> Callable[[TaskFunction], TaskFunction]:
     """Register the decorated function as the task type ``name``."""
 
     def register(run: TaskFunction) -> TaskFunction:
         if name in _REGISTRY:
             raise ValueError(f"task type {name!r} is registered twice")
-        _REGISTRY[name] = TaskType(name, run, _guarded(name, check), cpu_bound, needs_storage, warm)
+        if not 0 < time_limit <= config.MAX_TIME_LIMIT:
+            raise ValueError(f"task type {name!r}: time_limit must be in (0, MAX_TIME_LIMIT]")
+        _REGISTRY[name] = TaskType(
+            name, run, _guarded(name, check), cpu_bound, needs_storage, warm, time_limit
+        )
         return run
 
     return register
@@ -115,6 +125,11 @@ def get(name: str) -> TaskType:
 def names() -> list[str]:
     _load()
     return sorted(_REGISTRY)
+
+
+def time_limit(kind: TaskType, requested: float) -> float:
+    """Seconds an attempt of ``kind`` may run: the job's limit, or 0 for the type's."""
+    return requested if requested > 0 else kind.time_limit
 
 
 def available(has_storage: bool) -> list[str]:
