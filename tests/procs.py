@@ -11,7 +11,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from fractalq.cli.common import free_port as free_port  # also for the tests and bench
 from fractalq.client import Client
 from fractalq.endpoint import Endpoint
 from fractalq.security.certs import write_bundle
@@ -45,12 +45,6 @@ def wait_until(
         time.sleep(0.05)
     detail = f" (last error: {last_error})" if last_error else ""
     raise AssertionError(f"timed out after {timeout:g}s waiting for {message or condition}{detail}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def fractalq(*args: str) -> list[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from s3server import SeaweedS3
 
+from fractalq.cli.common import free_port
 from fractalq.storage import (
     LocalStorage,
     ObjectNotFoundError,
@@ -460,16 +461,10 @@ def test_s3_missing_credentials_are_named(
         storage.presigned_url("k", 60)
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_s3_unreachable_endpoint_fails_fast(
     s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    endpoint = f"http://127.0.0.1:{closed_port()}"
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     use_s3_env(monkeypatch, s3_server.env(AWS_ENDPOINT_URL=endpoint))
     storage = open_storage("s3://some-bucket/p", options=IMPATIENT)
 

@@ -6,6 +6,7 @@ import argparse
 import logging
 import math
 import os
+import socket
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
@@ -13,6 +14,14 @@ from fractalq.client import check_address
 
 if TYPE_CHECKING:
     from fractalq.endpoint import Endpoint
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now (the demo's, the tests')."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 class CommandError(Exception):

@@ -7,7 +7,6 @@ import contextlib
 import functools
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from fractalq.cli.common import (
     add_endpoint_options,
     address,
     endpoint_from,
+    free_port,
     integer,
     real,
 )
@@ -246,14 +246,6 @@ def _secure_path(folder: Path, address: str) -> tuple[list[str], dict[str, str],
     return coordinator, env, endpoint
 
 
-def _free_port() -> int:
-    """A TCP port free on the loopback interface right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _last_line(log: Path) -> str:
     lines = log.read_text(errors="replace").strip().splitlines()
     return lines[-1] if lines else "no output"
@@ -271,7 +263,7 @@ def run_demo(args: argparse.Namespace) -> int:
         try:
             # The port is chosen here so that the workers start with the
             # coordinator (their start-up overlaps its own) instead of after it.
-            port = _free_port()
+            port = free_port()
             endpoint = f"127.0.0.1:{port}"
             # The secure path, as the chart runs it: TLS, and a token per role.
             secure_flags, worker_env, secure = _secure_path(tmp / "trust", endpoint)
