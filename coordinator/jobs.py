@@ -22,6 +22,8 @@ import dataclasses
 import enum
 import heapq
 
+from fractalq.states import FINISHED
+
 
 class TaskState(enum.IntEnum):
     QUEUED = 0
@@ -48,7 +50,7 @@ class JobState(enum.IntEnum):
         return self in TERMINAL
 
 
-TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+TERMINAL = frozenset(JobState(state) for state in FINISHED)
 TERMINAL_TASK_STATES = frozenset({TaskState.SUCCEEDED, TaskState.DEAD, TaskState.CANCELLED})
 
 

@@ -568,3 +568,13 @@ def test_a_cleanup_decided_before_a_crash_is_submitted_after_the_restart(tmp_pat
     restored.restore([loaded], 5.0)
     assert restored.jobs["j.cleanup"].created_at == 5.0
     journal.close()
+
+
+def test_the_coordinators_job_states_are_the_protos_and_share_its_final_ones() -> None:
+    from fractalq.states import FINISHED
+
+    for name, number in pb.JobState.items():
+        if number:
+            state = JobState(number)
+            assert state.name == name
+            assert state.finished == (number in FINISHED)

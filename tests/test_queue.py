@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fractalq.client import ClientError
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
+from fractalq.states import FINISHED
 
 
 def submit(coordinator: Coordinator, task: str = "noop", count: int = 1, **fields: Any) -> pb.Job:
@@ -35,7 +36,7 @@ def job(coordinator: Coordinator, job_id: str) -> pb.Job:
 def finished(coordinator: Coordinator, job_id: str) -> Callable[[], pb.Job | None]:
     def check() -> pb.Job | None:
         found = job(coordinator, job_id)
-        return found if found.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED) else None
+        return found if found.state in FINISHED else None
 
     return check
 

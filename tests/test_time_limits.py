@@ -23,6 +23,7 @@ from procs import ProcessGroup, run_cli, wait_until
 from fractalq import config, tasks
 from fractalq.fractal.request import RenderRequest
 from fractalq.proto import fractalq_pb2 as pb
+from fractalq.states import FINISHED
 from fractalq.tasks import registry
 from fractalq.tasks.band import band_payload
 from fractalq.tasks.builtin import MAX_SLEEP_SECONDS
@@ -158,7 +159,7 @@ def _finished(cluster: ProcessGroup, job_id: str) -> pb.Job | None:
     assert cluster.coordinator is not None
     with cluster.coordinator.client() as client:
         job = client.job(job_id)
-    return job if job.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED) else None
+    return job if job.state in FINISHED else None
 
 
 def _submit(cluster: ProcessGroup, **fields: object) -> str:

@@ -20,6 +20,7 @@ from fractalq.cli.common import (
 from fractalq.cli.progress import Progress
 from fractalq.client import Client, ClientError, DeadlineExceeded
 from fractalq.proto import fractalq_pb2 as pb
+from fractalq.states import FINISHED
 
 STATE_NAMES = {value: name for name, value in pb.JobState.items()}
 
@@ -113,7 +114,7 @@ def follow(client: Client, job_id: str, timeout: float | None) -> int:
     try:
         for job in client.watch(job_id, timeout=timeout):
             progress = progress or Progress(job.total, "tasks")
-            final = job.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
+            final = job.state in FINISHED
             progress.update(job.succeeded, job.leased, final=final)
     except ClientError as error:
         if isinstance(error, DeadlineExceeded) and job:

@@ -32,6 +32,7 @@ from fractalq.fractal.request import RenderRequest, split_rows
 from fractalq.images import image_of, submit_render
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.security.tls import ClientTLS
+from fractalq.states import FINISHED
 from fractalq.storage import Storage, StorageError, check_storage, open_storage
 
 
@@ -165,7 +166,7 @@ def render_image(
                 first_band = time.monotonic()
             if assembling is None and job.state in (pb.FINISHING, pb.SUCCEEDED):
                 assembling = time.monotonic()
-            finished = job.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
+            finished = job.state in FINISHED
             progress.update(job.succeeded, job.leased, final=finished)
     except ClientError as error:
         raise CommandError(str(error)) from None
