@@ -7,8 +7,9 @@ transaction is in the WAL file before ``commit()`` returns; only a power cut can
 take back the last transactions, which a Kubernetes pod restart is not.
 
 What is written: a job row when a job is submitted (with one task row per task
-only when payloads differ), and a task row only when a task's state changes
-(succeeded, failed, dead-lettered, requeued after a lost lease). Leases are
+only when payloads differ) and again when its state changes, and a task row
+only when a task's state changes (succeeded, failed, dead-lettered, requeued
+after a lost lease). Leases are
 not written: after a restart every task that was leased is queued again, and
 workers' late reports for them are still taken (see :mod:`.broker`).
 

@@ -100,7 +100,8 @@ COMMIT_INTERVAL = 0.005
 # still in the database.
 FINISHED_JOBS_IN_MEMORY = 1000
 # Finished jobs are forgotten (memory and database) this many seconds after they
-# finished; 0 keeps them forever. Checked at most every RETENTION_SWEEP seconds.
+# finished; 0 keeps them forever. Checked every RETENTION_SWEEP seconds, or every
+# half retention when that is shorter.
 DEFAULT_RETENTION = 7 * 24 * 3600.0
 MAX_RETENTION = 10 * 365 * 24 * 3600.0
 RETENTION_SWEEP = 60.0
@@ -114,10 +115,10 @@ DEFAULT_CONCURRENCY = 1
 # the worker stops. Other workers cannot take a prefetched task meanwhile.
 DEFAULT_PREFETCH = 1
 DEFAULT_GRACE_PERIOD = 25.0  # below Kubernetes' default 30 s termination grace
-# The worker reconnecting to a coordinator it lost (the backoff formula above).
 # How long `fractalq render` keeps trying to follow its job when it loses the
 # coordinator (a restart, a network cut) before it gives up.
 RENDER_RECONNECT_TIMEOUT = 300.0
+# The worker reconnecting to a coordinator it lost (the backoff formula above).
 RECONNECT_BASE_DELAY = 0.2
 RECONNECT_MAX_DELAY = 5.0
 REPORT_BATCH = 256
