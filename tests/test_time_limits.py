@@ -180,6 +180,8 @@ def test_hung_tasks_are_stopped_at_their_limit_retried_and_dead_lettered(
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stderr
     sleeper = submitted.stdout.split()[-1]
+    status = run_cli("status", sleeper, "--coordinator", coordinator.address)
+    assert "max attempts 2, time limit 1 s" in status.stdout
     band = _submit(
         cluster, task_type="fractal.band", payloads=[HUNG_BAND], max_attempts=2, time_limit=4
     )

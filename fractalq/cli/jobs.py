@@ -154,7 +154,11 @@ def run_status(args: argparse.Namespace) -> int:
     if isinstance(message, pb.Job):
         job = message
         print(f"job {job.job_id}: {STATE_NAMES[job.state]}")
-        print(f"  type {job.task_type}, priority {job.priority}, max attempts {job.max_attempts}")
+        limit = f"{job.time_limit:g} s" if job.time_limit else "the task type's"
+        print(
+            f"  type {job.task_type}, priority {job.priority}, max attempts {job.max_attempts},"
+            f" time limit {limit}"
+        )
         print(
             f"  tasks: {job.total} total, {job.succeeded} succeeded, {job.leased} running,"
             f" {job.queued} queued, {job.dead} dead-lettered"
