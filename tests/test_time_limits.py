@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
 import time
 from pathlib import Path
@@ -21,6 +22,9 @@ import pytest
 from procs import ProcessGroup, run_cli, wait_until
 
 from fractalq import config, tasks
+from fractalq.config import QueueLimits
+from fractalq.coordinator import validation
+from fractalq.coordinator.broker import InvalidRequest
 from fractalq.fractal.request import RenderRequest
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.states import FINISHED
@@ -58,6 +62,24 @@ def test_a_jobs_limit_overrides_its_task_types_and_zero_means_the_types() -> Non
     assert tasks.get("sleep").time_limit > MAX_SLEEP_SECONDS
     for name in tasks.names():
         assert 0 < tasks.get(name).time_limit <= config.MAX_TIME_LIMIT
+
+
+@pytest.mark.parametrize("limit", [-1.0, math.nan, math.inf, config.MAX_TIME_LIMIT + 1])
+def test_the_coordinator_refuses_a_limit_that_is_no_number_of_seconds(limit: float) -> None:
+    with pytest.raises(InvalidRequest, match="time_limit must be a number of seconds"):
+        validation.job_spec(
+            task_type="noop", payloads=[], payload=b"", count=1, priority=0, max_attempts=0,
+            labels={}, job_id="", limits=QueueLimits(), time_limit=limit,
+        )  # fmt: skip
+
+
+def test_the_coordinator_keeps_a_jobs_limit_and_zero_for_the_types() -> None:
+    for limit in (0.0, 0.25, config.MAX_TIME_LIMIT):
+        spec = validation.job_spec(
+            task_type="noop", payloads=[], payload=b"", count=1, priority=0, max_attempts=0,
+            labels={}, job_id="", limits=QueueLimits(), time_limit=limit,
+        )  # fmt: skip
+        assert spec.time_limit == limit
 
 
 def test_a_task_type_without_a_sensible_limit_is_refused() -> None:
