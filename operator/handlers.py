@@ -49,7 +49,7 @@ from urllib3.exceptions import HTTPError
 
 from fractalq import config
 from fractalq.client import Client, ClientError, NotFound, Unavailable, client_error
-from fractalq.images import remove_bands, submit_render
+from fractalq.images import submit_render
 from fractalq.operator import image, kube
 from fractalq.operator.scaler import ScalerThread
 from fractalq.operator.settings import OperatorSettings
@@ -300,9 +300,8 @@ class Run:
         labels = {"fractaljob": self.uid}
         try:
             await asyncio.to_thread(
-                submit_render, client, request, regions, priority, job_id, labels,
-                image.QUEUE_ASSEMBLES,
-            )  # fmt: skip
+                submit_render, client, request, regions, priority, job_id, labels, True
+            )
         except ClientError as error:
             await self.unreachable(error)  # nothing is lost: the same job id is submitted again
             raise
@@ -397,13 +396,10 @@ class Run:
     async def finish(self, job: pb.Job) -> None:
         """The job succeeded (the status says Assembling): its image, then Succeeded."""
         operator = self.operator
-        request, regions, _priority = parse_spec(self.body.spec)
         try:
             found = await asyncio.to_thread(
-                image.finished_image,
-                operator.storage, job, request, regions, self.namespace, self.name,
-                operator.settings.url_expiry,
-            )  # fmt: skip
+                image.finished_image, operator.storage, job, operator.settings.url_expiry
+            )
         except (StorageError, ValueError, OSError) as error:
             raise Retry(f"the image of job {job.job_id}: {error}") from None
         await self.write(
@@ -426,20 +422,17 @@ def _was_unreachable(buffer: StatusBuffer) -> bool:
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, timeout=DELETE_TIMEOUT)
-async def delete(spec: kopf.Spec, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
+async def delete(status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
+    """Cancel the resource's job; its cleanup job removes the bands once none is rendering.
+
+    A finished image is kept.
+    """
     job_id = status.get("jobId")
     if not job_id:
         return
     operator = operator_of(memo)
     try:
-        job = await asyncio.to_thread(operator.client.cancel, job_id, "FractalJob deleted")
+        await asyncio.to_thread(operator.client.cancel, job_id, "FractalJob deleted")
     except ClientError as error:
         if not isinstance(error, NotFound):
             raise kopf.TemporaryError(f"cannot cancel {job_id}: {error}", delay=5) from None
-        return
-    # Bands still rendering would be stored after a clean-up now: wait for them.
-    if job.leased:
-        raise kopf.TemporaryError(f"{job.leased} band(s) of {job_id} still rendering", delay=1)
-    with contextlib.suppress(ValueError, StorageError):
-        request, regions, _priority = parse_spec(spec)
-        await asyncio.to_thread(remove_bands, operator.storage, job_id, request, regions)

@@ -66,7 +66,3 @@ def parse_spec(spec: Mapping[str, Any]) -> tuple[RenderRequest, int, int]:
 def job_id_for(uid: str, generation: int) -> str:
     """The coordinator job of one generation of a resource: resubmitting is a no-op."""
     return f"fj-{uid}-g{generation}"
-
-
-def image_key(namespace: str, name: str) -> str:
-    return f"{namespace}/{name}.png"

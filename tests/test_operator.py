@@ -27,7 +27,6 @@ import fractalq.operator.handlers  # noqa: F401 - registers the handlers
 from fractalq import config
 from fractalq.fractal.request import RenderRequest
 from fractalq.images import image_of
-from fractalq.operator import image
 from fractalq.operator.spec import job_id_for
 from fractalq.proto import fractalq_pb2 as pb
 
@@ -137,26 +136,24 @@ def test_a_fractaljob_goes_from_pending_to_a_png_url(
     phases = setup.phases("first")
     # Running may be skipped when every band is done between two looks.
     assert [p for p in phases if p != "Running"] == ["Pending", "Queued", "Assembling", "Succeeded"]
-    assert done["url"] == f"{setup.storage}/{NAMESPACE}/first.png"
+    key = f"jobs/{done['jobId']}/image.png"  # where the job's final task put it
+    assert done["url"] == f"{setup.storage}/{key}"
     assert (done["bandsDone"], done["bandsTotal"], done["progress"]) == (6, 6, "6/6")
     assert done["size"] == "240x160" and done["observedGeneration"] == 1
     assert done["jobId"] == job_id_for(created["metadata"]["uid"], 1)
     ready = {c["type"]: c for c in done["conditions"]}["Ready"]
     assert ready["status"] == "True" and done["completionTime"]
-    assert done["presignedUrl"].startswith(f"{public}/{setup.bucket}/images/{NAMESPACE}/first.png?")
+    assert done["presignedUrl"].startswith(f"{public}/{setup.bucket}/images/{key}?")
     with urllib.request.urlopen(done["presignedUrl"], timeout=10) as response:
         image = response.read()
     expected = RenderRequest.create("julia", width=240, height=160, max_iter=200, palette="ocean")
     assert image == reference_png(expected)
     # Bands are gone once the image is stored.
     listed = setup.s3.client().list_objects_v2(Bucket=setup.bucket, Prefix="images/jobs/")
-    assert listed.get("KeyCount", 0) == 0
+    assert [entry["Key"] for entry in listed.get("Contents", [])] == [f"images/{key}"]
 
 
-def test_with_the_queue_assembling_the_url_is_copied_from_the_job(
-    setup: Setup, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(image, "QUEUE_ASSEMBLES", True)  # the one switch
+def test_the_url_is_copied_from_the_jobs_result(setup: Setup) -> None:
     setup.workers(2)
     with setup.operator():
         setup.fractaljob("queued", fractal="julia", **SMALL)
@@ -186,7 +183,8 @@ def test_the_operator_renders_over_mutual_tls_with_a_client_token(
             setup.fractaljob("secure", fractal="mandelbrot", **SMALL)
             done = wait_until(lambda: setup.phase_is("secure", "Succeeded", "Failed"), 60)
         assert done["phase"] == "Succeeded", done
-        image = setup.s3.client().get_object(Bucket=setup.bucket, Key="images/default/secure.png")
+        key = f"images/jobs/{done['jobId']}/image.png"
+        image = setup.s3.client().get_object(Bucket=setup.bucket, Key=key)
         expected = RenderRequest.create("mandelbrot", width=240, height=160, max_iter=200)
         assert image["Body"].read() == reference_png(expected)
     finally:
@@ -276,7 +274,7 @@ def test_fractalq_operator_renders_with_its_settings_given_as_flags(
     setup.fractaljob("flags", fractal="mandelbrot", **SMALL)
     done = wait_until(lambda: setup.phase_is("flags", "Succeeded", "Failed"), 60, "the render")
     assert done["phase"] == "Succeeded", (done, operator.log())
-    assert done["url"] == f"{setup.storage}/{NAMESPACE}/flags.png"
+    assert done["url"] == f"{setup.storage}/jobs/{done['jobId']}/image.png"
 
 
 @pytest.mark.parametrize(
@@ -360,7 +358,8 @@ def test_editing_the_spec_of_a_finished_fractaljob_renders_it_again(setup: Setup
         )
     assert second["size"] == "200x160" and second["jobId"] != first["jobId"]
     assert second["jobId"].endswith("-g2")
-    image = setup.s3.client().get_object(Bucket=setup.bucket, Key="images/default/edited.png")
+    key = f"images/jobs/{second['jobId']}/image.png"
+    image = setup.s3.client().get_object(Bucket=setup.bucket, Key=key)
     expected = RenderRequest.create("mandelbrot", width=200, height=160, max_iter=200)
     assert image["Body"].read() == reference_png(expected)
 
@@ -395,9 +394,10 @@ def test_deleting_mid_job_cancels_it_removes_bands_and_releases_the_finalizer(
         setup.emulator.delete(FRACTALJOBS, NAMESPACE, "doomed")
         wait_until(lambda: setup.emulator.get(FRACTALJOBS, NAMESPACE, "doomed") is None, 60, "gone")
     with setup.coordinator.client() as client:
-        cancelled = client.job(running["jobId"])
-    assert cancelled.state == pb.CANCELLED and cancelled.leased == 0
-    # Bands stored before the delete and the one that was rendering are all gone.
+        assert client.job(running["jobId"]).state == pb.CANCELLED
+        # Once the band that was rendering is in, the job's cleanup job removes them all.
+        cleanup = f"{running['jobId']}.cleanup"
+        wait_until(lambda: client.job(cleanup).state == pb.SUCCEEDED, 60, "the cleanup job")
     listed = setup.s3.client().list_objects_v2(Bucket=setup.bucket, Prefix="images/jobs/")
     assert listed.get("KeyCount", 0) == 0
 

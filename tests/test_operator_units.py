@@ -15,17 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reference import reference_png
 
 from fractalq import config
 from fractalq.client import Unavailable
-from fractalq.fractal.request import RenderRequest, split_rows
-from fractalq.images import band_keys
 from fractalq.operator import kube, scaler
 from fractalq.operator.autoscaler import Autoscaler, ScalePolicy, recommend
 from fractalq.operator.image import Image, finished_image
 from fractalq.operator.settings import OperatorSettings
-from fractalq.operator.spec import image_key, job_id_for, parse_spec
+from fractalq.operator.spec import job_id_for, parse_spec
 from fractalq.operator.status import (
     StatusBuffer,
     changes,
@@ -35,8 +32,6 @@ from fractalq.operator.status import (
 )
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.storage import open_storage
-from fractalq.tasks.band import band_payload, render_band
-from fractalq.tasks.registry import TaskContext
 
 # ---- spec -----------------------------------------------------------------
 
@@ -72,9 +67,8 @@ def test_a_bad_spec_is_one_line_saying_which_field(spec: Any, message: str) -> N
     assert message in said and "\n" not in said
 
 
-def test_job_ids_and_image_keys_are_functions_of_the_resource() -> None:
+def test_job_ids_are_functions_of_the_resource() -> None:
     assert job_id_for("u-1", 2) == job_id_for("u-1", 2) != job_id_for("u-1", 3)
-    assert image_key("ns", "name") == "ns/name.png"
 
 
 # ---- status ---------------------------------------------------------------
@@ -197,31 +191,17 @@ def test_a_field_changed_while_its_write_was_on_the_way_stays_pending() -> None:
 
 # ---- image ----------------------------------------------------------------
 
-TINY = RenderRequest.create("mandelbrot", width=48, height=30, max_iter=50)
 
-
-def test_an_image_the_queue_assembled_is_copied_from_the_job_result(tmp_path: Path) -> None:
+def test_the_image_is_copied_from_the_jobs_result(tmp_path: Path) -> None:
     storage = open_storage(f"file://{tmp_path}")
     storage.put("jobs/j/image.png", b"png")
     result = json.dumps({"key": "jobs/j/image.png", "url": "ignored", "bytes": 3}).encode()
     final = pb.StageTaskStatus(task_type="fractal.assemble", state=pb.TASK_SUCCEEDED)
     done = pb.Job(job_id="j", state=pb.SUCCEEDED, final=final, result=result)
-    image = finished_image(storage, done, TINY, 3, "ns", "name", 60)
-    assert image == Image(storage.url("jobs/j/image.png"), None)
-    assert not storage.exists(image_key("ns", "name"))  # nothing assembled here
+    assert finished_image(storage, done, 60) == Image(storage.url("jobs/j/image.png"), None)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["image.png"]
     with pytest.raises(ValueError, match="no image in its result"):
-        finished_image(storage, pb.Job(job_id="j", final=final), TINY, 3, "ns", "name", 60)
-
-
-def test_an_image_of_bands_only_is_assembled_and_the_bands_removed(tmp_path: Path) -> None:
-    storage = open_storage(f"file://{tmp_path}")
-    context = TaskContext(storage_url=f"file://{tmp_path}", job_id="j")
-    for start, end in split_rows(TINY.height, 3):
-        render_band(band_payload(TINY, start, end), context)
-    image = finished_image(storage, pb.Job(job_id="j"), TINY, 3, "ns", "name", 60)
-    assert image.url == storage.url("ns/name.png")
-    assert storage.get("ns/name.png") == reference_png(TINY)
-    assert not any(storage.exists(key) for key in band_keys("j", TINY, 3))
+        finished_image(storage, pb.Job(job_id="j", final=final), 60)
 
 
 # ---- autoscaler -----------------------------------------------------------
