@@ -85,20 +85,34 @@ def timed_out(limit: float, killed: bool) -> str:
     return f"timed out after {limit:g} s ({how})"
 
 
-async def _within(future: asyncio.Future[bytes], limit: float) -> bool:
-    """Wait up to ``limit`` seconds for ``future``; False if it is not done by then.
+class _Expired(Exception):
+    pass
 
-    Not :func:`asyncio.wait_for`: a task's own TimeoutError (a socket's) is
-    its failure, not the limit's.
+
+async def _within(future: asyncio.Future[bytes], limit: float) -> bytes:
+    """``await future``, or raise :class:`_Expired` after ``limit`` seconds.
+
+    Then the future is cancelled: whatever it ends with later is ignored. Not
+    :func:`asyncio.wait_for`: a task's own TimeoutError (a socket's) is its
+    failure, not the limit's. A timer is cheaper than :func:`asyncio.wait`.
     """
-    try:
-        done, _ = await asyncio.wait([future], timeout=limit)
-    except asyncio.CancelledError:
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
         future.cancel()
+
+    timer = asyncio.get_running_loop().call_later(limit, expire)
+    try:
+        return await future
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if expired and not (task is not None and task.cancelling()):
+            raise _Expired from None
         raise
-    if not done:
-        future.cancel()  # whatever it ends with later is ignored
-    return bool(done)
+    finally:
+        timer.cancel()
 
 
 ProcessPool = concurrent.futures.ProcessPoolExecutor
@@ -229,11 +243,11 @@ class TaskRunner:
             future = asyncio.get_running_loop().run_in_executor(
                 self._threads, run_task, task_type, payload, context
             )
-            if not await _within(future, limit):
-                log.warning("a %s task past its time limit runs on in its thread", task_type)
-                raise TaskFailed(timed_out(limit, killed=False))
             try:
-                return future.result()
+                return await _within(future, limit)
+            except _Expired:
+                log.warning("a %s task past its time limit runs on in its thread", task_type)
+                raise TaskFailed(timed_out(limit, killed=False)) from None
             except Exception as error:
                 raise _failure(error) from None
         self._start_pools()
@@ -242,12 +256,10 @@ class TaskRunner:
             future = asyncio.get_running_loop().run_in_executor(
                 pool, run_task, task_type, payload, context
             )
-            if not await _within(future, limit):
-                pool = self._replace(pool)
-                raise TaskFailed(timed_out(limit, killed=True))
-            return future.result()
-        except TaskFailed:
-            raise
+            return await _within(future, limit)
+        except _Expired:
+            pool = self._replace(pool)
+            raise TaskFailed(timed_out(limit, killed=True)) from None
         except BrokenProcessPool as error:
             # The child died (out of memory, killed): a new one for the next task.
             pool = self._replace(pool)
