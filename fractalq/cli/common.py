@@ -1,4 +1,4 @@
-"""What the sub-commands share: errors, argument types, logging."""
+"""What the sub-commands share: errors, argument types, logging, a free port."""
 
 from __future__ import annotations
 
