@@ -1,7 +1,7 @@
 """Running one task: on a thread, or in a child process for CPU-bound types.
 
-CPU-bound task types (fractal bands) run in a pool of child processes when the
-worker runs more than one task at once, so they use every core instead of
+CPU-bound task types (fractal bands) run in child processes, one per slot, when
+the worker runs more than one task at once, so they use every core instead of
 sharing one interpreter lock; everything else runs on threads. Child processes
 are spawned, not forked: the parent holds gRPC's threads, which a fork would
 copy in an undefined state.
