@@ -207,9 +207,11 @@ def test_hung_tasks_are_stopped_at_their_limit_retried_and_dead_lettered(
     band = _submit(
         cluster, task_type="fractal.band", payloads=[HUNG_BAND], max_attempts=2, time_limit=4
     )
-    # While both hang, the worker serves other tasks.
+    # A sleep past its limit gives its slot back though its thread runs on: the
+    # worker serves other tasks while the band still hangs in the other slot.
     quick = _submit(cluster, task_type="noop", count=5)
     assert wait_until(lambda: _finished(cluster, quick)).state == pb.SUCCEEDED
+    assert _finished(cluster, band) is None
 
     slept = wait_until(lambda: _finished(cluster, sleeper), message="the sleep job")
     assert slept.state == pb.FAILED and slept.dead == 1
