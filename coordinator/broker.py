@@ -546,7 +546,9 @@ class Broker:
                     job.task_type_of(index),
                     job.payload(index),
                     job.attempts_of(index),
-                    job.time_limit,
+                    # A job's limit is for its parallel tasks; its first and
+                    # final tasks (an assembly, say) keep their types' own.
+                    job.time_limit if index < job.total else 0.0,
                 )
             )
         return leased

@@ -59,7 +59,9 @@ def make_app(service: CoordinatorService, tokens: TokenTable | None = None) -> w
         except ValueError:
             raise web.HTTPBadRequest(text="limit must be a whole number") from None
         body: list[dict[str, Any]] = [
-            json_format.MessageToDict(job_message(job), always_print_fields_with_no_presence=True)
+            json_format.MessageToDict(
+                job_message(job, with_result=False), always_print_fields_with_no_presence=True
+            )
             for job in service.broker.recent_jobs(max(limit, 0), active)
         ]
         return web.json_response({"jobs": body})

@@ -193,12 +193,15 @@ def _stage_status(task: StageTask | None) -> pb.StageTaskStatus | None:
     )
 
 
-def job_message(job: Job, results: list[bytes] | None = None) -> pb.Job:
+def job_message(job: Job, results: list[bytes] | None = None, with_result: bool = True) -> pb.Job:
+    """The job as the wire shows it. Listings leave out the final task's result (up to
+    ``MAX_RESULT_BYTES`` each), so that a listing of ``MAX_LIST_LIMIT`` jobs stays
+    well under the message limit; GetJob and WatchJob carry it."""
     counts = job.counts
     return pb.Job(
         first=_stage_status(job.first),
         final=_stage_status(job.final),
-        result=job.final.result if job.final is not None else b"",
+        result=job.final.result if job.final is not None and with_result else b"",
         time_limit=job.time_limit,
         cleanup_job=job.cleanup_job,
         job_id=job.job_id,
@@ -515,7 +518,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListJobsResponse:
         jobs = self.broker.recent_jobs(validation.list_limit(request.limit), request.active_only)
-        return pb.ListJobsResponse(jobs=[job_message(job) for job in jobs])
+        return pb.ListJobsResponse(jobs=[job_message(job, with_result=False) for job in jobs])
 
     @_unary
     async def CancelJob(

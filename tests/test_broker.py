@@ -489,9 +489,10 @@ def test_a_staged_job_resumes_its_stage_after_a_restart(tmp_path: Path) -> None:
     w1 = b.register_worker("w1", ALL, 1, "host", 0.0)
     b.submit(replace(staged(2), time_limit=60.0), 0, "j")
     [first] = b.lease(w1, 1, 0.0)
-    assert first.time_limit == 60.0
+    assert first.time_limit == 0.0  # a stage task keeps its type's limit
     assert b.complete(w1, "j", first.index, first.attempt, b"orbit", 1.0)
     [band] = b.lease(w1, 1, 1.0)
+    assert band.time_limit == 60.0  # the job's limit is its parallel tasks'
     assert b.complete(w1, "j", band.index, band.attempt, b"", 1.0)
     b.lease(w1, 1, 1.0)  # band 1 leased when the coordinator dies
     journal.write(journal.take())

@@ -6,6 +6,7 @@ import json
 import signal
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -14,6 +15,8 @@ from procs import Coordinator, ProcessGroup, run_cli, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from fractalq.client import ClientError
+from fractalq.fractal.request import RenderRequest
+from fractalq.images import submit_render
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
 from fractalq.states import FINISHED
@@ -371,3 +374,17 @@ def test_a_job_with_a_first_and_a_final_task_runs_them_on_real_workers(
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "final: unknown task type 'nope'" in caught.value.details()
+
+
+def test_listings_leave_out_job_results_so_that_they_stay_small(
+    cluster: ProcessGroup, tmp_path: Path
+) -> None:
+    coordinator = cluster.start_coordinator()
+    cluster.start_worker(storage=(tmp_path / "store").as_uri())
+    request = RenderRequest.create("mandelbrot", width=64, height=32, max_iter=50)
+    with coordinator.client() as client:
+        job_id = submit_render(client, request, 2, 10, assemble=True).job.job_id
+        wait_until(finished(coordinator, job_id), message="the render")
+        assert b"image.png" in client.job(job_id).result  # GetJob carries the result
+        [listed] = client.jobs()
+        assert listed.job_id == job_id and listed.result == b""
