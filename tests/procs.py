@@ -57,6 +57,23 @@ def run_cli(
     return subprocess.run(fractalq(*args), capture_output=True, text=True, timeout=timeout, env=env)
 
 
+# A render that takes a few seconds on one worker (inside the period-3 bulb's
+# neighbourhood, 20,000 iterations), long enough to act on while it runs.
+SLOW_VIEW = ("--width", "480", "--height", "480", "--max-iter", "20000", "--center-x", "-0.1",
+             "--center-y", "0.75", "--view-width", "0.01", "--regions", "24")  # fmt: skip
+
+
+def start_render(
+    address: str, storage: str, out: Path, *options: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """``fractalq render --mandelbrot`` in the background, its output piped as text."""
+    command = fractalq("render", "--mandelbrot", *options, "--coordinator", address,
+                       "--storage", storage, "--out", str(out))  # fmt: skip
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
 class Process:
     """A child process whose output goes to a log file (shown when a test fails)."""
 

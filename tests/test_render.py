@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from procs import ProcessGroup, Worker, fractalq, run_cli, wait_until
+from procs import SLOW_VIEW, ProcessGroup, Worker, run_cli, start_render, wait_until
 from reference import reference_png
 from s3server import SeaweedS3
 
@@ -261,13 +261,7 @@ def test_a_render_rides_out_a_coordinator_killed_and_restarted(
     renderers.workers(1, storage)
     coordinator = renderers.coordinator
     out = tmp_path / "deep.png"
-    view = ["--width", "480", "--height", "480", "--max-iter", "20000", "--center-x", "-0.1",
-            "--center-y", "0.75", "--view-width", "0.01", "--regions", "24"]  # fmt: skip
-    render = subprocess.Popen(
-        fractalq("render", "--mandelbrot", *view, "--coordinator", coordinator.address,
-                 "--storage", storage, "--out", str(out)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    render = start_render(coordinator.address, storage, out, *SLOW_VIEW)
     try:
         assert render.stdout is not None
         first = render.stdout.readline()
@@ -335,13 +329,7 @@ def test_a_cancelled_render_leaves_no_bands_behind(renderers: Renderers, tmp_pat
     store = tmp_path / "store"
     renderers.workers(1, store.as_uri())
     coordinator = renderers.coordinator
-    view = ["--width", "480", "--height", "480", "--max-iter", "20000", "--center-x", "-0.1",
-            "--center-y", "0.75", "--view-width", "0.01", "--regions", "24"]  # fmt: skip
-    render = subprocess.Popen(
-        fractalq("render", "--mandelbrot", *view, "--coordinator", coordinator.address,
-                 "--storage", store.as_uri(), "--out", str(tmp_path / "never.png")),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    render = start_render(coordinator.address, store.as_uri(), tmp_path / "never.png", *SLOW_VIEW)
     try:
         assert render.stdout is not None
         job_id = render.stdout.readline().split()[-1]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from procs import Coordinator, ProcessGroup, Trust, run_cli, wait_until
+from procs import SLOW_VIEW, Coordinator, ProcessGroup, Trust, run_cli, start_render, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from fractalq import config
@@ -114,13 +113,7 @@ def test_forged_band_reports_do_not_finish_a_render(
     storage = (tmp_path / "storage").as_uri()
     cluster.start_worker(storage=storage)
     out = tmp_path / "image.png"
-    render = subprocess.Popen(
-        ["python", "-m", "fractalq", "render", "--mandelbrot", "--width", "1600", "--height",
-         "1600", "--max-iter", "3000", "--center-x", "-0.1", "--center-y", "0.75",
-         "--view-width", "0.01", "--regions", "16", "--coordinator", coordinator.address,
-         "--storage", storage, "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    render = start_render(coordinator.address, storage, out, *SLOW_VIEW)
     try:
         with coordinator.client() as client:
             [job] = wait_until(lambda: client.jobs(active_only=True), message="the render's job")
@@ -131,11 +124,11 @@ def test_forged_band_reports_do_not_finish_a_render(
             pb.CompleteTaskRequest(
                 worker_id="forger",
                 session=session,
-                results=results(job.job_id, range(4), range(16)),
+                results=results(job.job_id, range(4), range(24)),
             )
         )
         assert answer.accepted == 0
-        assert job_of(coordinator, job.job_id).succeeded < 16
+        assert job_of(coordinator, job.job_id).succeeded < 24
         _, stderr = render.communicate(timeout=240)
     finally:
         render.kill()
@@ -151,13 +144,7 @@ def test_with_tokens_a_reader_cannot_cancel_a_render_nor_a_client_sabotage_it(
     storage = (tmp_path / "storage").as_uri()
     cluster.start_worker(storage=storage)
     out = tmp_path / "image.png"
-    render = subprocess.Popen(
-        ["python", "-m", "fractalq", "render", "--mandelbrot", "--width", "1600", "--height",
-         "1600", "--max-iter", "3000", "--center-x", "-0.1", "--center-y", "0.75",
-         "--view-width", "0.01", "--regions", "16", "--coordinator", coordinator.address,
-         "--storage", storage, "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=trust.env("client"),
-    )  # fmt: skip
+    render = start_render(coordinator.address, storage, out, *SLOW_VIEW, env=trust.env("client"))
     try:
         with coordinator.client() as client:
             [job] = wait_until(lambda: client.jobs(active_only=True), message="the render's job")
