@@ -99,7 +99,10 @@ class LocalStorage(Storage):
             try:
                 folder = target.parent
                 folder.mkdir(parents=True, exist_ok=True)
-                return _copy_into(Path(path), target)
+                size = _copy_into(Path(path), target, self.fsync)
+                if self.fsync:
+                    self._fsync_folder(folder)
+                return size
             except OSError as error:
                 raise self._os_error(error, key) from error
 
@@ -260,8 +263,11 @@ def _file_in_the_way(path: Path) -> Path | None:
     return None
 
 
-def _copy_into(source: Path, target: Path) -> int:
-    """Copy ``source`` to ``target`` through a temporary file beside it, then rename."""
+def _copy_into(source: Path, target: Path, fsync: bool = False) -> int:
+    """Copy ``source`` to ``target`` through a temporary file beside it, then rename.
+
+    ``fsync``: the data is on disk before the rename makes it visible (as ``put``).
+    """
     temp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
     try:
         size = 0
@@ -269,6 +275,9 @@ def _copy_into(source: Path, target: Path) -> int:
             while chunk := reader.read(1 << 20):
                 writer.write(chunk)
                 size += len(chunk)
+            if fsync:
+                writer.flush()
+                os.fsync(writer.fileno())
         os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(OSError):
