@@ -25,8 +25,9 @@ import functools
 import os
 import secrets
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from fractalq.storage.base import (
     ObjectNotFoundError,
@@ -86,33 +87,27 @@ class LocalStorage(Storage):
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        call_with_retry(lambda: self._write(key, path, data), self.options, what=f"put {key!r}")
+        call_with_retry(
+            lambda: self._write(key, path, lambda out: out.write(data)),
+            self.options,
+            what=f"put {key!r}",
+        )
 
     def get(self, key: str) -> bytes:
         path = self._path(key)
         return call_with_retry(lambda: self._read(key, path), self.options, what=f"get {key!r}")
 
     def put_file(self, key: str, path: str) -> int:
-        target = self._path(key)
-
-        def copy() -> int:
-            try:
-                folder = target.parent
-                folder.mkdir(parents=True, exist_ok=True)
-                size = _copy_into(Path(path), target, self.fsync)
-                if self.fsync:
-                    self._fsync_folder(folder)
-                return size
-            except OSError as error:
-                raise self._os_error(error, key) from error
-
-        return call_with_retry(copy, self.options, what=f"put {key!r}")
+        target, fill = self._path(key), functools.partial(_copy_from, Path(path))
+        return call_with_retry(
+            lambda: self._write(key, target, fill), self.options, what=f"put {key!r}"
+        )
 
     def get_file(self, key: str, path: str) -> int:
         source = self._path(key)
         if not source.is_file():
             raise ObjectNotFoundError(f"no object {key!r} in folder {self.root}")
-        return _copy_into(source, Path(path))
+        return _replace_whole(Path(path), functools.partial(_copy_from, source), fsync=False)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -153,34 +148,20 @@ class LocalStorage(Storage):
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*validate_key(key).split("/"))
 
-    def _write(self, key: str, path: Path, data: bytes) -> None:
+    def _write(self, key: str, path: Path, fill: Callable[[BinaryIO], int]) -> int:
+        """Store what ``fill`` writes under ``key``, whole or not at all; its size."""
         folder = path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise self._os_error(error, key) from error
-        # Hidden, random and in the same folder: concurrent writers of the same
-        # key never share a temporary file, and os.replace stays a rename.
-        temp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
         try:
-            # os.open with 0o666 (not tempfile.mkstemp's 0o600) so that the
-            # object gets the usual umask-derived permissions.
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-            try:
-                with os.fdopen(fd, "wb") as stream:
-                    stream.write(data)
-                    if self.fsync:
-                        stream.flush()
-                        os.fsync(stream.fileno())
-                os.replace(temp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
-                raise
+            size = _replace_whole(path, fill, self.fsync)
             if self.fsync:
                 self._fsync_folder(folder)
         except OSError as error:
             raise self._os_error(error, key) from error
+        return size
 
     def _read(self, key: str, path: Path) -> bytes:
         try:
@@ -263,24 +244,34 @@ def _file_in_the_way(path: Path) -> Path | None:
     return None
 
 
-def _copy_into(source: Path, target: Path, fsync: bool = False) -> int:
-    """Copy ``source`` to ``target`` through a temporary file beside it, then rename.
-
-    ``fsync``: the data is on disk before the rename makes it visible (as ``put``).
-    """
-    temp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+def _replace_whole(path: Path, fill: Callable[[BinaryIO], int], fsync: bool) -> int:
+    """Write ``path`` through a temporary file beside it, then rename: readers see
+    the old file or the new one, never part of it. ``fsync``: the data is on disk
+    before the rename makes it visible. Returns what ``fill`` wrote."""
+    # Hidden, random and in the same folder: concurrent writers of the same
+    # path never share a temporary file, and os.replace stays a rename.
+    temp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    # os.open with 0o666 (not tempfile.mkstemp's 0o600) so that the file gets
+    # the usual umask-derived permissions.
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:
-        size = 0
-        with open(source, "rb") as reader, open(temp, "wb") as writer:
-            while chunk := reader.read(1 << 20):
-                writer.write(chunk)
-                size += len(chunk)
+        with os.fdopen(fd, "wb") as stream:
+            size = fill(stream)
             if fsync:
-                writer.flush()
-                os.fsync(writer.fileno())
-        os.replace(temp, target)
+                stream.flush()
+                os.fsync(stream.fileno())
+        os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+    return size
+
+
+def _copy_from(source: Path, out: BinaryIO) -> int:
+    """Copy the file ``source`` into ``out`` a megabyte at a time; the bytes copied."""
+    size = 0
+    with open(source, "rb") as reader:
+        while chunk := reader.read(1 << 20):
+            size += out.write(chunk)
     return size
