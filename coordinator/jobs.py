@@ -145,14 +145,20 @@ class Job:
             found.append((self.final_index, self.final))
         return found
 
+    def _running_stage_task(self) -> tuple[int, StageTask] | None:
+        """The first or final task while its stage runs, with its index; None while
+        the parallel tasks run."""
+        if self.stage is Stage.FIRST and self.first is not None:
+            return self.total, self.first
+        if self.stage is Stage.FINAL and self.final is not None:
+            return self.final_index, self.final
+        return None
+
     @property
     def ready_type(self) -> str:
         """The task type of the stage that runs now (only its tasks are ever ready)."""
-        if self.stage is Stage.FIRST and self.first is not None:
-            return self.first.task_type
-        if self.stage is Stage.FINAL and self.final is not None:
-            return self.final.task_type
-        return self.task_type
+        running = self._running_stage_task()
+        return running[1].task_type if running is not None else self.task_type
 
     def start(self) -> None:
         """At submission: the first stage there is."""
@@ -188,10 +194,10 @@ class Job:
 
     def stage_done(self) -> bool:
         """Has every task of the current stage succeeded?"""
-        if self.stage is Stage.PARALLEL:
+        running = self._running_stage_task()
+        if running is None:
             return self.counts[TaskState.SUCCEEDED] == self.total
-        task = self.first if self.stage is Stage.FIRST else self.final
-        return task is not None and task.state is TaskState.SUCCEEDED
+        return running[1].state is TaskState.SUCCEEDED
 
     def leased_out(self) -> int:
         """Tasks some worker holds, stage tasks included."""
@@ -249,10 +255,10 @@ class Job:
     # ---- the ready set ---------------------------------------------------
 
     def has_ready(self) -> bool:
-        if self.stage is Stage.PARALLEL:
+        running = self._running_stage_task()
+        if running is None:
             return self.counts[TaskState.QUEUED] > 0
-        task = self.first if self.stage is Stage.FIRST else self.final
-        return task is not None and task.state is TaskState.QUEUED
+        return running[1].state is TaskState.QUEUED
 
     def push_ready(self, index: int) -> None:
         """Mark a task ready again (a parallel one must be below next_fresh)."""
@@ -262,10 +268,10 @@ class Job:
 
     def lease_next(self) -> int | None:
         """Lease the current stage's lowest ready index (attempts + 1), or None."""
-        if self.stage is not Stage.PARALLEL:
-            at = self.total if self.stage is Stage.FIRST else self.final_index
-            task = self.stage_task(at)
-            if task is None or task.state is not TaskState.QUEUED:
+        running = self._running_stage_task()
+        if running is not None:
+            at, task = running
+            if task.state is not TaskState.QUEUED:
                 return None
             task.state = TaskState.LEASED
             task.attempts += 1
