@@ -159,9 +159,9 @@ def job_spec(
     kind = _check_task_type(task_type)
     named = (("first", first), ("final", final), ("cleanup", cleanup))
     stages = {name: _stage(name, stage, limits) for name, stage in named}
-    if cleanup is not None and len(job_id) > config.MAX_JOB_ID_LENGTH - len(config.CLEANUP_SUFFIX):
-        limit = config.MAX_JOB_ID_LENGTH - len(config.CLEANUP_SUFFIX)
-        raise InvalidRequest(f"job_id of a job with a cleanup task is at most {limit} characters")
+    room = config.MAX_JOB_ID_LENGTH - len(config.CLEANUP_SUFFIX)  # for "<job_id>.cleanup"
+    if cleanup is not None and len(job_id) > room:
+        raise InvalidRequest(f"job_id of a job with a cleanup task is at most {room} characters")
     if not math.isfinite(time_limit) or not 0 <= time_limit <= config.MAX_TIME_LIMIT:
         raise InvalidRequest(
             f"time_limit must be a number of seconds from 0 (the task type's default)"
@@ -205,10 +205,6 @@ def job_spec(
             kind.check(one)
         except tasks.InvalidPayload as error:
             raise InvalidRequest(f"payload {index} for {task_type!r}: {error}") from None
-        except RecursionError:
-            raise InvalidRequest(
-                f"payload {index} for {task_type!r} is nested too deeply"
-            ) from None
         checked.add(one)
     return JobSpec(
         task_type=task_type,
