@@ -69,6 +69,16 @@ class Malformed:
         self.error = error
 
 
+M = TypeVar("M")
+
+
+def _parsed(request: M | Malformed) -> M:
+    """The request, or InvalidRequest if its bytes were not a valid message."""
+    if isinstance(request, Malformed):
+        raise InvalidRequest(f"not a valid {request.kind} message: {request.error}")
+    return request
+
+
 def _status(error: BrokerError) -> grpc.StatusCode:
     for kind, code in _CODES.items():
         if isinstance(error, kind):
@@ -95,9 +105,7 @@ def _unary(
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
         try:
-            if isinstance(request, Malformed):
-                raise InvalidRequest(f"not a valid {request.kind} message: {request.error}")
-            return await method(self, request, context)
+            return await method(self, _parsed(request), context)
         except BrokerError as error:
             code, message = _refusal(error)
         except asyncio.CancelledError:
@@ -315,8 +323,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             async for beat in request_iterator:
                 refusal = None
                 try:
-                    if isinstance(beat, Malformed):
-                        raise InvalidRequest(f"not a valid {beat.kind} message: {beat.error}")
+                    beat = _parsed(beat)
                     if worker is not None and beat.worker_id != worker.worker_id:
                         raise InvalidRequest("worker_id changed within one heartbeat stream")
                     current = self._session(beat.worker_id, beat.session)
@@ -489,9 +496,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     ) -> AsyncIterator[pb.Job]:
         refusal = None
         try:
-            if isinstance(request, Malformed):
-                raise InvalidRequest(f"not a valid {request.kind} message: {request.error}")
-            job_id = request.job_id
+            job_id = _parsed(request).job_id
             job = self._job(job_id)
         except BrokerError as error:
             refusal = _refusal(error)
