@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import hashlib
 import hmac
+import itertools
 import random
 import secrets
 from collections import OrderedDict
@@ -147,19 +148,19 @@ class JobSpec:
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
         parts = [self.task_type, str(self.priority), str(self.max_attempts), str(self.total)]
+        stage_payloads = []
         if self.time_limit:  # only when set, so that older fingerprints stay valid
             parts.append(repr(self.time_limit))
-        for name, stage in (
-            ("first", self.first),
-            ("final", self.final),
-            ("cleanup", self.cleanup),
-        ):
+        stages = (("first", self.first), ("final", self.final), ("cleanup", self.cleanup))
+        for name, stage in stages:
             if stage is not None:
-                parts += [name, stage.task_type, stage.payload.hex()]
+                parts += [name, stage.task_type]
+                stage_payloads.append(stage.payload)
         for part in parts:
             digest.update(part.encode())
             digest.update(b"\0")
-        for payload in self.payloads if self.payloads is not None else [self.payload]:
+        payloads = self.payloads if self.payloads is not None else [self.payload]
+        for payload in itertools.chain(payloads, stage_payloads):
             digest.update(len(payload).to_bytes(8, "little"))
             digest.update(payload)
         return digest.hexdigest()
