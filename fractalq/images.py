@@ -30,28 +30,23 @@ def submit_render(
     priority: int,
     job_id: str = "",
     labels: dict[str, str] | None = None,
-    assemble: bool = False,
     keep_bands: bool = False,
 ) -> pb.SubmitJobResponse:
     """Queue one task per band; ``job_id`` makes the submission idempotent.
 
-    ``assemble``: the job's final task assembles the image into storage
+    The job's final task assembles the image into storage
     (:mod:`fractalq.tasks.assemble`) and its result says where; if the job
     fails or is cancelled, its cleanup job removes the bands.
     """
     rows = band_rows(request, regions)
-    final = cleanup = None
-    if assemble:
-        payload = assemble_payload(request, regions, keep_bands)
-        final = pb.StageTask(task_type=ASSEMBLE, payload=payload)
-        cleanup = pb.StageTask(task_type=CLEANUP, payload=payload)
+    payload = assemble_payload(request, regions, keep_bands)
     return client.submit(
         pb.SubmitJobRequest(
             job_id=job_id,
             task_type=TASK_TYPE,
             payloads=[band_payload(request, start, end) for start, end in rows],
-            final=final,
-            cleanup=cleanup,
+            final=pb.StageTask(task_type=ASSEMBLE, payload=payload),
+            cleanup=pb.StageTask(task_type=CLEANUP, payload=payload),
             priority=priority,
             labels={
                 "fractal": request.fractal,
@@ -96,6 +91,16 @@ def image_of(job: pb.Job) -> tuple[str, int]:
         return str(result["key"]), int(result["bytes"])
     except (ValueError, KeyError, TypeError):
         raise ValueError(f"job {job.job_id} has no image in its result") from None
+
+
+def download_image(storage: Storage, job: pb.Job, path: str) -> int:
+    """Copy a finished render's image to ``path`` (replaced whole); its size.
+
+    ValueError when the job's result names no image, StorageError or OSError
+    when it cannot be copied.
+    """
+    key, _ = image_of(job)
+    return storage.get_file(key, path)
 
 
 def remove_bands(storage: Storage, job_id: str, request: RenderRequest, regions: int) -> None:

@@ -300,7 +300,7 @@ class Run:
         labels = {"fractaljob": self.uid}
         try:
             await asyncio.to_thread(
-                submit_render, client, request, regions, priority, job_id, labels, True
+                submit_render, client, request, regions, priority, job_id, labels
             )
         except ClientError as error:
             await self.unreachable(error)  # nothing is lost: the same job id is submitted again

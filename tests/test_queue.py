@@ -383,7 +383,7 @@ def test_listings_leave_out_job_results_so_that_they_stay_small(
     cluster.start_worker(storage=(tmp_path / "store").as_uri())
     request = RenderRequest.create("mandelbrot", width=64, height=32, max_iter=50)
     with coordinator.client() as client:
-        job_id = submit_render(client, request, 2, 10, assemble=True).job.job_id
+        job_id = submit_render(client, request, 2, 10).job.job_id
         wait_until(finished(coordinator, job_id), message="the render")
         assert b"image.png" in client.job(job_id).result  # GetJob carries the result
         [listed] = client.jobs()

@@ -21,7 +21,7 @@ from fractalq.cli.common import (
     integer,
 )
 from fractalq.client import Client, ClientError
-from fractalq.images import image_of
+from fractalq.images import download_image
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.storage import StorageError
 
@@ -71,8 +71,7 @@ def run_fetch(args: argparse.Namespace) -> int:
         detail = f": {job.reason}" if job.reason else f" ({job.succeeded}/{job.total} done)"
         raise CommandError(f"job {job.job_id} is {state}{detail}")
     try:
-        key, _ = image_of(job)
-        storage.get_file(key, out)
+        download_image(storage, job, out)
     except (StorageError, ValueError, OSError) as error:
         raise CommandError(f"fetching {out}: {error}") from None
     print(out)

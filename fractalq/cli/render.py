@@ -29,7 +29,7 @@ from fractalq.client import Client, ClientError
 from fractalq.endpoint import ENV_TLS_CA, ENV_TOKEN_FILE, Endpoint
 from fractalq.fractal.palettes import PALETTES
 from fractalq.fractal.request import RenderRequest, split_rows
-from fractalq.images import image_of, submit_render
+from fractalq.images import download_image, submit_render
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.security.tls import ClientTLS
 from fractalq.states import FINISHED
@@ -153,9 +153,7 @@ def render_image(
     began = time.monotonic() if began is None else began
     first_band = assembling = None
     try:
-        submitted = submit_render(
-            client, request, regions, priority, assemble=True, keep_bands=keep_bands
-        ).job
+        submitted = submit_render(client, request, regions, priority, keep_bands=keep_bands).job
         # First line: the id, so that a caller can fetch the image later whatever happens.
         print(f"submitted {submitted.total} bands as job {submitted.job_id}", flush=True)
         progress = Progress(submitted.total, "bands")
@@ -175,8 +173,7 @@ def render_image(
         raise CommandError(f"render job {job.job_id} {state}: {job.reason}")
     assembled = time.monotonic()
     try:
-        key, _ = image_of(job)
-        storage.get_file(key, out)
+        download_image(storage, job, out)
     except (StorageError, ValueError, OSError) as error:
         raise CommandError(f"downloading the image to {out}: {error}") from None
     done = time.monotonic()
