@@ -21,12 +21,8 @@ from s3server import SeaweedS3
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[SeaweedS3]:
-    server = SeaweedS3()
-    server.start()
-    try:
+    with SeaweedS3() as server:
         yield server
-    finally:
-        server.stop()
 
 
 # ---- end of S3 section -----------------------------------------------------

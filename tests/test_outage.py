@@ -192,12 +192,8 @@ VIEW = ["--width", "600", "--height", "400", "--max-iter", "250000",
 @pytest.fixture
 def own_s3() -> Iterator[SeaweedS3]:
     """A server of this test's own, since the test stops it."""
-    server = SeaweedS3()
-    server.start()
-    try:
+    with SeaweedS3() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_a_render_survives_a_storage_outage_without_spending_attempts(
