@@ -1225,20 +1225,21 @@ def test_tokens_file_and_role_secrets_agree(chart_helm: Helm, option: str) -> No
     assert secret_data(again, f"{prefix}-worker-token")["token"].decode() != tokens[Role.WORKER]
 
 
-@pytest.mark.parametrize(
-    "option",
-    [
-        "defaults",
-        "mutual-tls",
-        "cert-manager",
-        "cert-manager-issuer-mutual",
-        "existing-tls",
-        "existing-tls-mutual",
-        "tokens-only",
-        "tls-only",
-        "plaintext",
-    ],
-)
+# Every way of setting up TLS and tokens the chart offers.
+SECURITY_VARIANTS = [
+    "defaults",
+    "mutual-tls",
+    "cert-manager",
+    "cert-manager-issuer-mutual",
+    "existing-tls",
+    "existing-tls-mutual",
+    "tokens-only",
+    "tls-only",
+    "plaintext",
+]
+
+
+@pytest.mark.parametrize("option", SECURITY_VARIANTS)
 def test_each_component_reads_only_its_own_secrets(chart_helm: Helm, option: str) -> None:
     docs = chart_helm.template(*OPTIONS[option])
     auth = "auth.enabled=false" not in OPTIONS[option]
@@ -1270,20 +1271,7 @@ def test_each_component_reads_only_its_own_secrets(chart_helm: Helm, option: str
         assert "fractalq-reader-token" not in secrets_referenced(pod)  # for people only
 
 
-@pytest.mark.parametrize(
-    "option",
-    [
-        "defaults",
-        "mutual-tls",
-        "cert-manager",
-        "cert-manager-issuer-mutual",
-        "existing-tls",
-        "existing-tls-mutual",
-        "tokens-only",
-        "tls-only",
-        "plaintext",
-    ],
-)
+@pytest.mark.parametrize("option", SECURITY_VARIANTS)
 def test_security_flags_and_variables_name_mounted_files(chart_helm: Helm, option: str) -> None:
     from fractalq import endpoint
 
