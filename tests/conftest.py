@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import browser
 import pytest
+from playwright.sync_api import Browser
 from procs import ProcessGroup
 from s3server import SeaweedS3
 
@@ -38,3 +41,32 @@ def cluster(tmp_path: Path) -> Iterator[ProcessGroup]:
         yield group
     finally:
         group.stop()
+
+
+# ---- browser: Debian's headless Chromium (see tests/browser.py) -------------
+#
+# ``chromium`` is one browser for the whole session; ``page`` is a fresh context
+# and page per test, screenshotted into tests/artifacts/<test name>.png at the
+# end. A test asserts ``page.errors == []`` when the page must load cleanly.
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Browser]:
+    if not browser.available():
+        # CI installs it (.ci/run), so there a missing browser is a failure.
+        missing = pytest.fail if os.environ.get("CI") else pytest.skip
+        missing(f"no Chromium at {browser.CHROMIUM} (apt install chromium)")
+    with browser.launch() as instance:
+        yield instance
+
+
+@pytest.fixture
+def page(chromium: Browser, request: pytest.FixtureRequest) -> Iterator[browser.Page]:
+    opened = browser.Page(chromium, request.node.name, ignore_https_errors=False)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+# ---- end of browser section --------------------------------------------------
