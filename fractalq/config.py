@@ -107,6 +107,29 @@ MAX_RETENTION = 10 * 365 * 24 * 3600.0
 RETENTION_SWEEP = 60.0
 DEFAULT_LIST_LIMIT = 100
 
+# ---- dashboard (the coordinator's HTTP port, coordinator/web/) -------------
+
+# Browser sessions: a token entered once becomes a random session cookie of the
+# token's role, valid this long; at most this many live at once (the oldest go).
+SESSION_LIFETIME = 12 * 3600.0
+MAX_SESSIONS = 10_000
+SESSION_COOKIE = "fractalq_session"
+# The overview is one snapshot a tick, shared by every watcher; its history
+# (throughput, queue depth) covers this many ticks.
+DASHBOARD_TICK = 1.0
+DASHBOARD_HISTORY = 600
+DASHBOARD_JOBS = 50  # rows of the jobs table
+# Live previews: each band's result carries its rows of a preview image at most
+# PREVIEW_SIZE pixels on its longer side (whatever the image's size), JPEG-coded
+# in at most PREVIEW_MAX_BYTES (a band with more rows drops quality, then the
+# preview). The coordinator keeps the previews of PREVIEW_JOBS jobs, at most
+# PREVIEW_MEMORY bytes together, the least recently changed going first.
+PREVIEW_SIZE = 640
+PREVIEW_QUALITY = 75
+PREVIEW_MAX_BYTES = 40 * 1024
+PREVIEW_JOBS = 64
+PREVIEW_MEMORY = 32 * 1024 * 1024
+
 # ---- worker --------------------------------------------------------------
 
 DEFAULT_CONCURRENCY = 1
@@ -178,6 +201,8 @@ class CoordinatorConfig:
     retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
     tls: ServerTLS | None = None  # None: plaintext gRPC and HTTP
     tokens: TokenTable | None = None  # None: every call is allowed
+    # Where workers store images, for the dashboard's downloads; None: not served.
+    storage: str | None = None
 
     @property
     def heartbeat_interval(self) -> float:

@@ -4,7 +4,8 @@ Payload: ``{"request": <RenderRequest JSON>, "rows": [start, end]}``. The band
 is stored under :func:`band_key`, a pure function of the job and the rows, so a
 retried or duplicated task overwrites the same object with the same bytes and
 the assembler knows every key without asking anyone. Bands travel through
-storage, never through gRPC; the task's result is just the key.
+storage, never through gRPC; the task's result is JSON: the key, and the band's
+rows of the live preview (a few kB, :mod:`fractalq.preview`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fractalq import config
 from fractalq.fractal.png import encode_band
 from fractalq.fractal.render import render_rows
 from fractalq.fractal.request import RenderRequest
+from fractalq.preview import band_preview, band_result
 from fractalq.storage import Storage, open_storage
 from fractalq.tasks.registry import InvalidPayload, TaskContext, task_type
 
@@ -72,7 +74,9 @@ def render_band(payload: bytes, context: TaskContext) -> bytes:
     if not context.storage_url:
         raise RuntimeError("this worker has no --storage to put bands in")
     request, start, end = parse_payload(payload)
-    data = encode_band(render_rows(request, start, end), start)
+    rgb = render_rows(request, start, end)
+    data = encode_band(rgb, start)
     key = band_key(context.job_id, start, end)
     _storage(context.storage_url).put(key, data)  # only reported done once stored
-    return key.encode()
+    # The result also carries the band's rows of the live preview (fractalq/preview.py).
+    return band_result(key, band_preview(rgb, request.width, request.height, start))

@@ -1,0 +1,101 @@
+"""Live previews: each band brings its rows of a small image of the whole render.
+
+A render's preview is at most ``config.PREVIEW_SIZE`` pixels on its longer side,
+whatever the image's size, so a gigapixel render previews as well as a small
+one. Preview row ``p`` shows image row ``((2p + 1) H) // (2 h)`` (the row under
+its centre) and column ``q`` image column ``((2q + 1) W) // (2 w)``: every
+preview row belongs to exactly one band, the band that rendered that image row,
+which samples it from the pixels it has in memory anyway (nearest neighbour:
+microseconds, where averaging a 4 M pixel band would cost milliseconds) and
+JPEG-codes it. The band task's result carries the piece next to its storage
+key (:func:`band_result`); the coordinator keeps the pieces of running jobs and
+the dashboard draws them on a canvas as bands complete.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from fractalq import config
+
+
+def preview_size(width: int, height: int, limit: int = config.PREVIEW_SIZE) -> tuple[int, int]:
+    """The preview's (width, height): the image scaled to fit ``limit``, never enlarged."""
+    scale = min(1.0, limit / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _samples(size: int, preview: int) -> npt.NDArray[np.int64]:
+    """The image row (or column) each preview row (or column) shows."""
+    return ((2 * np.arange(preview, dtype=np.int64) + 1) * size) // (2 * preview)
+
+
+def preview_rows(width: int, height: int, start: int, end: int) -> tuple[int, int]:
+    """The preview rows ``[first, end)`` that image rows ``start..end-1`` hold."""
+    _, rows = preview_size(width, height)
+    samples = _samples(height, rows)
+    return int(np.searchsorted(samples, start)), int(np.searchsorted(samples, end))
+
+
+def band_preview(
+    rgb: npt.NDArray[np.uint8],
+    width: int,
+    height: int,
+    start: int,
+    max_bytes: int = config.PREVIEW_MAX_BYTES,
+) -> dict[str, Any] | None:
+    """The preview piece of a band (image rows ``start..``, pixels ``rgb``); None if
+    the band holds no preview row or its piece cannot fit in ``max_bytes``."""
+    end = start + rgb.shape[0]
+    columns, rows = preview_size(width, height)
+    first, last = preview_rows(width, height, start, end)
+    if first == last:
+        return None
+    rows_at = _samples(height, rows)[first:last] - start
+    # take() copies the sampled rows, then columns: 5x faster than fancy indexing.
+    small = rgb.take(rows_at, axis=0).take(_samples(width, columns), axis=1)
+    image = Image.fromarray(small, "RGB")
+    for quality in (config.PREVIEW_QUALITY, 50, 25):
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=quality)  # 4:2:0: half the time and bytes of 4:4:4
+        if out.tell() <= max_bytes:
+            return {
+                "size": [columns, rows],
+                "rows": [first, last],
+                "jpeg": base64.b64encode(out.getvalue()).decode("ascii"),
+            }
+    return None
+
+
+def band_result(key: str, preview: dict[str, Any] | None) -> bytes:
+    """A band task's result: its storage key, and its preview piece when it has one."""
+    result: dict[str, Any] = {"key": key}
+    if preview is not None:
+        result["preview"] = preview
+    return json.dumps(result, separators=(",", ":")).encode()
+
+
+def parse_piece(result: bytes) -> dict[str, Any] | None:
+    """The preview piece in a band's result, checked; None when it has none or it is bad."""
+    if not result.startswith(b"{"):
+        return None  # a result of another shape (an older worker's: the key alone)
+    try:
+        piece = json.loads(result).get("preview")
+        (columns, rows), (first, last), jpeg = piece["size"], piece["rows"], piece["jpeg"]
+    except (ValueError, AttributeError, KeyError, TypeError, RecursionError):
+        return None
+    numbers = (columns, rows, first, last)
+    if not all(type(n) is int for n in numbers) or not isinstance(jpeg, str):
+        return None
+    if not (0 < columns <= config.PREVIEW_SIZE and 0 < rows <= config.PREVIEW_SIZE):
+        return None
+    if not 0 <= first < last <= rows:
+        return None
+    return {"size": [columns, rows], "rows": [first, last], "jpeg": jpeg}
