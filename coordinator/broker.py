@@ -41,7 +41,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from fractalq import config
+from fractalq import config, tasks
 from fractalq.config import QueueLimits, RetryPolicy
 from fractalq.coordinator.jobs import (
     Job,
@@ -99,6 +99,30 @@ class Journal(Protocol):
         """Drop the finished jobs that finished before ``before``, but those of seq ``keep``."""
 
 
+class _KeptJobsOnly:
+    """The journal, told nothing of transient jobs: they never outlive the process."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.inner = journal
+
+    def job_added(self, job: Job) -> None:
+        if not job.transient:
+            self.inner.job_added(job)
+
+    def job_changed(self, job: Job) -> None:
+        if not job.transient:
+            self.inner.job_changed(job)
+
+    def task_changed(
+        self, job: Job, index: int, result: bytes | None = None, error: str | None = None
+    ) -> None:
+        if not job.transient:
+            self.inner.task_changed(job, index, result, error)
+
+    def forget_finished(self, before: float, keep: list[int]) -> None:
+        self.inner.forget_finished(before, keep)
+
+
 class NullJournal:
     def job_added(self, job: Job) -> None:
         pass
@@ -131,6 +155,9 @@ class JobSpec:
     final: StageSpec | None = None
     time_limit: float = 0.0
     cleanup: StageSpec | None = None
+    # Not journaled, forgotten as soon as it finished and nothing of it runs,
+    # its results only handed to on_task_result (the explorer's tiles).
+    transient: bool = False
 
     @property
     def total(self) -> int:
@@ -213,7 +240,7 @@ class Broker:
         retry: RetryPolicy | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.journal: Journal = journal or NullJournal()
+        self.journal: Journal = _KeptJobsOnly(journal or NullJournal())
         self.worker_timeout = worker_timeout
         self.limits = limits or QueueLimits()
         self.retry = retry or RetryPolicy()
@@ -236,6 +263,8 @@ class Broker:
         # Hooks for the transport layer: wake long polls, push job watches.
         self.on_ready: Callable[[], None] = lambda: None
         self.on_job_change: Callable[[Job], None] = lambda job: None
+        # Every accepted result: (job, task index, result bytes).
+        self.on_task_result: Callable[[Job, int, bytes], None] = lambda job, index, result: None
 
     # ---- restoring -------------------------------------------------------
 
@@ -291,6 +320,7 @@ class Broker:
             final=StageTask(spec.final.task_type, spec.final.payload) if spec.final else None,
             time_limit=spec.time_limit,
             cleanup=spec.cleanup,
+            transient=spec.transient,
         )
         job.start()
         self._next_seq += 1
@@ -350,6 +380,10 @@ class Broker:
         self._clean_up(job, now)
 
     def _remember_finished(self, job: Job) -> None:
+        if job.transient:  # nobody looks it up later: gone once nothing of it runs
+            if not job.leased_out():
+                self.jobs.pop(job.job_id, None)
+            return
         self._finished[job.job_id] = None
         while len(self._finished) > config.FINISHED_JOBS_IN_MEMORY:
             old, _ = self._finished.popitem(last=False)
@@ -598,11 +632,9 @@ class Broker:
         job = self._live_lease(worker, job_id, index, attempt, now)
         if job is None:
             return False
-        if len(result) > self.limits.max_result_bytes:
-            message = (
-                f"its result is {len(result)} bytes, more than the limit of"
-                f" {self.limits.max_result_bytes}"
-            )
+        limit = max(self.limits.max_result_bytes, _result_limit(job.task_type_of(index)))
+        if len(result) > limit:
+            message = f"its result is {len(result)} bytes, more than the limit of {limit}"
             self._failed_attempt(worker, job, index, attempt, message, now)
             return True
         self._drop_lease(job, index)
@@ -612,6 +644,7 @@ class Broker:
         self.journal.task_changed(job, index, result=result)
         self.succeeded += 1
         worker.completed += 1
+        self.on_task_result(job, index, result)
         if not job.stage_done():
             self.on_job_change(job)
         elif job.advance():  # the next stage's tasks are ready now
@@ -722,6 +755,14 @@ class Broker:
             for state, count in _counts(job).items():
                 totals[state] += count
         return totals
+
+
+def _result_limit(task_type: str) -> int:
+    """The larger result limit a task type may declare (0: none; the queue's applies)."""
+    try:
+        return tasks.get(task_type).max_result_bytes
+    except KeyError:  # a type no longer registered: only the queue's limit
+        return 0
 
 
 def _counts(job: Job) -> dict[TaskState, int]:

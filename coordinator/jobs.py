@@ -109,6 +109,7 @@ class Job:
     # Submitted as a job of its own (cleanup_job) if this one fails or is cancelled.
     cleanup: StageSpec | None = None
     cleanup_job: str = ""
+    transient: bool = False  # never journaled (see Broker): the explorer's tiles
 
     def __post_init__(self) -> None:
         if not self.states:

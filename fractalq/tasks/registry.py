@@ -45,6 +45,9 @@ class TaskType:
     # Seconds an attempt may run before the worker stops it and reports it
     # failed (a job may set another limit for its tasks).
     time_limit: float = config.DEFAULT_TIME_LIMIT
+    # A result limit above the queue's MAX_RESULT_BYTES (0: the queue's), for a
+    # type whose result is its output (a tile's PNG, not a storage key).
+    max_result_bytes: int = 0
 
 
 _REGISTRY: dict[str, TaskType] = {}
@@ -96,6 +99,7 @@ def task_type(
     needs_storage: bool = False,
     warm: WarmUp | None = None,
     time_limit: float = config.DEFAULT_TIME_LIMIT,
+    max_result_bytes: int = 0,
 ) -> Callable[[TaskFunction], TaskFunction]:
     """Register the decorated function as the task type ``name``."""
 
@@ -105,7 +109,14 @@ def task_type(
         if not 0 < time_limit <= config.MAX_TIME_LIMIT:
             raise ValueError(f"task type {name!r}: time_limit must be in (0, MAX_TIME_LIMIT]")
         _REGISTRY[name] = TaskType(
-            name, run, _guarded(name, check), cpu_bound, needs_storage, warm, time_limit
+            name,
+            run,
+            _guarded(name, check),
+            cpu_bound,
+            needs_storage,
+            warm,
+            time_limit,
+            max_result_bytes,
         )
         return run
 
