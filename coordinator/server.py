@@ -19,6 +19,7 @@ from fractalq import config
 from fractalq.config import CoordinatorConfig
 from fractalq.coordinator.auth import TokenInterceptor
 from fractalq.coordinator.broker import Broker
+from fractalq.coordinator.housekeeping import can_sweep, queue_sweep
 from fractalq.coordinator.http import make_app
 from fractalq.coordinator.lock import DataFolderLock, StartupError, check_listen, show_address
 from fractalq.coordinator.service import CoordinatorService, add_to_server
@@ -27,10 +28,13 @@ from fractalq.coordinator.store import GroupCommit, SqliteJournal
 log = logging.getLogger("fractalq.coordinator")
 
 
-async def _timers(service: CoordinatorService, interval: float, retention: float) -> None:
-    """Declare silent workers dead, wake retries whose backoff is over, apply retention."""
+async def _timers(service: CoordinatorService, settings: CoordinatorConfig) -> None:
+    """Declare silent workers dead, wake retries whose backoff is over, apply
+    retention, queue the orphan sweep."""
+    interval, retention = settings.heartbeat_interval / 2, settings.retention
     sweep = min(config.RETENTION_SWEEP, retention / 2)
-    swept = time.time()
+    orphans = settings.orphan_sweep if retention else 0.0
+    swept = orphans_swept = time.time()
     while True:
         await asyncio.sleep(min(interval, sweep) if retention else interval)
         now = time.time()
@@ -41,6 +45,10 @@ async def _timers(service: CoordinatorService, interval: float, retention: float
             swept = now
             if forgotten := service.broker.forget_finished(now - retention):
                 log.info("forgot %d job(s) finished over %gs ago", forgotten, retention)
+        if orphans and now - orphans_swept >= orphans and can_sweep(service.broker):
+            orphans_swept = now
+            if job_id := queue_sweep(service.broker, service.journal, now, retention, orphans):
+                log.info("queued %s: objects of unknown jobs older than %gs", job_id, retention)
 
 
 async def serve(
@@ -147,7 +155,7 @@ async def _serve(
             loop.add_signal_handler(signum, stop.set)
 
     background = [
-        asyncio.create_task(_timers(service, settings.heartbeat_interval / 2, settings.retention))
+        asyncio.create_task(_timers(service, settings))
     ]
     if commit is not None:
         background.append(asyncio.create_task(commit.run()))

@@ -292,6 +292,10 @@ class SqliteJournal:
         row = self._reader.execute(f"{SELECT_JOBS} WHERE job_id=?", (job_id,)).fetchone()
         return None if row is None else self._job(row)
 
+    def job_ids_created_before(self, before: float) -> list[str]:
+        rows = self._reader.execute("SELECT job_id FROM jobs WHERE created_at<?", (before,))
+        return [row[0] for row in rows]
+
     def results(self, job: Job) -> list[bytes]:
         rows = self._reader.execute(
             "SELECT result FROM tasks WHERE job_seq=? AND idx<? ORDER BY idx", (job.seq, job.total)

@@ -105,6 +105,16 @@ FINISHED_JOBS_IN_MEMORY = 1000
 DEFAULT_RETENTION = 7 * 24 * 3600.0
 MAX_RETENTION = 10 * 365 * 24 * 3600.0
 RETENTION_SWEEP = 60.0
+# Orphans: a job's intermediate objects (its bands) are removed by its own tasks,
+# but a coordinator that lost its database forgets jobs that had some. Every
+# ORPHAN_SWEEP_INTERVAL seconds (0: never; needs a retention) the coordinator
+# queues one SWEEP_TASK_TYPE task, at SWEEP_PRIORITY, that removes the objects
+# under jobs/ of jobs it does not know, once they are older than the retention.
+# Finished images are kept: they are what users asked for.
+ORPHAN_SWEEP_INTERVAL = 3600.0
+SWEEP_TASK_TYPE = "storage.sweep"
+SWEEP_JOB_PREFIX = "sweep-"
+SWEEP_PRIORITY = 1000
 DEFAULT_LIST_LIMIT = 100
 
 # ---- dashboard (the coordinator's HTTP port, coordinator/web/) -------------
@@ -197,6 +207,7 @@ class CoordinatorConfig:
     data_dir: str | None = None  # None: in memory only, nothing survives a restart
     worker_timeout: float = DEFAULT_WORKER_TIMEOUT
     retention: float = DEFAULT_RETENTION
+    orphan_sweep: float = ORPHAN_SWEEP_INTERVAL
     limits: QueueLimits = dataclasses.field(default_factory=QueueLimits)
     retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
     tls: ServerTLS | None = None  # None: plaintext gRPC and HTTP

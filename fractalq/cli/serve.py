@@ -59,6 +59,14 @@ def add_parsers(commands: Any) -> None:
         metavar="S",
         help="seconds a finished job is kept after it finished (0: forever)",
     )
+    coordinator.add_argument(
+        "--orphan-sweep",
+        type=real(0, config.MAX_RETENTION),
+        default=config.ORPHAN_SWEEP_INTERVAL,
+        metavar="S",
+        help="seconds between sweeps of storage for objects of jobs this coordinator "
+        "does not know, older than the retention (0: never)",
+    )
     security = coordinator.add_argument_group("TLS and tokens (each flag defaults to its variable)")
     security.add_argument(
         "--tls-cert", metavar="FILE", help="serve TLS with this certificate ($FRACTALQ_TLS_CERT)"
@@ -133,6 +141,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
         data_dir=args.data,
         worker_timeout=args.worker_timeout,
         retention=args.retention,
+        orphan_sweep=args.orphan_sweep,
         tls=tls,
         tokens=tokens,
     )

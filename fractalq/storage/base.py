@@ -190,6 +190,11 @@ class Storage(abc.ABC):
         """Remove the objects under ``keys``; keys with no object are ignored."""
 
     @abc.abstractmethod
+    def written_before(self, prefix: str, before: float) -> list[str]:
+        """The keys under ``prefix`` (a folder: ``jobs/``) whose objects were last
+        written before ``before`` (Unix time); for sweeping what nobody removed."""
+
+    @abc.abstractmethod
     def url(self, key: str) -> str:
         """The canonical location of ``key`` (``file:///...`` or ``s3://...``)."""
 

@@ -119,6 +119,17 @@ class LocalStorage(Storage):
         for path in paths:
             call_with_retry(functools.partial(self._remove, path), self.options, what="delete")
 
+    def written_before(self, prefix: str, before: float) -> list[str]:
+        folder = self._path(prefix.rstrip("/"))
+        keys = []
+        for parent, _, names in os.walk(folder):
+            for name in names:
+                path = Path(parent, name)
+                with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                    if path.stat().st_mtime < before:
+                        keys.append(path.relative_to(self.root).as_posix())
+        return sorted(keys)
+
     def url(self, key: str) -> str:
         return self._path(key).as_uri()
 

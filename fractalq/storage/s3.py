@@ -258,6 +258,23 @@ class S3Storage(Storage):
             batch = names[start : start + _DELETE_BATCH]
             self._run(functools.partial(self._delete_batch, names=batch), None, "delete")
 
+    def written_before(self, prefix: str, before: float) -> list[str]:
+        folder = self._object_key(prefix.rstrip("/")) + "/"
+        skip = len(self.prefix) + 1 if self.prefix else 0
+
+        def listing(client: S3Client) -> list[str]:
+            pages = client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=folder
+            )
+            return [
+                item["Key"][skip:]
+                for page in pages
+                for item in page.get("Contents", [])
+                if item["LastModified"].timestamp() < before
+            ]
+
+        return sorted(self._run(listing, None, f"list {prefix!r}"))
+
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object_key(key)}"
 

@@ -54,7 +54,12 @@ _REGISTRY: dict[str, TaskType] = {}
 
 # Modules that register task types when imported; loaded on first lookup so
 # that importing the registry stays cheap.
-_PROVIDERS = ("fractalq.tasks.builtin", "fractalq.tasks.band", "fractalq.tasks.assemble")
+_PROVIDERS = (
+    "fractalq.tasks.builtin",
+    "fractalq.tasks.band",
+    "fractalq.tasks.assemble",
+    "fractalq.tasks.sweep",
+)
 _loaded = False
 
 
