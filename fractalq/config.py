@@ -267,6 +267,33 @@ DEFAULT_PALETTE = "classic"
 DEFAULT_MANDELBROT_VIEW = (-0.5, 0.0, 3.5)
 DEFAULT_JULIA_VIEW = (0.0, 0.0, 3.0)
 
+# ---- explorer (/explore: map tiles rendered on the queue) -----------------
+
+# Tiles are tasks at this priority, ahead of batch renders (DEFAULT_PRIORITY).
+EXPLORE_PRIORITY = 0
+# Pixels per tile side (Leaflet's tileSize). Zoom z: a tile is the fractal's
+# default view width / 2**z wide. Past TILE_MAX_ZOOM a float64 pixel spacing
+# nears the rounding of the coordinates themselves.
+TILE_SIZE = 256
+TILE_MAX_ZOOM = 36
+TILE_MAX_ITER = 10_000
+# Tiles one browser request may ask for (a 4K screen of 256-pixel tiles is 160).
+MAX_TILES_PER_REQUEST = 256
+# Tile requests arriving within this window go to the queue as one job; its
+# tasks hold up to TILES_PER_TASK tiles, fewer when there are workers to spare.
+TILE_BATCH_WINDOW = 0.002
+TILES_PER_TASK = 8
+# What the explorer may have on the queue at once, across all browsers: more is
+# refused (503, retry) rather than queued.
+MAX_TILE_JOBS = 16
+MAX_TILES_IN_FLIGHT = 2048
+# A tile not rendered within this time is answered as failed and its job cancelled.
+TILE_TIMEOUT = 30.0
+# A tile task's result is its tiles' PNGs (4 MiB: 8 tiles of 256 x 256 barely compress).
+TILE_RESULT_BYTES = 4 * 1024 * 1024
+# Rendered tiles kept in the coordinator's memory, shared by every browser.
+TILE_CACHE_BYTES = 256 * 1024 * 1024
+
 # ---- storage -------------------------------------------------------------
 
 # Each storage call: up to STORAGE_ATTEMPTS tries on a transient error, with

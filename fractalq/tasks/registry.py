@@ -59,6 +59,7 @@ _PROVIDERS = (
     "fractalq.tasks.band",
     "fractalq.tasks.assemble",
     "fractalq.tasks.sweep",
+    "fractalq.tasks.tile",
 )
 _loaded = False
 
