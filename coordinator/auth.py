@@ -16,9 +16,12 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from fractalq import config
 from fractalq.coordinator.refusals import PERMISSION_DENIED, UNAUTHENTICATED, Refusals
+from fractalq.coordinator.web.session import Sessions
 from fractalq.security.tokens import (
     HTTP_READ_ROLES,
+    HTTP_WRITE_ROLES,
     TokenTable,
     bearer,
     is_open_method,
@@ -84,8 +87,15 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return handler
 
 
-def http_middleware(tokens: TokenTable, refusals: Refusals) -> Any:
-    """aiohttp middleware: the API's reads need a reader or client token."""
+def http_middleware(
+    tokens: TokenTable, refusals: Refusals, sessions: Sessions | None = None
+) -> Any:
+    """aiohttp middleware: reads need a reader or client token, writes a client token.
+
+    The token comes in an ``Authorization: Bearer`` header or, from a browser,
+    as the session cookie that ``/api/session`` gave it for a token
+    (:mod:`.web.session`), with that token's role.
+    """
 
     @web.middleware
     async def check_token(
@@ -93,16 +103,22 @@ def http_middleware(tokens: TokenTable, refusals: Refusals) -> Any:
     ) -> web.StreamResponse:
         if is_open_path(request.path):
             return await handler(request)
-        role = tokens.role(bearer(request.headers.get("Authorization")))
+        header = request.headers.get("Authorization")
+        if header is None and sessions is not None:
+            role = sessions.role(request.cookies.get(config.SESSION_COOKIE))
+        else:
+            role = tokens.role(bearer(header))
         # The path comes from the client: escaped and cut before it reaches the log.
-        where = f"GET {request.path[:100]!a}"
+        method = request.method if request.method.isalpha() and len(request.method) <= 10 else "?"
+        where = f"{method} {request.path[:100]!a}"
         if role is None:
             refusals.refused(UNAUTHENTICATED, f"{where} without a valid token")
             raise web.HTTPUnauthorized(
                 text=NEEDS_TOKEN + "\n",
                 headers={"WWW-Authenticate": 'Bearer realm="fractalq"'},
             )
-        if role not in HTTP_READ_ROLES:
+        reading = request.method in ("GET", "HEAD")
+        if role not in (HTTP_READ_ROLES if reading else HTTP_WRITE_ROLES):
             refusals.refused(PERMISSION_DENIED, f"{where} with a {role.value} token")
             raise web.HTTPForbidden(text=_denied(role.value) + "\n")
         return await handler(request)

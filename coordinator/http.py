@@ -18,6 +18,8 @@ from fractalq.coordinator import validation
 from fractalq.coordinator.auth import http_middleware
 from fractalq.coordinator.metrics import registry
 from fractalq.coordinator.service import CoordinatorService, job_message
+from fractalq.coordinator.web.app import add_dashboard
+from fractalq.coordinator.web.session import Sessions
 from fractalq.security.tokens import TokenTable
 
 
@@ -28,7 +30,8 @@ def _json(message: Message) -> web.Response:
 
 
 def make_app(service: CoordinatorService, tokens: TokenTable | None = None) -> web.Application:
-    """The routes; with ``tokens``, everything but /healthz and /metrics needs one."""
+    """The routes; with ``tokens``, everything but /healthz, /metrics and the
+    dashboard's pages needs one (a bearer token, or a browser's session cookie)."""
     routes = web.RouteTableDef()
     metrics = registry(service.stats)
 
@@ -73,7 +76,9 @@ def make_app(service: CoordinatorService, tokens: TokenTable | None = None) -> w
             raise web.HTTPNotFound(text="no such job")
         return _json(job_message(found))
 
-    middlewares = [http_middleware(tokens, service.refusals)] if tokens else []
+    sessions = Sessions()
+    middlewares = [http_middleware(tokens, service.refusals, sessions)] if tokens else []
     app = web.Application(middlewares=middlewares)
     app.add_routes(routes)
+    add_dashboard(app, service, tokens, sessions)  # /, /static/, /api/session, events, ...
     return app

@@ -275,6 +275,10 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         if self.commit is not None:
             await self.commit.durable()
 
+    def find_job(self, job_id: str) -> Job:
+        """The job, from memory or the database; BrokerError for a bad or unknown id."""
+        return self._job(job_id)
+
     def _job(self, job_id: str) -> Job:
         validation.check_job_id(job_id)
         job = self.broker.get_job(job_id)
@@ -446,6 +450,10 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     async def SubmitJob(
         self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SubmitJobResponse:
+        return await self.submit_job(request)
+
+    async def submit_job(self, request: pb.SubmitJobRequest) -> pb.SubmitJobResponse:
+        """SubmitJob without gRPC (the dashboard's form too); BrokerError when refused."""
         spec = validation.job_spec(
             task_type=request.task_type,
             payloads=list(request.payloads),
@@ -529,6 +537,10 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     async def CancelJob(
         self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Job:
+        return await self.cancel_job(request)
+
+    async def cancel_job(self, request: pb.CancelJobRequest) -> pb.Job:
+        """CancelJob without gRPC; BrokerError when refused."""
         validation.check_job_id(request.job_id)
         reason = validation.check_reason(request.reason)
         job = self.broker.cancel(request.job_id, reason, self.clock())

@@ -38,22 +38,32 @@ def submit_render(
     (:mod:`fractalq.tasks.assemble`) and its result says where; if the job
     fails or is cancelled, its cleanup job removes the bands.
     """
+    return client.submit(render_job(request, regions, priority, job_id, labels, keep_bands))
+
+
+def render_job(
+    request: RenderRequest,
+    regions: int,
+    priority: int,
+    job_id: str = "",
+    labels: dict[str, str] | None = None,
+    keep_bands: bool = False,
+) -> pb.SubmitJobRequest:
+    """The job :func:`submit_render` submits (the dashboard submits it in-process)."""
     rows = band_rows(request, regions)
     payload = assemble_payload(request, regions, keep_bands)
-    return client.submit(
-        pb.SubmitJobRequest(
-            job_id=job_id,
-            task_type=TASK_TYPE,
-            payloads=[band_payload(request, start, end) for start, end in rows],
-            final=pb.StageTask(task_type=ASSEMBLE, payload=payload),
-            cleanup=pb.StageTask(task_type=CLEANUP, payload=payload),
-            priority=priority,
-            labels={
-                "fractal": request.fractal,
-                "size": f"{request.width}x{request.height}",
-                **(labels or {}),
-            },
-        )
+    return pb.SubmitJobRequest(
+        job_id=job_id,
+        task_type=TASK_TYPE,
+        payloads=[band_payload(request, start, end) for start, end in rows],
+        final=pb.StageTask(task_type=ASSEMBLE, payload=payload),
+        cleanup=pb.StageTask(task_type=CLEANUP, payload=payload),
+        priority=priority,
+        labels={
+            "fractal": request.fractal,
+            "size": f"{request.width}x{request.height}",
+            **(labels or {}),
+        },
     )
 
 

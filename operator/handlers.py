@@ -297,7 +297,12 @@ class Run:
             # The spec changed: the old render is no longer wanted.
             with contextlib.suppress(ClientError):
                 await asyncio.to_thread(client.cancel, previous, "spec changed")
-        labels = {"fractaljob": self.uid}
+        # The name and namespace: how the dashboard shows the job.
+        labels = {
+            "fractaljob": self.uid,
+            "fractaljob.name": self.name,
+            "fractaljob.namespace": self.namespace,
+        }
         try:
             await asyncio.to_thread(
                 submit_render, client, request, regions, priority, job_id, labels

@@ -46,6 +46,12 @@ def add_parsers(commands: Any) -> None:
         "--data", metavar="DIR", help="folder for the database (default: memory only)"
     )
     coordinator.add_argument(
+        "--storage",
+        metavar="URL",
+        help="the workers' storage, to serve finished images to the dashboard"
+        " ($FRACTALQ_STORAGE; default: none, the page says where each image is)",
+    )
+    coordinator.add_argument(
         "--worker-timeout",
         type=real(0.1, 3600),
         default=config.DEFAULT_WORKER_TIMEOUT,
@@ -134,6 +140,14 @@ def run_coordinator(args: argparse.Namespace) -> int:
         if not os.access(args.data, os.W_OK):
             raise CommandError(f"data folder {args.data} is not writable")
     tls, tokens = _server_security(args)
+    storage = args.storage or os.environ.get("FRACTALQ_STORAGE") or None
+    if storage:
+        from fractalq.storage import open_storage
+
+        try:
+            open_storage(storage)  # a bad URL stops it now; an unreachable store does not
+        except ValueError as error:
+            raise CommandError(f"--storage {storage}: {error}") from None
     settings = CoordinatorConfig(
         host=args.host,
         port=args.port,
@@ -144,6 +158,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
         orphan_sweep=args.orphan_sweep,
         tls=tls,
         tokens=tokens,
+        storage=storage,
     )
     setup_logging(args.verbose)
 

@@ -27,6 +27,10 @@ OPEN_SERVICES = ("grpc.health.v1.Health",)
 # HTTP paths that answer without a token: the kubelet's HTTP probe and
 # Prometheus' scraper carry none. /metrics holds counts only, no job ids.
 OPEN_PATHS = ("/healthz", "/metrics")
+# The dashboard's pages and their static files load without a token, so that
+# the page can ask for one; /api/session takes it (coordinator/web/session.py).
+PAGE_PATHS = ("/", "/explore", "/api/session")
+STATIC_PREFIX = "/static/"
 
 
 class Role(enum.Enum):
@@ -56,8 +60,10 @@ METHOD_ROLES: dict[str, frozenset[Role]] = {
     **{name: frozenset({Role.CLIENT, Role.READER}) for name in _READER_METHODS},
     **{name: frozenset({Role.CLIENT}) for name in _CLIENT_METHODS - _READER_METHODS},
 }
-# The HTTP API's reads (everything under /api/).
+# The HTTP API's reads (everything under /api/), and its writes (the dashboard's
+# submit and cancel: what a client token may do over gRPC).
 HTTP_READ_ROLES = frozenset({Role.CLIENT, Role.READER})
+HTTP_WRITE_ROLES = frozenset({Role.CLIENT})
 
 
 def method_allowed(full_method: str, role: Role) -> bool:
@@ -71,7 +77,7 @@ def is_open_method(full_method: str) -> bool:
 
 
 def is_open_path(path: str) -> bool:
-    return path in OPEN_PATHS
+    return path in OPEN_PATHS or path in PAGE_PATHS or path.startswith(STATIC_PREFIX)
 
 
 def check_token(token: str) -> str:

@@ -1,0 +1,202 @@
+"""Submit and cancel from the dashboard: the command line's checks, errors by field.
+
+The render form's fields are named like ``fractalq render``'s options without
+the dashes. :func:`render_request` checks them with the same code the command
+line uses (:meth:`RenderRequest.create`, :func:`split_rows`, the priority's
+range) and says which field is wrong; the job is the one ``fractalq render``
+submits (:func:`fractalq.images.render_job`), submitted in-process through the
+service's own checks. A refusal is ``400 {"error", "field"}`` and changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from aiohttp import web
+
+from fractalq import config
+from fractalq.coordinator.broker import BrokerError, NotFound
+from fractalq.coordinator.service import CoordinatorService
+from fractalq.fractal.request import RenderRequest, split_rows
+from fractalq.images import render_job
+from fractalq.proto import fractalq_pb2 as pb
+
+INTS = ("width", "height", "regions", "max-iter", "priority")
+FLOATS = ("center-x", "center-y", "view-width", "c-re", "c-im")
+FIELDS = ("fractal", "palette", *INTS, *FLOATS)
+# The request's own names (in its error messages) -> the form's.
+_FORM_NAMES = {name.replace("-", "_"): name for name in FIELDS}
+
+
+class FieldError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _field_of(message: str) -> str:
+    """The form field a RenderRequest error message is about."""
+    if message.startswith("unknown fractal"):
+        return "fractal"
+    if message.startswith("unknown palette"):
+        return "palette"
+    if message.startswith("image of"):
+        return "width"
+    first = message.split(" ", 1)[0]
+    return _FORM_NAMES.get(first, "")
+
+
+def _text(form: dict[str, Any], name: str) -> str | None:
+    value = form.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise FieldError(name, f"{name} must be text or a number")
+    text = str(value).strip()
+    return text or None  # empty: the default, as when the option is left out
+
+
+def render_request(form: dict[str, Any]) -> tuple[RenderRequest, int, int]:
+    """The request, band count and priority of a render form; FieldError when bad."""
+    ints: dict[str, int | None] = {}
+    for name in INTS:
+        text = _text(form, name)
+        if text is not None and not re.fullmatch(r"[+-]?\d{1,12}", text):
+            raise FieldError(name, f"{name} must be a whole number (got {text[:20]!r})")
+        ints[name] = int(text) if text is not None else None
+    floats: dict[str, float | None] = {}
+    for name in FLOATS:
+        text = _text(form, name)
+        try:
+            value = float(text) if text is not None and len(text) <= 100 else None
+        except ValueError:
+            value = math.nan
+        if text is not None and (value is None or not math.isfinite(value)):
+            raise FieldError(name, f"{name} must be a finite number (got {text[:20]!r})")
+        floats[name] = value
+    try:
+        request = RenderRequest.create(
+            _text(form, "fractal") or config.DEFAULT_FRACTAL,
+            width=ints["width"],
+            height=ints["height"],
+            max_iter=ints["max-iter"],
+            center_x=floats["center-x"],
+            center_y=floats["center-y"],
+            view_width=floats["view-width"],
+            c_re=floats["c-re"],
+            c_im=floats["c-im"],
+            palette=_text(form, "palette"),
+        )
+    except ValueError as error:
+        raise FieldError(_field_of(str(error)), str(error)) from None
+    regions = ints["regions"] if ints["regions"] is not None else config.DEFAULT_REGIONS
+    try:
+        split_rows(request.height, regions)
+    except ValueError as error:
+        raise FieldError("regions", str(error)) from None
+    priority = ints["priority"] if ints["priority"] is not None else config.DEFAULT_PRIORITY
+    low, high = config.PRIORITY_RANGE
+    if not low <= priority <= high:
+        raise FieldError("priority", f"priority must be from {low} to {high} (got {priority})")
+    return request, regions, priority
+
+
+def task_job(form: dict[str, Any]) -> pb.SubmitJobRequest:
+    """A generic job from the task form (type, JSON payload, count, priority)."""
+    task_type = _text(form, "task") or ""
+    if not task_type:
+        raise FieldError("task", "task: name a task type")
+    payload = _text(form, "payload") or ""
+    if payload:
+        try:
+            json.loads(payload)
+        except ValueError as error:
+            raise FieldError("payload", f"payload is not JSON: {error}") from None
+    numbers = {}
+    for name, default in (("count", 1), ("priority", config.DEFAULT_PRIORITY)):
+        text = _text(form, name)
+        if text is not None and not re.fullmatch(r"[+-]?\d{1,12}", text):
+            raise FieldError(name, f"{name} must be a whole number (got {text[:20]!r})")
+        numbers[name] = int(text) if text is not None else default
+    if not 1 <= numbers["count"] <= config.MAX_TASKS_PER_JOB:
+        raise FieldError("count", f"count must be from 1 to {config.MAX_TASKS_PER_JOB}")
+    low, high = config.PRIORITY_RANGE
+    if not low <= numbers["priority"] <= high:
+        raise FieldError("priority", f"priority must be from {low} to {high}")
+    return pb.SubmitJobRequest(
+        task_type=task_type,
+        payload=payload.encode(),
+        count=numbers["count"],
+        priority=numbers["priority"],
+    )
+
+
+def _refusal(field: str, message: str, status: int = 400) -> web.Response:
+    return web.json_response({"error": message, "field": field}, status=status)
+
+
+def _broker_field(message: str) -> str:
+    for name in ("task_type", "payload", "count", "priority", "labels"):
+        if name in message:
+            return "task" if name == "task_type" else name
+    return ""
+
+
+async def _form(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise web.HTTPBadRequest(text="send the form as a JSON object") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="send the form as a JSON object")
+    return body
+
+
+def routes(service: CoordinatorService) -> web.RouteTableDef:
+    table = web.RouteTableDef()
+
+    async def submit(job: pb.SubmitJobRequest) -> web.Response:
+        try:
+            response = await service.submit_job(job)
+        except BrokerError as error:
+            return _refusal(_broker_field(str(error)), str(error))
+        return web.json_response({"job_id": response.job.job_id, "total": response.job.total})
+
+    @table.post("/api/render")
+    async def render(request: web.Request) -> web.Response:
+        try:
+            render, regions, priority = render_request(await _form(request))
+        except FieldError as error:
+            return _refusal(error.field, str(error))
+        return await submit(render_job(render, regions, priority, labels={"via": "dashboard"}))
+
+    @table.post("/api/tasks")
+    async def tasks(request: web.Request) -> web.Response:
+        try:
+            job = task_job(await _form(request))
+        except FieldError as error:
+            return _refusal(error.field, str(error))
+        return await submit(job)
+
+    @table.post("/api/jobs/{job_id}/cancel")
+    async def cancel(request: web.Request) -> web.Response:
+        job_id = request.match_info["job_id"]
+        try:
+            job = await service.cancel_job(
+                pb.CancelJobRequest(job_id=job_id, reason="cancelled from the dashboard")
+            )
+        except NotFound as error:
+            return _refusal("", str(error), 404)
+        except BrokerError as error:
+            return _refusal("", str(error))
+        return web.json_response({"job_id": job.job_id, "state": job_message_state(job)})
+
+    return table
+
+
+def job_message_state(job: pb.Job) -> str:
+    return pb.JobState.Name(job.state).lower()

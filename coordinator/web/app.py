@@ -1,0 +1,73 @@
+"""Mounting the dashboard: its pages, static files and API on the coordinator's app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from fractalq.coordinator.broker import BrokerError
+from fractalq.coordinator.jobs import Job
+from fractalq.coordinator.service import CoordinatorService
+from fractalq.coordinator.web import actions, download, events, preview, session
+from fractalq.coordinator.web.preview import Previews
+from fractalq.coordinator.web.session import Sessions
+from fractalq.security.tokens import TokenTable
+from fractalq.storage import Storage, open_storage
+
+STATIC = Path(__file__).parent / "static"
+TICKER = web.AppKey("fractalq.ticker", events.Ticker)
+
+
+def add_dashboard(
+    app: web.Application,
+    service: CoordinatorService,
+    tokens: TokenTable | None,
+    sessions: Sessions,
+) -> None:
+    settings = service.settings
+    storage: Storage | None = open_storage(settings.storage) if settings.storage else None
+    previews = Previews()
+    keep_result = service.broker.on_task_result
+
+    def on_task_result(job: Job, index: int, result: bytes) -> None:
+        keep_result(job, index, result)  # whoever else listens (the explorer's tiles)
+        previews.add(job, index, result)
+
+    service.broker.on_task_result = on_task_result
+    ticker = events.Ticker(
+        service.broker, previews, tls=settings.tls is not None, images=storage is not None
+    )
+    app[TICKER] = ticker
+
+    def known(job_id: str) -> bool:
+        try:
+            service.find_job(job_id)
+        except BrokerError:
+            return False
+        return True
+
+    async def index(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+    async def ticking(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(ticker.run())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", STATIC)
+    for table in (
+        session.routes(tokens, sessions, service.refusals, secure=settings.tls is not None),
+        events.routes(ticker),
+        preview.routes(previews, known),
+        actions.routes(service),
+        download.routes(service, storage),
+    ):
+        app.add_routes(table)
+    app.cleanup_ctx.append(ticking)

@@ -1,0 +1,98 @@
+"""The previews of recent renders, as bands complete: bounded memory, served as JSON.
+
+The broker hands every accepted task result to :meth:`Previews.add`; a band's
+result carries its piece of the job's preview (:mod:`fractalq.preview`), which
+is kept here in arrival order. At most ``config.PREVIEW_JOBS`` jobs and
+``config.PREVIEW_MEMORY`` bytes are kept, the job changed longest ago going
+first. The page learns from the event stream how many pieces a job has and asks
+``/api/jobs/{id}/preview?since=N`` for the ones it has not drawn yet.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from aiohttp import web
+
+from fractalq import config
+from fractalq.coordinator.broker import BrokerError
+from fractalq.coordinator.jobs import Job
+from fractalq.coordinator.validation import check_job_id
+from fractalq.preview import parse_piece
+
+BAND_TASK = "fractal.band"
+
+
+class _JobPreview:
+    def __init__(self, size: list[int]) -> None:
+        self.size = size
+        self.pieces: list[dict[str, Any]] = []
+        self.bytes = 0
+
+
+class Previews:
+    def __init__(
+        self, max_jobs: int = config.PREVIEW_JOBS, max_bytes: int = config.PREVIEW_MEMORY
+    ) -> None:
+        self.max_jobs = max_jobs
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._jobs: OrderedDict[str, _JobPreview] = OrderedDict()
+
+    def add(self, job: Job, index: int, result: bytes) -> None:
+        """Keep the preview piece in a band's result (anything else is ignored)."""
+        if job.task_type != BAND_TASK or index >= job.total:  # a stage task's result
+            return
+        piece = parse_piece(result)
+        if piece is None:
+            return
+        kept = self._jobs.get(job.job_id)
+        if kept is None or kept.size != piece["size"]:
+            if kept is not None:
+                self.bytes -= kept.bytes
+            kept = self._jobs[job.job_id] = _JobPreview(piece["size"])
+        self._jobs.move_to_end(job.job_id)
+        size = len(piece["jpeg"])
+        kept.pieces.append({"rows": piece["rows"], "jpeg": piece["jpeg"]})
+        kept.bytes += size
+        self.bytes += size
+        while len(self._jobs) > self.max_jobs or self.bytes > self.max_bytes:
+            _, dropped = self._jobs.popitem(last=False)
+            self.bytes -= dropped.bytes
+
+    def count(self, job_id: str) -> int:
+        kept = self._jobs.get(job_id)
+        return len(kept.pieces) if kept is not None else 0
+
+    def since(self, job_id: str, start: int) -> dict[str, Any] | None:
+        """The job's preview size and its pieces from the ``start``-th on; None if none."""
+        kept = self._jobs.get(job_id)
+        if kept is None:
+            return None
+        start = min(max(start, 0), len(kept.pieces))
+        return {"size": kept.size, "next": len(kept.pieces), "pieces": kept.pieces[start:]}
+
+
+def routes(previews: Previews, known: Any) -> web.RouteTableDef:
+    """``known(job_id)`` says whether the coordinator knows the job (404 otherwise)."""
+    table = web.RouteTableDef()
+
+    @table.get("/api/jobs/{job_id}/preview")
+    async def preview(request: web.Request) -> web.Response:
+        job_id = request.match_info["job_id"]
+        try:
+            check_job_id(job_id)
+            since = int(request.query.get("since", "0"))
+        except ValueError:
+            raise web.HTTPBadRequest(text="a job id and a whole number since=N, please") from None
+        except BrokerError as error:  # a malformed job id
+            raise web.HTTPBadRequest(text=str(error)) from None
+        found = previews.since(job_id, since)
+        if found is None:
+            if not known(job_id):
+                raise web.HTTPNotFound(text="no such job")
+            found = {"size": None, "next": 0, "pieces": []}
+        return web.json_response(found)
+
+    return table
