@@ -293,6 +293,15 @@ TILE_TIMEOUT = 30.0
 TILE_RESULT_BYTES = 4 * 1024 * 1024
 # Rendered tiles kept in the coordinator's memory, shared by every browser.
 TILE_CACHE_BYTES = 256 * 1024 * 1024
+# Deep zoom. A view's centre and width are decimal strings of at most
+# MAX_DECIMAL_LENGTH characters, its width at least 10**-MAX_ZOOM_DIGITS. A view
+# whose pixel is narrower than DEEP_PIXEL_RELATIVE x max(1, |centre|) (2**-40:
+# about 4,000 float64 units of the last place) renders by perturbation around a
+# reference orbit computed with REFERENCE_GUARD_BITS more bits than the pixel needs.
+MAX_DECIMAL_LENGTH = 12_000
+MAX_ZOOM_DIGITS = 10_000
+DEEP_PIXEL_RELATIVE = 2.0**-40
+REFERENCE_GUARD_BITS = 64
 
 # ---- storage -------------------------------------------------------------
 

@@ -39,13 +39,13 @@ from fractalq.fractal.kernels import pixel_columns, pixel_rows
 def reference_counts(request: RenderRequest) -> list[list[int]]:
     """Iterations each pixel stays within |z| <= 2; max_iter means inside."""
     w, h = request.width, request.height
-    s = request.view_width / w
+    s = request.span / w
     result = []
     for j in range(h):
-        y = request.center_y - (j + 0.5 - h / 2) * s
+        y = request.cy - (j + 0.5 - h / 2) * s
         row = []
         for i in range(w):
-            x = request.center_x + (i + 0.5 - w / 2) * s
+            x = request.cx + (i + 0.5 - w / 2) * s
             if request.fractal == "mandelbrot":
                 z, c = 0j, complex(x, y)
             else:
@@ -314,14 +314,14 @@ def test_assemble_refuses_missing_extra_and_wrong_bands() -> None:
 def test_defaults_per_fractal() -> None:
     mandelbrot = RenderRequest.create()
     assert (mandelbrot.fractal, mandelbrot.width, mandelbrot.height) == ("mandelbrot", 1200, 800)
-    assert (mandelbrot.center_x, mandelbrot.center_y, mandelbrot.view_width) == (-0.5, 0.0, 3.5)
+    assert (mandelbrot.center_x, mandelbrot.center_y, mandelbrot.view_width) == ("-0.5", "0", "3.5")
     assert mandelbrot.max_iter == config.DEFAULT_MAX_ITER == 256
     assert mandelbrot.palette == "classic"
     julia = RenderRequest.create("julia")
-    assert (julia.center_x, julia.center_y, julia.view_width) == (0.0, 0.0, 3.0)
+    assert (julia.center_x, julia.center_y, julia.view_width) == ("0", "0", "3")
     assert (julia.c_re, julia.c_im) == (-0.7, 0.27015)
     custom = RenderRequest.create("julia", center_x=0.5, c_im=0.1, palette="fire", width=10)
-    assert (custom.center_x, custom.c_re, custom.c_im, custom.width) == (0.5, -0.7, 0.1, 10)
+    assert (custom.center_x, custom.c_re, custom.c_im, custom.width) == ("0.5", -0.7, 0.1, 10)
 
 
 BAD_FIELDS = [
@@ -417,8 +417,11 @@ def without_field(name: str) -> bytes:
         (with_field("width", "1200"), "width must be an integer"),
         (with_field("width", 1200.0), "width must be an integer"),
         (with_field("height", True), "height must be an integer"),
-        (with_field("center_x", "0"), "center_x must be a number"),
-        (with_field("view_width", None), "view_width must be a number"),
+        (with_field("center_x", "zero"), "center_x must be a decimal number"),
+        (with_field("center_x", "1e5e5"), "center_x must be a decimal number"),
+        (with_field("view_width", None), "view_width must be a decimal string"),
+        (with_field("view_width", "-1e-300"), "view_width must be greater than 0"),
+        (with_field("view_width", "1e-10001"), "view_width must be at least 1e-10000"),
         (with_field("palette", 3), "palette must be a string"),
         (with_field("fractal", "newton"), "unknown fractal"),
         (with_field("width", -1), "width"),

@@ -33,12 +33,15 @@ counts. Where ``|c|`` is small next to ``|z|`` it lies in [count, count + 1).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
 
+from fractalq.fractal import reference as reference_orbit
+from fractalq.fractal.reference import Reference
 from fractalq.fractal.request import RenderRequest
 
 Counts = npt.NDArray[np.int32]
@@ -60,13 +63,13 @@ BLOCK_PIXELS = 1 << 17
 def pixel_columns(request: RenderRequest) -> Floats:
     """x of every column's pixel centre."""
     i = np.arange(request.width, dtype=np.float64)
-    return request.center_x + (i + 0.5 - request.width / 2) * request.pixel_size
+    return request.cx + (i + 0.5 - request.width / 2) * request.pixel_size
 
 
 def pixel_rows(request: RenderRequest, row_start: int, row_end: int) -> Floats:
     """y of the pixel centres of rows row_start..row_end-1."""
     j = np.arange(row_start, row_end, dtype=np.float64)
-    return request.center_y - (j + 0.5 - request.height / 2) * request.pixel_size
+    return request.cy - (j + 0.5 - request.height / 2) * request.pixel_size
 
 
 def _in_main_bulbs(cr: Floats, ci: Floats) -> npt.NDArray[np.bool_]:
@@ -239,9 +242,18 @@ DEFAULT_KERNEL = "numba" if "numba" in KERNELS else "numpy"
 
 
 def escape(
-    request: RenderRequest, row_start: int, row_end: int, kernel: str = DEFAULT_KERNEL
+    request: RenderRequest,
+    row_start: int,
+    row_end: int,
+    kernel: str = DEFAULT_KERNEL,
+    reference: Reference | None = None,
 ) -> tuple[Counts, Smooth]:
-    """Counts and smooth values of rows row_start..row_end-1 of the request's image."""
+    """Counts and smooth values of rows row_start..row_end-1 of the request's image.
+
+    A deep view (:attr:`RenderRequest.deep`) renders by perturbation
+    (:mod:`.perturb`) around ``reference``, computed here when not given; the
+    others with ``kernel``.
+    """
     if not 0 <= row_start < row_end <= request.height:
         raise ValueError(
             f"rows {row_start}..{row_end} are not within the image's {request.height} rows"
@@ -249,4 +261,15 @@ def escape(
     request.validate()  # the kernels trust the sizes and numbers they are given
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r} (known: {', '.join(sorted(KERNELS))})")
+    if request.deep:
+        from fractalq.fractal import perturb  # numba, loaded on first use
+
+        return perturb.escape(request, reference or cached_reference(request), row_start, row_end)
     return KERNELS[kernel](request, row_start, row_end)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_reference(request: RenderRequest) -> Reference:
+    """A deep view's reference, computed in this process (a band task reads the
+    one its job's first task stored instead; a tile computes its own)."""
+    return reference_orbit.compute(request)

@@ -5,6 +5,11 @@ A :class:`RenderRequest` is plain immutable data. It travels as a task payload
 canonical JSON is hashed into :meth:`~RenderRequest.key`, so the same image always
 has the same name in storage: that is what makes re-rendering a band idempotent.
 
+The view's centre and width are decimal strings (:mod:`.depth`): a deep view
+keeps every digit. Floats given for them are spelled exactly (``repr``), so a
+view given in floats renders as it always did; :attr:`~RenderRequest.cx`,
+:attr:`~RenderRequest.cy` and :attr:`~RenderRequest.span` are their float64 values.
+
 Validation lives here, once, so the command line, the coordinator's payload check
 and the workers all refuse the same requests with the same one-line messages.
 """
@@ -18,6 +23,7 @@ import math
 from typing import Any
 
 from fractalq import config
+from fractalq.fractal import depth
 from fractalq.fractal.palettes import PALETTES
 
 # Each fractal's default view: (center x, center y, view width).
@@ -27,7 +33,8 @@ FRACTALS: dict[str, tuple[float, float, float]] = {
 }
 
 _INT_FIELDS = ("width", "height", "max_iter")
-_FLOAT_FIELDS = ("center_x", "center_y", "view_width", "c_re", "c_im")
+_DECIMAL_FIELDS = ("center_x", "center_y", "view_width")
+_FLOAT_FIELDS = ("c_re", "c_im")
 _STR_FIELDS = ("fractal", "palette")
 
 
@@ -59,9 +66,9 @@ class RenderRequest:
     width: int
     height: int
     max_iter: int
-    center_x: float
-    center_y: float
-    view_width: float
+    center_x: str
+    center_y: str
+    view_width: str
     c_re: float
     c_im: float
     palette: str
@@ -78,6 +85,12 @@ class RenderRequest:
                     continue  # left as is for validate() to report
             if isinstance(value, float):
                 object.__setattr__(self, name, value + 0.0)
+        for name in _DECIMAL_FIELDS:
+            try:
+                spelled = depth.canonical(depth.parse_decimal(name, getattr(self, name)))
+            except ValueError:
+                continue  # left as is for validate() to report
+            object.__setattr__(self, name, spelled)
 
     @classmethod
     def create(
@@ -87,9 +100,9 @@ class RenderRequest:
         width: int | None = None,
         height: int | None = None,
         max_iter: int | None = None,
-        center_x: float | None = None,
-        center_y: float | None = None,
-        view_width: float | None = None,
+        center_x: str | float | None = None,
+        center_y: str | float | None = None,
+        view_width: str | float | None = None,
         c_re: float | None = None,
         c_im: float | None = None,
         palette: str | None = None,
@@ -99,14 +112,14 @@ class RenderRequest:
             raise ValueError(f"unknown fractal {_show(fractal)} (known: {_known(FRACTALS)})")
         default_x, default_y, default_view = FRACTALS[fractal]
         default_re, default_im = config.DEFAULT_JULIA_C
-        request = cls(
+        request = cls(  # the decimal fields are spelled canonically by __post_init__
             fractal=fractal,
             width=config.DEFAULT_WIDTH if width is None else width,
             height=config.DEFAULT_HEIGHT if height is None else height,
             max_iter=config.DEFAULT_MAX_ITER if max_iter is None else max_iter,
-            center_x=default_x if center_x is None else center_x,
-            center_y=default_y if center_y is None else center_y,
-            view_width=default_view if view_width is None else view_width,
+            center_x=default_x if center_x is None else center_x,  # type: ignore[arg-type]
+            center_y=default_y if center_y is None else center_y,  # type: ignore[arg-type]
+            view_width=default_view if view_width is None else view_width,  # type: ignore[arg-type]
             c_re=default_re if c_re is None else c_re,
             c_im=default_im if c_im is None else c_im,
             palette=config.DEFAULT_PALETTE if palette is None else palette,
@@ -135,15 +148,48 @@ class RenderRequest:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, float | int) or not _finite(value):
                 raise ValueError(f"{name} must be a finite number (got {_show(value)})")
-        if self.view_width <= 0:
+        for name in _DECIMAL_FIELDS:
+            depth.parse_decimal(name, getattr(self, name))
+        view = depth.parse_decimal("view_width", self.view_width)
+        if view <= 0:
             raise ValueError(f"view_width must be greater than 0 (got {_show(self.view_width)})")
+        if view.adjusted() < -config.MAX_ZOOM_DIGITS:
+            raise ValueError(
+                f"view_width must be at least 1e-{config.MAX_ZOOM_DIGITS} "
+                f"(got {_show(self.view_width)})"
+            )
         if not isinstance(self.palette, str) or self.palette not in PALETTES:
             raise ValueError(f"unknown palette {_show(self.palette)} (known: {_known(PALETTES)})")
 
     @property
+    def cx(self) -> float:
+        """The centre's real part as a float64."""
+        return float(self.center_x)
+
+    @property
+    def cy(self) -> float:
+        """The centre's imaginary part as a float64."""
+        return float(self.center_y)
+
+    @property
+    def span(self) -> float:
+        """The view's width as a float64 (0.0 for views deeper than 1e-308)."""
+        return float(self.view_width)
+
+    @property
     def pixel_size(self) -> float:
         """The distance between neighbouring pixel centres, in the complex plane."""
-        return self.view_width / self.width
+        return self.span / self.width
+
+    @property
+    def deep(self) -> bool:
+        """Whether float64 is too coarse: the view renders by perturbation."""
+        return depth.is_deep(self.center_x, self.center_y, self.view_width, self.width)
+
+    @property
+    def precision(self) -> int:
+        """Mantissa bits of a deep view's reference orbit."""
+        return depth.precision_bits(self.center_x, self.center_y, self.view_width, self.width)
 
     def to_json(self) -> bytes:
         """Canonical JSON: sorted keys, no spaces, floats written exactly (repr)."""
@@ -176,6 +222,9 @@ class RenderRequest:
         for name in _FLOAT_FIELDS:
             if isinstance(value[name], bool) or not isinstance(value[name], int | float):
                 raise ValueError(f"{name} must be a number (got {_show(value[name])})")
+        for name in _DECIMAL_FIELDS:  # strings; numbers from older clients are read too
+            if isinstance(value[name], bool) or not isinstance(value[name], str | int | float):
+                raise ValueError(f"{name} must be a decimal string (got {_show(value[name])})")
         for name in _STR_FIELDS:
             if not isinstance(value[name], str):
                 raise ValueError(f"{name} must be a string (got {_show(value[name])})")
