@@ -901,6 +901,7 @@ def test_values_mirror_the_configuration() -> None:
     assert scaling["tasksPerWorker"] == config.SCALE_TASKS_PER_WORKER
     assert scaling["interval"] == config.SCALE_INTERVAL
     assert scaling["scaleDownWindow"] == config.SCALE_DOWN_WINDOW
+    assert values["coordinator"]["orphanSweep"] == config.ORPHAN_SWEEP_INTERVAL
     assert values["operator"]["urlExpiry"] == config.URL_EXPIRY
     assert values["storage"]["region"] == config.S3_DEFAULT_REGION
     schema = json.loads((CHART / "values.schema.json").read_text())
@@ -925,6 +926,8 @@ def test_values_render_into_the_commands(chart_helm: Helm) -> None:
         f"{config.DEFAULT_WORKER_TIMEOUT:g}",
         "--retention",
         f"{config.DEFAULT_RETENTION:g}",
+        "--orphan-sweep",
+        f"{config.ORPHAN_SWEEP_INTERVAL:g}",
         "--tls-cert",
         "/etc/fractalq/tls/tls.crt",
         "--tls-key",
@@ -1614,6 +1617,8 @@ def test_tls_and_tokens_off_render_the_old_plaintext_shape(chart_helm: Helm) -> 
         f"{config.DEFAULT_WORKER_TIMEOUT:g}",
         "--retention",
         f"{config.DEFAULT_RETENTION:g}",
+        "--orphan-sweep",
+        f"{config.ORPHAN_SWEEP_INTERVAL:g}",
     ]
     assert coordinator["readinessProbe"]["grpc"]["port"] == config.DEFAULT_PORT
     assert coordinator["startupProbe"]["grpc"]["port"] == config.DEFAULT_PORT
