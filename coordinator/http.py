@@ -19,6 +19,7 @@ from fractalq.coordinator.auth import http_middleware
 from fractalq.coordinator.metrics import registry
 from fractalq.coordinator.service import CoordinatorService, job_message
 from fractalq.coordinator.web.app import add_dashboard
+from fractalq.coordinator.web.explore import add_routes as add_explorer
 from fractalq.coordinator.web.session import Sessions
 from fractalq.security.tokens import TokenTable
 
@@ -81,4 +82,5 @@ def make_app(service: CoordinatorService, tokens: TokenTable | None = None) -> w
     app = web.Application(middlewares=middlewares)
     app.add_routes(routes)
     add_dashboard(app, service, tokens, sessions)  # /, /static/, /api/session, events, ...
+    add_explorer(app, service)  # /explore, /api/explore/...
     return app

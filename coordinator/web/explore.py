@@ -1,0 +1,156 @@
+"""HTTP routes of the explorer (/explore): its page, its settings and its tiles.
+
+* ``GET /explore``: the page (Leaflet, vendored under ``static/vendor``).
+* ``GET /api/explore/config``: tile size, zoom levels, fractals and palettes.
+* ``GET /api/explore/tiles?tiles=z/x/y,...&fractal=&max_iter=&palette=&c_re=&c_im=``:
+  the page's one request per map update, answered as a stream of frames as
+  the tiles are ready (cached ones first): each frame is the tile's position
+  in the list, 0 or 1 (a PNG follows, or a one-line error), and the length of
+  what follows, three big-endian 32-bit numbers, then the bytes. One request
+  for a whole screen keeps the browser's six connections per server from
+  queueing tiles behind each other. A GET, so that a reader token may explore.
+* ``GET /api/explore/tile/{z}/{x}/{y}.png?...``: one tile, cacheable by any
+  HTTP cache (a tile's bytes are a function of its URL).
+
+A bad request is a 400 with a one-line message and reaches no queue; when the
+explorer may not queue more (:class:`.tilerender.Busy`), a 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from pathlib import Path
+
+from aiohttp import web
+
+from fractalq import config
+from fractalq.coordinator.service import CoordinatorService
+from fractalq.coordinator.web.tilerender import Busy, TileFailed, TileRenderer
+from fractalq.coordinator.web.tiles import (
+    TileError,
+    parse_coords,
+    parse_query,
+    parse_tile_list,
+    tile_request,
+)
+from fractalq.fractal.palettes import PALETTES
+from fractalq.fractal.request import FRACTALS
+
+STATIC = Path(__file__).parent / "static"
+RENDERER = web.AppKey("explore_renderer", TileRenderer)
+_FRAME = struct.Struct(">III")
+OK, FAILED = 0, 1
+
+
+def _bad(error: TileError) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=f"{error}\n")
+
+
+def _busy(error: Busy) -> web.HTTPServiceUnavailable:
+    return web.HTTPServiceUnavailable(text=f"{error}\n", headers={"Retry-After": "1"})
+
+
+def explore_config() -> dict[str, object]:
+    return {
+        "tile_size": config.TILE_SIZE,
+        "max_zoom": config.TILE_MAX_ZOOM,
+        "max_iter": config.TILE_MAX_ITER,
+        "max_tiles": config.MAX_TILES_PER_REQUEST,
+        "default_max_iter": config.DEFAULT_MAX_ITER,
+        "default_palette": config.DEFAULT_PALETTE,
+        "palettes": sorted(PALETTES),
+        "fractals": {
+            name: {"center_x": view[0], "center_y": view[1], "view_width": view[2]}
+            for name, view in FRACTALS.items()
+        },
+        "julia_c": list(config.DEFAULT_JULIA_C),
+    }
+
+
+def add_routes(app: web.Application, service: CoordinatorService) -> None:
+    """Mount the explorer on the coordinator's HTTP app."""
+    renderer = TileRenderer(service.broker, clock=service.clock)
+    app[RENDERER] = renderer
+
+    async def page(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "explore.html")
+
+    async def settings(request: web.Request) -> web.Response:
+        return web.json_response(explore_config())
+
+    async def tiles(request: web.Request) -> web.StreamResponse:
+        try:
+            query = parse_query(request.query)
+            coords = parse_tile_list(request.query.get("tiles", ""))
+            futures = renderer.tiles([tile_request(query, tile) for tile in coords])
+        except TileError as error:
+            raise _bad(error) from None
+        except Busy as error:
+            raise _busy(error) from None
+        response = web.StreamResponse(
+            headers={"Content-Type": "application/octet-stream", "Cache-Control": "no-store"}
+        )
+        await response.prepare(request)
+        places: dict[asyncio.Future[bytes], list[int]] = {}
+        for index, future in enumerate(futures):
+            places.setdefault(future, []).append(index)
+        waiting = set(places)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + renderer.timeout
+        while waiting:
+            ready = {future for future in waiting if future.done()}
+            if not ready:
+                remaining = max(deadline - loop.time(), 0.0)
+                ready, _ = await asyncio.wait(
+                    waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not ready:  # past the deadline: the rest fail
+                    renderer.expire()
+                    ready = set(waiting)
+            waiting -= ready
+            await response.write(
+                b"".join(_frame(index, future) for future in ready for index in places[future])
+            )
+        await response.write_eof()
+        return response
+
+    async def one_tile(request: web.Request) -> web.Response:
+        info = request.match_info
+        try:
+            query = parse_query(request.query)
+            coords = parse_coords(f"{info['z']}/{info['x']}/{info['y']}")
+            (future,) = renderer.tiles([tile_request(query, coords)])
+        except TileError as error:
+            raise _bad(error) from None
+        except Busy as error:
+            raise _busy(error) from None
+        try:
+            png = await asyncio.wait_for(asyncio.shield(future), renderer.timeout)
+        except TimeoutError:
+            renderer.expire()
+            raise web.HTTPGatewayTimeout(text="the tile was not rendered in time\n") from None
+        except TileFailed as error:
+            raise web.HTTPBadGateway(text=f"{error}\n") from None
+        return web.Response(
+            body=png,
+            content_type="image/png",
+            headers={"Cache-Control": "public, max-age=31536000, immutable"},
+        )
+
+    app.router.add_get("/explore", page)
+    app.router.add_get("/api/explore/config", settings)
+    app.router.add_get("/api/explore/tiles", tiles)
+    app.router.add_get("/api/explore/tile/{z}/{x}/{y}.png", one_tile)
+
+
+def _frame(index: int, future: asyncio.Future[bytes]) -> bytes:
+    if not future.done():
+        body, status = b"the tile was not rendered in time", FAILED
+    elif future.cancelled():
+        body, status = b"cancelled", FAILED
+    elif (error := future.exception()) is not None:
+        body, status = (str(error).splitlines() or ["failed"])[0].encode(), FAILED
+    else:
+        body, status = future.result(), OK
+    return _FRAME.pack(index, status, len(body)) + body

@@ -1,0 +1,221 @@
+"""Tiles through the queue: cache first, then batched jobs whose results come back in memory.
+
+:meth:`TileRenderer.tiles` answers each tile with a future of its PNG bytes:
+
+* a cached tile at once; a tile some job already renders shares that job's
+  future (two browsers on the same view cost one render);
+* the others wait ``config.TILE_BATCH_WINDOW`` for more, then go to the queue
+  as one *transient* job (:class:`~fractalq.coordinator.broker.JobSpec`: never
+  written to the database, forgotten once done) of ``fractal.tile`` tasks at
+  ``config.EXPLORE_PRIORITY``, ahead of batch renders. A task holds a few
+  tiles, as many as spread the batch over about four tasks per worker slot,
+  so the workers share a screen's tiles and one task's overhead is shared by
+  several tiles;
+* a task's result (its tiles' PNGs) reaches :meth:`_task_result` through the
+  broker's ``on_task_result`` hook as the worker reports it, with no polling
+  and no storage round trip: the tiles go into the cache and their futures
+  are resolved. A job that fails or is cancelled fails its unfinished tiles.
+
+Bounds: at most ``max_jobs`` tile jobs and ``max_tiles`` tiles in flight for
+all browsers together; past them :class:`Busy` (the browser retries), so a
+client cannot flood the queue. A job older than ``timeout`` is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from fractalq import config
+from fractalq.coordinator.broker import Broker, BrokerError, JobSpec
+from fractalq.coordinator.jobs import Job, JobState
+from fractalq.coordinator.web.tilecache import TileCache
+from fractalq.fractal.request import RenderRequest
+from fractalq.tasks.tile import TASK_TYPE, split_result, tile_payload
+
+log = logging.getLogger("fractalq.coordinator.explore")
+
+JOB_PREFIX = "tiles-"
+LABELS = {"fractalq.dev/explorer": "tiles"}
+# One tile's future, and the tiles of each task of a job.
+Entry = tuple[bytes, "asyncio.Future[bytes]"]
+
+
+class Busy(Exception):
+    """The explorer may not queue more now (its bounds, or no worker); retry later."""
+
+
+class TileFailed(Exception):
+    """A tile's job failed or was cancelled; the message says why."""
+
+
+def _retrieved(future: asyncio.Future[bytes]) -> None:
+    if not future.cancelled():
+        future.exception()  # a failure nobody awaits any more is not an error to log
+
+
+class TileRenderer:
+    def __init__(
+        self,
+        broker: Broker,
+        cache: TileCache | None = None,
+        clock: Callable[[], float] = time.time,
+        *,
+        window: float = config.TILE_BATCH_WINDOW,
+        max_jobs: int = config.MAX_TILE_JOBS,
+        max_tiles: int = config.MAX_TILES_IN_FLIGHT,
+        tiles_per_task: int = config.TILES_PER_TASK,
+        timeout: float = config.TILE_TIMEOUT,
+    ) -> None:
+        self.broker = broker
+        self.cache = cache if cache is not None else TileCache()
+        self.clock = clock
+        self.window = window
+        self.max_jobs = max_jobs
+        self.max_tiles = max_tiles
+        self.tiles_per_task = tiles_per_task
+        self.timeout = timeout
+        self.rendered = 0  # tiles that came back from workers
+        self._waiting: dict[bytes, asyncio.Future[bytes]] = {}  # pending or in a job
+        self._pending: list[tuple[bytes, RenderRequest]] = []
+        self._flush_at: asyncio.TimerHandle | None = None
+        self._jobs: dict[str, tuple[float, list[list[Entry]]]] = {}  # id -> (submitted, tasks)
+        # Chained after the hooks already there (the gRPC service's watches).
+        previous_result, previous_change = broker.on_task_result, broker.on_job_change
+
+        def on_result(job: Job, index: int, result: bytes) -> None:
+            previous_result(job, index, result)
+            self._task_result(job, index, result)
+
+        def on_change(job: Job) -> None:
+            previous_change(job)
+            self._job_changed(job)
+
+        broker.on_task_result, broker.on_job_change = on_result, on_change
+
+    @property
+    def jobs_in_flight(self) -> int:
+        return len(self._jobs) + (1 if self._pending else 0)
+
+    def _has_worker(self) -> bool:
+        return any(
+            TASK_TYPE in worker.task_types and not worker.draining and self.broker.is_live(worker)
+            for worker in self.broker.workers.values()
+        )
+
+    def _slots(self) -> int:
+        return sum(
+            worker.concurrency
+            for worker in self.broker.workers.values()
+            if TASK_TYPE in worker.task_types and self.broker.is_live(worker)
+        )
+
+    def tiles(self, requests: list[RenderRequest]) -> list[asyncio.Future[bytes]]:
+        """A future of PNG bytes per request, in order; Busy when they cannot be queued now."""
+        self.expire()
+        loop = asyncio.get_running_loop()
+        keys = [request.to_json() for request in requests]
+        new = {key for key in keys if key not in self._waiting and key not in self.cache}
+        if new:
+            if len(self._jobs) >= self.max_jobs or len(self._waiting) + len(new) > self.max_tiles:
+                raise Busy("the explorer has as many tiles on the queue as it may; retry")
+            if not self._has_worker():
+                raise Busy(f"no worker serves {TASK_TYPE} tasks")
+        futures = []
+        for key, request in zip(keys, requests, strict=True):
+            future = self._waiting.get(key)
+            if future is None:
+                future = loop.create_future()
+                future.add_done_callback(_retrieved)
+                cached = self.cache.get(key)
+                if cached is not None:
+                    future.set_result(cached)
+                else:
+                    self._waiting[key] = future
+                    self._pending.append((key, request))
+            futures.append(future)
+        if self._pending and self._flush_at is None:
+            self._flush_at = loop.call_later(self.window, self._flush)
+        return futures
+
+    def _flush(self) -> None:
+        self._flush_at = None
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        slots = max(self._slots(), 1)
+        per_task = min(max(-(-len(batch) // (4 * slots)), 1), self.tiles_per_task)
+        groups = [batch[start : start + per_task] for start in range(0, len(batch), per_task)]
+        spec = JobSpec(
+            task_type=TASK_TYPE,
+            payloads=[tile_payload([request for _, request in group]) for group in groups],
+            payload=b"",
+            count=0,
+            priority=config.EXPLORE_PRIORITY,
+            max_attempts=config.DEFAULT_MAX_ATTEMPTS,
+            labels=dict(LABELS),
+            transient=True,
+        )
+        tasks = [[(key, self._waiting[key]) for key, _ in group] for group in groups]
+        job_id = JOB_PREFIX + uuid.uuid4().hex[:16]
+        self._jobs[job_id] = (self.clock(), tasks)
+        try:
+            self.broker.submit(spec, self.clock(), job_id)
+        except BrokerError as error:
+            self._fail(job_id, f"the queue refused the tiles: {error}")
+
+    def _task_result(self, job: Job, index: int, result: bytes) -> None:
+        found = self._jobs.get(job.job_id)
+        if found is None or not 0 <= index < len(found[1]):
+            return
+        entries = found[1][index]
+        try:
+            pngs = split_result(result)
+            if len(pngs) != len(entries):
+                raise ValueError(f"{len(pngs)} tiles came back for {len(entries)}")
+        except ValueError as error:  # a worker of another version: fail, do not cache
+            log.warning("tile job %s task %d: %s", job.job_id, index, error)
+            self._fail_entries(entries, f"a worker sent a bad tile result: {error}")
+            return
+        for (key, future), png in zip(entries, pngs, strict=True):
+            self.cache.put(key, png)
+            self.rendered += 1
+            if self._waiting.get(key) is future:
+                del self._waiting[key]
+            if not future.done():
+                future.set_result(png)
+
+    def _job_changed(self, job: Job) -> None:
+        if job.job_id not in self._jobs or not job.state.finished:
+            return
+        if job.state is JobState.SUCCEEDED:
+            del self._jobs[job.job_id]
+        else:
+            self._fail(job.job_id, job.reason or "the tile job ended")
+
+    def _fail(self, job_id: str, reason: str) -> None:
+        _, tasks = self._jobs.pop(job_id)
+        for entries in tasks:
+            self._fail_entries(entries, reason)
+
+    def _fail_entries(self, entries: list[Entry], reason: str) -> None:
+        for key, future in entries:
+            if self._waiting.get(key) is future:
+                del self._waiting[key]
+            if not future.done():
+                future.set_exception(TileFailed(reason))
+
+    def expire(self) -> None:
+        """Cancel tile jobs older than the timeout (no worker took them, say)."""
+        oldest = self.clock() - self.timeout
+        reason = f"tiles not rendered within {self.timeout:g} s"
+        for job_id, (submitted, _) in list(self._jobs.items()):
+            if submitted < oldest:
+                with contextlib.suppress(BrokerError):
+                    self.broker.cancel(job_id, reason, self.clock())
+                if job_id in self._jobs:  # the broker no longer knew it
+                    self._fail(job_id, reason)
