@@ -12,6 +12,7 @@ import json
 import random
 import struct
 import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from assembly_child import synthetic
 from isal import isal_zlib
 from PIL import Image
 from reference import reference_png
+from s3server import SeaweedS3
 
 from fractalq.fractal import (
     PngWriter,
@@ -40,6 +42,10 @@ from fractalq.fractal.png import (
     adler32_combine,
     rows_per_group,
 )
+from fractalq.fractal.request import band_rows
+from fractalq.storage import open_storage
+from fractalq.tasks.assemble import assemble_payload, image_key
+from fractalq.tasks.band import band_key
 
 MiB = 1 << 20
 
@@ -435,3 +441,48 @@ def test_a_16384_wide_image_assembles_in_bounded_memory(tmp_path: Path) -> None:
     assert peak < 64 * MiB, usage
     assert growth < largest + 8 * MiB, (usage, largest)  # one band, not the image
     assert np.array_equal(pixels(out.read_bytes()), synthetic(width, 0, height))
+
+
+TASK_CHILD = Path(__file__).resolve().parent / "task_child.py"
+
+
+@pytest.mark.parametrize("backend", ["folder", "s3"])
+def test_the_assembly_task_at_16384_wide_runs_in_bounded_memory(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The whole task as a worker runs it: bands read from storage one at a
+    # time, the PNG streamed to a file, stored (S3: a multipart upload of 8 MiB
+    # parts), bands removed. The image is 192 MiB of pixels.
+    width, height, regions = 16384, 4096, 16
+    if backend == "s3":
+        server: SeaweedS3 = request.getfixturevalue("s3_server")
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        url = f"s3://{server.make_bucket()}/images"
+    else:
+        url = (tmp_path / "storage").as_uri()
+    render = RenderRequest.create("mandelbrot", width=width, height=height)
+    rows = band_rows(render, regions)
+    assert len(rows) == regions
+    storage, job, largest = open_storage(url), "big", 0
+    for start, end in rows:
+        data = encode_band(synthetic(width, start, end), start)
+        largest = max(largest, len(data))
+        storage.put(band_key(job, start, end), data)
+    payload = tmp_path / "payload.json"
+    payload.write_bytes(assemble_payload(render, regions))
+    result = subprocess.run(
+        [sys.executable, str(TASK_CHILD), "fractal.assemble", str(payload), url, job],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    usage = json.loads(result.stdout)
+    growth = (usage["peak_kib"] - usage["before_kib"]) * 1024
+    # One band read, one PNG group being deflated and (S3) four parts in flight.
+    assert growth < largest + 48 * MiB, (usage, largest)
+    assert growth < width * height * 3 // 3, usage
+    image = json.loads(usage["result"])
+    assert image["key"] == image_key(job) and storage.exists(image["key"])
+    head = storage.get(image["key"])[:24] if backend == "folder" else None
+    if head is not None:
+        assert struct.unpack(">II", head[16:24]) == (width, height)
+    assert not any(storage.exists(band_key(job, start, end)) for start, end in rows)

@@ -47,9 +47,14 @@ def add_render_options(parser: argparse.ArgumentParser) -> None:
         "--regions", type=int, default=config.DEFAULT_REGIONS, help="bands (one task each)"
     )
     options.add_argument("--max-iter", type=int, default=config.DEFAULT_MAX_ITER)
-    options.add_argument("--center-x", type=float)
-    options.add_argument("--center-y", type=float)
-    options.add_argument("--view-width", type=float, help="width of the view in the plane")
+    # Decimal strings of any length (deep views keep every digit); checked by RenderRequest.
+    options.add_argument("--center-x", metavar="DECIMAL")
+    options.add_argument("--center-y", metavar="DECIMAL")
+    options.add_argument(
+        "--view-width",
+        metavar="DECIMAL",
+        help="width of the view in the plane (any depth: 1e-300 renders by perturbation)",
+    )
     options.add_argument("--c-re", type=float, help="Julia constant, real part")
     options.add_argument("--c-im", type=float, help="Julia constant, imaginary part")
     options.add_argument(
