@@ -21,6 +21,8 @@ from fractalq.tasks.assemble import CLEANUP_TYPE as CLEANUP
 from fractalq.tasks.assemble import TASK_TYPE as ASSEMBLE
 from fractalq.tasks.assemble import assemble_payload
 from fractalq.tasks.band import TASK_TYPE, band_key, band_payload
+from fractalq.tasks.reference import TASK_TYPE as REFERENCE
+from fractalq.tasks.reference import reference_key, reference_payload
 
 
 def submit_render(
@@ -34,7 +36,9 @@ def submit_render(
 ) -> pb.SubmitJobResponse:
     """Queue one task per band; ``job_id`` makes the submission idempotent.
 
-    The job's final task assembles the image into storage
+    A deep view's job first computes its reference orbit
+    (:mod:`fractalq.tasks.reference`), which every band reads. The job's final
+    task assembles the image into storage
     (:mod:`fractalq.tasks.assemble`) and its result says where; if the job
     fails or is cancelled, its cleanup job removes the bands.
     """
@@ -52,7 +56,7 @@ def render_job(
     """The job :func:`submit_render` submits (the dashboard submits it in-process)."""
     rows = band_rows(request, regions)
     payload = assemble_payload(request, regions, keep_bands)
-    return pb.SubmitJobRequest(
+    job = pb.SubmitJobRequest(
         job_id=job_id,
         task_type=TASK_TYPE,
         payloads=[band_payload(request, start, end) for start, end in rows],
@@ -65,6 +69,9 @@ def render_job(
             **(labels or {}),
         },
     )
+    if request.deep:  # its first task computes the reference orbit every band reads
+        job.first.CopyFrom(pb.StageTask(task_type=REFERENCE, payload=reference_payload(request)))
+    return job
 
 
 def band_keys(job_id: str, request: RenderRequest, regions: int) -> list[str]:
@@ -114,4 +121,6 @@ def download_image(storage: Storage, job: pb.Job, path: str) -> int:
 
 
 def remove_bands(storage: Storage, job_id: str, request: RenderRequest, regions: int) -> None:
-    storage.delete(band_keys(job_id, request, regions))
+    """Remove the bands, and a deep render's reference orbit."""
+    extra = [reference_key(job_id)] if request.deep else []
+    storage.delete(band_keys(job_id, request, regions) + extra)

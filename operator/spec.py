@@ -14,7 +14,8 @@ from fractalq import config
 from fractalq.fractal.request import RenderRequest, split_rows
 
 
-def _number(spec: Mapping[str, Any], path: str, kind: type[int] | type[float]) -> Any:
+def _field(spec: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted path, None when absent."""
     value: Any = spec
     for part in path.split("."):
         if not isinstance(value, Mapping):
@@ -22,11 +23,26 @@ def _number(spec: Mapping[str, Any], path: str, kind: type[int] | type[float]) -
         value = value.get(part)
         if value is None:
             return None
+    return value
+
+
+def _number(spec: Mapping[str, Any], path: str, kind: type[int] | type[float]) -> Any:
+    value = _field(spec, path)
+    if value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"spec.{path} must be a number (got {value!r:.40})")
     if kind is int and not float(value).is_integer():
         raise ValueError(f"spec.{path} must be a whole number (got {value!r:.40})")
     return kind(value)
+
+
+def _decimal(spec: Mapping[str, Any], path: str) -> Any:
+    """A view coordinate: a number, or a decimal string of any length (deep views)."""
+    value = _field(spec, path)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float | str)):
+        raise ValueError(f"spec.{path} must be a number or a decimal string (got {value!r:.40})")
+    return value
 
 
 def parse_spec(spec: Mapping[str, Any]) -> tuple[RenderRequest, int, int]:
@@ -45,9 +61,9 @@ def parse_spec(spec: Mapping[str, Any]) -> tuple[RenderRequest, int, int]:
             width=_number(spec, "width", int),
             height=_number(spec, "height", int),
             max_iter=_number(spec, "maxIterations", int),
-            center_x=_number(spec, "center.x", float),
-            center_y=_number(spec, "center.y", float),
-            view_width=_number(spec, "viewWidth", float),
+            center_x=_decimal(spec, "center.x"),
+            center_y=_decimal(spec, "center.y"),
+            view_width=_decimal(spec, "viewWidth"),
             c_re=_number(spec, "julia.cRe", float),
             c_im=_number(spec, "julia.cIm", float),
             palette=palette,

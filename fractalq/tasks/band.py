@@ -19,6 +19,7 @@ from fractalq.fractal.render import render_rows
 from fractalq.fractal.request import RenderRequest
 from fractalq.preview import band_preview, band_result
 from fractalq.storage import Storage, open_storage
+from fractalq.tasks.reference import reference_for
 from fractalq.tasks.registry import InvalidPayload, TaskContext, task_type
 
 TASK_TYPE = "fractal.band"
@@ -74,7 +75,7 @@ def render_band(payload: bytes, context: TaskContext) -> bytes:
     if not context.storage_url:
         raise RuntimeError("this worker has no --storage to put bands in")
     request, start, end = parse_payload(payload)
-    rgb = render_rows(request, start, end)
+    rgb = render_rows(request, start, end, reference=reference_for(request, context))
     data = encode_band(rgb, start)
     key = band_key(context.job_id, start, end)
     _storage(context.storage_url).put(key, data)  # only reported done once stored
