@@ -109,6 +109,8 @@ async def _serve(
         # gRPC sets SO_REUSEPORT by default: a second coordinator on this port
         # would start and take half of the connections.
         ("grpc.so_reuseport", 0),
+        # Clients' keepalive pings (fractalq.endpoint) come at most this often.
+        ("grpc.http2.min_ping_interval_without_data_ms", int(config.KEEPALIVE_MIN_INTERVAL * 1000)),
     ]
     # Tokens are checked before any servicer runs (the health service stays open).
     interceptors = [TokenInterceptor(settings.tokens, service.refusals)] if settings.tokens else []
@@ -154,9 +156,7 @@ async def _serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
 
-    background = [
-        asyncio.create_task(_timers(service, settings))
-    ]
+    background = [asyncio.create_task(_timers(service, settings))]
     if commit is not None:
         background.append(asyncio.create_task(commit.run()))
     log.info(

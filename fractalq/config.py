@@ -25,6 +25,15 @@ DEFAULT_HTTP_PORT = 8080
 # fits, and the limits below keep every reply under it (a GetStats of
 # MAX_WORKERS workers, a ListJobs of MAX_LIST_LIMIT jobs, a job's results).
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+# Keepalive: a client pings the coordinator after KEEPALIVE_TIME seconds without
+# traffic on a call (a watch of a queued job, a worker's heartbeat stream between
+# beats) and drops the connection if no answer comes within KEEPALIVE_TIMEOUT, so
+# a silently dead path (a NAT or proxy that forgot the flow) ends the call and the
+# client reconnects, instead of waiting forever. The coordinator accepts pings
+# every KEEPALIVE_MIN_INTERVAL seconds; more often is answered with GOAWAY.
+KEEPALIVE_TIME = 20.0
+KEEPALIVE_TIMEOUT = 10.0
+KEEPALIVE_MIN_INTERVAL = 10.0
 
 # ---- security ------------------------------------------------------------
 

@@ -31,10 +31,21 @@ ENV_TLS_KEY = "FRACTALQ_TLS_KEY"
 ENV_TOKEN_FILE = "FRACTALQ_TOKEN_FILE"
 ENV_TOKEN = "FRACTALQ_TOKEN"
 
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.max_send_message_length", config.MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", config.MAX_MESSAGE_BYTES),
-]
+
+def channel_options() -> list[tuple[str, Any]]:
+    """Every client channel's options: the message limit and keepalive (see config)."""
+    return [
+        ("grpc.max_send_message_length", config.MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", config.MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", int(config.KEEPALIVE_TIME * 1000)),
+        ("grpc.keepalive_timeout_ms", int(config.KEEPALIVE_TIMEOUT * 1000)),
+        # A keepalive that finds a ping in flight (gRPC's own bandwidth probe)
+        # waits for that one, whose timeout is a minute unless set here.
+        ("grpc.http2.ping_timeout_ms", int(config.KEEPALIVE_TIMEOUT * 1000)),
+        # Pings only while a call is open, as many as the call's silence needs.
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 
 
 def _with_token(metadata: Any, header: tuple[str, str]) -> list[tuple[str, Any]]:
@@ -129,10 +140,10 @@ class Endpoint:
     def channel(self) -> grpc.Channel:
         """A synchronous channel; every call on it carries the token."""
         if self.tls is None:
-            channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            channel = grpc.insecure_channel(self.address, options=channel_options())
         else:
             credentials = self.tls.grpc_credentials()
-            channel = grpc.secure_channel(self.address, credentials, options=CHANNEL_OPTIONS)
+            channel = grpc.secure_channel(self.address, credentials, options=channel_options())
         if self.token:
             channel = grpc.intercept_channel(channel, _SyncToken(self.metadata[0]))
         return channel
@@ -149,12 +160,12 @@ class Endpoint:
             interceptors = [kind(header) for kind in _AIO_KINDS]
         if self.tls is None:
             return grpc.aio.insecure_channel(
-                self.address, options=CHANNEL_OPTIONS, interceptors=interceptors
+                self.address, options=channel_options(), interceptors=interceptors
             )
         return grpc.aio.secure_channel(
             self.address,
             self.tls.grpc_credentials(),
-            options=CHANNEL_OPTIONS,
+            options=channel_options(),
             interceptors=interceptors,
         )
 
