@@ -19,15 +19,21 @@ from typing import Any
 from aiohttp import web
 
 from fractalq import config
+from fractalq import tasks as task_types
 from fractalq.coordinator.broker import BrokerError, NotFound
 from fractalq.coordinator.service import CoordinatorService
-from fractalq.fractal.request import RenderRequest, split_rows
+from fractalq.fractal.palettes import PALETTES
+from fractalq.fractal.request import FRACTALS, RenderRequest, split_rows
 from fractalq.images import render_job
 from fractalq.proto import fractalq_pb2 as pb
 
 INTS = ("width", "height", "regions", "max-iter", "priority")
 FLOATS = ("center-x", "center-y", "view-width", "c-re", "c-im")
 FIELDS = ("fractal", "palette", *INTS, *FLOATS)
+# The view's centre and width: decimal strings when the request keeps them so
+# (deep zoom), which RenderRequest.create checks like the command line's.
+VIEW = ("center-x", "center-y", "view-width")
+_DECIMAL_VIEW = "str" in str(RenderRequest.__dataclass_fields__["center_x"].type)
 # The request's own names (in its error messages) -> the form's.
 _FORM_NAMES = {name.replace("-", "_"): name for name in FIELDS}
 
@@ -68,9 +74,12 @@ def render_request(form: dict[str, Any]) -> tuple[RenderRequest, int, int]:
         if text is not None and not re.fullmatch(r"[+-]?\d{1,12}", text):
             raise FieldError(name, f"{name} must be a whole number (got {text[:20]!r})")
         ints[name] = int(text) if text is not None else None
-    floats: dict[str, float | None] = {}
+    floats: dict[str, Any] = {}
     for name in FLOATS:
         text = _text(form, name)
+        if text is not None and name in VIEW and _DECIMAL_VIEW:
+            floats[name] = text  # kept digit for digit, as the command line does
+            continue
         try:
             value = float(text) if text is not None and len(text) <= 100 else None
         except ValueError:
@@ -165,6 +174,31 @@ def routes(service: CoordinatorService) -> web.RouteTableDef:
         except BrokerError as error:
             return _refusal(_broker_field(str(error)), str(error))
         return web.json_response({"job_id": response.job.job_id, "total": response.job.total})
+
+    @table.get("/api/render/options")
+    async def options(request: web.Request) -> web.Response:
+        """What the forms offer: fractals, palettes, defaults, limits, task types."""
+        return web.json_response(
+            {
+                "fractals": sorted(FRACTALS),
+                "palettes": sorted(PALETTES),
+                "defaults": {
+                    "fractal": config.DEFAULT_FRACTAL,
+                    "palette": config.DEFAULT_PALETTE,
+                    "width": config.DEFAULT_WIDTH,
+                    "height": config.DEFAULT_HEIGHT,
+                    "regions": config.DEFAULT_REGIONS,
+                    "max-iter": config.DEFAULT_MAX_ITER,
+                    "priority": config.DEFAULT_PRIORITY,
+                },
+                "limits": {
+                    "dimension": config.MAX_DIMENSION,
+                    "max-iter": config.MAX_ITERATIONS,
+                    "priority": list(config.PRIORITY_RANGE),
+                },
+                "task_types": [t for t in task_types.names() if not t.startswith("fractal.")],
+            }
+        )
 
     @table.post("/api/render")
     async def render(request: web.Request) -> web.Response:

@@ -270,13 +270,13 @@ def run_demo(args: argparse.Namespace) -> int:
             endpoint = f"127.0.0.1:{port}"
             # The secure path, as the chart runs it: TLS, and a token per role.
             secure_flags, worker_env, secure = _secure_path(tmp / "trust", endpoint)
+            storage_url = storage_dir.as_uri()
             coordinator = _start(
                 ["coordinator", "--host", "127.0.0.1", "--port", str(port), "--no-http",
-                 *secure_flags],
+                 "--storage", storage_url, *secure_flags],
                 tmp / "coordinator.log",
             )  # fmt: skip
             processes.append(coordinator)
-            storage_url = storage_dir.as_uri()
             for n in range(args.workers):
                 processes.append(
                     _start(

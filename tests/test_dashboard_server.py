@@ -1,0 +1,295 @@
+"""The dashboard's server side, in-process: event stream, previews, sessions, forms.
+
+A real broker and service behind the real aiohttp app (aiohttp's test server
+on 127.0.0.1); workers are played by calling the broker directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient as BaseClient
+from aiohttp.test_utils import TestServer
+
+from fractalq import config
+from fractalq.config import CoordinatorConfig
+from fractalq.coordinator import validation
+from fractalq.coordinator.broker import Broker
+from fractalq.coordinator.http import make_app
+from fractalq.coordinator.service import CoordinatorService
+from fractalq.coordinator.web.app import TICKER
+from fractalq.coordinator.web.events import Ticker
+from fractalq.coordinator.web.preview import Previews
+from fractalq.coordinator.web.session import Sessions
+from fractalq.fractal.render import render_rows
+from fractalq.fractal.request import RenderRequest
+from fractalq.images import render_job
+from fractalq.preview import band_preview, band_result, preview_size
+from fractalq.security.tokens import Role, TokenTable
+
+TestClient = BaseClient[web.Request, web.Application]
+READER, CLIENT, WORKER = "r" * 20, "c" * 20, "w" * 20
+
+
+def _run(test: Callable[[], Awaitable[None]]) -> None:
+    """Run an async test on a loop of its own, in a thread: the browser tests'
+    Playwright keeps an event loop running in the main thread."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(lambda: asyncio.run(test())).result()  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def served(secure: bool = False) -> AsyncIterator[tuple[CoordinatorService, TestClient]]:
+    """A service behind the real app; with ``secure``, role tokens (the names above)."""
+    service = CoordinatorService(Broker(), CoordinatorConfig())
+    tokens = None
+    if secure:
+        tokens = TokenTable([(Role.READER, READER), (Role.CLIENT, CLIENT), (Role.WORKER, WORKER)])
+    client = TestClient(TestServer(make_app(service, tokens)))
+    await client.start_server()
+    try:
+        yield service, client
+    finally:
+        await client.close()
+
+
+async def _submit_render(service: CoordinatorService, request: RenderRequest, bands: int) -> str:
+    response = await service.submit_job(render_job(request, bands, 10))
+    return response.job.job_id
+
+
+def _complete_bands(service: CoordinatorService, request: RenderRequest, count: int) -> None:
+    """A worker's part: lease ``count`` bands, render them, report their results."""
+    broker = service.broker
+    worker = broker.workers.get("w") or broker.register_worker("w", ("fractal.band",), 64, "h", 0)
+    for task in broker.lease(worker, count, 1.0):
+        start, end = json.loads(task.payload)["rows"]
+        rgb = render_rows(request, start, end)
+        result = band_result("key", band_preview(rgb, request.width, request.height, start))
+        assert broker.complete(worker, task.job_id, task.index, task.attempt, result, 1.0)
+
+
+# ---- the event stream ---------------------------------------------------------------
+
+
+def test_one_snapshot_per_tick_whatever_the_number_of_watchers() -> None:
+    _run(_one_snapshot_per_tick_whatever_the_number_of_watchers)
+
+
+async def _one_snapshot_per_tick_whatever_the_number_of_watchers() -> None:
+    broker = Broker()
+    ticker = Ticker(broker, Previews(), tls=False, images=False)
+    streams = [ticker.watch() for _ in range(50)]
+    firsts = [await anext(stream) for stream in streams]  # each gets the history first
+    assert all(first.startswith(b"event: history") for first in firsts)
+    latest = [await anext(stream) for stream in streams]  # and the snapshot of now
+    assert ticker.snapshots == 1 and all(chunk is latest[0] for chunk in latest)
+    waiting = [asyncio.ensure_future(anext(stream)) for stream in streams]
+    await asyncio.sleep(0)
+    ticker.sample()
+    chunks = await asyncio.gather(*waiting)
+    # One snapshot built and serialised for all fifty: the very same bytes object.
+    assert ticker.snapshots == 2 and all(chunk is chunks[0] for chunk in chunks)
+    assert chunks[0].startswith(b"event: snapshot\ndata: {")
+    for stream in streams:
+        await stream.aclose()
+    assert ticker.watchers == 0
+    ticker.sample()
+    assert ticker.snapshots == 2  # nobody watches: the history grows, no snapshot is built
+    assert len(ticker.history) == 3
+
+
+def test_the_stream_carries_stats_workers_jobs_and_labels() -> None:
+    _run(_the_stream_carries_stats_workers_jobs_and_labels)
+
+
+async def _the_stream_carries_stats_workers_jobs_and_labels() -> None:
+    async with served() as (service, http):
+        request = RenderRequest.create("mandelbrot", width=120, height=80, max_iter=32)
+        job_id = await _submit_render(service, request, 4)
+        _complete_bands(service, request, 2)
+        response = await http.get("/api/events")
+        assert response.headers["Content-Type"] == "text/event-stream"
+        events: dict[str, object] = {}
+        while "snapshot" not in events:
+            kind = (await response.content.readline()).decode().strip().removeprefix("event: ")
+            data = (await response.content.readline()).decode().removeprefix("data: ")
+            await response.content.readline()
+            events[kind] = json.loads(data)
+        response.close()
+        snapshot = events["snapshot"]
+        assert isinstance(snapshot, dict)
+        assert snapshot["stats"]["succeeded"] == 2 and snapshot["stats"]["queued"] == 2
+        assert snapshot["stats"]["workers"] == 1 and snapshot["stats"]["idle"] == 1
+        [row] = snapshot["jobs"]
+        assert row["id"] == job_id and row["succeeded"] == 2 and row["previews"] == 2
+        assert row["labels"] == {"fractal": "mandelbrot", "size": "120x80"}
+        assert http.app is not None and http.app[TICKER].snapshots >= 1
+
+
+# ---- previews ----------------------------------------------------------------------
+
+
+def test_preview_pieces_arrive_band_by_band() -> None:
+    _run(_preview_pieces_arrive_band_by_band)
+
+
+async def _preview_pieces_arrive_band_by_band() -> None:
+    async with served() as (service, http):
+        request = RenderRequest.create("mandelbrot", width=900, height=600, max_iter=64)
+        job_id = await _submit_render(service, request, 6)
+        empty = await (await http.get(f"/api/jobs/{job_id}/preview")).json()
+        assert empty == {"size": None, "next": 0, "pieces": []}
+        _complete_bands(service, request, 2)
+        first = await (await http.get(f"/api/jobs/{job_id}/preview")).json()
+        assert first["size"] == list(preview_size(900, 600)) == [640, 427]
+        assert first["next"] == 2 and len(first["pieces"]) == 2
+        _complete_bands(service, request, 4)
+        rest = await (await http.get(f"/api/jobs/{job_id}/preview?since=2")).json()
+        assert rest["next"] == 6 and len(rest["pieces"]) == 4
+        # Together the pieces cover every preview row exactly once.
+        rows = sorted(tuple(piece["rows"]) for piece in first["pieces"] + rest["pieces"])
+        assert rows[0][0] == 0 and rows[-1][1] == 427
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(rows))
+
+
+def test_preview_endpoint_refuses_bad_input() -> None:
+    _run(_preview_endpoint_refuses_bad_input)
+
+
+async def _preview_endpoint_refuses_bad_input() -> None:
+    async with served() as (_, http):
+        assert (await http.get("/api/jobs/nope/preview")).status == 404
+        assert (await http.get("/api/jobs/bad$id/preview")).status == 400
+        assert (await http.get("/api/jobs/x/preview?since=lots")).status == 400
+
+
+def test_a_gigapixel_band_previews_in_a_few_rows() -> None:
+    # A 32768-square image's band of 128 rows holds 2 or 3 of the preview's 640 rows.
+    request = RenderRequest.create("mandelbrot", width=32768, height=32768, max_iter=1)
+    rgb = render_rows(RenderRequest.create("mandelbrot", width=64, height=128, max_iter=1), 0, 128)
+    rgb = rgb.repeat(512, axis=1)  # a band's worth of pixels, cheaply
+    piece = band_preview(rgb, request.width, request.height, 128 * 100)
+    assert piece is not None and piece["size"] == [640, 640]
+    assert 2 <= piece["rows"][1] - piece["rows"][0] <= 3
+
+
+def test_previews_stay_within_their_memory_bound() -> None:
+    previews = Previews(max_jobs=3, max_bytes=10_000)
+    broker = Broker()
+    request = RenderRequest.create("mandelbrot", width=200, height=100, max_iter=16)
+    rgb = render_rows(request, 0, 100)
+    result = band_result("k", band_preview(rgb, 200, 100, 0))
+    for n in range(6):
+        spec = render_job(request, 1, 10, job_id=f"job-{n}")
+        job, _ = broker.submit(
+            validation.job_spec(
+                task_type=spec.task_type,
+                payloads=list(spec.payloads),
+                payload=b"",
+                count=0,
+                priority=10,
+                max_attempts=0,
+                labels={},
+                job_id=spec.job_id,
+                limits=broker.limits,
+            ),
+            0.0,
+            spec.job_id,
+        )
+        previews.add(job, 0, result)
+        assert len(previews._jobs) <= 3 and previews.bytes <= 10_000
+    assert previews.count("job-5") == 1 and previews.count("job-0") == 0
+    previews.add(job, 0, b"jobs/x/bands/000000-000100.png")  # an older worker's result
+    previews.add(job, 0, b'{"preview": {"size": [1e9, 2], "rows": [0, 1], "jpeg": ""}}')
+    assert previews.count("job-5") == 1
+
+
+# ---- sessions and roles -----------------------------------------------------------
+
+
+def test_a_token_becomes_a_session_cookie_of_its_role() -> None:
+    _run(_a_token_becomes_a_session_cookie_of_its_role)
+
+
+async def _a_token_becomes_a_session_cookie_of_its_role() -> None:
+    async with served(secure=True) as (service, secured):
+        assert (await secured.get("/")).status == 200  # the page loads without a token
+        assert (await secured.get("/static/main.js")).status == 200
+        assert (await secured.get("/api/stats")).status == 401
+        assert await (await secured.get("/api/session")).json() == {"auth": True, "role": None}
+        refused = service.refusals.counts["unauthenticated"]
+        wrong = await secured.post("/api/session", json={"token": "x" * 20})
+        assert wrong.status == 401 and (await wrong.json())["error"] == "that token is not valid"
+        assert service.refusals.counts["unauthenticated"] == refused + 1
+        assert (await secured.post("/api/session", json={"token": WORKER})).status == 403
+        assert (await secured.post("/api/session", data=b"not json")).status == 401
+
+        login = await secured.post("/api/session", json={"token": READER})
+        assert login.status == 200
+        cookie = login.cookies[config.SESSION_COOKIE]
+        assert cookie["httponly"] and cookie["samesite"] == "Strict"
+        assert READER not in cookie.value and int(cookie["max-age"]) == config.SESSION_LIFETIME
+        assert (await secured.get("/api/stats")).status == 200
+        assert await (await secured.get("/api/session")).json() == {"auth": True, "role": "reader"}
+        # A reader watches; it may not submit or cancel.
+        assert (await secured.post("/api/render", json={})).status == 403
+        assert (await secured.post("/api/jobs/x/cancel")).status == 403
+
+        assert (await secured.post("/api/session", json={"token": CLIENT})).status == 200
+        submitted = await secured.post("/api/render", json={"width": "64", "height": "32"})
+        assert submitted.status == 200
+        await secured.delete("/api/session")
+        assert (await secured.get("/api/stats")).status == 401
+
+
+def test_sessions_expire_and_are_bounded() -> None:
+    now = [0.0]
+    sessions = Sessions(lifetime=10, limit=2, clock=lambda: now[0])
+    first = sessions.create(Role.READER)
+    second = sessions.create(Role.CLIENT)
+    assert sessions.role(first) is Role.READER and sessions.role(second) is Role.CLIENT
+    sessions.create(Role.READER)
+    assert sessions.role(first) is None and len(sessions) == 2  # the oldest made room
+    now[0] = 10.0
+    assert sessions.role(second) is None
+    assert sessions.role("") is None and sessions.role("x" * 1000) is None
+
+
+# ---- forms ---------------------------------------------------------------------------
+
+
+def test_the_render_form_names_the_bad_field_and_changes_nothing() -> None:
+    _run(_the_render_form_names_the_bad_field_and_changes_nothing)
+
+
+async def _the_render_form_names_the_bad_field_and_changes_nothing() -> None:
+    async with served() as (service, http):
+        cases = {
+            "width": {"width": "-5"},
+            "height": {"height": "70000"},
+            "regions": {"height": "10", "regions": "11"},
+            "max-iter": {"max-iter": "2.5"},
+            "palette": {"palette": "mauve"},
+            "fractal": {"fractal": "sierpinski"},
+            "priority": {"priority": "9999999"},
+            "center-x": {"center-x": "nan"},
+        }
+        for field, form in cases.items():
+            response = await http.post("/api/render", json=form)
+            body = await response.json()
+            assert response.status == 400 and body["field"] == field, (field, body)
+        assert (await http.post("/api/render", data=b"[1")).status == 400
+        assert (await http.post("/api/tasks", json={"task": "nope"})).status == 400
+        assert (
+            await (await http.post("/api/tasks", json={"task": "sleep", "payload": "{"})).json()
+        )["field"] == "payload"
+        assert service.broker.jobs == {}
+        ok = await http.post("/api/tasks", json={"task": "noop", "count": "3"})
+        assert ok.status == 200 and (await ok.json())["total"] == 3
