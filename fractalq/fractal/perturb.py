@@ -20,6 +20,12 @@ exponent ``E`` per pixel, ``w`` renormalised as it grows, until ``dz`` is large
 enough to be a plain float64 (it grows by about ``|2 Z|`` per iteration), after
 which the plain loop goes on. Views down to 1e-10000 render this way.
 
+Pixels go through LANES at a time, as in the float64 kernel (:mod:`.fast`):
+between rounds of ROUND iterations the finished lanes are recorded and refilled,
+so a slow pixel never holds up the fast ones. (Unlike there, LLVM does not
+vectorise the rounds: each lane reads the reference at its own index, a gather
+it will not emit for numba's arrays; so this kernel runs on scalar units.)
+
 Counts follow the float64 kernels' definition (DESIGN.md): an escaped pixel's
 count is the number of iterations it stayed within radius 2. Smooth values are
 computed as theirs (the orbit carried on to ``|z|^2 > 2**32``, then
@@ -40,7 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fractalq.fractal import depth
-from fractalq.fractal.fast import _finish
+from fractalq.fractal.fast import _aligned, _finish, _prefer_512, _trailing_zeros
 from fractalq.fractal.reference import Reference
 from fractalq.fractal.request import RenderRequest
 
@@ -64,8 +70,28 @@ def _compiled(function: F) -> F:
     return cast(F, numba.njit(cache=True, nogil=True)(function))
 
 
+# Lanes in flight, as in the float64 kernel (fractalq/fractal/fast.py): CHAINS
+# vectors of SLOT lanes, ROUND iterations between looks at which are done.
+SLOT = 8
+CHAINS = 4
+LANES = SLOT * CHAINS
+ROUND = 16
+# Where each quantity lives in the lane array: [dz.re | dz.im | dc.re | dc.im |
+# m (reference index) | end (last index of the orbit followed) | k (iteration)].
+DZR, DZI, DCR, DCI, M, END, K = (n * LANES for n in range(7))
+IDLE = -1.0e18  # the k of a lane with no pixel: never done
+NO_PIXEL = -1
+IDLE_PIXEL = -2
+# What _start found: the pixel goes on in a lane, escaped, or is inside.
+GO_ON, ESCAPED, INSIDE = 0, 1, 2
+
+
+def _inlined(function: F) -> F:
+    return cast(F, numba.njit(cache=True, nogil=True, inline="always")(function))
+
+
 @_compiled
-def _pixel(
+def _start(
     orbit_re: Floats,
     orbit_im: Floats,
     start_end: int,
@@ -75,16 +101,16 @@ def _pixel(
     oy: float,
     exponent: int,
     julia: bool,
-    c_re: float,
-    c_im: float,
     max_iter: int,
-) -> tuple[int, float, float]:
-    """One pixel at offset (ox, oy) * 2**exponent from the centre: (count, m, |z_m|^2).
+) -> tuple[int, float, float, float, float, int, int, int]:
+    """A pixel's first iterations, at offset (ox, oy) * 2**exponent from the centre.
 
-    m and |z_m|^2 feed the smooth value (see :func:`fractalq.fractal.fast._finish`);
-    an inside pixel returns (max_iter, max_iter, 16.0).
+    Runs the scaled iterations (see the module's docstring) while the pixel needs
+    them, then the first plain one (the lanes test |z| <= 2 before iterating,
+    which must not apply to z_0). Returns (what, dzr, dzi, dcr, dci, m, end, k):
+    GO_ON with the plain state at iteration k >= 1; ESCAPED with z_k in (dzr, dzi);
+    INSIDE.
     """
-    limit = float(max_iter)
     # Offsets: the pixel's dz_0 (Julia) or dc (Mandelbrot), in units of 2**exponent.
     if julia:
         wr, wi, dr, di = ox, oy, 0.0, 0.0
@@ -93,16 +119,14 @@ def _pixel(
     m = 0
     end = start_end
     k = 0  # the iteration: z_k = Z_m + dz
-    scaled = exponent < PLAIN_FROM
-    # ---- scaled: dz = w 2**E, dc = d 2**E, while dz is beyond float64's reach
-    while scaled:
+    while exponent < PLAIN_FROM:
         zr = orbit_re[m]
         zi = orbit_im[m]
         if k > 0:
             if not zr * zr + zi * zi <= 4.0:  # |dz| < 2**-800 changes nothing here
-                return k - 1, float(k), zr * zr + zi * zi
+                return ESCAPED, zr, zi, 0.0, 0.0, m, end, k
             if k == max_iter:
-                return max_iter, limit, 16.0
+                return INSIDE, 0.0, 0.0, 0.0, 0.0, m, end, k
         # Rebase (see the module's docstring), with Z in units of 2**E.
         sr = math.ldexp(zr, -exponent) + wr
         si = math.ldexp(zi, -exponent) + wi
@@ -126,24 +150,16 @@ def _pixel(
             dr = math.ldexp(dr, -RESCALE)
             di = math.ldexp(di, -RESCALE)
             exponent += RESCALE
-            scaled = exponent < PLAIN_FROM
     dzr = math.ldexp(wr, exponent)
     dzi = math.ldexp(wi, exponent)
     dcr = math.ldexp(dr, exponent)
     dci = math.ldexp(di, exponent)
-    # ---- plain float64
-    while True:
+    if k == 0:
         zr = orbit_re[m]
         zi = orbit_im[m]
         fr = zr + dzr
         fi = zi + dzi
-        mag = fr * fr + fi * fi
-        if k > 0:
-            if not mag <= 4.0:  # nan too: an overflowed orbit has escaped
-                break
-            if k == max_iter:
-                return max_iter, limit, 16.0
-        if m == end or mag < dzr * dzr + dzi * dzi:
+        if m == end or fr * fr + fi * fi < dzr * dzr + dzi * dzi:
             dzr, dzi = fr, fi
             m = base_start
             end = base_end
@@ -156,11 +172,110 @@ def _pixel(
         dzr = nr
         m += 1
         k += 1
-    # Escaped at iteration k: carry the full z on to the smoothing radius.
-    if julia:
-        cr, ci = c_re, c_im
-    else:
-        cr, ci = c_re + dcr, c_im + dci  # c_re, c_im: the centre
+    return GO_ON, dzr, dzi, dcr, dci, m, end, k
+
+
+@_compiled
+def _step(
+    orbit_re: Floats,
+    orbit_im: Floats,
+    dzr: float,
+    dzi: float,
+    dcr: float,
+    dci: float,
+    m: float,
+    end: float,
+    k: float,
+    base_start: float,
+    base_end: float,
+) -> tuple[float, float, float, float, float]:
+    """One iteration of a lane unless its z has escaped: (dzr, dzi, m, end, k)."""
+    index = np.uint64(m)
+    zr = orbit_re[index]
+    zi = orbit_im[index]
+    fr = zr + dzr
+    fi = zi + dzi
+    mag = fr * fr + fi * fi
+    stays = mag <= 4.0  # False for nan: an overflowed orbit has escaped
+    rebase = mag < dzr * dzr + dzi * dzi or m == end
+    ar = fr if rebase else dzr
+    ai = fi if rebase else dzi
+    zr = 0.0 if rebase else zr
+    zi = 0.0 if rebase else zi
+    mm = base_start if rebase else m
+    ee = base_end if rebase else end
+    tr = 2.0 * zr + ar
+    ti = 2.0 * zi + ai
+    nr = (tr * ar - ti * ai) + dcr
+    ni = (tr * ai + ti * ar) + dci
+    return (
+        nr if stays else dzr,
+        ni if stays else dzi,
+        mm + 1.0 if stays else m,
+        ee if stays else end,
+        k + 1.0 if stays else k,
+    )
+
+
+@_inlined
+def _lane_step(
+    lanes: Floats,
+    orbit_re: Floats,
+    orbit_im: Floats,
+    lane: int,
+    base_start: float,
+    base_end: float,
+) -> None:
+    a, b, m, e, k = _step(
+        orbit_re,
+        orbit_im,
+        lanes[DZR + lane],
+        lanes[DZI + lane],
+        lanes[DCR + lane],
+        lanes[DCI + lane],
+        lanes[M + lane],
+        lanes[END + lane],
+        lanes[K + lane],
+        base_start,
+        base_end,
+    )
+    lanes[DZR + lane] = a
+    lanes[DZI + lane] = b
+    lanes[M + lane] = m
+    lanes[END + lane] = e
+    lanes[K + lane] = k
+
+
+@_compiled
+def _round(
+    lanes: Floats,
+    orbit_re: Floats,
+    orbit_im: Floats,
+    base_start: float,
+    base_end: float,
+    limit: float,
+) -> np.uint64:
+    """ROUND iterations of every lane; the bit mask of the lanes now done."""
+    _prefer_512()
+    for _ in range(ROUND):
+        for lane in range(LANES):
+            _lane_step(lanes, orbit_re, orbit_im, lane, base_start, base_end)
+    done = np.uint64(0)
+    for lane in range(LANES):
+        m = np.uint64(lanes[M + lane])
+        fr = orbit_re[m] + lanes[DZR + lane]
+        fi = orbit_im[m] + lanes[DZI + lane]
+        finished = (not (fr * fr + fi * fi <= 4.0)) or lanes[K + lane] >= limit
+        done |= np.uint64(finished) << np.uint64(lane)
+    return done
+
+
+@_compiled
+def _smooth(
+    fr: float, fi: float, k: int, cr: float, ci: float, max_iter: int
+) -> tuple[float, float]:
+    """An escaped z_k carried on to the smoothing radius: (m, |z_m|^2) for _finish."""
+    mag = fr * fr + fi * fi
     smooth = float(k)
     for _ in range(SMOOTH_EXTRA_ITERATIONS):
         if not mag <= SMOOTH_RADIUS_SQUARED:
@@ -168,7 +283,7 @@ def _pixel(
         fr, fi = (fr * fr - fi * fi) + cr, (fr + fr) * fi + ci
         mag = fr * fr + fi * fi
         smooth += 1.0
-    return k - 1, smooth, mag
+    return smooth, mag
 
 
 @_compiled
@@ -189,27 +304,91 @@ def _escape(
     smooth: Floats,
     magnitude: Floats,
 ) -> None:
+    """Counts, and m and |z_m|^2 for the smooth values, of the pixels ox x oy (flat).
+
+    Lanes are refilled as in the float64 kernel: between rounds, the finished
+    lanes are recorded and given the next pixels, so no slow pixel holds up
+    the others.
+    """
+    _prefer_512()
     width = ox.size
-    for row in range(oy.size):
-        for col in range(width):
-            p = row * width + col
-            count, sm, mag = _pixel(
-                orbit_re,
-                orbit_im,
-                start_end,
-                base_start,
-                base_end,
-                ox[col],
-                oy[row],
-                exponent,
-                julia,
-                c_re,
-                c_im,
-                max_iter,
-            )
-            counts[p] = count
-            smooth[p] = sm
-            magnitude[p] = mag
+    total = width * oy.size
+    limit = float(max_iter)
+    lanes = _aligned(7 * LANES)
+    pixel = np.full(LANES, NO_PIXEL, np.int64)
+    nxt = 0
+    idle = 0
+    todo = (np.uint64(1) << np.uint64(LANES)) - np.uint64(1)
+    while True:
+        while todo:
+            lane = np.int64(_trailing_zeros(todo))
+            todo &= todo - np.uint64(1)
+            p = pixel[lane]
+            if p >= 0:  # record the lane's pixel
+                k = lanes[K + lane]
+                m = np.uint64(lanes[M + lane])
+                fr = orbit_re[m] + lanes[DZR + lane]
+                fi = orbit_im[m] + lanes[DZI + lane]
+                if k > limit or fr * fr + fi * fi <= 4.0:
+                    counts[p] = max_iter
+                    smooth[p] = limit
+                    magnitude[p] = 16.0
+                else:
+                    counts[p] = np.int32(k) - 1
+                    if julia:
+                        cr, ci = c_re, c_im
+                    else:
+                        cr, ci = c_re + lanes[DCR + lane], c_im + lanes[DCI + lane]
+                    smooth[p], magnitude[p] = _smooth(fr, fi, int(k), cr, ci, max_iter)
+            while True:  # give the lane the next pixel that needs iterating
+                if nxt == total:
+                    if p != IDLE_PIXEL:
+                        idle += 1
+                    lanes[DZR + lane] = 0.0
+                    lanes[DZI + lane] = 0.0
+                    lanes[DCR + lane] = 0.0
+                    lanes[DCI + lane] = 0.0
+                    lanes[M + lane] = 0.0
+                    lanes[END + lane] = -1.0  # never m: never rebases
+                    lanes[K + lane] = IDLE
+                    pixel[lane] = IDLE_PIXEL
+                    break
+                q = nxt
+                nxt += 1
+                what, dzr, dzi, dcr, dci, m0, e0, k0 = _start(
+                    orbit_re,
+                    orbit_im,
+                    start_end,
+                    base_start,
+                    base_end,
+                    ox[q % width],
+                    oy[q // width],
+                    exponent,
+                    julia,
+                    max_iter,
+                )
+                if what == INSIDE:
+                    counts[q] = max_iter
+                    smooth[q] = limit
+                    magnitude[q] = 16.0
+                    continue
+                if what == ESCAPED:  # in the scaled iterations: z_k = Z_m
+                    counts[q] = k0 - 1
+                    cr, ci = (c_re, c_im) if julia else (c_re + dcr, c_im + dci)
+                    smooth[q], magnitude[q] = _smooth(dzr, dzi, k0, cr, ci, max_iter)
+                    continue
+                lanes[DZR + lane] = dzr
+                lanes[DZI + lane] = dzi
+                lanes[DCR + lane] = dcr
+                lanes[DCI + lane] = dci
+                lanes[M + lane] = m0
+                lanes[END + lane] = e0
+                lanes[K + lane] = k0
+                pixel[lane] = q
+                break
+        if idle == LANES:
+            break
+        todo = _round(lanes, orbit_re, orbit_im, float(base_start), float(base_end), limit)
 
 
 def pixel_scale(request: RenderRequest) -> tuple[float, int]:
