@@ -2,6 +2,7 @@
 
 * ``GET /explore``: the page (Leaflet, vendored under ``static/vendor``).
 * ``GET /api/explore/config``: tile size, zoom levels, fractals and palettes.
+* ``GET /api/explore/stats``: tiles asked, cached, rendered; time spent where.
 * ``GET /api/explore/tiles?tiles=z/x/y,...&fractal=&max_iter=&palette=&c_re=&c_im=``:
   the page's one request per map update, answered as a stream of frames as
   the tiles are ready (cached ones first): each frame is the tile's position
@@ -19,7 +20,9 @@ explorer may not queue more (:class:`.tilerender.Busy`), a 503 with Retry-After.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import struct
+import time
 from pathlib import Path
 
 from aiohttp import web
@@ -41,6 +44,12 @@ STATIC = Path(__file__).parent / "static"
 RENDERER = web.AppKey("explore_renderer", TileRenderer)
 _FRAME = struct.Struct(">III")
 OK, FAILED = 0, 1
+
+
+@dataclasses.dataclass
+class Served:
+    requests: int = 0  # tile-list requests answered in full
+    request_us: int = 0  # arrival to last frame written, summed
 
 
 def _bad(error: TileError) -> web.HTTPBadRequest:
@@ -72,6 +81,7 @@ def add_routes(app: web.Application, service: CoordinatorService) -> None:
     """Mount the explorer on the coordinator's HTTP app."""
     renderer = TileRenderer(service.broker, clock=service.clock)
     app[RENDERER] = renderer
+    served = Served()
 
     async def page(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "explore.html")
@@ -79,7 +89,21 @@ def add_routes(app: web.Application, service: CoordinatorService) -> None:
     async def settings(request: web.Request) -> web.Response:
         return web.json_response(explore_config())
 
+    async def stats(request: web.Request) -> web.Response:
+        cache = renderer.cache
+        return web.json_response(
+            {
+                **dataclasses.asdict(renderer.stats),
+                **dataclasses.asdict(served),
+                "cache_tiles": len(cache),
+                "cache_bytes": cache.size,
+                "cache_evictions": cache.evictions,
+                "jobs_in_flight": renderer.jobs_in_flight,
+            }
+        )
+
     async def tiles(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
         try:
             query = parse_query(request.query)
             coords = parse_tile_list(request.query.get("tiles", ""))
@@ -113,6 +137,8 @@ def add_routes(app: web.Application, service: CoordinatorService) -> None:
                 b"".join(_frame(index, future) for future in ready for index in places[future])
             )
         await response.write_eof()
+        served.requests += 1
+        served.request_us += round((time.perf_counter() - started) * 1e6)
         return response
 
     async def one_tile(request: web.Request) -> web.Response:
@@ -141,6 +167,7 @@ def add_routes(app: web.Application, service: CoordinatorService) -> None:
     app.router.add_get("/explore", page)
     app.router.add_get("/api/explore/config", settings)
     app.router.add_get("/api/explore/tiles", tiles)
+    app.router.add_get("/api/explore/stats", stats)
     app.router.add_get("/api/explore/tile/{z}/{x}/{y}.png", one_tile)
 
 

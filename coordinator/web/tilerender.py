@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -43,6 +44,21 @@ JOB_PREFIX = "tiles-"
 LABELS = {"fractalq.dev/explorer": "tiles"}
 # One tile's future, and the tiles of each task of a job.
 Entry = tuple[bytes, "asyncio.Future[bytes]"]
+
+
+@dataclasses.dataclass
+class TileStats:
+    """Counters for /api/explore/stats and the explorer's benchmark (times in microseconds)."""
+
+    tiles: int = 0  # asked for
+    cached: int = 0  # of those, answered from the cache or an earlier request's job
+    rendered: int = 0  # came back from workers
+    render_us: int = 0  # the workers' time in the kernel and palette
+    encode_us: int = 0  # the workers' time in the PNG encoder
+    jobs: int = 0  # submitted
+    job_us: int = 0  # submit to last result, summed over succeeded jobs
+    failed: int = 0  # tiles answered with an error
+    busy: int = 0  # requests refused (bounds, no worker)
 
 
 class Busy(Exception):
@@ -79,11 +95,12 @@ class TileRenderer:
         self.max_tiles = max_tiles
         self.tiles_per_task = tiles_per_task
         self.timeout = timeout
-        self.rendered = 0  # tiles that came back from workers
+        self.stats = TileStats()
         self._waiting: dict[bytes, asyncio.Future[bytes]] = {}  # pending or in a job
         self._pending: list[tuple[bytes, RenderRequest]] = []
         self._flush_at: asyncio.TimerHandle | None = None
-        self._jobs: dict[str, tuple[float, list[list[Entry]]]] = {}  # id -> (submitted, tasks)
+        # Job id -> (submitted, by clock and by perf_counter; its tasks' tiles).
+        self._jobs: dict[str, tuple[float, float, list[list[Entry]]]] = {}
         # Chained after the hooks already there (the gRPC service's watches).
         previous_result, previous_change = broker.on_task_result, broker.on_job_change
 
@@ -122,9 +139,13 @@ class TileRenderer:
         new = {key for key in keys if key not in self._waiting and key not in self.cache}
         if new:
             if len(self._jobs) >= self.max_jobs or len(self._waiting) + len(new) > self.max_tiles:
+                self.stats.busy += 1
                 raise Busy("the explorer has as many tiles on the queue as it may; retry")
             if not self._has_worker():
+                self.stats.busy += 1
                 raise Busy(f"no worker serves {TASK_TYPE} tasks")
+        self.stats.tiles += len(keys)
+        self.stats.cached += len(keys) - len(new)
         futures = []
         for key, request in zip(keys, requests, strict=True):
             future = self._waiting.get(key)
@@ -162,7 +183,8 @@ class TileRenderer:
         )
         tasks = [[(key, self._waiting[key]) for key, _ in group] for group in groups]
         job_id = JOB_PREFIX + uuid.uuid4().hex[:16]
-        self._jobs[job_id] = (self.clock(), tasks)
+        self._jobs[job_id] = (self.clock(), time.perf_counter(), tasks)
+        self.stats.jobs += 1
         try:
             self.broker.submit(spec, self.clock(), job_id)
         except BrokerError as error:
@@ -170,35 +192,38 @@ class TileRenderer:
 
     def _task_result(self, job: Job, index: int, result: bytes) -> None:
         found = self._jobs.get(job.job_id)
-        if found is None or not 0 <= index < len(found[1]):
+        if found is None or not 0 <= index < len(found[2]):
             return
-        entries = found[1][index]
+        entries = found[2][index]
         try:
-            pngs = split_result(result)
-            if len(pngs) != len(entries):
-                raise ValueError(f"{len(pngs)} tiles came back for {len(entries)}")
+            tiles = split_result(result)
+            if len(tiles) != len(entries):
+                raise ValueError(f"{len(tiles)} tiles came back for {len(entries)}")
         except ValueError as error:  # a worker of another version: fail, do not cache
             log.warning("tile job %s task %d: %s", job.job_id, index, error)
             self._fail_entries(entries, f"a worker sent a bad tile result: {error}")
             return
-        for (key, future), png in zip(entries, pngs, strict=True):
-            self.cache.put(key, png)
-            self.rendered += 1
+        for (key, future), tile in zip(entries, tiles, strict=True):
+            self.cache.put(key, tile.png)
+            self.stats.rendered += 1
+            self.stats.render_us += tile.render_us
+            self.stats.encode_us += tile.encode_us
             if self._waiting.get(key) is future:
                 del self._waiting[key]
             if not future.done():
-                future.set_result(png)
+                future.set_result(tile.png)
 
     def _job_changed(self, job: Job) -> None:
         if job.job_id not in self._jobs or not job.state.finished:
             return
         if job.state is JobState.SUCCEEDED:
-            del self._jobs[job.job_id]
+            _, started, _ = self._jobs.pop(job.job_id)
+            self.stats.job_us += round((time.perf_counter() - started) * 1e6)
         else:
             self._fail(job.job_id, job.reason or "the tile job ended")
 
     def _fail(self, job_id: str, reason: str) -> None:
-        _, tasks = self._jobs.pop(job_id)
+        _, _, tasks = self._jobs.pop(job_id)
         for entries in tasks:
             self._fail_entries(entries, reason)
 
@@ -208,12 +233,13 @@ class TileRenderer:
                 del self._waiting[key]
             if not future.done():
                 future.set_exception(TileFailed(reason))
+                self.stats.failed += 1
 
     def expire(self) -> None:
         """Cancel tile jobs older than the timeout (no worker took them, say)."""
         oldest = self.clock() - self.timeout
         reason = f"tiles not rendered within {self.timeout:g} s"
-        for job_id, (submitted, _) in list(self._jobs.items()):
+        for job_id, (submitted, _, _) in list(self._jobs.items()):
             if submitted < oldest:
                 with contextlib.suppress(BrokerError):
                     self.broker.cancel(job_id, reason, self.clock())

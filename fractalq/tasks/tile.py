@@ -3,17 +3,20 @@
 Payload: ``{"tiles": [<RenderRequest JSON>, ...]}``, each tile a whole image of
 its own (a tile is a render request, so it is the very PNG ``fractalq render``
 makes of that request in one band). Result: the PNGs in payload order, each
-preceded by its length (4 bytes, big-endian); :func:`split_result` cuts them
-apart. Tiles are small and wanted at once, so they come back in the task's
-result rather than through storage; the type declares a result limit to match
-(``config.TILE_RESULT_BYTES``).
+preceded by its length and the microseconds its rendering and its encoding
+took (three 4-byte big-endian numbers, the explorer's figures);
+:func:`split_result` cuts them apart. Tiles are small and wanted at once, so
+they come back in the task's result rather than through storage; the type
+declares a result limit to match (``config.TILE_RESULT_BYTES``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import struct
+import time
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +30,7 @@ from fractalq.tasks.registry import InvalidPayload, TaskContext, task_type
 TASK_TYPE = "fractal.tile"
 # Tiles of one task: what the result limit holds even when nothing compresses.
 MAX_TILES = config.TILE_RESULT_BYTES // (3 * config.TILE_SIZE * config.TILE_SIZE + 4096)
-_LENGTH = struct.Struct(">I")
+_HEADER = struct.Struct(">III")  # length, render and encode microseconds
 
 
 def tile_payload(requests: list[RenderRequest]) -> bytes:
@@ -58,27 +61,41 @@ def png_bytes(rgb: npt.NDArray[np.uint8]) -> bytes:
     return out.getvalue()
 
 
-def render_tile(request: RenderRequest) -> bytes:
-    return png_bytes(render_rows(request, 0, request.height))
+@dataclasses.dataclass(frozen=True)
+class Tile:
+    png: bytes
+    render_us: int = 0
+    encode_us: int = 0
 
 
-def join_result(pngs: list[bytes]) -> bytes:
-    return b"".join(_LENGTH.pack(len(png)) + png for png in pngs)
+def render_tile(request: RenderRequest) -> Tile:
+    started = time.perf_counter()
+    rgb = render_rows(request, 0, request.height)
+    rendered = time.perf_counter()
+    png = png_bytes(rgb)
+    encoded = time.perf_counter()
+    return Tile(png, round((rendered - started) * 1e6), round((encoded - rendered) * 1e6))
 
 
-def split_result(result: bytes) -> list[bytes]:
-    """The PNGs of a tile task's result; ValueError if it is cut short."""
-    pngs, offset = [], 0
+def join_result(tiles: list[Tile]) -> bytes:
+    return b"".join(
+        _HEADER.pack(len(tile.png), tile.render_us, tile.encode_us) + tile.png for tile in tiles
+    )
+
+
+def split_result(result: bytes) -> list[Tile]:
+    """The tiles of a tile task's result; ValueError if it is cut short."""
+    tiles, offset = [], 0
     while offset < len(result):
-        if offset + _LENGTH.size > len(result):
+        if offset + _HEADER.size > len(result):
             raise ValueError("a tile result is cut short")
-        (length,) = _LENGTH.unpack_from(result, offset)
-        offset += _LENGTH.size
+        length, render_us, encode_us = _HEADER.unpack_from(result, offset)
+        offset += _HEADER.size
         if offset + length > len(result):
             raise ValueError("a tile result is cut short")
-        pngs.append(result[offset : offset + length])
+        tiles.append(Tile(result[offset : offset + length], render_us, encode_us))
         offset += length
-    return pngs
+    return tiles
 
 
 def _check(payload: bytes) -> None:

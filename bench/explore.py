@@ -1,0 +1,197 @@
+"""Explorer benchmark: time from a zoom step to every visible tile loaded, in a real browser.
+
+    python bench/explore.py [--workers 2] [--max-iter 500] [--steps 10] [--paths 3]
+
+A coordinator (keeping its database, as deployed) and ``--workers`` workers
+(``--concurrency 1`` each) are started as the tests start them, and Debian's
+headless Chromium opens ``/explore`` at 1600 x 1000. The workers are warmed by a
+first screen of tiles. Then, for each of ``--paths`` points of the Mandelbrot
+boundary, the map is centred on the point at zoom 5 (not timed) and zoomed in
+``--steps`` times with Leaflet's own zoom-in (a user's click on "+", animated):
+every step shows tiles nobody rendered before. A step's time is from the
+zoom call to the layer's ``load`` event (every tile on screen fetched and
+decoded), measured in the page with ``performance.now()``.
+
+Where the time goes: the page records when its tile requests go out, are read
+and their tiles decoded; the coordinator's ``/api/explore/stats``, read
+between steps, gives its own time per request, the tile job's (submitted to
+last result) and the workers' rendering and encoding time per tile (summed,
+divided by the workers). The legend printed with the figures says which part
+is which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from browser import launch  # noqa: E402
+from procs import ProcessGroup, wait_until  # noqa: E402
+
+from fractalq import config  # noqa: E402
+
+# Points on the Mandelbrot set's boundary: every zoom step keeps detail on screen.
+PATHS = [
+    (-0.743643887037151, 0.131825904205330),  # seahorse valley
+    (-1.2487099, 0.0708345),  # between the period-2 disc and the antenna
+    (0.2869025, 0.0142605),  # elephant valley
+    (-0.1011, 0.9563),  # the top of the period-3 bulb
+]
+
+GO_TO = """([lat, lng, zoom]) => new Promise((resolve) => {
+  const s = window.fractalqExplorer;
+  s.layer.once("load", resolve);
+  s.map.setView([lat, lng], zoom, { animate: false });
+})"""
+
+ZOOM_IN = """() => new Promise((resolve) => {
+  const s = window.fractalqExplorer;
+  const started = performance.now();
+  s.layer.once("load", () => {
+    const total = performance.now() - started;
+    const batches = s.batches.filter((b) => b.sent >= started);
+    const last = (key) => Math.max(...batches.map((b) => b[key] || 0)) - started;
+    resolve({
+      total,
+      sent: Math.min(...batches.map((b) => b.sent)) - started,
+      read: last("read"),
+      decoded: last("decoded"),
+      batches: batches.length,
+    });
+  });
+  s.map.zoomIn();
+})"""
+
+SET_MAX_ITER = """(maxIter) => new Promise((resolve) => {
+  const form = document.getElementById("controls");
+  form.max_iter.value = String(maxIter);
+  form.requestSubmit();
+  window.fractalqExplorer.layer.once("load", resolve);
+})"""
+
+
+def stats(http: str) -> dict[str, int]:
+    with urllib.request.urlopen(f"{http}/api/explore/stats", timeout=10) as response:
+        data: dict[str, int] = json.load(response)
+    return data
+
+
+def latlng(x: float, y: float) -> tuple[float, float]:
+    """The map position of the complex point (x, y) (coordinator/web/tiles.py's mapping)."""
+    center_x, center_y, width = config.DEFAULT_MANDELBROT_VIEW
+    unit = width / config.TILE_SIZE
+    return (y - (center_y + width / 2)) / unit, (x - (center_x - width / 2)) / unit
+
+
+PARTS = {
+    "total": "the zoom call to the layer's load event",
+    "to request": "the zoom call to the tile request sent (Leaflet)",
+    "request": "sent to the last tile read (the coordinator and HTTP)",
+    "server": "  of which in the coordinator (arrival to last tile written)",
+    "job": "    of which the tile job (submitted to last result)",
+    "queue": "      of which leasing, reporting, waiting (job - render - encode)",
+    "render": "      of which rendering, per worker",
+    "encode": "      of which PNG encoding, per worker",
+    "last decode": "the last tile read to the last tile decoded",
+    "to load": "the last tile decoded to the load event (Leaflet)",
+}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--max-iter", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--paths", type=int, default=3)
+    parser.add_argument("--start-zoom", type=int, default=5)
+    args = parser.parse_args()
+
+    rows: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="fractalq-bench-") as folder:
+        group = ProcessGroup(Path(folder))
+        try:
+            coordinator = group.start_coordinator()
+            for _ in range(args.workers):
+                group.start_worker()
+            client = coordinator.client()
+            wait_until(lambda: len(client.stats().workers) == args.workers, 30, "workers")
+            http = f"http://127.0.0.1:{coordinator.http_port}"
+            with launch() as browser:
+                context = browser.new_context(viewport={"width": 1600, "height": 1000})
+                page = context.new_page()
+                errors: list[str] = []
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                page.goto(f"{http}/explore")
+                page.wait_for_function("window.fractalqExplorer && window.fractalqExplorer.layer")
+                page.evaluate(SET_MAX_ITER, args.max_iter)  # also warms the workers
+                for x, y in PATHS[: args.paths]:
+                    lat, lng = latlng(x, y)
+                    page.evaluate(GO_TO, [lat, lng, args.start_zoom])
+                    for _ in range(args.steps):
+                        before = stats(http)
+                        times = page.evaluate(ZOOM_IN)
+                        after = stats(http)
+                        delta = {key: after[key] - before[key] for key in after}
+                        rows.append(step(times, delta, args.workers))
+                context.close()
+        finally:
+            group.stop()
+    report(rows, args)
+    if errors:
+        print("console errors:", *errors, sep="\n  ")
+
+
+def step(times: dict[str, float], delta: dict[str, int], workers: int) -> dict[str, float]:
+    server = delta["request_us"] / 1000 / max(delta["requests"], 1)
+    job = delta["job_us"] / 1000 / max(delta["jobs"], 1)
+    render = delta["render_us"] / 1000 / workers
+    encode = delta["encode_us"] / 1000 / workers
+    return {
+        "total": times["total"],
+        "to request": times["sent"],
+        "request": times["read"] - times["sent"],
+        "server": server,
+        "job": job,
+        "queue": job - render - encode,
+        "render": render,
+        "encode": encode,
+        "last decode": times["decoded"] - times["read"],
+        "to load": times["total"] - max(times["decoded"], times["read"]),
+        "tiles": delta["tiles"],
+        "rendered": delta["rendered"],
+        "requests": times["batches"],
+    }
+
+
+def report(rows: list[dict[str, float]], args: argparse.Namespace) -> None:
+    totals = [row["total"] for row in rows]
+    print(
+        f"explorer: {len(rows)} zoom steps, 1600x1000, {config.TILE_SIZE}-px tiles, "
+        f"max-iter {args.max_iter}, {args.workers} workers (--concurrency 1)"
+    )
+    print(
+        f"zoom step to all tiles loaded: p50 {percentile(totals, 0.5):.0f} ms, "
+        f"p90 {percentile(totals, 0.9):.0f} ms (min {min(totals):.0f}, max {max(totals):.0f})"
+    )
+    print("medians per step (ms; work is per worker):")
+    for key in PARTS:
+        print(f"  {key:12s} {statistics.median(row[key] for row in rows):7.1f}  {PARTS[key]}")
+    for key in ("tiles", "rendered", "requests"):
+        print(f"  {key:12s} {statistics.median(row[key] for row in rows):7.0f}")
+
+
+if __name__ == "__main__":
+    main()
