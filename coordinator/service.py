@@ -521,10 +521,20 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             if JobState(message.state).finished:
                 return
             await changed.wait()
+            job = await self._coalesced(job_id)
+
+    async def _coalesced(self, job_id: str) -> Job:
+        """The job once a burst of changes is over: ``WATCH_COALESCE`` seconds after
+        the first, or at once when it finishes (the final state is never held back)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + config.WATCH_COALESCE
+        job = self._job(job_id)
+        while not job.state.finished and (left := deadline - loop.time()) > 0:
+            changed = self._watches.event(job_id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), left)
             job = self._job(job_id)
-            if not job.state.finished:  # the final state goes out at once
-                await asyncio.sleep(0.02)  # coalesce bursts of changes into one message
-                job = self._job(job_id)
+        return job
 
     @_unary
     async def ListJobs(

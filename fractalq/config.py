@@ -25,6 +25,9 @@ DEFAULT_HTTP_PORT = 8080
 # fits, and the limits below keep every reply under it (a GetStats of
 # MAX_WORKERS workers, a ListJobs of MAX_LIST_LIMIT jobs, a job's results).
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+# A watch sends one message per burst of changes: at most one every
+# WATCH_COALESCE seconds while the job runs, and its final state at once.
+WATCH_COALESCE = 0.02
 # Keepalive: a client pings the coordinator after KEEPALIVE_TIME seconds without
 # traffic on a call (a watch of a queued job, a worker's heartbeat stream between
 # beats) and drops the connection if no answer comes within KEEPALIVE_TIMEOUT, so
