@@ -1,0 +1,92 @@
+"""The explorer (/explore) in a real browser against a real coordinator and workers.
+
+Tiles appear, a zoom step fetches the next zoom level's tiles, "render this
+view" submits a normal render job of the view on screen; with tokens on, the
+page asks for one and tiles load after login. Screenshots are saved as
+artifacts (tests/artifacts/test_*.png).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import browser
+from playwright.sync_api import Browser, Request, expect
+from procs import ProcessGroup, Trust, wait_until
+
+TIMEOUT = 30_000  # ms, Playwright's unit
+LOADED = "#map img.leaflet-tile-loaded"
+
+
+def _zooms(requests: list[Request]) -> set[int]:
+    """The zoom levels of the tiles the page asked for."""
+    levels = set()
+    for request in requests:
+        if "/api/explore/tiles?" in request.url:
+            query = request.url.split("tiles=", 1)[1].split("&", 1)[0]
+            levels |= {int(tile.split("%2F")[0]) for tile in query.split("%2C")}
+    return levels
+
+
+def test_the_explorer_shows_tiles_zooms_and_renders_the_view(
+    page: browser.Page, cluster: ProcessGroup
+) -> None:
+    coordinator = cluster.start_coordinator()
+    for n in range(2):
+        cluster.start_worker(name=f"worker{n}")
+    client = coordinator.client()
+    wait_until(lambda: len(client.stats().workers) == 2, message="two workers")
+    requests: list[Request] = []
+    page.page.on("request", lambda request: requests.append(request))
+
+    page.page.goto(f"http://127.0.0.1:{coordinator.http_port}/explore")
+    expect(page.page.locator(LOADED).first).to_be_visible(timeout=TIMEOUT)
+    page.page.wait_for_function("!window.fractalqExplorer.layer.isLoading()", timeout=TIMEOUT)
+    zoom = page.page.evaluate("window.fractalqExplorer.map.getZoom()")
+    assert _zooms(requests) == {zoom}
+    assert page.page.locator(LOADED).count() >= 4  # a screen of 256-pixel tiles
+
+    page.page.locator(".leaflet-control-zoom-in").click()
+    page.page.wait_for_function(
+        f"window.fractalqExplorer.map.getZoom() === {zoom + 1}"
+        " && !window.fractalqExplorer.layer.isLoading()",
+        timeout=TIMEOUT,
+    )
+    assert zoom + 1 in _zooms(requests)
+    expect(page.page.get_by_test_id("explore-status")).to_contain_text(f"zoom {zoom + 1}")
+    page.screenshot("-zoomed")
+
+    page.page.get_by_test_id("explore-render-open").click()
+    panel = page.page.get_by_test_id("explore-render")
+    expect(panel).to_be_visible()
+    panel.locator("input[name=width]").fill("320")
+    panel.locator("input[name=height]").fill("200")
+    page.page.get_by_test_id("explore-render-submit").click()
+    expect(panel).to_contain_text("submitted", timeout=TIMEOUT)
+    job_id = panel.locator("#render-done").inner_text().split()[1]
+    job = client.job(job_id)
+    assert job.task_type == "fractal.band" and job.total == 8
+    assert job.labels["via"] == "dashboard"
+    assert page.errors == []
+
+
+def test_with_tokens_tiles_load_after_login(
+    chromium: Browser, cluster: ProcessGroup, tmp_path: Path
+) -> None:
+    trust = Trust(tmp_path)
+    coordinator = cluster.start_coordinator(trust=trust)
+    cluster.start_worker()
+    client = coordinator.client()
+    wait_until(lambda: len(client.stats().workers) == 1, message="a worker")
+    opened = browser.Page(chromium, "test_explore_with_tokens", ignore_https_errors=True)
+    try:
+        page = opened.page
+        page.goto(f"https://127.0.0.1:{coordinator.http_port}/explore")
+        token = page.get_by_test_id("token")
+        expect(token).to_be_visible(timeout=TIMEOUT)
+        token.fill(trust.tokens["reader"])  # a reader may explore
+        page.get_by_test_id("login-submit").click()
+        expect(page.locator(LOADED).first).to_be_visible(timeout=TIMEOUT)
+        assert opened.errors == []
+    finally:
+        opened.close()
