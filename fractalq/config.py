@@ -142,11 +142,12 @@ DASHBOARD_TICK = 1.0
 DASHBOARD_HISTORY = 600
 DASHBOARD_JOBS = 50  # rows of the jobs table
 # Live previews: each band's result carries its rows of a preview image at most
-# PREVIEW_SIZE pixels on its longer side (whatever the image's size), JPEG-coded
+# PREVIEW_SIZE pixels on its longer side (whatever the image's size; the page
+# shows it about that wide), JPEG-coded
 # in at most PREVIEW_MAX_BYTES (a band with more rows drops quality, then the
 # preview). The coordinator keeps the previews of PREVIEW_JOBS jobs, at most
 # PREVIEW_MEMORY bytes together, the least recently changed going first.
-PREVIEW_SIZE = 640
+PREVIEW_SIZE = 512
 PREVIEW_QUALITY = 75
 PREVIEW_MAX_BYTES = 40 * 1024
 PREVIEW_JOBS = 64

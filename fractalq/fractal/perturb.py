@@ -21,10 +21,8 @@ enough to be a plain float64 (it grows by about ``|2 Z|`` per iteration), after
 which the plain loop goes on. Views down to 1e-10000 render this way.
 
 Pixels go through LANES at a time, as in the float64 kernel (:mod:`.fast`):
-between rounds of ROUND iterations the finished lanes are recorded and refilled,
-so a slow pixel never holds up the fast ones. (Unlike there, LLVM does not
-vectorise the rounds: each lane reads the reference at its own index, a gather
-it will not emit for numba's arrays; so this kernel runs on scalar units.)
+between rounds of iterations (:mod:`.lanes`, vector code) the finished lanes
+are recorded and refilled, so a slow pixel never holds up the fast ones.
 
 Counts follow the float64 kernels' definition (DESIGN.md): an escaped pixel's
 count is the number of iterations it stayed within radius 2. Smooth values are
@@ -47,6 +45,7 @@ import numpy.typing as npt
 
 from fractalq.fractal import depth
 from fractalq.fractal.fast import _aligned, _finish, _prefer_512, _trailing_zeros
+from fractalq.fractal.lanes import DCI, DCR, DZI, DZR, END, LANES, K, M, perturbation_round
 from fractalq.fractal.reference import Reference
 from fractalq.fractal.request import RenderRequest
 
@@ -70,24 +69,14 @@ def _compiled(function: F) -> F:
     return cast(F, numba.njit(cache=True, nogil=True)(function))
 
 
-# Lanes in flight, as in the float64 kernel (fractalq/fractal/fast.py): CHAINS
-# vectors of SLOT lanes, ROUND iterations between looks at which are done.
-SLOT = 8
-CHAINS = 4
-LANES = SLOT * CHAINS
-ROUND = 16
-# Where each quantity lives in the lane array: [dz.re | dz.im | dc.re | dc.im |
-# m (reference index) | end (last index of the orbit followed) | k (iteration)].
-DZR, DZI, DCR, DCI, M, END, K = (n * LANES for n in range(7))
+# The lanes (fractalq/fractal/lanes.py): LANES pixels in flight, and where each
+# quantity lives in the lane array: [dz.re | dz.im | dc.re | dc.im | m (reference
+# index) | end (last index of the orbit followed) | k (iteration)].
 IDLE = -1.0e18  # the k of a lane with no pixel: never done
 NO_PIXEL = -1
 IDLE_PIXEL = -2
 # What _start found: the pixel goes on in a lane, escaped, or is inside.
 GO_ON, ESCAPED, INSIDE = 0, 1, 2
-
-
-def _inlined(function: F) -> F:
-    return cast(F, numba.njit(cache=True, nogil=True, inline="always")(function))
 
 
 @_compiled
@@ -173,101 +162,6 @@ def _start(
         m += 1
         k += 1
     return GO_ON, dzr, dzi, dcr, dci, m, end, k
-
-
-@_compiled
-def _step(
-    orbit_re: Floats,
-    orbit_im: Floats,
-    dzr: float,
-    dzi: float,
-    dcr: float,
-    dci: float,
-    m: float,
-    end: float,
-    k: float,
-    base_start: float,
-    base_end: float,
-) -> tuple[float, float, float, float, float]:
-    """One iteration of a lane unless its z has escaped: (dzr, dzi, m, end, k)."""
-    index = np.uint64(m)
-    zr = orbit_re[index]
-    zi = orbit_im[index]
-    fr = zr + dzr
-    fi = zi + dzi
-    mag = fr * fr + fi * fi
-    stays = mag <= 4.0  # False for nan: an overflowed orbit has escaped
-    rebase = mag < dzr * dzr + dzi * dzi or m == end
-    ar = fr if rebase else dzr
-    ai = fi if rebase else dzi
-    zr = 0.0 if rebase else zr
-    zi = 0.0 if rebase else zi
-    mm = base_start if rebase else m
-    ee = base_end if rebase else end
-    tr = 2.0 * zr + ar
-    ti = 2.0 * zi + ai
-    nr = (tr * ar - ti * ai) + dcr
-    ni = (tr * ai + ti * ar) + dci
-    return (
-        nr if stays else dzr,
-        ni if stays else dzi,
-        mm + 1.0 if stays else m,
-        ee if stays else end,
-        k + 1.0 if stays else k,
-    )
-
-
-@_inlined
-def _lane_step(
-    lanes: Floats,
-    orbit_re: Floats,
-    orbit_im: Floats,
-    lane: int,
-    base_start: float,
-    base_end: float,
-) -> None:
-    a, b, m, e, k = _step(
-        orbit_re,
-        orbit_im,
-        lanes[DZR + lane],
-        lanes[DZI + lane],
-        lanes[DCR + lane],
-        lanes[DCI + lane],
-        lanes[M + lane],
-        lanes[END + lane],
-        lanes[K + lane],
-        base_start,
-        base_end,
-    )
-    lanes[DZR + lane] = a
-    lanes[DZI + lane] = b
-    lanes[M + lane] = m
-    lanes[END + lane] = e
-    lanes[K + lane] = k
-
-
-@_compiled
-def _round(
-    lanes: Floats,
-    orbit_re: Floats,
-    orbit_im: Floats,
-    base_start: float,
-    base_end: float,
-    limit: float,
-) -> np.uint64:
-    """ROUND iterations of every lane; the bit mask of the lanes now done."""
-    _prefer_512()
-    for _ in range(ROUND):
-        for lane in range(LANES):
-            _lane_step(lanes, orbit_re, orbit_im, lane, base_start, base_end)
-    done = np.uint64(0)
-    for lane in range(LANES):
-        m = np.uint64(lanes[M + lane])
-        fr = orbit_re[m] + lanes[DZR + lane]
-        fi = orbit_im[m] + lanes[DZI + lane]
-        finished = (not (fr * fr + fi * fi <= 4.0)) or lanes[K + lane] >= limit
-        done |= np.uint64(finished) << np.uint64(lane)
-    return done
 
 
 @_compiled
@@ -388,7 +282,9 @@ def _escape(
                 break
         if idle == LANES:
             break
-        todo = _round(lanes, orbit_re, orbit_im, float(base_start), float(base_end), limit)
+        todo = perturbation_round(
+            lanes, orbit_re, orbit_im, float(base_start), float(base_end), limit
+        )
 
 
 def pixel_scale(request: RenderRequest) -> tuple[float, int]:
