@@ -148,14 +148,14 @@ async def _preview_pieces_arrive_band_by_band() -> None:
         assert empty == {"size": None, "next": 0, "pieces": []}
         _complete_bands(service, request, 2)
         first = await (await http.get(f"/api/jobs/{job_id}/preview")).json()
-        assert first["size"] == list(preview_size(900, 600)) == [640, 427]
+        assert first["size"] == list(preview_size(900, 600)) == [512, 341]
         assert first["next"] == 2 and len(first["pieces"]) == 2
         _complete_bands(service, request, 4)
         rest = await (await http.get(f"/api/jobs/{job_id}/preview?since=2")).json()
         assert rest["next"] == 6 and len(rest["pieces"]) == 4
         # Together the pieces cover every preview row exactly once.
         rows = sorted(tuple(piece["rows"]) for piece in first["pieces"] + rest["pieces"])
-        assert rows[0][0] == 0 and rows[-1][1] == 427
+        assert rows[0][0] == 0 and rows[-1][1] == 341
         assert all(a[1] == b[0] for a, b in itertools.pairwise(rows))
 
 
@@ -171,13 +171,13 @@ async def _preview_endpoint_refuses_bad_input() -> None:
 
 
 def test_a_gigapixel_band_previews_in_a_few_rows() -> None:
-    # A 32768-square image's band of 128 rows holds 2 or 3 of the preview's 640 rows.
+    # A 32768-square image's band of 128 rows holds 2 of the preview's 512 rows.
     request = RenderRequest.create("mandelbrot", width=32768, height=32768, max_iter=1)
     rgb = render_rows(RenderRequest.create("mandelbrot", width=64, height=128, max_iter=1), 0, 128)
     rgb = rgb.repeat(512, axis=1)  # a band's worth of pixels, cheaply
     piece = band_preview(rgb, request.width, request.height, 128 * 100)
-    assert piece is not None and piece["size"] == [640, 640]
-    assert 2 <= piece["rows"][1] - piece["rows"][0] <= 3
+    assert piece is not None and piece["size"] == [512, 512]
+    assert piece["rows"][1] - piece["rows"][0] == 2
 
 
 def test_previews_stay_within_their_memory_bound() -> None:

@@ -1,0 +1,169 @@
+"""Dashboard costs: live previews on a render, and the event stream's per watcher.
+
+    python bench/dashboard_bench.py [--runs 5] [--watchers 50] [--seconds 10]
+
+Previews, side by side in one run: a band task's work (kernel, colouring,
+encoding, storing in a local folder) with and without its preview piece
+(:func:`fractalq.preview.band_preview`: sampling the band's pixels and JPEG
+coding them), alternated run by run, medians of ``--runs``, for a cheap view
+(1200x800, max-iter 256, where a preview weighs most), the README's 4800x3200
+render, a one-band render (the whole preview in one piece) and one band of a
+32768-square image.
+
+Event stream: a real coordinator with two workers running a stream of short
+jobs (50 in the jobs table); its CPU time per second (from /proc) with 0, 1
+and ``--watchers`` browsers' worth of event-stream connections open, each
+reading every event, and the bytes a watcher receives per tick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from procs import Coordinator, Worker, wait_until
+
+from fractalq.fractal.png import encode_band
+from fractalq.fractal.render import render_rows
+from fractalq.fractal.request import RenderRequest, band_rows
+from fractalq.preview import band_preview, band_result
+from fractalq.proto import fractalq_pb2 as pb
+from fractalq.storage import open_storage
+
+CASES = [
+    ("1200x800, max-iter 256, 8 bands", 1200, 800, 256, 8, None),
+    ("4800x3200, max-iter 1000, 32 bands", 4800, 3200, 1000, 32, None),
+    ("1200x800, max-iter 256, 1 band", 1200, 800, 256, 1, None),
+    ("32768x32768, max-iter 1000, 1 band of 128 rows", 32768, 32768, 1000, 256, 100),
+]
+
+
+def band_work(
+    request: RenderRequest, rows: list[tuple[int, int]], folder: str
+) -> tuple[float, float]:
+    """Seconds of the bands' own work (render, encode, store) and of their previews."""
+    storage = open_storage(Path(folder).as_uri())
+    work = preview = 0.0
+    for start, end in rows:
+        begin = time.perf_counter()
+        rgb = render_rows(request, start, end)
+        storage.put(f"b/{start}", encode_band(rgb, start))
+        middle = time.perf_counter()
+        band_result("b", band_preview(rgb, request.width, request.height, start))
+        preview += time.perf_counter() - middle
+        work += middle - begin
+    return work, preview
+
+
+def previews(runs: int) -> None:
+    print("preview cost: each band's preview timed next to its own work, medians of the runs")
+    for name, width, height, max_iter, regions, only in CASES:
+        request = RenderRequest.create("mandelbrot", width=width, height=height, max_iter=max_iter)
+        rows = band_rows(request, regions)
+        if only is not None:
+            rows = rows[only : only + 1]
+        with tempfile.TemporaryDirectory() as folder:
+            band_work(request, rows[:1], folder)  # compile and warm up
+            timings = [band_work(request, rows, folder) for _ in range(runs)]
+        work = statistics.median(w for w, _ in timings)
+        extra = statistics.median(p for _, p in timings)
+        share = statistics.median(p / w for w, p in timings)
+        print(f"  {name}: bands {work * 1000:.1f} ms, previews {extra * 1000:.2f} ms"
+              f" (+{share * 100:.1f}%)")  # fmt: skip
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _watch(url: str, count: int, stop: asyncio.Event, received: list[int]) -> None:
+    async with aiohttp.ClientSession() as session:
+
+        async def one(n: int) -> None:
+            async with session.get(url) as response:
+                async for chunk in response.content.iter_any():
+                    received[n] += len(chunk)
+                    if stop.is_set():
+                        return
+
+        tasks = [asyncio.create_task(one(n)) for n in range(count)]
+        await stop.wait()
+        await asyncio.sleep(1.5)  # one more tick ends every reader
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _measure(pid: int, url: str, count: int, seconds: float) -> tuple[float, list[int]]:
+    """The coordinator's CPU seconds over ``seconds`` with ``count`` watchers reading."""
+    received = [0] * count
+    stop = asyncio.Event()
+    watching = asyncio.create_task(_watch(url, count, stop, received))
+    await asyncio.sleep(2)  # connected, first events read
+    before = cpu_seconds(pid)
+    await asyncio.sleep(seconds)
+    used = cpu_seconds(pid) - before
+    stop.set()
+    await watching
+    return used, received
+
+
+def events(watchers: int, seconds: float) -> None:
+    print(f"event stream: coordinator CPU per second over {seconds:g} s, two workers busy")
+    with tempfile.TemporaryDirectory() as tmp:
+        coordinator = Coordinator(Path(tmp), worker_timeout=15)
+        workers = [Worker(Path(tmp), coordinator.address) for _ in range(2)]
+        feeding = threading.Event()
+        try:
+            client = coordinator.client()
+            wait_until(lambda: len(client.stats().workers) == 2, message="workers")
+
+            def feed() -> None:  # a steady stream of small jobs: the table stays full
+                while not feeding.is_set():
+                    client.submit(
+                        pb.SubmitJobRequest(
+                            task_type="sleep", payload=b'{"seconds": 0.05}', count=4
+                        )
+                    )
+                    time.sleep(0.1)
+
+            feeder = threading.Thread(target=feed, daemon=True)
+            feeder.start()
+            time.sleep(3)
+            url = f"http://127.0.0.1:{coordinator.http_port}/api/events"
+            for count in (0, 1, watchers, 0, 1, watchers):
+                used, received = asyncio.run(_measure(coordinator.pid, url, count, seconds))
+                per_second = sum(received) / count / (seconds + 3.5) if count else 0
+                print(f"  {count:3d} watcher(s): {used / seconds * 1000:.0f} ms CPU/s"
+                      f"{f', {per_second / 1024:.1f} KiB/s to each' if count else ''}")  # fmt: skip
+        finally:
+            feeding.set()
+            for worker in workers:
+                worker.stop()
+            coordinator.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--watchers", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    previews(args.runs)
+    events(args.watchers, args.seconds)
+
+
+if __name__ == "__main__":
+    main()
