@@ -15,7 +15,7 @@ from playwright.sync_api import Browser, Request, expect
 from procs import ProcessGroup, Trust, wait_until
 
 TIMEOUT = 30_000  # ms, Playwright's unit
-LOADED = "#map img.leaflet-tile-loaded"
+LOADED = "#map .leaflet-tile-loaded"
 
 
 def _zooms(requests: list[Request]) -> set[int]:

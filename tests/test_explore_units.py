@@ -240,6 +240,27 @@ def test_the_explorer_bounds_what_it_queues() -> None:
     asyncio.run(scenario())
 
 
+def test_tiles_nobody_waits_for_leave_the_queue() -> None:
+    async def scenario() -> None:
+        broker, _ = _broker()
+        broker.register_worker("w1", (TASK_TYPE,), 1, "host", 0.0)
+        renderer = TileRenderer(broker, window=0.0)
+        first = renderer.tiles([tile_request(QUERY, (4, x, 4)) for x in range(3)])
+        second = renderer.tiles([tile_request(QUERY, (4, 0, 4))])  # shares a tile
+        renderer.release(second)  # still wanted by the first request
+        await asyncio.sleep(0.01)
+        [job] = broker.jobs.values()
+        renderer.release(first)  # a browser zoomed on: nobody waits any more
+        assert job.state.finished and renderer.stats.abandoned == 1
+        assert broker.active == 0 and all(future.done() for future in first)
+        unsent = renderer.tiles([tile_request(QUERY, (4, 9, 4))])
+        renderer.release(unsent)  # gone within the batch window: never queued
+        await asyncio.sleep(0.01)
+        assert unsent[0].cancelled() and not broker.jobs
+
+    asyncio.run(scenario())
+
+
 def test_a_tile_job_nobody_takes_is_cancelled_after_the_timeout() -> None:
     async def scenario() -> None:
         now = [0.0]

@@ -43,6 +43,8 @@ from fractalq.fractal.request import FRACTALS
 STATIC = Path(__file__).parent / "static"
 RENDERER = web.AppKey("explore_renderer", TileRenderer)
 _FRAME = struct.Struct(">III")
+# How often a tile request that waits checks whether its browser is still there.
+DISCONNECT_CHECK = 0.1
 OK, FAILED = 0, 1
 
 
@@ -122,20 +124,31 @@ def add_routes(app: web.Application, service: CoordinatorService) -> None:
         waiting = set(places)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + renderer.timeout
-        while waiting:
-            ready = {future for future in waiting if future.done()}
-            if not ready:
-                remaining = max(deadline - loop.time(), 0.0)
-                ready, _ = await asyncio.wait(
-                    waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-                if not ready:  # past the deadline: the rest fail
+        try:
+            while waiting:
+                ready = {future for future in waiting if future.done()}
+                remaining = deadline - loop.time()
+                if not ready and remaining <= 0:  # past the deadline: the rest fail
                     renderer.expire()
                     ready = set(waiting)
-            waiting -= ready
-            await response.write(
-                b"".join(_frame(index, future) for future in ready for index in places[future])
-            )
+                elif not ready:
+                    ready, _ = await asyncio.wait(
+                        waiting,
+                        timeout=min(remaining, DISCONNECT_CHECK),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if not ready:
+                        if request.transport is None or request.transport.is_closing():
+                            return response  # the browser went: nothing more to send
+                        continue
+                waiting -= ready
+                await response.write(
+                    b"".join(_frame(index, future) for future in ready for index in places[future])
+                )
+        except ConnectionError:  # the browser went while a frame was written
+            return response
+        finally:
+            renderer.release(futures)
         await response.write_eof()
         served.requests += 1
         served.request_us += round((time.perf_counter() - started) * 1e6)
@@ -158,6 +171,8 @@ def add_routes(app: web.Application, service: CoordinatorService) -> None:
             raise web.HTTPGatewayTimeout(text="the tile was not rendered in time\n") from None
         except TileFailed as error:
             raise web.HTTPBadGateway(text=f"{error}\n") from None
+        finally:
+            renderer.release([future])
         return web.Response(
             body=png,
             content_type="image/png",

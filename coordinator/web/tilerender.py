@@ -59,6 +59,7 @@ class TileStats:
     job_us: int = 0  # submit to last result, summed over succeeded jobs
     failed: int = 0  # tiles answered with an error
     busy: int = 0  # requests refused (bounds, no worker)
+    abandoned: int = 0  # jobs cancelled because nobody waited for their tiles any more
 
 
 class Busy(Exception):
@@ -97,6 +98,9 @@ class TileRenderer:
         self.timeout = timeout
         self.stats = TileStats()
         self._waiting: dict[bytes, asyncio.Future[bytes]] = {}  # pending or in a job
+        # Requests still waiting for each unfinished tile (see release()).
+        self._interest: dict[asyncio.Future[bytes], int] = {}
+        self._job_of: dict[asyncio.Future[bytes], str] = {}
         self._pending: list[tuple[bytes, RenderRequest]] = []
         self._flush_at: asyncio.TimerHandle | None = None
         # Job id -> (submitted, by clock and by perf_counter; its tasks' tiles).
@@ -159,6 +163,9 @@ class TileRenderer:
                     self._waiting[key] = future
                     self._pending.append((key, request))
             futures.append(future)
+        for future in set(futures):
+            if not future.done():
+                self._interest[future] = self._interest.get(future, 0) + 1
         if self._pending and self._flush_at is None:
             self._flush_at = loop.call_later(self.window, self._flush)
         return futures
@@ -183,6 +190,9 @@ class TileRenderer:
         )
         tasks = [[(key, self._waiting[key]) for key, _ in group] for group in groups]
         job_id = JOB_PREFIX + uuid.uuid4().hex[:16]
+        for entries in tasks:
+            for _, future in entries:
+                self._job_of[future] = job_id
         self._jobs[job_id] = (self.clock(), time.perf_counter(), tasks)
         self.stats.jobs += 1
         try:
@@ -210,6 +220,7 @@ class TileRenderer:
             self.stats.encode_us += tile.encode_us
             if self._waiting.get(key) is future:
                 del self._waiting[key]
+            self._forget(future)
             if not future.done():
                 future.set_result(tile.png)
 
@@ -231,9 +242,50 @@ class TileRenderer:
         for key, future in entries:
             if self._waiting.get(key) is future:
                 del self._waiting[key]
+            self._forget(future)
             if not future.done():
                 future.set_exception(TileFailed(reason))
                 self.stats.failed += 1
+
+    def _forget(self, future: asyncio.Future[bytes]) -> None:
+        self._interest.pop(future, None)
+        self._job_of.pop(future, None)
+
+    def release(self, futures: list[asyncio.Future[bytes]]) -> None:
+        """A request no longer waits for these (answered, or its browser went away).
+
+        A tile nobody waits for any more leaves the batch it waits in; a job
+        none of whose unfinished tiles anyone waits for is cancelled (its
+        queued tasks are dropped), so a browser zooming on does not leave
+        the queue rendering the levels it passed.
+        """
+        jobs = set()
+        for future in set(futures):
+            count = self._interest.get(future)
+            if count is None:
+                continue
+            if count > 1:
+                self._interest[future] = count - 1
+                continue
+            del self._interest[future]
+            if future in self._job_of:
+                jobs.add(self._job_of[future])
+            else:  # still in the batch window
+                self._pending = [
+                    (k, r) for k, r in self._pending if self._waiting.get(k) is not future
+                ]
+                self._waiting = {k: f for k, f in self._waiting.items() if f is not future}
+                future.cancel()
+        for job_id in jobs:
+            found = self._jobs.get(job_id)
+            if found is not None and not any(
+                future in self._interest for entries in found[2] for _, future in entries
+            ):
+                self.stats.abandoned += 1
+                with contextlib.suppress(BrokerError):
+                    self.broker.cancel(
+                        job_id, "nobody waits for these tiles any more", self.clock()
+                    )
 
     def expire(self) -> None:
         """Cancel tile jobs older than the timeout (no worker took them, say)."""

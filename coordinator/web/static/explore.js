@@ -86,11 +86,20 @@ const BatchTiles = L.GridLayer.extend({
     L.GridLayer.prototype.initialize.call(this, options);
     this.params = params;
     this.queue = [];
+    this.inFlight = new Set(); // { batch, controller } of the requests not fully read
+    // Zooming on removes the tiles of the level passed: a request none of whose
+    // tiles are still on the map is aborted, and the coordinator drops its job.
+    this.on("tileunload", () => {
+      for (const request of this.inFlight) {
+        if (!request.batch.some((entry) => this.alive(entry))) request.controller.abort();
+      }
+    });
   },
 
   createTile(coords, done) {
-    const img = document.createElement("img");
-    img.alt = "";
+    // A canvas: PNGs are decoded off the main thread (createImageBitmap), then drawn.
+    const img = document.createElement("canvas");
+    img.width = img.height = state.config.tile_size;
     this.queue.push({ coords, img, done });
     if (this.queue.length === 1) queueMicrotask(() => this.flush());
     return img;
@@ -118,9 +127,19 @@ const BatchTiles = L.GridLayer.extend({
     const times = { sent: performance.now(), tiles: batch.length, decoded: 0 };
     state.batches.push(times);
     if (state.batches.length > 50) state.batches.shift();
+    const request = { batch, controller: new AbortController() };
+    this.inFlight.add(request);
+    try {
+      await this.readTiles(batch, query, request.controller.signal, times);
+    } finally {
+      this.inFlight.delete(request);
+    }
+  },
+
+  async readTiles(batch, query, signal, times) {
     let response;
     try {
-      response = await fetch(`/api/explore/tiles?${query}`, { credentials: "same-origin" });
+      response = await fetch(`/api/explore/tiles?${query}`, { credentials: "same-origin", signal });
       times.headers = performance.now();
     } catch (error) {
       this.failAll(batch, `the coordinator did not answer: ${error.message}`);
@@ -139,15 +158,25 @@ const BatchTiles = L.GridLayer.extend({
     }
     const frames = new Frames();
     const reader = response.body.getReader();
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      frames.push(value);
-      for (let frame = frames.next(); frame !== null; frame = frames.next()) {
-        this.show(batch[frame.index], frame, times);
+    const answered = new Set();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        frames.push(value);
+        for (let frame = frames.next(); frame !== null; frame = frames.next()) {
+          answered.add(frame.index);
+          this.show(batch[frame.index], frame, times);
+        }
       }
+    } catch (error) {
+      // The connection broke: the tiles not answered yet fail below.
     }
     times.read = performance.now();
+    this.failAll(
+      batch.filter((_, index) => !answered.has(index)),
+      "the coordinator did not send this tile",
+    );
   },
 
   show(entry, frame, times) {
@@ -156,17 +185,14 @@ const BatchTiles = L.GridLayer.extend({
       entry.done(new Error(new TextDecoder().decode(frame.body)), entry.img);
       return;
     }
-    const url = URL.createObjectURL(new Blob([frame.body], { type: "image/png" }));
-    entry.img.src = url;
-    // Decoded before it counts as loaded: the tile can be painted at once.
-    entry.img
-      .decode()
-      .then(() => {
+    createImageBitmap(new Blob([frame.body], { type: "image/png" }))
+      .then((bitmap) => {
+        entry.img.getContext("2d").drawImage(bitmap, 0, 0);
+        bitmap.close();
         times.decoded = performance.now();
         entry.done(null, entry.img);
       })
-      .catch(() => entry.done(new Error("the tile is not a PNG the browser can show"), entry.img))
-      .finally(() => URL.revokeObjectURL(url));
+      .catch(() => entry.done(new Error("the tile is not a PNG the browser can show"), entry.img));
   },
 
   failAll(batch, message) {
