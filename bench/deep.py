@@ -14,7 +14,8 @@ Three parts, medians over ``--runs``:
    and mpmath for comparison.
 3. A deep render on the queue: a coordinator and ``--workers`` workers on
    loopback (the tests' own processes), warmed up with a small deep render, then
-   the view at ``--view-width`` around the Misiurewicz point c = i: time from
+   the view at ``--view-width`` around the Misiurewicz point c = i (or another
+   ``--center-x`` / ``--center-y``): time from
    submission to the PNG on disk, split into the reference task, the bands and
    the assembly from the job's state changes.
 """
@@ -151,8 +152,8 @@ def deep_render(
 
 def render(args: argparse.Namespace) -> None:
     request = RenderRequest.create(
-        center_x="0", center_y="1", view_width=args.view_width, width=args.width,
-        height=args.height, max_iter=args.max_iter, palette="ocean",
+        center_x=args.center_x, center_y=args.center_y, view_width=args.view_width,
+        width=args.width, height=args.height, max_iter=args.max_iter, palette="ocean",
     )  # fmt: skip
     warm = RenderRequest.create(center_x="0", center_y="1", view_width="1e-60", width=64,
                                 height=64, max_iter=500)  # fmt: skip
@@ -179,6 +180,8 @@ def main() -> None:
     parser.add_argument("--skip-render", action="store_true")
     parser.add_argument("--width", type=int, default=1920)
     parser.add_argument("--height", type=int, default=1080)
+    parser.add_argument("--center-x", default="0")
+    parser.add_argument("--center-y", default="1")
     parser.add_argument("--view-width", default="1e-100")
     parser.add_argument("--max-iter", type=int, default=20_000)
     parser.add_argument("--regions", type=int, default=16)
