@@ -149,14 +149,15 @@ def render_image(
 ) -> None:
     """Submit, show progress, download the image to ``out``; a failed job is a CommandError.
 
-    The job's final task assembles the image in storage; this only follows the
+    A deep view's job first computes its reference orbit; its final task
+    assembles the image in storage; this only follows the
     job and then copies the image out. The closing summary splits the time
     since ``began`` (default: now, a ``time.monotonic()`` value) into the wait
     for the first band to start (queue and, for the demo, process start-up),
     the bands, the assembly and the download.
     """
     began = time.monotonic() if began is None else began
-    first_band = assembling = None
+    first_band = assembling = reference = None
     try:
         submitted = submit_render(client, request, regions, priority, keep_bands=keep_bands).job
         # First line: the id, so that a caller can fetch the image later whatever happens.
@@ -167,6 +168,8 @@ def render_image(
         for job in client.follow(submitted.job_id, reconnect_timeout, lost):
             if first_band is None and (job.leased or job.succeeded):
                 first_band = time.monotonic()
+            if reference is None and job.first.state == pb.TASK_SUCCEEDED:
+                reference = time.monotonic()  # a deep view's reference orbit
             if assembling is None and job.state in (pb.FINISHING, pb.SUCCEEDED):
                 assembling = time.monotonic()
             finished = job.state in FINISHED
@@ -184,9 +187,11 @@ def render_image(
     done = time.monotonic()
     first_band = assembled if first_band is None else first_band
     assembling = assembled if assembling is None else assembling
+    orbit = "" if reference is None else f"reference orbit after {reference - began:.2f}s, "
     print(
         f"{request.width}x{request.height} {request.fractal} in {done - began:.2f}s"
-        f" (first band after {first_band - began:.2f}s, bands {assembling - first_band:.2f}s,"
+        f" ({orbit}first band after {first_band - began:.2f}s,"
+        f" bands {assembling - first_band:.2f}s,"
         f" assembly {assembled - assembling:.2f}s, download {done - assembled:.2f}s)",
         file=sys.stderr,
     )
