@@ -11,6 +11,7 @@ bytes as one band rendered here), the command line and a FractalJob's spec.
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import gmpy2
@@ -124,7 +125,17 @@ def test_views_are_decimal_strings() -> None:
     assert RenderRequest.create(center_y="-0.0").key() == RenderRequest.create().key()
     assert not RenderRequest.create(view_width="1e-8").deep
     assert RenderRequest.create(view_width="1e-10").deep
+    # A map tile's view, exact fractions with a power of two below, keeps every digit.
+    tile = RenderRequest.create(
+        center_x=Fraction(-1, 2) + Fraction(7, 2**80), view_width=Fraction(7, 2**100)
+    )
+    assert (
+        tile.center_x
+        == "-0.49999999999999999999999420973571212880627590013915551026002503931522369384765625"
+    )
+    assert Fraction(tile.view_width) == Fraction(7, 2**100)
     for value, message in [
+        (Fraction(1, 3), "view_width has no exact decimal spelling"),
         ("1e-3e", "view_width must be a decimal number"),
         ("0x10", "view_width must be a decimal number"),
         ("0", "view_width must be greater than 0"),

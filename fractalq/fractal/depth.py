@@ -20,6 +20,7 @@ import decimal
 import math
 import re
 from decimal import Decimal
+from fractions import Fraction
 
 from fractalq import config
 
@@ -39,6 +40,8 @@ def parse_decimal(name: str, value: object) -> Decimal:
     ValueError with a one-line message naming ``name`` when it is not a finite
     number written in decimal.
     """
+    if isinstance(value, Decimal | Fraction):
+        return parse_decimal(name, _exact(name, value))
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"{name} must be a number or a decimal string (got {_show(value)})")
     if isinstance(value, float):
@@ -64,6 +67,27 @@ def parse_decimal(name: str, value: object) -> Decimal:
     if number.adjusted() > 308 or not math.isfinite(float(number)):
         raise ValueError(f"{name} must be a finite number (got {_show(value)})")
     return number
+
+
+def _exact(name: str, value: Decimal | Fraction) -> str:
+    """A Decimal's or a Fraction's exact decimal spelling (a map tile's view is a
+    Fraction with a power of two below: it has one)."""
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"{name} must be a finite number (got {_show(value)})")
+        return str(value)
+    numerator, denominator = value.numerator, value.denominator
+    twos = (denominator & -denominator).bit_length() - 1
+    rest = denominator >> twos
+    fives = 0
+    while rest % 5 == 0:
+        rest //= 5
+        fives += 1
+    if rest != 1:
+        raise ValueError(f"{name} has no exact decimal spelling (got {_show(value)})")
+    digits = max(twos, fives)
+    scaled = numerator * 2 ** (digits - twos) * 5 ** (digits - fives)
+    return f"{scaled}e-{digits}"
 
 
 def canonical(number: Decimal) -> str:

@@ -20,6 +20,8 @@ import dataclasses
 import hashlib
 import json
 import math
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from fractalq import config
@@ -100,9 +102,9 @@ class RenderRequest:
         width: int | None = None,
         height: int | None = None,
         max_iter: int | None = None,
-        center_x: str | float | None = None,
-        center_y: str | float | None = None,
-        view_width: str | float | None = None,
+        center_x: str | float | Fraction | Decimal | None = None,
+        center_y: str | float | Fraction | Decimal | None = None,
+        view_width: str | float | Fraction | Decimal | None = None,
         c_re: float | None = None,
         c_im: float | None = None,
         palette: str | None = None,
