@@ -134,14 +134,15 @@ def test_views_are_decimal_strings() -> None:
         == "-0.49999999999999999999999420973571212880627590013915551026002503931522369384765625"
     )
     assert Fraction(tile.view_width) == Fraction(7, 2**100)
-    for value, message in [
+    bad: list[tuple[str | Fraction, str]] = [
         (Fraction(1, 3), "view_width has no exact decimal spelling"),
         ("1e-3e", "view_width must be a decimal number"),
         ("0x10", "view_width must be a decimal number"),
         ("0", "view_width must be greater than 0"),
         ("1e-10001", "at least 1e-10000"),
         ("1" * 13000, "more than the 12000 allowed"),
-    ]:
+    ]
+    for value, message in bad:
         with pytest.raises(ValueError, match=message):
             RenderRequest.create(view_width=value)
 
