@@ -7,7 +7,7 @@ A coordinator (keeping its database, as deployed) and ``--workers`` workers
 headless Chromium opens ``/explore`` at 1600 x 1000. The workers are warmed by a
 first screen of tiles. Then, for each of ``--paths`` points of the Mandelbrot
 boundary, the map is centred on the point at zoom 5 (not timed) and zoomed in
-``--steps`` times with Leaflet's own zoom-in (a user's click on "+", animated):
+``--steps`` times with Leaflet's own zoom-in (a user's click on "+"):
 every step shows tiles nobody rendered before. A step's time is from the
 zoom call to the layer's ``load`` event (every tile on screen fetched and
 decoded), measured in the page with ``performance.now()``.
@@ -100,6 +100,8 @@ PARTS = {
     "queue": "      of which leasing, reporting, waiting (job - render - encode)",
     "render": "      of which rendering, per worker",
     "encode": "      of which PNG encoding, per worker",
+    "render CPU": "the workers' CPU time rendering, per worker (wall above, when busy)",
+    "encode CPU": "the workers' CPU time encoding, per worker",
     "last decode": "the last tile read to the last tile decoded",
     "to load": "the last tile decoded to the load event (Leaflet)",
 }
@@ -168,6 +170,8 @@ def step(times: dict[str, float], delta: dict[str, int], workers: int) -> dict[s
         "queue": job - render - encode,
         "render": render,
         "encode": encode,
+        "render CPU": delta["render_cpu_us"] / 1000 / workers,
+        "encode CPU": delta["encode_cpu_us"] / 1000 / workers,
         "last decode": times["decoded"] - times["read"],
         "to load": times["total"] - max(times["decoded"], times["read"]),
         "tiles": delta["tiles"],

@@ -8,7 +8,7 @@
   as one *transient* job (:class:`~fractalq.coordinator.broker.JobSpec`: never
   written to the database, forgotten once done) of ``fractal.tile`` tasks at
   ``config.EXPLORE_PRIORITY``, ahead of batch renders. A task holds a few
-  tiles, as many as spread the batch over about four tasks per worker slot,
+  tiles, as many as spread the batch over about eight tasks per worker slot,
   so the workers share a screen's tiles and one task's overhead is shared by
   several tiles;
 * a task's result (its tiles' PNGs) reaches :meth:`_task_result` through the
@@ -41,6 +41,9 @@ from fractalq.tasks.tile import TASK_TYPE, split_result, tile_payload
 log = logging.getLogger("fractalq.coordinator.explore")
 
 JOB_PREFIX = "tiles-"
+# A batch is cut into about this many tasks per worker slot (whole tiles, at
+# most tiles_per_task each): small enough that the slots finish together.
+TASKS_PER_SLOT = 8
 LABELS = {"fractalq.dev/explorer": "tiles"}
 # One tile's future, and the tiles of each task of a job.
 Entry = tuple[bytes, "asyncio.Future[bytes]"]
@@ -55,6 +58,8 @@ class TileStats:
     rendered: int = 0  # came back from workers
     render_us: int = 0  # the workers' time in the kernel and palette
     encode_us: int = 0  # the workers' time in the PNG encoder
+    render_cpu_us: int = 0  # the same two in CPU time (less on a busy machine)
+    encode_cpu_us: int = 0
     jobs: int = 0  # submitted
     job_us: int = 0  # submit to last result, summed over succeeded jobs
     failed: int = 0  # tiles answered with an error
@@ -176,7 +181,7 @@ class TileRenderer:
         if not batch:
             return
         slots = max(self._slots(), 1)
-        per_task = min(max(-(-len(batch) // (4 * slots)), 1), self.tiles_per_task)
+        per_task = min(max(-(-len(batch) // (TASKS_PER_SLOT * slots)), 1), self.tiles_per_task)
         groups = [batch[start : start + per_task] for start in range(0, len(batch), per_task)]
         spec = JobSpec(
             task_type=TASK_TYPE,
@@ -218,6 +223,8 @@ class TileRenderer:
             self.stats.rendered += 1
             self.stats.render_us += tile.render_us
             self.stats.encode_us += tile.encode_us
+            self.stats.render_cpu_us += tile.render_cpu_us
+            self.stats.encode_cpu_us += tile.encode_cpu_us
             if self._waiting.get(key) is future:
                 del self._waiting[key]
             self._forget(future)

@@ -4,7 +4,8 @@ Payload: ``{"tiles": [<RenderRequest JSON>, ...]}``, each tile a whole image of
 its own (a tile is a render request, so it is the very PNG ``fractalq render``
 makes of that request in one band). Result: the PNGs in payload order, each
 preceded by its length and the microseconds its rendering and its encoding
-took (three 4-byte big-endian numbers, the explorer's figures);
+took, in wall-clock and in CPU time (five 4-byte big-endian numbers, the
+explorer's figures: on a busy machine the two differ);
 :func:`split_result` cuts them apart. Tiles are small and wanted at once, so
 they come back in the task's result rather than through storage; the type
 declares a result limit to match (``config.TILE_RESULT_BYTES``).
@@ -30,7 +31,8 @@ from fractalq.tasks.registry import InvalidPayload, TaskContext, task_type
 TASK_TYPE = "fractal.tile"
 # Tiles of one task: what the result limit holds even when nothing compresses.
 MAX_TILES = config.TILE_RESULT_BYTES // (3 * config.TILE_SIZE * config.TILE_SIZE + 4096)
-_HEADER = struct.Struct(">III")  # length, render and encode microseconds
+# Length; render and encode microseconds, wall-clock; the same in the thread's CPU time.
+_HEADER = struct.Struct(">IIIII")
 
 
 def tile_payload(requests: list[RenderRequest]) -> bytes:
@@ -66,20 +68,35 @@ class Tile:
     png: bytes
     render_us: int = 0
     encode_us: int = 0
+    render_cpu_us: int = 0
+    encode_cpu_us: int = 0
+
+
+def _us(seconds: float) -> int:
+    return min(round(seconds * 1e6), 0xFFFFFFFF)
 
 
 def render_tile(request: RenderRequest) -> Tile:
-    started = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.thread_time()
     rgb = render_rows(request, 0, request.height)
-    rendered = time.perf_counter()
+    wall_rendered, cpu_rendered = time.perf_counter(), time.thread_time()
     png = png_bytes(rgb)
-    encoded = time.perf_counter()
-    return Tile(png, round((rendered - started) * 1e6), round((encoded - rendered) * 1e6))
+    return Tile(
+        png,
+        _us(wall_rendered - wall),
+        _us(time.perf_counter() - wall_rendered),
+        _us(cpu_rendered - cpu),
+        _us(time.thread_time() - cpu_rendered),
+    )
 
 
 def join_result(tiles: list[Tile]) -> bytes:
     return b"".join(
-        _HEADER.pack(len(tile.png), tile.render_us, tile.encode_us) + tile.png for tile in tiles
+        _HEADER.pack(
+            len(tile.png), tile.render_us, tile.encode_us, tile.render_cpu_us, tile.encode_cpu_us
+        )
+        + tile.png
+        for tile in tiles
     )
 
 
@@ -89,11 +106,11 @@ def split_result(result: bytes) -> list[Tile]:
     while offset < len(result):
         if offset + _HEADER.size > len(result):
             raise ValueError("a tile result is cut short")
-        length, render_us, encode_us = _HEADER.unpack_from(result, offset)
+        length, *times = _HEADER.unpack_from(result, offset)
         offset += _HEADER.size
         if offset + length > len(result):
             raise ValueError("a tile result is cut short")
-        tiles.append(Tile(result[offset : offset + length], render_us, encode_us))
+        tiles.append(Tile(result[offset : offset + length], *times))
         offset += length
     return tiles
 

@@ -351,6 +351,11 @@ async function start() {
     maxBounds: tileBounds(),
     maxBoundsViscosity: 0.8,
     attributionControl: false,
+    // A zoom step shows the level before, scaled, at once and each new tile as
+    // soon as it is decoded: no animation competes with the tiles for the CPU
+    // (a zoom step's tiles loaded about a third sooner without them).
+    zoomAnimation: false,
+    fadeAnimation: false,
   });
   fitDefaultView();
   showLayer();
