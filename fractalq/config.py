@@ -285,8 +285,9 @@ DEFAULT_JULIA_VIEW = (0.0, 0.0, 3.0)
 # Tiles are tasks at this priority, ahead of batch renders (DEFAULT_PRIORITY).
 EXPLORE_PRIORITY = 0
 # Pixels per tile side (Leaflet's tileSize). Zoom z: a tile is the fractal's
-# default view width / 2**z wide. Past TILE_MAX_ZOOM a float64 pixel spacing
-# nears the rounding of the coordinates themselves.
+# default view width / 2**z wide, an exact decimal view (from about zoom 34 a
+# deep one, rendered by perturbation). TILE_MAX_ZOOM keeps the browser's map
+# coordinates (float64 in Leaflet) well within their precision.
 TILE_SIZE = 256
 TILE_MAX_ZOOM = 36
 TILE_MAX_ITER = 10_000

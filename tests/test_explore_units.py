@@ -38,37 +38,40 @@ QUERY = TileQuery("mandelbrot", 64, "classic", *config.DEFAULT_JULIA_C)
 # ---- the map's coordinates ----------------------------------------------------
 
 
+def _view(fractal: str, zoom: int, x: int, y: int) -> tuple[Fraction, ...]:
+    return tuple(Fraction(value) for value in tile_view(fractal, zoom, x, y))
+
+
 def test_zoom_0_is_the_default_view_and_each_zoom_halves_the_tiles() -> None:
     for fractal, view in (("mandelbrot", config.DEFAULT_MANDELBROT_VIEW), ("julia", (0, 0, 3))):
-        assert tile_view(fractal, 0, 0, 0) == tuple(float(v) for v in view)
-        x, y, width = tile_view(fractal, 3, 5, 2)
-        assert width == view[2] / 8
+        assert _view(fractal, 0, 0, 0) == tuple(Fraction(v) for v in view)
+        x, y, width = _view(fractal, 3, 5, 2)
+        assert width == Fraction(view[2]) / 8
         # Tile (5, 2) at zoom 3: its left edge is 5 tiles right of the view's.
-        assert x - width / 2 == pytest.approx(view[0] - view[2] / 2 + 5 * width)
-        assert y + width / 2 == pytest.approx(view[1] + view[2] / 2 - 2 * width)
+        assert x - width / 2 == Fraction(view[0]) - Fraction(view[2]) / 2 + 5 * width
+        assert y + width / 2 == Fraction(view[1]) + Fraction(view[2]) / 2 - 2 * width
 
 
 def test_a_tiles_four_children_tile_it_exactly() -> None:
     zoom, x, y = 20, 393_000, 301_000
-    parent_x, parent_y, width = (Fraction(v) for v in tile_view("mandelbrot", zoom, x, y))
+    parent_x, parent_y, width = _view("mandelbrot", zoom, x, y)
     for dx in (0, 1):
         for dy in (0, 1):
-            cx, cy, w = tile_view("mandelbrot", zoom + 1, 2 * x + dx, 2 * y + dy)
-            assert Fraction(w) == width / 2
-            assert Fraction(cx) == parent_x + (2 * dx - 1) * width / 4
-            assert Fraction(cy) == parent_y - (2 * dy - 1) * width / 4
+            cx, cy, w = _view("mandelbrot", zoom + 1, 2 * x + dx, 2 * y + dy)
+            assert w == width / 2
+            assert cx == parent_x + (2 * dx - 1) * width / 4
+            assert cy == parent_y - (2 * dy - 1) * width / 4
 
 
-def test_the_deepest_tiles_are_rounded_once_from_the_exact_view() -> None:
+def test_the_deepest_tiles_are_exact_decimal_views() -> None:
     zoom = config.TILE_MAX_ZOOM
     x, y = (1 << zoom) // 3, (1 << zoom) // 7
     exact_width = Fraction(7, 2) / (1 << zoom)
     exact_x = Fraction(-9, 4) + (x + Fraction(1, 2)) * exact_width
-    assert tile_view("mandelbrot", zoom, x, y)[0] == float(exact_x)
-    # Neighbouring tiles are distinct views with pixels still apart in float64.
-    assert tile_view("mandelbrot", zoom, x + 1, y)[0] > tile_view("mandelbrot", zoom, x, y)[0]
-    pixel = exact_width / config.TILE_SIZE
-    assert float(exact_x + pixel) != float(exact_x)
+    assert _view("mandelbrot", zoom, x, y)[0] == exact_x
+    request = tile_request(QUERY, (zoom, x, y))
+    assert Fraction(request.center_x) == exact_x and Fraction(request.view_width) == exact_width
+    assert request.deep  # past float64's depth: rendered by perturbation, like any deep view
 
 
 def test_equal_tiles_are_equal_requests_and_a_mandelbrot_tile_ignores_c() -> None:

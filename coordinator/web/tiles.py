@@ -7,10 +7,11 @@ square (its width both ways, around its centre); at zoom z a tile is
 downwards, so tile (z, x, y) is the square whose top-left corner is
 ``(left + x * w, top - y * w)``. :func:`tile_view` is the only place that
 turns tile numbers into a view: it computes in exact rational arithmetic and
-rounds once to float64, so equal tiles are equal requests (and equal bytes in
-the cache) however they were reached. float64 serves down to a pixel of about
-1e-13 (``config.TILE_MAX_ZOOM``); a deeper explorer would return decimal
-strings from here.
+spells the view as exact decimal strings (a render request's own form), so
+equal tiles are equal requests (and equal bytes in the cache) however they
+were reached, and a tile past float64's depth renders like any deep view.
+The map itself is float64 in the browser (Leaflet's coordinates), which
+bounds the zoom (``config.TILE_MAX_ZOOM``).
 
 Everything a browser sends is checked here, with one-line messages, before
 anything reaches the queue.
@@ -24,6 +25,7 @@ from collections.abc import Mapping
 from fractions import Fraction
 
 from fractalq import config
+from fractalq.fractal import depth
 from fractalq.fractal.palettes import PALETTES
 from fractalq.fractal.request import FRACTALS, RenderRequest
 
@@ -52,15 +54,20 @@ def tile_range(zoom: int) -> tuple[int, int]:
     return -side, 2 * side
 
 
-def tile_view(fractal: str, zoom: int, x: int, y: int) -> tuple[float, float, float]:
-    """The view (centre x, centre y, width) of tile (zoom, x, y) of ``fractal``'s map."""
+def tile_view(fractal: str, zoom: int, x: int, y: int) -> tuple[str, str, str]:
+    """The view (centre x, centre y, width) of tile (zoom, x, y) of ``fractal``'s map,
+    as exact decimal strings."""
     center_x, center_y, width = (Fraction(value) for value in FRACTALS[fractal][:3])
     tile = width / (1 << zoom)
     left, top = center_x - width / 2, center_y + width / 2
-    return (
-        float(left + (x + Fraction(1, 2)) * tile),
-        float(top - (y + Fraction(1, 2)) * tile),
-        float(tile),
+    view = {
+        "center_x": left + (x + Fraction(1, 2)) * tile,
+        "center_y": top - (y + Fraction(1, 2)) * tile,
+        "view_width": tile,
+    }
+    # A power of two below the default view's decimals: an exact decimal spelling.
+    return tuple(  # type: ignore[return-value]
+        depth.canonical(depth.parse_decimal(name, value)) for name, value in view.items()
     )
 
 
