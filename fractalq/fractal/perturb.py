@@ -108,6 +108,11 @@ def _start(
     m = 0
     end = start_end
     k = 0  # the iteration: z_k = Z_m + dz
+    # 2**E as a float (0.0 below 2**-1074, where ldexp must do the scaling), and
+    # the size below which a Z may be as small as dz (|w| <= 2**RESCALE): only
+    # then can the pixel rebase.
+    scale = math.ldexp(1.0, exponent)
+    near = math.ldexp(1.0, exponent + RESCALE + 2)
     while exponent < PLAIN_FROM:
         zr = orbit_re[m]
         zi = orbit_im[m]
@@ -117,17 +122,25 @@ def _start(
             if k == max_iter:
                 return INSIDE, 0.0, 0.0, 0.0, 0.0, m, end, k
         # Rebase (see the module's docstring), with Z in units of 2**E.
-        sr = math.ldexp(zr, -exponent) + wr
-        si = math.ldexp(zi, -exponent) + wi
-        if m == end or (k > 0 and sr * sr + si * si < wr * wr + wi * wi):
-            wr, wi = sr, si
+        rebase = m == end
+        if not rebase and k > 0 and abs(zr) < near and abs(zi) < near:
+            sr = math.ldexp(zr, -exponent) + wr
+            si = math.ldexp(zi, -exponent) + wi
+            rebase = sr * sr + si * si < wr * wr + wi * wi
+        if rebase:
+            wr = math.ldexp(zr, -exponent) + wr
+            wi = math.ldexp(zi, -exponent) + wi
             m = base_start
             end = base_end
             zr = 0.0
             zi = 0.0
         # w <- (2 Z 2**-E + w) w 2**E + d, the first product in plain units.
-        sq_r = math.ldexp(wr * wr - wi * wi, exponent)
-        sq_i = math.ldexp(2.0 * wr * wi, exponent)
+        if scale != 0.0:  # the same bits as ldexp: a power of two, correctly rounded
+            sq_r = (wr * wr - wi * wi) * scale
+            sq_i = (2.0 * wr * wi) * scale
+        else:
+            sq_r = math.ldexp(wr * wr - wi * wi, exponent)
+            sq_i = math.ldexp(2.0 * wr * wi, exponent)
         nr = 2.0 * (zr * wr - zi * wi) + sq_r + dr
         ni = 2.0 * (zr * wi + zi * wr) + sq_i + di
         wr, wi = nr, ni
@@ -139,6 +152,8 @@ def _start(
             dr = math.ldexp(dr, -RESCALE)
             di = math.ldexp(di, -RESCALE)
             exponent += RESCALE
+            scale = math.ldexp(1.0, exponent)
+            near = math.ldexp(1.0, exponent + RESCALE + 2)
     dzr = math.ldexp(wr, exponent)
     dzi = math.ldexp(wi, exponent)
     dcr = math.ldexp(dr, exponent)
