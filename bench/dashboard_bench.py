@@ -10,6 +10,12 @@ coding them), alternated run by run, medians of ``--runs``, for a cheap view
 render, a one-band render (the whole preview in one piece) and one band of a
 32768-square image.
 
+End to end, side by side: two coordinators, each with two workers (one slot
+each), one set's band tasks with previews and the other's without (the bench
+replaces the preview function in those workers' processes); ``--renders``
+1200x800 renders (max-iter 256, 8 bands) alternate between the two, each timed
+from submission to the image stored; medians.
+
 Event stream: a real coordinator with two workers running a stream of short
 jobs (50 in the jobs table); its CPU time per second (from /proc) with 0, 1
 and ``--watchers`` browsers' worth of event-stream connections open, each
@@ -32,11 +38,13 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from procs import Coordinator, Worker, wait_until
+from procs import Coordinator, Process, Worker, wait_until
 
+from fractalq.client import Client
 from fractalq.fractal.png import encode_band
 from fractalq.fractal.render import render_rows
 from fractalq.fractal.request import RenderRequest, band_rows
+from fractalq.images import submit_render
 from fractalq.preview import band_preview, band_result
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.storage import open_storage
@@ -81,6 +89,61 @@ def previews(runs: int) -> None:
         share = statistics.median(p / w for w, p in timings)
         print(f"  {name}: bands {work * 1000:.1f} ms, previews {extra * 1000:.2f} ms"
               f" (+{share * 100:.1f}%)")  # fmt: skip
+
+
+# A worker whose bands carry no preview: the band module's preview function
+# replaced before the worker starts (bands run in-process with one slot).
+NO_PREVIEW = (
+    "import sys, fractalq.tasks.band as band; band.band_preview = lambda *a, **k: None;"
+    " from fractalq.cli import main; sys.exit(main())"
+)
+
+
+def _render_once(client: Client, request: RenderRequest) -> float:
+    begin = time.perf_counter()
+    job = submit_render(client, request, 8, 10).job
+    for state in client.watch(job.job_id):
+        if state.state == pb.SUCCEEDED:
+            return time.perf_counter() - begin
+        if state.state in (pb.FAILED, pb.CANCELLED):
+            raise RuntimeError(f"render {job.job_id} ended {state.state}: {state.reason}")
+    raise RuntimeError("the watch ended early")
+
+
+def end_to_end(renders: int) -> None:
+    print("preview cost end to end: 1200x800 renders on 2 warm workers, with and without")
+    request = RenderRequest.create("mandelbrot", width=1200, height=800, max_iter=256)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        storage = (folder / "storage").as_uri()
+        started: list[Process] = []
+        try:
+            sides = {}
+            for name in ("with", "without"):
+                (folder / name).mkdir()
+                coordinator = Coordinator(folder / name, worker_timeout=15, name=name)
+                started.append(coordinator)
+                for n in range(2):
+                    args = ["worker", "--coordinator", coordinator.address, "--storage", storage]
+                    if name == "with":
+                        command = [sys.executable, "-m", "fractalq", *args]
+                    else:
+                        command = [sys.executable, "-c", NO_PREVIEW, *args]
+                    started.append(Process(command, folder / name / f"worker{n}.log"))
+                client = coordinator.client()
+                wait_until(lambda c=client: len(c.stats().workers) == 2, message="workers")
+                _render_once(client, request)  # warm
+                sides[name] = (client, [])
+            for _ in range(renders):
+                for client, times in sides.values():
+                    times.append(_render_once(client, request))
+            a = statistics.median(sides["without"][1])
+            b = statistics.median(sides["with"][1])
+            print(f"  without previews {a * 1000:.1f} ms, with {b * 1000:.1f} ms:"
+                  f" {(b / a - 1) * 100:+.1f}%")  # fmt: skip
+        finally:
+            for process in reversed(started):
+                process.stop()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -160,8 +223,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--watchers", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--renders", type=int, default=30)
     args = parser.parse_args()
     previews(args.runs)
+    end_to_end(args.renders)
     events(args.watchers, args.seconds)
 
 

@@ -920,6 +920,7 @@ def test_values_mirror_the_configuration() -> None:
 def test_values_render_into_the_commands(chart_helm: Helm) -> None:
     docs = chart_helm.template()
     coordinator = container_of(docs, "StatefulSet", "coordinator")
+    worker = container_of(docs, "Deployment", "worker")
     assert coordinator["args"] == [
         "coordinator",
         "--host",
@@ -942,8 +943,15 @@ def test_values_render_into_the_commands(chart_helm: Helm) -> None:
         "/etc/fractalq/tls/tls.key",
         "--auth-tokens",
         "/etc/fractalq/auth/tokens",
+        # The workers' storage, with their credentials: the dashboard's images.
+        "--storage",
+        flag(worker["args"], "--storage"),
     ]
-    worker = container_of(docs, "Deployment", "worker")
+    assert {item["name"] for item in coordinator["env"]} >= {
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    }
     assert worker["args"][0] == "worker"
     assert flag(worker["args"], "--concurrency") == str(config.DEFAULT_CONCURRENCY)
     assert flag(worker["args"], "--prefetch") == str(config.DEFAULT_PREFETCH)
@@ -1627,6 +1635,8 @@ def test_tls_and_tokens_off_render_the_old_plaintext_shape(chart_helm: Helm) -> 
         f"{config.DEFAULT_RETENTION:g}",
         "--orphan-sweep",
         f"{config.ORPHAN_SWEEP_INTERVAL:g}",
+        "--storage",
+        flag(container_of(docs, "Deployment", "worker")["args"], "--storage"),
     ]
     assert coordinator["readinessProbe"]["grpc"]["port"] == config.DEFAULT_PORT
     assert coordinator["startupProbe"]["grpc"]["port"] == config.DEFAULT_PORT
