@@ -84,6 +84,15 @@ def test_deep_counts_match_each_pixels_own_orbit(view: dict[str, object], width:
     assert not same.any()
 
 
+def test_far_past_float64s_exponent_range() -> None:
+    request = RenderRequest.create(
+        width=48, height=32, max_iter=6000, center_x="0", center_y="1", view_width="1e-1000"
+    )
+    counts, _ = escape(request, 0, request.height)
+    assert np.unique(counts).size > 10
+    assert agreement(request, counts, 10, seed=1000) == 1.0
+
+
 def test_float64_makes_blocks_where_perturbation_does_not() -> None:
     request = RenderRequest.create(width=64, height=32, view_width="1e-30", **MANDELBROT)  # type: ignore[arg-type]
     blocky, _ = numba_escape(request, 0, request.height)
