@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -122,6 +123,7 @@ def main() -> None:
     args = parser.parse_args()
 
     rows: list[dict[str, float]] = []
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="fractalq-bench-") as folder:
         group = ProcessGroup(Path(folder))
         try:
@@ -152,6 +154,8 @@ def main() -> None:
         finally:
             group.stop()
     report(rows, args)
+    cores = os.cpu_count()
+    print(f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after ({cores} cores)")
     if errors:
         print("console errors:", *errors, sep="\n  ")
 

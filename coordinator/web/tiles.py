@@ -20,6 +20,7 @@ anything reaches the queue.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from fractions import Fraction
@@ -54,12 +55,18 @@ def tile_range(zoom: int) -> tuple[int, int]:
     return -side, 2 * side
 
 
+@functools.cache
+def _corner(fractal: str) -> tuple[Fraction, Fraction, Fraction]:
+    """The top-left corner and the width of ``fractal``'s tile (0, 0, 0), exactly."""
+    center_x, center_y, width = (Fraction(value) for value in FRACTALS[fractal][:3])
+    return center_x - width / 2, center_y + width / 2, width
+
+
 def tile_view(fractal: str, zoom: int, x: int, y: int) -> tuple[str, str, str]:
     """The view (centre x, centre y, width) of tile (zoom, x, y) of ``fractal``'s map,
     as exact decimal strings."""
-    center_x, center_y, width = (Fraction(value) for value in FRACTALS[fractal][:3])
+    left, top, width = _corner(fractal)
     tile = width / (1 << zoom)
-    left, top = center_x - width / 2, center_y + width / 2
     view = {
         "center_x": left + (x + Fraction(1, 2)) * tile,
         "center_y": top - (y + Fraction(1, 2)) * tile,
