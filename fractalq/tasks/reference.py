@@ -70,9 +70,13 @@ def reference_for(request: RenderRequest, context: TaskContext) -> Reference | N
         return None
     if context.storage_url:
         try:
-            return _stored(context.storage_url, reference_key(context.job_id))
+            stored = _stored(context.storage_url, reference_key(context.job_id))
         except ObjectNotFoundError:
             log.info("job %s has no stored reference orbit: computing it here", context.job_id)
+        else:
+            if stored.precision == request.precision and stored.start.size <= request.max_iter + 1:
+                return stored
+            log.warning("job %s's stored reference orbit is not this view's", context.job_id)
     return cached_reference(request)
 
 
