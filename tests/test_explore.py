@@ -90,3 +90,35 @@ def test_with_tokens_tiles_load_after_login(
         assert opened.errors == []
     finally:
         opened.close()
+
+
+def test_zooming_on_drops_the_tiles_of_the_levels_passed(
+    page: browser.Page, cluster: ProcessGroup
+) -> None:
+    coordinator = cluster.start_coordinator()
+    cluster.start_worker()
+    client = coordinator.client()
+    wait_until(lambda: len(client.stats().workers) == 1, message="a worker")
+    url = f"http://127.0.0.1:{coordinator.http_port}"
+    page.page.goto(f"{url}/explore")
+    page.page.wait_for_function("window.fractalqExplorer && window.fractalqExplorer.layer")
+    # Inside the period-3 bulb at max-iter 10,000 every pixel runs every iteration: slow tiles.
+    page.page.get_by_test_id("explore-max-iter").fill("10000")
+    page.page.locator("#controls button[type=submit]").click()
+    x, y = -0.1226, 0.7449
+    lat, lng = (y - 1.75) * 256 / 3.5, (x + 2.25) * 256 / 3.5
+    page.page.evaluate(f"window.fractalqExplorer.map.setView([{lat}, {lng}], 7)")
+    for _ in range(3):
+        page.page.locator(".leaflet-control-zoom-in").click()
+
+    def stats() -> dict[str, int]:
+        answer = page.page.request.get(f"{url}/api/explore/stats")
+        data: dict[str, int] = answer.json()
+        return data
+
+    wait_until(lambda: stats()["abandoned"] >= 1, message="a passed level's job cancelled")
+    page.page.wait_for_function("!window.fractalqExplorer.layer.isLoading()", timeout=TIMEOUT)
+    assert page.page.evaluate("window.fractalqExplorer.map.getZoom()") == 10
+    wait_until(lambda: stats()["jobs_in_flight"] == 0, message="no tile job left")
+    assert client.stats().jobs_active == 0
+    assert page.errors == []

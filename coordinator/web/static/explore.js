@@ -196,7 +196,8 @@ const BatchTiles = L.GridLayer.extend({
   },
 
   failAll(batch, message) {
-    for (const entry of batch) entry.done(new Error(message), entry.img);
+    // Tiles already off the map (an aborted request's) fail silently.
+    for (const entry of batch) if (this.alive(entry)) entry.done(new Error(message), entry.img);
   },
 });
 
