@@ -175,8 +175,7 @@ def test_a_deep_render_on_the_queue(cluster: ProcessGroup, tmp_path: Path) -> No
     one a single band renders here; the orbit is removed with the bands."""
     storage = tmp_path / "store"
     coordinator = cluster.start_coordinator()
-    cluster.start_worker(storage=storage.as_uri())
-    cluster.start_worker(storage=storage.as_uri())
+    workers = [cluster.start_worker(storage=storage.as_uri()) for _ in range(2)]
     out = tmp_path / "deep.png"
     args = ["--width", "160", "--height", "100", "--max-iter", "3000", "--regions", "5",
             "--center-x", "0", "--center-y", "1", "--view-width", "1e-100"]  # fmt: skip
@@ -193,6 +192,7 @@ def test_a_deep_render_on_the_queue(cluster: ProcessGroup, tmp_path: Path) -> No
         assert job.first.state == pb.TASK_SUCCEEDED
         assert job.state == pb.SUCCEEDED
     wait_until(lambda: not list(storage.rglob("reference.orbit")), message="orbit removed")
+    assert not any("reference orbit" in worker.log() for worker in workers)  # all read it
 
 
 def test_malformed_numbers_are_refused_with_one_line(tmp_path: Path) -> None:

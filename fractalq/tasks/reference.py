@@ -72,7 +72,7 @@ def reference_for(request: RenderRequest, context: TaskContext) -> Reference | N
         try:
             stored = _stored(context.storage_url, reference_key(context.job_id))
         except ObjectNotFoundError:
-            log.info("job %s has no stored reference orbit: computing it here", context.job_id)
+            log.warning("job %s has no stored reference orbit: computing it here", context.job_id)
         else:
             if stored.precision == request.precision and stored.start.size <= request.max_iter + 1:
                 return stored
