@@ -1,6 +1,7 @@
 """Explorer benchmark: time from a zoom step to every visible tile loaded, in a real browser.
 
     python bench/explore.py [--workers 2] [--max-iter 500] [--steps 10] [--paths 3]
+    python bench/explore.py --tile-sizes     # work per screen by tile size, in-process
 
 A coordinator (keeping its database, as deployed) and ``--workers`` workers
 (``--concurrency 1`` each) are started as the tests start them, and Debian's
@@ -18,16 +19,22 @@ between steps, gives its own time per request, the tile job's (submitted to
 last result) and the workers' rendering and encoding time per tile (summed,
 divided by the workers). The legend printed with the figures says which part
 is which.
+
+``--tile-sizes`` compares, on one thread here, the CPU time to render and
+encode the tiles that cover the page's map at the same zoom steps with 128-,
+256- and 512-pixel tiles, and how many pixels each renders per pixel shown.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -108,6 +115,48 @@ PARTS = {
 }
 
 
+def screen_work(tile_size: int, zooms: range, paths: int, max_iter: int) -> tuple[float, float]:
+    """One thread's seconds to render and encode the tiles covering a 1600 x 946 map
+    (the page's, under its header) at the views of the zoom steps, tiles of
+    ``tile_size`` pixels on the same grid; and the pixels rendered per pixel shown."""
+    from fractalq.fractal.request import RenderRequest
+    from fractalq.tasks.tile import render_tile
+
+    center_x, center_y, width = config.DEFAULT_MANDELBROT_VIEW
+    left, top = center_x - width / 2, center_y + width / 2
+    seconds, rendered, shown = 0.0, 0, 0
+    for x, y in PATHS[:paths]:
+        for zoom in zooms:
+            pixel = width / config.TILE_SIZE / 2**zoom  # the map's pixel at this zoom
+            tile = pixel * tile_size
+            columns = range(
+                math.floor((x - 800 * pixel - left) / tile),
+                math.ceil((x + 800 * pixel - left) / tile),
+            )
+            rows = range(
+                math.floor((top - y - 473 * pixel) / tile),
+                math.ceil((top - y + 473 * pixel) / tile),
+            )
+            for i in columns:
+                for j in rows:
+                    request = RenderRequest.create(
+                        "mandelbrot",
+                        width=tile_size,
+                        height=tile_size,
+                        max_iter=max_iter,
+                        center_x=left + (i + 0.5) * tile,
+                        center_y=top - (j + 0.5) * tile,
+                        view_width=tile,
+                    )
+                    started = time.thread_time()
+                    render_tile(request)
+                    seconds += time.thread_time() - started
+                    rendered += tile_size * tile_size
+            shown += 1600 * 946
+    steps = paths * len(zooms)
+    return seconds / steps, rendered / shown
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -120,7 +169,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--paths", type=int, default=3)
     parser.add_argument("--start-zoom", type=int, default=5)
+    parser.add_argument(
+        "--tile-sizes", action="store_true", help="only compare the work per screen by tile size"
+    )
     args = parser.parse_args()
+    if args.tile_sizes:
+        zooms = range(args.start_zoom + 1, args.start_zoom + 1 + args.steps)
+        screen_work(64, range(1), 1, 16)  # loads numba's compiled code first
+        for size in (128, 256, 512):
+            seconds, waste = screen_work(size, zooms, args.paths, args.max_iter)
+            print(
+                f"{size}-px tiles: {seconds * 1000:.0f} ms of one thread per screen, "
+                f"{waste:.2f} pixels rendered per pixel shown"
+            )
+        return
 
     rows: list[dict[str, float]] = []
     load_before = os.getloadavg()[0]
