@@ -13,6 +13,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient as BaseClient
 from aiohttp.test_utils import TestServer
@@ -97,9 +98,16 @@ async def _one_snapshot_per_tick_whatever_the_number_of_watchers() -> None:
     # One snapshot built and serialised for all fifty: the very same bytes object.
     assert ticker.snapshots == 2 and all(chunk is chunks[0] for chunk in chunks)
     assert chunks[0].startswith(b"event: snapshot\ndata: {")
-    for stream in streams:
+    for stream in streams[1:]:
         await stream.aclose()
+    # A stopping server ends the streams still open rather than wait for them.
+    last = asyncio.ensure_future(anext(streams[0]))
+    await asyncio.sleep(0)
+    ticker.close()
+    with pytest.raises(StopAsyncIteration):
+        await last
     assert ticker.watchers == 0
+    ticker.closed = False
     ticker.sample()
     assert ticker.snapshots == 2  # nobody watches: the history grows, no snapshot is built
     assert len(ticker.history) == 3
@@ -286,6 +294,7 @@ async def _the_render_form_names_the_bad_field_and_changes_nothing() -> None:
             body = await response.json()
             assert response.status == 400 and body["field"] == field, (field, body)
         assert (await http.post("/api/render", data=b"[1")).status == 400
+        assert (await http.post("/api/render", data=b"[" * 100_000)).status == 400
         assert (await http.post("/api/tasks", json={"task": "nope"})).status == 400
         assert (
             await (await http.post("/api/tasks", json={"task": "sleep", "payload": "{"})).json()

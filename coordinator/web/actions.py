@@ -158,7 +158,7 @@ def _broker_field(message: str) -> str:
 async def _form(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise web.HTTPBadRequest(text="send the form as a JSON object") from None
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text="send the form as a JSON object")

@@ -70,4 +70,9 @@ def add_dashboard(
         download.routes(service, storage),
     ):
         app.add_routes(table)
+
+    async def closing(app: web.Application) -> None:
+        ticker.close()  # before the server waits for its requests: streams never end
+
     app.cleanup_ctx.append(ticking)
+    app.on_shutdown.append(closing)

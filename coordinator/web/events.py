@@ -89,6 +89,7 @@ class Ticker:
         self.history: collections.deque[list[float]] = collections.deque(maxlen=history)
         self.latest: bytes | None = None
         self._changed = asyncio.Event()
+        self.closed = False
         self._last: tuple[float, int] | None = None
         self._rate = 0.0
 
@@ -162,6 +163,11 @@ class Ticker:
             "dead_letters": dead,
         }
 
+    def close(self) -> None:
+        """End every watcher's stream (the server is stopping: it must not wait for them)."""
+        self.closed = True
+        self._changed.set()
+
     async def run(self, interval: float = config.DASHBOARD_TICK) -> None:
         while True:
             self.sample()
@@ -177,7 +183,7 @@ class Ticker:
             sent = self.latest
             if sent is not None:
                 yield sent
-            while True:
+            while not self.closed:
                 changed = self._changed
                 await changed.wait()
                 if self.latest is not None and self.latest is not sent:

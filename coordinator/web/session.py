@@ -14,7 +14,6 @@ cancel in a user's name.
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 import time
 from collections import OrderedDict
@@ -105,7 +104,7 @@ def routes(
         try:
             body = await request.json()
             token = body["token"] if isinstance(body, dict) else None
-        except (ValueError, UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             token = None
         role = tokens.role(token.strip()) if isinstance(token, str) and token.strip() else None
         if role is None:
