@@ -8,6 +8,9 @@ artifacts (tests/artifacts/test_*.png).
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import browser
@@ -122,3 +125,34 @@ def test_zooming_on_drops_the_tiles_of_the_levels_passed(
     wait_until(lambda: stats()["jobs_in_flight"] == 0, message="no tile job left")
     assert client.stats().jobs_active == 0
     assert page.errors == []
+
+
+def test_bad_tile_requests_get_a_400_and_never_reach_the_queue(cluster: ProcessGroup) -> None:
+    coordinator = cluster.start_coordinator()
+    api = f"http://127.0.0.1:{coordinator.http_port}/api/explore"
+
+    def get(path: str) -> tuple[int, str, dict[str, str]]:
+        try:
+            with urllib.request.urlopen(f"{api}/{path}", timeout=10) as answer:
+                return answer.status, answer.read().decode(), dict(answer.headers)
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(), dict(error.headers)
+
+    for path, message in [
+        ("tiles?tiles=40/0/0", "zoom must be from 0 to 36 (got 40)\n"),
+        ("tiles?tiles=1/0/0&max_iter=1e9", "max_iter must be a whole number (got '1e9')\n"),
+        ("tiles?tiles=1/0/0&palette=neon", "unknown palette 'neon' (known: "),
+        ("tiles?tiles=1/0/0&max_iter=99999999", "max_iter must be from 1 to 10000"),
+        ("tiles?tiles=1/a/0", "tile x must be a whole number (got 'a')\n"),
+        ("tile/1/0/9.png", "tile y must be from -2 to 3 (got 9)\n"),
+        ("tiles?tiles=1/0/0&fractal=julia&c_re=inf", "c_re must be a finite number"),
+    ]:
+        status, body, _ = get(path)
+        assert (status, body[: len(message)]) == (400, message), path
+        assert body.count("\n") == 1
+    status, body, headers = get("tiles?tiles=1/0/0")  # good, but no worker to render it
+    assert (status, body) == (503, "no worker serves fractal.tile tasks\n")
+    assert headers["Retry-After"] == "1"
+    _, stats, _ = get("stats")
+    assert json.loads(stats)["jobs"] == 0 and json.loads(stats)["busy"] == 1
+    assert coordinator.client().stats().jobs_active == 0
