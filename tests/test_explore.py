@@ -58,6 +58,16 @@ def test_the_explorer_shows_tiles_zooms_and_renders_the_view(
     assert zoom + 1 in _zooms(requests)
     expect(page.page.get_by_test_id("explore-status")).to_contain_text(f"zoom {zoom + 1}")
     page.screenshot("-zoomed")
+    shared = page.page.url  # the view is in the address: opening it again shows it
+    assert f"z={zoom + 1}" in shared and "max_iter=500" in shared
+    page.page.goto("about:blank")
+    page.page.goto(shared)
+    page.page.wait_for_function(
+        "window.fractalqExplorer && window.fractalqExplorer.layer"
+        " && !window.fractalqExplorer.layer.isLoading()",
+        timeout=TIMEOUT,
+    )
+    assert page.page.evaluate("window.fractalqExplorer.map.getZoom()") == zoom + 1
 
     page.page.get_by_test_id("explore-render-open").click()
     panel = page.page.get_by_test_id("explore-render")

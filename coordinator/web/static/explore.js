@@ -38,6 +38,30 @@ function toComplex(latlng) {
   };
 }
 
+// The map position of a complex point: toComplex's inverse.
+function toLatLng(x, y) {
+  const view = fractalView();
+  const unit = view.view_width / state.config.tile_size;
+  return L.latLng(
+    (y - view.center_y - view.view_width / 2) / unit,
+    (x - view.center_x + view.view_width / 2) / unit,
+  );
+}
+
+// The view in the address (#fractal=...&z=...&x=...&y=...), so it can be shared.
+function hashView() {
+  return new URLSearchParams(window.location.hash.slice(1));
+}
+
+function keepView() {
+  const center = toComplex(state.map.getCenter());
+  const view = new URLSearchParams(state.params);
+  view.set("z", String(state.map.getZoom()));
+  view.set("x", String(center.x));
+  view.set("y", String(center.y));
+  window.history.replaceState(null, "", `#${view}`);
+}
+
 function visibleView() {
   const map = state.map;
   const center = toComplex(map.getCenter());
@@ -265,6 +289,14 @@ function setupControls() {
   const juliaOnly = () => {
     form.querySelector(".julia").hidden = form.fractal.value !== "julia";
   };
+  const shared = hashView();
+  for (const name of ["fractal", "max_iter", "palette", "c_re", "c_im"]) {
+    const value = shared.get(name);
+    // An option the page does not offer is ignored; numbers are the coordinator's to check.
+    if (value !== null && (name !== "fractal" || value in state.config.fractals)) {
+      if (name !== "palette" || state.config.palettes.includes(value)) form[name].value = value;
+    }
+  }
   form.fractal.addEventListener("change", juliaOnly);
   juliaOnly();
   form.addEventListener("submit", (event) => {
@@ -273,6 +305,7 @@ function setupControls() {
     state.params = readControls();
     if (fractal !== state.params.fractal) fitDefaultView();
     showLayer();
+    keepView();
   });
   form.hidden = false;
   state.params = readControls();
@@ -358,8 +391,15 @@ async function start() {
     zoomAnimation: false,
     fadeAnimation: false,
   });
-  fitDefaultView();
+  const shared = hashView();
+  const [zoom, x, y] = ["z", "x", "y"].map((name) => Number.parseFloat(shared.get(name)));
+  if ([zoom, x, y].every(Number.isFinite)) {
+    state.map.setView(toLatLng(x, y), Math.round(zoom));
+  } else {
+    fitDefaultView();
+  }
   showLayer();
+  state.map.on("moveend", keepView);
   state.map.on("click", openRender);
   document.getElementById("render-open").addEventListener("click", openRender);
   document.getElementById("render-close").addEventListener("click", () => {
