@@ -302,3 +302,27 @@ async def _the_render_form_names_the_bad_field_and_changes_nothing() -> None:
         assert service.broker.jobs == {}
         ok = await http.post("/api/tasks", json={"task": "noop", "count": "3"})
         assert ok.status == 200 and (await ok.json())["total"] == 3
+
+
+# ---- finished images -------------------------------------------------------------------
+
+
+def test_without_storage_the_image_endpoint_says_why() -> None:
+    _run(_without_storage_the_image_endpoint_says_why)
+
+
+async def _without_storage_the_image_endpoint_says_why() -> None:
+    async with served() as (service, http):
+        request = RenderRequest.create("mandelbrot", width=64, height=32, max_iter=16)
+        job_id = await _submit_render(service, request, 1)
+        unfinished = await http.get(f"/api/jobs/{job_id}/image.png")
+        assert unfinished.status == 404 and "no image" in await unfinished.text()
+        assert (await http.get("/api/jobs/nope/image.png")).status == 404
+        _complete_bands(service, request, 1)
+        broker = service.broker
+        worker = broker.register_worker("a", ("fractal.assemble",), 1, "h", 2.0)
+        [final] = broker.lease(worker, 1, 2.0)
+        result = b'{"key": "jobs/x/image.png", "url": "s3://bucket/jobs/x/image.png", "bytes": 9}'
+        assert broker.complete(worker, final.job_id, final.index, final.attempt, result, 2.0)
+        response = await http.get(f"/api/jobs/{job_id}/image.png")
+        assert response.status == 404 and "--storage" in await response.text()
