@@ -37,7 +37,7 @@ _HEADER = struct.Struct("<8sI")
 _DTYPE = np.dtype("<c16")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # arrays: compared by identity
 class Reference:
     """A deep view's reference orbits (float64 copies) and the precision they had."""
 
