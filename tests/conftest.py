@@ -45,12 +45,15 @@ def cluster(tmp_path: Path) -> Iterator[ProcessGroup]:
 
 # ---- browser: Debian's headless Chromium (see tests/browser.py) -------------
 #
-# ``chromium`` is one browser for the whole session; ``page`` is a fresh context
-# and page per test, screenshotted into tests/artifacts/<test name>.png at the
-# end. A test asserts ``page.errors == []`` when the page must load cleanly.
+# ``chromium`` is one browser per test module; ``page`` is a fresh context and
+# page per test, screenshotted into tests/artifacts/<test name>.png at the end.
+# A test asserts ``page.errors == []`` when the page must load cleanly.
+# Not one browser per session: Playwright's synchronous API keeps an event loop
+# running in the main thread while it is open, and asyncio.run() in the tests
+# of later modules would refuse to start beside it.
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
     if not browser.available():
         # CI installs it (.ci/run), so there a missing browser is a failure.
