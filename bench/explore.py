@@ -70,6 +70,7 @@ ZOOM_IN = """() => new Promise((resolve) => {
     resolve({
       total,
       sent: Math.min(...batches.map((b) => b.sent)) - started,
+      headers: last("headers"),
       read: last("read"),
       decoded: last("decoded"),
       batches: batches.length,
@@ -103,6 +104,7 @@ PARTS = {
     "total": "the zoom call to the layer's load event",
     "to request": "the zoom call to the tile request sent (Leaflet)",
     "request": "sent to the last tile read (the coordinator and HTTP)",
+    "answered": "  of which until the answer's headers (the request's way in)",
     "server": "  of which in the coordinator (arrival to last tile written)",
     "job": "    of which the tile job (submitted to last result)",
     "queue": "      of which leasing, reporting, waiting (job - render - encode)",
@@ -231,6 +233,7 @@ def step(times: dict[str, float], delta: dict[str, int], workers: int) -> dict[s
         "total": times["total"],
         "to request": times["sent"],
         "request": times["read"] - times["sent"],
+        "answered": times["headers"] - times["sent"],
         "server": server,
         "job": job,
         "queue": job - render - encode,
