@@ -57,6 +57,8 @@ def parse_decimal(name: str, value: object) -> Decimal:
         raise ValueError(
             f"{name} has {len(text)} characters, more than the {config.MAX_DECIMAL_LENGTH} allowed"
         )
+    if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):  # as a float's message says
+        raise ValueError(f"{name} must be a finite number (got {text.lower()})")
     if not _NUMBER.fullmatch(text):
         raise ValueError(
             f"{name} must be a decimal number such as -0.75 or 1.5e-300 (got {_show(value)})"
