@@ -15,6 +15,9 @@ rounded once, the same bits on every CPU: one with no FMA unit computes it in
 software). A lane whose z has left radius 2 keeps its state (masked updates), so
 its z and count at escape are exact. Returns the bit mask of the lanes now done
 (escaped, or at the iteration limit).
+
+numba's on-disk cache of :mod:`.perturb`'s functions is keyed on that file, not
+this one: after editing this file, clear ``fractalq/fractal/__pycache__``.
 """
 
 from __future__ import annotations
