@@ -99,6 +99,14 @@ def test_local_put_is_atomic_and_leaves_no_temporary_files(local: LocalStorage) 
     assert files_under(local.root) == ["k/obj"]
 
 
+def test_local_storage_flushes_to_disk_when_asked(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path, fsync=True)
+    storage.put("jobs/a/band", b"1")
+    storage.put("jobs/a/band", b"2")
+    assert storage.get("jobs/a/band") == b"2"
+    assert files_under(storage.root) == ["jobs/a/band"]
+
+
 def test_local_reader_never_sees_a_partial_object(tmp_path: Path) -> None:
     # fsync off: atomicity comes from the rename, not from flushing.
     storage = LocalStorage(tmp_path, fsync=False)
