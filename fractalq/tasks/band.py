@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 from fractalq import config
 from fractalq.fractal.png import encode_band
@@ -58,6 +60,12 @@ def _storage(url: str) -> Storage:
     return open_storage(url)  # one client per process and URL
 
 
+@functools.lru_cache(maxsize=1)
+def _uploader(pid: int) -> ThreadPoolExecutor:
+    """One thread per process that stores bands (by pid: a forked child makes its own)."""
+    return ThreadPoolExecutor(1, thread_name_prefix="band-store")
+
+
 def _warm() -> None:
     """Render and encode a tiny band: loads numba and its cached machine code."""
     encode_band(render_rows(RenderRequest.create("mandelbrot", width=8, height=2), 0, 2), 0)
@@ -78,6 +86,12 @@ def render_band(payload: bytes, context: TaskContext) -> bytes:
     rgb = render_rows(request, start, end, reference=reference_for(request, context))
     data = encode_band(rgb, start)
     key = band_key(context.job_id, start, end)
-    _storage(context.storage_url).put(key, data)  # only reported done once stored
-    # The result also carries the band's rows of the live preview (fractalq/preview.py).
-    return band_result(key, band_preview(rgb, request.width, request.height, start))
+    stored = _uploader(os.getpid()).submit(_storage(context.storage_url).put, key, data)
+    # The result also carries the band's rows of the live preview (fractalq/preview.py),
+    # made while the band is stored: storing waits on a disk or the network.
+    try:
+        preview = band_preview(rgb, request.width, request.height, start)
+    except Exception:  # a preview is a nicety: never worth failing a band for
+        preview = None
+    stored.result()  # only reported done once stored; its errors are the task's
+    return band_result(key, preview)
