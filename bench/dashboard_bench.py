@@ -48,6 +48,8 @@ from fractalq.images import submit_render
 from fractalq.preview import band_preview, band_result
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.storage import open_storage
+from fractalq.tasks import band
+from fractalq.tasks.registry import TaskContext
 
 CASES = [
     ("1200x800, max-iter 256, 8 bands", 1200, 800, 256, 8, None),
@@ -60,7 +62,7 @@ CASES = [
 def band_work(
     request: RenderRequest, rows: list[tuple[int, int]], folder: str
 ) -> tuple[float, float]:
-    """Seconds of the bands' own work (render, encode, store) and of their previews."""
+    """Seconds of the bands' own work (render, encode, store) and of their previews' CPU."""
     storage = open_storage(Path(folder).as_uri())
     work = preview = 0.0
     for start, end in rows:
@@ -74,8 +76,20 @@ def band_work(
     return work, preview
 
 
+def task_time(request: RenderRequest, rows: list[tuple[int, int]], folder: str) -> float:
+    """Seconds of the band task itself (``fractal.band``), over ``rows``."""
+    context = TaskContext(storage_url=Path(folder).as_uri(), job_id="bench")
+    begin = time.perf_counter()
+    for start, end in rows:
+        band.render_band(band.band_payload(request, start, end), context)
+    return time.perf_counter() - begin
+
+
 def previews(runs: int) -> None:
-    print("preview cost: each band's preview timed next to its own work, medians of the runs")
+    print("preview cost per band, medians of the runs: the previews' CPU next to the bands'")
+    print("own work, and the band task's time with and without them (the task makes its")
+    print("preview while the band is stored, so storage's wait hides some or all of it)")
+    real = band.band_preview
     for name, width, height, max_iter, regions, only in CASES:
         request = RenderRequest.create("mandelbrot", width=width, height=height, max_iter=max_iter)
         rows = band_rows(request, regions)
@@ -84,11 +98,19 @@ def previews(runs: int) -> None:
         with tempfile.TemporaryDirectory() as folder:
             band_work(request, rows[:1], folder)  # compile and warm up
             timings = [band_work(request, rows, folder) for _ in range(runs)]
+            plain, with_preview = [], []
+            for _ in range(runs):  # alternated, side by side
+                band.band_preview = lambda *args, **kwargs: None
+                plain.append(task_time(request, rows, folder))
+                band.band_preview = real
+                with_preview.append(task_time(request, rows, folder))
         work = statistics.median(w for w, _ in timings)
         extra = statistics.median(p for _, p in timings)
         share = statistics.median(p / w for w, p in timings)
-        print(f"  {name}: bands {work * 1000:.1f} ms, previews {extra * 1000:.2f} ms"
-              f" (+{share * 100:.1f}%)")  # fmt: skip
+        a, b = statistics.median(plain), statistics.median(with_preview)
+        print(f"  {name}: bands {work * 1000:.1f} ms, previews' CPU {extra * 1000:.2f} ms"
+              f" (+{share * 100:.1f}%); task {a * 1000:.1f} ms without,"
+              f" {b * 1000:.1f} ms with ({(b / a - 1) * 100:+.1f}%)")  # fmt: skip
 
 
 # A worker whose bands carry no preview: the band module's preview function

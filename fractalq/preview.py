@@ -60,9 +60,11 @@ def band_preview(
     if first == last:
         return None
     rows_at = _samples(height, rows)[first:last] - start
-    # take() copies the sampled rows, then columns: 5x faster than fancy indexing.
-    small = rgb.take(rows_at, axis=0).take(_samples(width, columns), axis=1)
-    image = Image.fromarray(small, "RGB")
+    # The sampled rows' bytes, then each sampled pixel's three: take() on bytes is
+    # several times faster than fancy indexing of pixels.
+    channels = (_samples(width, columns)[:, None] * 3 + np.arange(3)).ravel()
+    small = rgb.reshape(rgb.shape[0], width * 3).take(rows_at, axis=0).take(channels, axis=1)
+    image = Image.frombuffer("RGB", (columns, len(rows_at)), small, "raw", "RGB", 0, 1)
     for quality in (config.PREVIEW_QUALITY, 50, 25):
         out = io.BytesIO()
         image.save(out, "JPEG", quality=quality)  # 4:2:0: half the time and bytes of 4:4:4

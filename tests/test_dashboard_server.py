@@ -7,16 +7,20 @@ on 127.0.0.1); workers are played by calling the broker directly.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import io
 import itertools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient as BaseClient
 from aiohttp.test_utils import TestServer
+from PIL import Image
 
 from fractalq import config
 from fractalq.config import CoordinatorConfig
@@ -326,3 +330,17 @@ async def _without_storage_the_image_endpoint_says_why() -> None:
         assert broker.complete(worker, final.job_id, final.index, final.attempt, result, 2.0)
         response = await http.get(f"/api/jobs/{job_id}/image.png")
         assert response.status == 404 and "--storage" in await response.text()
+
+
+def test_a_preview_piece_shows_the_bands_pixels() -> None:
+    request = RenderRequest.create("mandelbrot", width=1000, height=600, palette="fire")
+    rgb = render_rows(request, 100, 200)
+    piece = band_preview(rgb, 1000, 600, 100)
+    assert piece is not None and piece["size"] == [512, 307]
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(piece["jpeg"]))), dtype=int)
+    first, last = piece["rows"]
+    rows = [((2 * p + 1) * 600) // (2 * 307) - 100 for p in range(first, last)]
+    columns = [((2 * q + 1) * 1000) // (2 * 512) for q in range(512)]
+    expected = rgb[rows][:, columns].astype(int)
+    assert decoded.shape == expected.shape
+    assert np.abs(decoded - expected).mean() < 6  # the same picture, up to JPEG's losses
