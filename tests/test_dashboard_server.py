@@ -252,7 +252,7 @@ async def _a_token_becomes_a_session_cookie_of_its_role() -> None:
         assert await (await secured.get("/api/session")).json() == {"auth": True, "role": "reader"}
         # A reader watches; it may not submit or cancel.
         assert (await secured.post("/api/render", json={})).status == 403
-        assert (await secured.post("/api/jobs/x/cancel")).status == 403
+        assert (await secured.post("/api/jobs/x/cancel", json={})).status == 403
 
         assert (await secured.post("/api/session", json={"token": CLIENT})).status == 200
         submitted = await secured.post("/api/render", json={"width": "64", "height": "32"})
@@ -297,8 +297,14 @@ async def _the_render_form_names_the_bad_field_and_changes_nothing() -> None:
             response = await http.post("/api/render", json=form)
             body = await response.json()
             assert response.status == 400 and body["field"] == field, (field, body)
-        assert (await http.post("/api/render", data=b"[1")).status == 400
-        assert (await http.post("/api/render", data=b"[" * 100_000)).status == 400
+        # What a form on another site can send (no preflight) is refused.
+        plain = {"Content-Type": "text/plain"}
+        assert (await http.post("/api/render", data=b"{}", headers=plain)).status == 415
+        assert (await http.post("/api/jobs/x/cancel", headers=plain)).status == 415
+        json_type = {"Content-Type": "application/json"}
+        assert (await http.post("/api/render", data=b"[1", headers=json_type)).status == 400
+        nested = b"[" * 100_000
+        assert (await http.post("/api/render", data=nested, headers=json_type)).status == 400
         assert (await http.post("/api/tasks", json={"task": "nope"})).status == 400
         assert (
             await (await http.post("/api/tasks", json={"task": "sleep", "payload": "{"})).json()

@@ -155,7 +155,17 @@ def _broker_field(message: str) -> str:
     return ""
 
 
+def _json_only(request: web.Request) -> None:
+    """Writes come as JSON: a page on another site cannot send that without the
+    browser asking this server first (CORS), which it does not allow. Without
+    tokens there is no cookie for SameSite to guard, so this is what stops a
+    page elsewhere from submitting or cancelling through a visitor's browser."""
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(text="send JSON (Content-Type: application/json)")
+
+
 async def _form(request: web.Request) -> dict[str, Any]:
+    _json_only(request)
     try:
         body = await request.json()
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -218,6 +228,7 @@ def routes(service: CoordinatorService) -> web.RouteTableDef:
 
     @table.post("/api/jobs/{job_id}/cancel")
     async def cancel(request: web.Request) -> web.Response:
+        _json_only(request)
         job_id = request.match_info["job_id"]
         try:
             job = await service.cancel_job(

@@ -217,7 +217,9 @@ function selectJob(jobId) {
 
 async function cancel(jobId, button) {
   button.disabled = true;
-  const { ok, body } = await api(`/api/jobs/${encodeURIComponent(jobId)}/cancel`, { method: "POST" });
+  const { ok, body } = await api(`/api/jobs/${encodeURIComponent(jobId)}/cancel`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: "{}",
+  });
   button.disabled = false;
   if (!ok) alert((body && body.error) || "cancel was refused");
 }
