@@ -235,6 +235,11 @@ async function loadOptions() {
   for (const name of ["width", "height", "regions", "max-iter", "priority"]) {
     form.elements[name].placeholder = String(body.defaults[name]);
   }
+  const julia = () => {
+    for (const label of form.querySelectorAll("label.julia")) label.hidden = form.elements.fractal.value !== "julia";
+  };
+  form.elements.fractal.addEventListener("change", julia);
+  julia();
   fill($("#task-form").elements.task, body.task_types, "sleep");
   $("#task-form").elements.priority.placeholder = String(body.defaults.priority);
 }
