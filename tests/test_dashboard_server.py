@@ -28,6 +28,7 @@ from fractalq.coordinator import validation
 from fractalq.coordinator.broker import Broker
 from fractalq.coordinator.http import make_app
 from fractalq.coordinator.service import CoordinatorService
+from fractalq.coordinator.web import actions
 from fractalq.coordinator.web.app import TICKER
 from fractalq.coordinator.web.events import Ticker
 from fractalq.coordinator.web.preview import Previews
@@ -312,6 +313,17 @@ async def _the_render_form_names_the_bad_field_and_changes_nothing() -> None:
         assert service.broker.jobs == {}
         ok = await http.post("/api/tasks", json={"task": "noop", "count": "3"})
         assert ok.status == 200 and (await ok.json())["total"] == 3
+
+
+def test_the_render_form_keeps_a_deep_view_digit_for_digit() -> None:
+    center = "-0.74364388703715870475219150611477640000000000000000000000000000000001"
+    form = {"center-x": center, "center-y": "0.1318", "view-width": "1e-300", "width": "64"}
+    request, _, _ = actions.render_request(form)
+    assert request.deep
+    assert (request.center_x, float(request.view_width)) == (center, 1e-300)
+    with pytest.raises(actions.FieldError) as bad:
+        actions.render_request({"view-width": "1e-3e"})
+    assert bad.value.field == "view-width"
 
 
 # ---- finished images -------------------------------------------------------------------

@@ -30,10 +30,9 @@ from fractalq.proto import fractalq_pb2 as pb
 INTS = ("width", "height", "regions", "max-iter", "priority")
 FLOATS = ("center-x", "center-y", "view-width", "c-re", "c-im")
 FIELDS = ("fractal", "palette", *INTS, *FLOATS)
-# The view's centre and width: decimal strings when the request keeps them so
-# (deep zoom), which RenderRequest.create checks like the command line's.
+# The view's centre and width are decimal strings of any length (deep zoom),
+# kept digit for digit and checked by RenderRequest.create like the command line's.
 VIEW = ("center-x", "center-y", "view-width")
-_DECIMAL_VIEW = "str" in str(RenderRequest.__dataclass_fields__["center_x"].type)
 # The request's own names (in its error messages) -> the form's.
 _FORM_NAMES = {name.replace("-", "_"): name for name in FIELDS}
 
@@ -77,8 +76,8 @@ def render_request(form: dict[str, Any]) -> tuple[RenderRequest, int, int]:
     floats: dict[str, Any] = {}
     for name in FLOATS:
         text = _text(form, name)
-        if text is not None and name in VIEW and _DECIMAL_VIEW:
-            floats[name] = text  # kept digit for digit, as the command line does
+        if text is not None and name in VIEW:
+            floats[name] = text
             continue
         try:
             value = float(text) if text is not None and len(text) <= 100 else None
