@@ -75,6 +75,11 @@ class StatsCollector(Collector):
         workers.add_metric(["true"], draining)
         yield workers
         yield GaugeMetricFamily(
+            "fractalq_workers_storage_unavailable",
+            "Registered workers that cannot reach their storage (they take no task meanwhile).",
+            sum(1 for worker in stats.workers if worker.storage_error),
+        )
+        yield GaugeMetricFamily(
             "fractalq_worker_slots",
             "Tasks the registered workers run at once, in total.",
             sum(worker.concurrency for worker in stats.workers),

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -228,6 +230,12 @@ def test_a_render_survives_a_storage_outage_without_spending_attempts(
             assert any(own_s3.endpoint in error for error in errors), errors
             status = run_cli("status", "--coordinator", coordinator.address)
             assert "storage unavailable (" in status.stdout, status.stdout
+            metrics = f"http://127.0.0.1:{coordinator.http_port}/metrics"
+            with urllib.request.urlopen(metrics, timeout=10) as response:
+                gauge = re.search(
+                    rb"^fractalq_workers_storage_unavailable ([0-9.]+)$", response.read(), re.M
+                )
+            assert gauge is not None and float(gauge[1]) >= 1
             # A worker started meanwhile waits for storage too, rather than exit.
             workers.append(group.start_worker(storage=storage, env=env))
             # The expected image, made meanwhile: the workers are idle anyway.
