@@ -305,8 +305,10 @@ MAX_TILES_IN_FLIGHT = 2048
 TILE_TIMEOUT = 30.0
 # A tile task's result is its tiles' PNGs (4 MiB: 8 tiles of 256 x 256 barely compress).
 TILE_RESULT_BYTES = 4 * 1024 * 1024
-# Rendered tiles kept in the coordinator's memory, shared by every browser.
-TILE_CACHE_BYTES = 256 * 1024 * 1024
+# Rendered tiles kept in the coordinator's memory, shared by every browser: about
+# 1,000 tiles (30 screens) of 50-60 kB, well within the chart's 512Mi for the
+# coordinator next to its queue.
+TILE_CACHE_BYTES = 64 * 1024 * 1024
 # Deep zoom. A view's centre and width are decimal strings of at most
 # MAX_DECIMAL_LENGTH characters, its width at least 10**-MAX_ZOOM_DIGITS. A view
 # whose pixel is narrower than DEEP_PIXEL_RELATIVE x max(1, |centre|) (2**-40:
