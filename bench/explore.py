@@ -2,6 +2,7 @@
 
     python bench/explore.py [--workers 2] [--max-iter 500] [--steps 10] [--paths 3]
     python bench/explore.py --tile-sizes     # work per screen by tile size, in-process
+    python bench/explore.py --no-browser     # the same steps' tiles fetched by the script
 
 A coordinator (keeping its database, as deployed) and ``--workers`` workers
 (``--concurrency 1`` each) are started as the tests start them, and Debian's
@@ -20,7 +21,9 @@ last result) and the workers' rendering and encoding time per tile (summed,
 divided by the workers). The legend printed with the figures says which part
 is which.
 
-``--tile-sizes`` compares, on one thread here, the CPU time to render and
+``--no-browser`` fetches the same steps' tiles from this script instead (one
+request a step, as the page makes), for the time without a browser on the
+machine. ``--tile-sizes`` compares, on one thread here, the CPU time to render and
 encode the tiles that cover the page's map at the same zoom steps with 128-,
 256- and 512-pixel tiles, and how many pixels each renders per pixel shown.
 """
@@ -117,10 +120,29 @@ PARTS = {
 }
 
 
+BROWSER_ONLY = ("to request", "answered", "last decode", "to load")
+
+
+def screen_tiles(x: float, y: float, zoom: int, tile_size: int) -> list[tuple[int, int, int]]:
+    """The tiles (zoom, column, row) of ``tile_size`` pixels, on the map's grid, that
+    cover the page's 1600 x 946 map (under its header) centred on (x, y) at ``zoom``."""
+    center_x, center_y, width = config.DEFAULT_MANDELBROT_VIEW
+    left, top = center_x - width / 2, center_y + width / 2
+    pixel = width / config.TILE_SIZE / 2**zoom  # the map's pixel at this zoom
+    tile = pixel * tile_size
+    columns = range(
+        math.floor((x - 800 * pixel - left) / tile), math.ceil((x + 800 * pixel - left) / tile)
+    )
+    rows = range(
+        math.floor((top - y - 473 * pixel) / tile), math.ceil((top - y + 473 * pixel) / tile)
+    )
+    return [(zoom, column, row) for column in columns for row in rows]
+
+
 def screen_work(tile_size: int, zooms: range, paths: int, max_iter: int) -> tuple[float, float]:
-    """One thread's seconds to render and encode the tiles covering a 1600 x 946 map
-    (the page's, under its header) at the views of the zoom steps, tiles of
-    ``tile_size`` pixels on the same grid; and the pixels rendered per pixel shown."""
+    """One thread's seconds to render and encode the tiles covering the page's map at
+    the views of the zoom steps, tiles of ``tile_size`` pixels on the same grid; and
+    the pixels rendered per pixel shown."""
     from fractalq.fractal.request import RenderRequest
     from fractalq.tasks.tile import render_tile
 
@@ -129,34 +151,42 @@ def screen_work(tile_size: int, zooms: range, paths: int, max_iter: int) -> tupl
     seconds, rendered, shown = 0.0, 0, 0
     for x, y in PATHS[:paths]:
         for zoom in zooms:
-            pixel = width / config.TILE_SIZE / 2**zoom  # the map's pixel at this zoom
-            tile = pixel * tile_size
-            columns = range(
-                math.floor((x - 800 * pixel - left) / tile),
-                math.ceil((x + 800 * pixel - left) / tile),
-            )
-            rows = range(
-                math.floor((top - y - 473 * pixel) / tile),
-                math.ceil((top - y + 473 * pixel) / tile),
-            )
-            for i in columns:
-                for j in rows:
-                    request = RenderRequest.create(
-                        "mandelbrot",
-                        width=tile_size,
-                        height=tile_size,
-                        max_iter=max_iter,
-                        center_x=left + (i + 0.5) * tile,
-                        center_y=top - (j + 0.5) * tile,
-                        view_width=tile,
-                    )
-                    started = time.thread_time()
-                    render_tile(request)
-                    seconds += time.thread_time() - started
-                    rendered += tile_size * tile_size
+            tile = width / config.TILE_SIZE / 2**zoom * tile_size
+            for _, i, j in screen_tiles(x, y, zoom, tile_size):
+                request = RenderRequest.create(
+                    "mandelbrot",
+                    width=tile_size,
+                    height=tile_size,
+                    max_iter=max_iter,
+                    center_x=left + (i + 0.5) * tile,
+                    center_y=top - (j + 0.5) * tile,
+                    view_width=tile,
+                )
+                started = time.thread_time()
+                render_tile(request)
+                seconds += time.thread_time() - started
+                rendered += tile_size * tile_size
             shown += 1600 * 946
-    steps = paths * len(zooms)
-    return seconds / steps, rendered / shown
+    return seconds / (paths * len(zooms)), rendered / shown
+
+
+def without_browser(http: str, args: argparse.Namespace) -> list[dict[str, float]]:
+    """The same steps' tiles fetched by this script: the time with no browser here."""
+    rows = []
+    for x, y in PATHS[: args.paths]:
+        for zoom in range(args.start_zoom, args.start_zoom + 1 + args.steps):
+            tiles = ",".join(f"{z}/{i}/{j}" for z, i, j in screen_tiles(x, y, zoom, 256))
+            url = f"{http}/api/explore/tiles?max_iter={args.max_iter}&tiles={tiles}"
+            before = stats(http)
+            started = time.perf_counter()
+            with urllib.request.urlopen(url, timeout=60) as response:
+                response.read()
+            total = (time.perf_counter() - started) * 1000
+            delta = {key: value - before[key] for key, value in stats(http).items()}
+            if zoom > args.start_zoom:  # the first screen of a path only sets it up
+                times = {"total": total, "sent": 0, "headers": 0, "read": total, "decoded": 0}
+                rows.append(step({**times, "batches": 1}, delta, args.workers))
+    return rows
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -174,6 +204,9 @@ def main() -> None:
     parser.add_argument(
         "--tile-sizes", action="store_true", help="only compare the work per screen by tile size"
     )
+    parser.add_argument(
+        "--no-browser", action="store_true", help="fetch the steps' tiles from this script"
+    )
     args = parser.parse_args()
     if args.tile_sizes:
         zooms = range(args.start_zoom + 1, args.start_zoom + 1 + args.steps)
@@ -186,8 +219,8 @@ def main() -> None:
             )
         return
 
-    rows: list[dict[str, float]] = []
     load_before = os.getloadavg()[0]
+    errors: list[str] = []
     with tempfile.TemporaryDirectory(prefix="fractalq-bench-") as folder:
         group = ProcessGroup(Path(folder))
         try:
@@ -197,24 +230,10 @@ def main() -> None:
             client = coordinator.client()
             wait_until(lambda: len(client.stats().workers) == args.workers, 30, "workers")
             http = f"http://127.0.0.1:{coordinator.http_port}"
-            with launch() as browser:
-                context = browser.new_context(viewport={"width": 1600, "height": 1000})
-                page = context.new_page()
-                errors: list[str] = []
-                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-                page.goto(f"{http}/explore")
-                page.wait_for_function("window.fractalqExplorer && window.fractalqExplorer.layer")
-                page.evaluate(SET_MAX_ITER, args.max_iter)  # also warms the workers
-                for x, y in PATHS[: args.paths]:
-                    lat, lng = latlng(x, y)
-                    page.evaluate(GO_TO, [lat, lng, args.start_zoom])
-                    for _ in range(args.steps):
-                        before = stats(http)
-                        times = page.evaluate(ZOOM_IN)
-                        after = stats(http)
-                        delta = {key: after[key] - before[key] for key in after}
-                        rows.append(step(times, delta, args.workers))
-                context.close()
+            if args.no_browser:
+                rows = without_browser(http, args)
+            else:
+                rows = with_browser(http, args, errors)
         finally:
             group.stop()
     report(rows, args)
@@ -222,6 +241,28 @@ def main() -> None:
     print(f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after ({cores} cores)")
     if errors:
         print("console errors:", *errors, sep="\n  ")
+
+
+def with_browser(http: str, args: argparse.Namespace, errors: list[str]) -> list[dict[str, float]]:
+    rows = []
+    with launch() as browser:
+        context = browser.new_context(viewport={"width": 1600, "height": 1000})
+        page = context.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(f"{http}/explore")
+        page.wait_for_function("window.fractalqExplorer && window.fractalqExplorer.layer")
+        page.evaluate(SET_MAX_ITER, args.max_iter)  # also warms the workers
+        for x, y in PATHS[: args.paths]:
+            lat, lng = latlng(x, y)
+            page.evaluate(GO_TO, [lat, lng, args.start_zoom])
+            for _ in range(args.steps):
+                before = stats(http)
+                times = page.evaluate(ZOOM_IN)
+                after = stats(http)
+                delta = {key: after[key] - before[key] for key in after}
+                rows.append(step(times, delta, args.workers))
+        context.close()
+    return rows
 
 
 def step(times: dict[str, float], delta: dict[str, int], workers: int) -> dict[str, float]:
@@ -255,12 +296,15 @@ def report(rows: list[dict[str, float]], args: argparse.Namespace) -> None:
         f"explorer: {len(rows)} zoom steps, 1600x1000, {config.TILE_SIZE}-px tiles, "
         f"max-iter {args.max_iter}, {args.workers} workers (--concurrency 1)"
     )
+    what = "a step's tiles fetched (no browser)" if args.no_browser else "zoom to all tiles loaded"
     print(
-        f"zoom step to all tiles loaded: p50 {percentile(totals, 0.5):.0f} ms, "
+        f"{what}: p50 {percentile(totals, 0.5):.0f} ms, "
         f"p90 {percentile(totals, 0.9):.0f} ms (min {min(totals):.0f}, max {max(totals):.0f})"
     )
     print("medians per step (ms; work is per worker):")
     for key in PARTS:
+        if args.no_browser and key in BROWSER_ONLY:
+            continue
         print(f"  {key:12s} {statistics.median(row[key] for row in rows):7.1f}  {PARTS[key]}")
     for key in ("tiles", "rendered", "requests"):
         print(f"  {key:12s} {statistics.median(row[key] for row in rows):7.0f}")
