@@ -120,6 +120,36 @@ PARTS = {
 }
 
 
+def process_cpu() -> dict[str, float]:
+    """CPU seconds so far of this script's descendants (Linux /proc), by kind."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parent, seconds, kind = {}, {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat, open(f"/proc/{entry}/cmdline") as line:
+                fields, command = stat.read().rsplit(")", 1)[1].split(), line.read()
+        except OSError:  # gone meanwhile
+            continue
+        pid = int(entry)
+        parent[pid] = int(fields[1])
+        seconds[pid] = (int(fields[11]) + int(fields[12])) / ticks
+        words = command.split("\0")
+        kind[pid] = next(
+            (name for name in ("coordinator", "worker") if name in words[:4]),
+            "browser" if "chrom" in command else "other",
+        )
+    totals: dict[str, float] = {}
+    for pid, used in seconds.items():
+        ancestor, hops = parent.get(pid, 0), 0
+        while ancestor not in (0, 1, os.getpid()) and hops < 64:
+            ancestor, hops = parent.get(ancestor, 0), hops + 1
+        if ancestor == os.getpid():
+            totals[kind[pid]] = totals.get(kind[pid], 0.0) + used
+    return totals
+
+
 BROWSER_ONLY = ("to request", "answered", "last decode", "to load")
 
 
@@ -252,16 +282,23 @@ def with_browser(http: str, args: argparse.Namespace, errors: list[str]) -> list
         page.goto(f"{http}/explore")
         page.wait_for_function("window.fractalqExplorer && window.fractalqExplorer.layer")
         page.evaluate(SET_MAX_ITER, args.max_iter)  # also warms the workers
+        used: dict[str, float] = {}
         for x, y in PATHS[: args.paths]:
             lat, lng = latlng(x, y)
             page.evaluate(GO_TO, [lat, lng, args.start_zoom])
+            cpu_before = process_cpu()
             for _ in range(args.steps):
                 before = stats(http)
                 times = page.evaluate(ZOOM_IN)
                 after = stats(http)
                 delta = {key: after[key] - before[key] for key in after}
                 rows.append(step(times, delta, args.workers))
+            for kind, seconds in process_cpu().items():
+                used[kind] = used.get(kind, 0.0) + seconds - cpu_before.get(kind, 0.0)
         context.close()
+    steps = args.paths * args.steps
+    shares = [f"{kind} {seconds * 1000 / steps:.0f}" for kind, seconds in sorted(used.items())]
+    print("CPU per step (ms, all processes of a kind):", ", ".join(shares))
     return rows
 
 
