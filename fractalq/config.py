@@ -291,8 +291,9 @@ EXPLORE_PRIORITY = 0
 TILE_SIZE = 256
 TILE_MAX_ZOOM = 36
 TILE_MAX_ITER = 10_000
-# Tiles one browser request may ask for (a 4K screen of 256-pixel tiles is 160).
-MAX_TILES_PER_REQUEST = 256
+# Tiles one browser request may ask for: a 4K screen of 256-pixel tiles, whose
+# list at the deepest zoom (29 characters a tile) keeps the URL under 8 kB.
+MAX_TILES_PER_REQUEST = 160
 # Tile requests arriving within this window go to the queue as one job; its
 # tasks hold up to TILES_PER_TASK tiles, fewer when there are workers to spare.
 TILE_BATCH_WINDOW = 0.002

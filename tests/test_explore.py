@@ -27,7 +27,7 @@ def _zooms(requests: list[Request]) -> set[int]:
     for request in requests:
         if "/api/explore/tiles?" in request.url:
             query = request.url.split("tiles=", 1)[1].split("&", 1)[0]
-            levels |= {int(tile.split("%2F")[0]) for tile in query.split("%2C")}
+            levels |= {int(tile.split("/")[0]) for tile in query.split(",")}
     return levels
 
 
