@@ -216,6 +216,7 @@ class WorkerRecord:
     # What the worker last said about its storage: "" while it works, one line
     # while it cannot reach it (then it takes no task, see worker/runtime.py).
     storage_error: str = ""
+    running: int = 0  # of its leases, those it said it runs (the others are prefetched)
     completed: int = 0
     failed: int = 0
     # Bumped by each heartbeat stream that opens, so that an older stream
@@ -501,10 +502,16 @@ class Broker:
         return self.workers.get(worker.worker_id) is worker
 
     def heartbeat(
-        self, worker: WorkerRecord, draining: bool, now: float, storage_error: str = ""
+        self,
+        worker: WorkerRecord,
+        draining: bool,
+        now: float,
+        storage_error: str = "",
+        running: int = 0,
     ) -> None:
         worker.last_seen = now
         worker.draining = draining
+        worker.running = min(running, worker.concurrency)
         # Shown in the worker list: one line of bounded length, whatever was sent.
         worker.storage_error = " ".join(storage_error.split())[: config.MAX_STORAGE_ERROR_LENGTH]
 

@@ -335,7 +335,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                         worker = current
                         worker.stream += 1
                         stream = worker.stream
-                    self.broker.heartbeat(worker, beat.draining, self.clock(), beat.storage_error)
+                    self.broker.heartbeat(
+                        worker, beat.draining, self.clock(), beat.storage_error, beat.running
+                    )
                 except BrokerError as error:
                     refusal = _refusal(error)
                 if refusal is not None or worker is None:
@@ -589,6 +591,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     failed=worker.failed,
                     draining=worker.draining,
                     storage_error=worker.storage_error,
+                    running=worker.running,
                     last_seen_seconds_ago=max(now - worker.last_seen, 0.0),
                 )
                 for worker in broker.workers.values()

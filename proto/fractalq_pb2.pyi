@@ -194,12 +194,15 @@ class HeartbeatRequest(_message.Message):
     DRAINING_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
     STORAGE_ERROR_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     draining: _builtins.bool
     """the worker takes no new tasks"""
     session: _builtins.str
     storage_error: _builtins.str
     """set while its storage is unreachable (it takes no task)"""
+    running: _builtins.int
+    """tasks it is running now; its other leases wait, prefetched"""
     def __init__(
         self,
         *,
@@ -207,10 +210,11 @@ class HeartbeatRequest(_message.Message):
         draining: _builtins.bool = ...,
         session: _builtins.str = ...,
         storage_error: _builtins.str = ...,
+        running: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "session", b"session", "storage_error", b"storage_error", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "running", b"running", "session", b"session", "storage_error", b"storage_error", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -983,6 +987,7 @@ class WorkerInfo(_message.Message):
     DRAINING_FIELD_NUMBER: _builtins.int
     LAST_SEEN_SECONDS_AGO_FIELD_NUMBER: _builtins.int
     STORAGE_ERROR_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     hostname: _builtins.str
     concurrency: _builtins.int
@@ -993,6 +998,8 @@ class WorkerInfo(_message.Message):
     last_seen_seconds_ago: _builtins.float
     storage_error: _builtins.str
     """set while the worker cannot reach its storage"""
+    running: _builtins.int
+    """of its leases, those running, as its last heartbeat said"""
     @_builtins.property
     def task_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -1008,10 +1015,11 @@ class WorkerInfo(_message.Message):
         draining: _builtins.bool = ...,
         last_seen_seconds_ago: _builtins.float = ...,
         storage_error: _builtins.str = ...,
+        running: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "concurrency", b"concurrency", "draining", b"draining", "failed", b"failed", "hostname", b"hostname", "last_seen_seconds_ago", b"last_seen_seconds_ago", "leased", b"leased", "storage_error", b"storage_error", "task_types", b"task_types", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "concurrency", b"concurrency", "draining", b"draining", "failed", b"failed", "hostname", b"hostname", "last_seen_seconds_ago", b"last_seen_seconds_ago", "leased", b"leased", "running", b"running", "storage_error", b"storage_error", "task_types", b"task_types", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

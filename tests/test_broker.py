@@ -579,3 +579,14 @@ def test_the_coordinators_job_states_are_the_protos_and_share_its_final_ones() -
             state = JobState(number)
             assert state.name == name
             assert state.finished == (number in FINISHED)
+
+
+def test_a_heartbeat_says_how_many_of_its_leases_a_worker_runs() -> None:
+    broker = Broker()
+    worker = broker.register_worker("w1", ("noop",), 2, "host", 0.0)
+    broker.heartbeat(worker, False, 1.0, running=2)
+    assert worker.running == 2
+    broker.heartbeat(worker, False, 2.0, running=4_000_000_000)  # never more than its slots
+    assert worker.running == 2
+    broker.heartbeat(worker, False, 3.0)
+    assert worker.running == 0

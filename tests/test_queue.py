@@ -129,9 +129,16 @@ def test_coordinator_kill_and_restart_loses_nothing(cluster: ProcessGroup) -> No
 def test_sigterm_drains_running_tasks_then_exits(cluster: ProcessGroup) -> None:
     coordinator = cluster.start_coordinator()
     worker = cluster.start_worker(concurrency=2, grace=20)
-    job_id = submit(coordinator, "sleep", count=6, payload={"seconds": 1.0}).job_id
-    # Two running, one prefetched (the default --prefetch 1).
-    wait_until(lambda: job(coordinator, job_id).leased == 3, message="three leased tasks")
+    job_id = submit(coordinator, "sleep", count=6, payload={"seconds": 3.0}).job_id
+    # Two running, one prefetched (the default --prefetch 1), as the worker says.
+    with coordinator.client() as client:
+        wait_until(
+            lambda: (
+                job(coordinator, job_id).leased == 3
+                and [w.running for w in client.stats().workers] == [2]
+            ),
+            message="three leased tasks, two of them running",
+        )
     worker.signal(signal.SIGTERM)
     assert worker.wait(15) == 0
     drained = job(coordinator, job_id)

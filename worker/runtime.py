@@ -209,6 +209,7 @@ class Worker:
                     session=self._session_id,
                     draining=self._stop.is_set(),
                     storage_error=self._outage.error,
+                    running=len(self._running),
                 )
                 # The next beat after the interval, or at once to say "draining"
                 # (once) or that storage went down or came back.
