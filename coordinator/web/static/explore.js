@@ -7,6 +7,8 @@
 // as a stream of frames as they are ready: (position, status, length) as three
 // big-endian 32-bit numbers, then a PNG (status 0) or a one-line error.
 
+import { signIn } from "./session.js";
+
 const FRAME = 12;
 // batches: when each tile request was sent, answered, fully read and its tiles
 // decoded (performance.now() times, the last 50), for the benchmark's split.
@@ -412,33 +414,6 @@ async function start() {
   window.fractalqExplorer = state; // for tests and the benchmark
 }
 
-async function login() {
-  const session = await getJSON("/api/session");
-  if (!session.auth || session.role) return;
-  const panel = document.getElementById("login");
-  const form = document.getElementById("login-form");
-  panel.hidden = false;
-  await new Promise((resolve) => {
-    form.addEventListener("submit", async (event) => {
-      event.preventDefault();
-      const response = await fetch("/api/session", {
-        method: "POST",
-        credentials: "same-origin",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ token: form.token.value }),
-      });
-      form.token.value = "";
-      if (response.ok) {
-        panel.hidden = true;
-        resolve();
-      } else {
-        const answer = await response.json().catch(() => ({}));
-        document.getElementById("login-error").textContent = answer.error || response.statusText;
-      }
-    });
-  });
-}
-
-login()
+signIn(document.getElementById("map"))
   .then(start)
   .catch((error) => setStatus(error.message));

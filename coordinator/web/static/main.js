@@ -3,6 +3,7 @@
 
 import { drawChart } from "./chart.js";
 import { Preview } from "./preview.js";
+import { signIn, signOut } from "./session.js";
 
 const $ = (selector) => document.querySelector(selector);
 const state = { role: null, images: false, history: [], events: null, rows: new Map() };
@@ -38,43 +39,23 @@ async function api(path, options = {}) {
 // ---- login --------------------------------------------------------------------
 
 async function start() {
-  const { body } = await api("/api/session");
-  if (body && body.auth && !body.role) return showLogin();
-  state.role = body ? body.role : null;
-  $("#logout").hidden = !(body && body.auth);
-  $("#whoami").textContent = body && body.auth ? `signed in as ${state.role}` : "";
-  $("#login").hidden = true;
+  const session = await signIn($("#dashboard"), () => {
+    $("#dashboard").hidden = true;
+    $("#connection").textContent = "token needed";
+  });
+  state.role = session.role;
+  $("#logout").hidden = !session.auth;
+  $("#whoami").textContent = session.auth ? `signed in as ${state.role}` : "";
+  $("#connection").textContent = "connecting…";
   $("#dashboard").hidden = false;
   for (const node of document.querySelectorAll(".writer")) node.hidden = state.role !== "client";
   await loadOptions();
   connect();
 }
 
-function showLogin() {
-  $("#dashboard").hidden = true;
-  $("#login").hidden = false;
-  $("#connection").textContent = "token needed";
-  $('[data-testid="token"]').focus();
-}
-
-$("#login-form").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const input = $('[data-testid="token"]');
-  const error = $("#login-error");
-  error.textContent = "";
-  const { ok, body } = await api("/api/session", {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ token: input.value }),
-  });
-  input.value = "";  // the token lives in the coordinator's session table only
-  if (!ok) { error.textContent = (body && body.error) || "the token was refused"; return; }
-  await start();
-});
-
 $("#logout").addEventListener("click", async () => {
   if (state.events) state.events.close();
-  await api("/api/session", { method: "DELETE" });
+  await signOut();
   location.reload();
 });
 
@@ -89,7 +70,7 @@ function connect() {
     if (events.readyState === EventSource.CLOSED) {
       // Refused (the session expired, say): ask again rather than retry forever.
       const { body } = await api("/api/session");
-      if (body && body.auth && !body.role) showLogin();
+      if (body && body.auth && !body.role) start();
       else setTimeout(connect, 2000);
     }
   });
