@@ -7,8 +7,10 @@ computed indices and writes others it cannot prove apart. So
 itself: CHAINS vectors of WIDTH float64 lanes (``<8 x double>``: one AVX-512
 register; LLVM splits it on narrower CPUs), ROUND iterations written out with
 the state in registers, the four chains interleaved so that each one's chain of
-dependent operations overlaps the others'. A lane's reference point is read with
-WIDTH scalar loads (on the CPUs measured, faster than a hardware gather).
+dependent operations overlaps the others'. A lane's reference point is one
+16-byte load of its (re, im) from the orbit stored as pairs (on the CPUs
+measured, a hardware gather is slower), its index moved out of the vector as a
+32-bit integer, two to a 64-bit move: those moves cost more than the loads.
 
 The arithmetic is :mod:`.perturb`'s, with the products fused (``llvm.fma``,
 rounded once, the same bits on every CPU: one with no FMA unit computes it in
@@ -40,7 +42,9 @@ _D = ir.DoubleType()
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 _V = ir.VectorType(_D, WIDTH)
-_VI = ir.VectorType(_I64, WIDTH)
+_VI32 = ir.VectorType(_I32, WIDTH)
+_VP = ir.VectorType(_I64, WIDTH // 2)  # two 32-bit indices to an element
+_P = ir.VectorType(_D, 2)  # one reference point: (re, im)
 
 
 def _declare(module: ir.Module, name: str, kind: ir.FunctionType) -> ir.Function:
@@ -59,38 +63,59 @@ def _splat(builder: ir.IRBuilder, value: ir.Value, kind: ir.VectorType) -> ir.Va
 
 
 def _round_codegen(
-    typingctx: Any, lanes: Any, orbit_re: Any, orbit_im: Any, base_start: Any, base_end: Any,
-    limit: Any,
-) -> Any:  # fmt: skip
-    signature = types.uint64(lanes, orbit_re, orbit_im, base_start, base_end, limit)
+    typingctx: Any, lanes: Any, orbit: Any, base_start: Any, base_end: Any, limit: Any
+) -> Any:
+    signature = types.uint64(lanes, orbit, base_start, base_end, limit)
 
     def codegen(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> ir.Value:
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        re_base = context.make_array(sig.args[1])(context, builder, args[1]).data
-        im_base = context.make_array(sig.args[2])(context, builder, args[2]).data
+        points = builder.bitcast(
+            context.make_array(sig.args[1])(context, builder, args[1]).data, _P.as_pointer()
+        )
         fma = _declare(builder.module, "llvm.fma.v8f64", ir.FunctionType(_V, [_V, _V, _V]))
-        start = _splat(builder, args[3], _V)
-        end_ = _splat(builder, args[4], _V)
-        limit_ = _splat(builder, args[5], _V)
-        zero, one, two, four = (ir.Constant(_V, [v] * WIDTH) for v in (0.0, 1.0, 2.0, 4.0))
+        start = _splat(builder, args[2], _V)
+        end_ = _splat(builder, args[3], _V)
+        limit_ = _splat(builder, args[4], _V)
+        one, two, four = (ir.Constant(_V, [v] * WIDTH) for v in (1.0, 2.0, 4.0))
+        low = ir.Constant(_I64, 0xFFFFFFFF)
+        high = ir.Constant(_I64, 32)
 
         def at(offset: int) -> ir.Value:
             pointer = builder.gep(data, [ir.Constant(_I64, offset)])
             return builder.bitcast(pointer, _V.as_pointer())
 
         def reference(m: ir.Value) -> tuple[ir.Value, ir.Value]:
-            index = builder.fptoui(m, _VI)
-            zr = zi = ir.Constant(_V, None)
-            for i in range(WIDTH):
-                lane = ir.Constant(_I32, i)
-                k = builder.extract_element(index, lane)
-                zr = builder.insert_element(
-                    zr, builder.load(builder.gep(re_base, [k]), align=8), lane
-                )
-                zi = builder.insert_element(
-                    zi, builder.load(builder.gep(im_base, [k]), align=8), lane
-                )
-            return zr, zi
+            # The indices as 32-bit integers (an orbit has at most
+            # config.MAX_ITERATIONS + 1 points), moved out of the vector two at
+            # a time: half the vector-to-register moves of one at a time.
+            pairs = builder.bitcast(builder.fptoui(m, _VI32), _VP)
+            index = []
+            for i in range(WIDTH // 2):
+                word = builder.extract_element(pairs, ir.Constant(_I32, i))
+                index += [builder.and_(word, low), builder.lshr(word, high)]
+            # Lane i's (re, im) is one 16-byte load: the even lanes' fill one
+            # vector and the odd lanes' another, and one unpack of the two gives
+            # the re parts in lane order, another the im parts.
+            halves = []
+            for parity in (0, 1):
+                loaded = [
+                    builder.load(builder.gep(points, [index[i]]), align=8)
+                    for i in range(parity, WIDTH, 2)
+                ]
+                while len(loaded) > 1:
+                    size = 2 * loaded[0].type.count
+                    order = ir.Constant(ir.VectorType(_I32, size), list(range(size)))
+                    loaded = [
+                        builder.shuffle_vector(a, b, order)
+                        for a, b in zip(loaded[::2], loaded[1::2], strict=True)
+                    ]
+                halves.append(loaded[0])
+            even = [j for i in range(0, WIDTH, 2) for j in (i, i + WIDTH)]
+            odd = [j + 1 for j in even]
+            return (
+                builder.shuffle_vector(halves[0], halves[1], ir.Constant(_VI32, even)),
+                builder.shuffle_vector(halves[0], halves[1], ir.Constant(_VI32, odd)),
+            )
 
         def mul_add(a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
             return builder.call(fma, [a, b, c])
@@ -113,24 +138,26 @@ def _round_codegen(
                 dz2 = mul_add(dzr, dzr, builder.fmul(dzi, dzi))
                 near = builder.fcmp_ordered("<", mag, dz2)
                 rebase = builder.or_(near, builder.fcmp_ordered("==", m, end))
+                # Only a lane that stays rebases, so that each select below on
+                # `stays` can keep the other side as it is (a masked operation).
+                rebase = builder.and_(rebase, stays)
                 ar = builder.select(rebase, fr, dzr)
                 ai = builder.select(rebase, fi, dzi)
-                zr = builder.select(rebase, zero, zr)
-                zi = builder.select(rebase, zero, zi)
+                # dz <- (2 Z + dz) dz + dc. A rebased lane's Z is 0: its 2 Z + dz
+                # is its z, the select's other side (a masked FMA).
+                keeps = builder.not_(rebase)
+                tr = builder.select(keeps, mul_add(two, zr, ar), ar)
+                ti = builder.select(keeps, mul_add(two, zi, ai), ai)
+                nr = mul_add(ar, tr, mul_add(builder.fneg(ti), ai, dcr))
+                ni = mul_add(ai, tr, mul_add(ti, ar, dci))
                 mm = builder.select(rebase, start, m)
-                ee = builder.select(rebase, end_, end)
-                # dz <- (2 Z + dz) dz + dc
-                tr = mul_add(two, zr, ar)
-                ti = mul_add(two, zi, ai)
-                nr = mul_add(tr, ar, mul_add(builder.fneg(ti), ai, dcr))
-                ni = mul_add(tr, ai, mul_add(ti, ar, dci))
                 state[c] = [
-                    builder.select(stays, nr, dzr),
-                    builder.select(stays, ni, dzi),
+                    builder.select(stays, nr, ar),
+                    builder.select(stays, ni, ai),
                     dcr,
                     dci,
-                    builder.select(stays, builder.fadd(mm, one), m),
-                    builder.select(stays, ee, end),
+                    builder.select(stays, builder.fadd(mm, one), mm),
+                    builder.select(rebase, end_, end),
                     builder.select(stays, builder.fadd(k, one), k),
                 ]
         done = ir.Constant(_I64, 0)
@@ -152,6 +179,4 @@ def _round_codegen(
     return signature, codegen
 
 
-perturbation_round = cast(
-    Callable[[Any, Any, Any, float, float, float], Any], intrinsic(_round_codegen)
-)
+perturbation_round = cast(Callable[[Any, Any, float, float, float], Any], intrinsic(_round_codegen))

@@ -199,6 +199,7 @@ def _smooth(
 def _escape(
     orbit_re: Floats,
     orbit_im: Floats,
+    orbit: Floats,
     start_end: int,
     base_start: int,
     base_end: int,
@@ -297,9 +298,7 @@ def _escape(
                 break
         if idle == LANES:
             break
-        todo = perturbation_round(
-            lanes, orbit_re, orbit_im, float(base_start), float(base_end), limit
-        )
+        todo = perturbation_round(lanes, orbit, float(base_start), float(base_end), limit)
 
 
 def pixel_scale(request: RenderRequest) -> tuple[float, int]:
@@ -341,6 +340,7 @@ def escape(
     _escape(
         np.ascontiguousarray(orbit.real),
         np.ascontiguousarray(orbit.imag),
+        np.ascontiguousarray(orbit).view(np.float64),  # (re, im) pairs, for the lanes
         start.size - 1,
         base_start,
         base_end,
