@@ -110,9 +110,12 @@ def _start(
     k = 0  # the iteration: z_k = Z_m + dz
     # 2**E as a float (0.0 below 2**-1074, where ldexp must do the scaling), and
     # the size below which a Z may be as small as dz (|w| <= 2**RESCALE): only
-    # then can the pixel rebase.
-    scale = math.ldexp(1.0, exponent)
-    near = math.ldexp(1.0, exponent + RESCALE + 2)
+    # then can the pixel rebase. Only the scaled iterations need them: ldexp is
+    # a call into numba's C helpers, which a plain pixel (exponent 0) never makes.
+    scale = near = 0.0
+    if exponent < PLAIN_FROM:
+        scale = math.ldexp(1.0, exponent)
+        near = math.ldexp(1.0, exponent + RESCALE + 2)
     while exponent < PLAIN_FROM:
         zr = orbit_re[m]
         zi = orbit_im[m]
@@ -154,10 +157,13 @@ def _start(
             exponent += RESCALE
             scale = math.ldexp(1.0, exponent)
             near = math.ldexp(1.0, exponent + RESCALE + 2)
-    dzr = math.ldexp(wr, exponent)
-    dzi = math.ldexp(wi, exponent)
-    dcr = math.ldexp(dr, exponent)
-    dci = math.ldexp(di, exponent)
+    if exponent == 0:
+        dzr, dzi, dcr, dci = wr, wi, dr, di
+    else:
+        dzr = math.ldexp(wr, exponent)
+        dzi = math.ldexp(wi, exponent)
+        dcr = math.ldexp(dr, exponent)
+        dci = math.ldexp(di, exponent)
     if k == 0:
         zr = orbit_re[m]
         zi = orbit_im[m]
