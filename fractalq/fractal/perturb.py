@@ -27,7 +27,8 @@ are recorded and refilled, so a slow pixel never holds up the fast ones.
 Counts follow the float64 kernels' definition (DESIGN.md): an escaped pixel's
 count is the number of iterations it stayed within radius 2. Smooth values are
 computed as theirs (the orbit carried on to ``|z|^2 > 2**32``, then
-``m + 1 - log2(log2 |z_m|^2)``), from the pixel's full ``z`` once it has escaped.
+``m + 1 - log2(log2 |z_m|^2)``), from the pixel's full ``z`` once it has escaped,
+by their own vector loop over a batch of escaped pixels.
 Each pixel's values depend only on its own offset, the reference and the
 request: any band split gives the same bytes.
 """
@@ -44,7 +45,14 @@ import numpy as np
 import numpy.typing as npt
 
 from fractalq.fractal import depth
-from fractalq.fractal.fast import _aligned, _finish, _prefer_512, _trailing_zeros
+from fractalq.fractal.fast import (
+    BATCH,
+    _aligned,
+    _finish,
+    _prefer_512,
+    _smooth_batch,
+    _trailing_zeros,
+)
 from fractalq.fractal.lanes import DCI, DCR, DZI, DZR, END, LANES, K, M, perturbation_round
 from fractalq.fractal.reference import Reference
 from fractalq.fractal.request import RenderRequest
@@ -232,6 +240,15 @@ def _escape(
     limit = float(max_iter)
     lanes = _aligned(7 * LANES)
     pixel = np.full(LANES, NO_PIXEL, np.int64)
+    # Escaped points waiting for their smoothing iterations, done BATCH at a
+    # time by the float64 kernel's vector loop (the same arithmetic as _smooth).
+    bzr = np.empty(BATCH)
+    bzi = np.empty(BATCH)
+    bcr = np.empty(BATCH)
+    bci = np.empty(BATCH)
+    bk = np.empty(BATCH)
+    where = np.empty(BATCH, np.int64)
+    batched = 0
     nxt = 0
     idle = 0
     todo = (np.uint64(1) << np.uint64(LANES)) - np.uint64(1)
@@ -251,11 +268,19 @@ def _escape(
                     magnitude[p] = 16.0
                 else:
                     counts[p] = np.int32(k) - 1
+                    bzr[batched] = fr
+                    bzi[batched] = fi
                     if julia:
-                        cr, ci = c_re, c_im
+                        bcr[batched], bci[batched] = c_re, c_im
                     else:
-                        cr, ci = c_re + lanes[DCR + lane], c_im + lanes[DCI + lane]
-                    smooth[p], magnitude[p] = _smooth(fr, fi, int(k), cr, ci, max_iter)
+                        bcr[batched] = c_re + lanes[DCR + lane]
+                        bci[batched] = c_im + lanes[DCI + lane]
+                    bk[batched] = k
+                    where[batched] = p
+                    batched += 1
+                    if batched == BATCH:
+                        _smooth_batch(batched, bzr, bzi, bcr, bci, bk, where, smooth, magnitude)
+                        batched = 0
             while True:  # give the lane the next pixel that needs iterating
                 if nxt == total:
                     if p != IDLE_PIXEL:
@@ -303,6 +328,7 @@ def _escape(
                 pixel[lane] = q
                 break
         if idle == LANES:
+            _smooth_batch(batched, bzr, bzi, bcr, bci, bk, where, smooth, magnitude)
             break
         todo = perturbation_round(lanes, orbit, float(base_start), float(base_end), limit)
 
