@@ -239,6 +239,7 @@ def _escape(
     total = width * oy.size
     limit = float(max_iter)
     lanes = _aligned(7 * LANES)
+    plain_mandelbrot = exponent == 0 and not julia
     pixel = np.full(LANES, NO_PIXEL, np.int64)
     # Escaped points waiting for their smoothing iterations, done BATCH at a
     # time by the float64 kernel's vector loop (the same arithmetic as _smooth).
@@ -296,6 +297,18 @@ def _escape(
                     break
                 q = nxt
                 nxt += 1
+                if plain_mandelbrot:
+                    # z_0 = 0 is the reference's own z_0 and is never tested:
+                    # the lanes' first iteration is _start's, to the bit.
+                    lanes[DZR + lane] = 0.0
+                    lanes[DZI + lane] = 0.0
+                    lanes[DCR + lane] = ox[q % width]
+                    lanes[DCI + lane] = oy[q // width]
+                    lanes[M + lane] = 0.0
+                    lanes[END + lane] = start_end
+                    lanes[K + lane] = 0.0
+                    pixel[lane] = q
+                    break
                 what, dzr, dzi, dcr, dci, m0, e0, k0 = _start(
                     orbit_re,
                     orbit_im,
