@@ -103,6 +103,7 @@ class Worker:
         self._stop = asyncio.Event()
         # Set to send a heartbeat at once (a storage outage began or ended).
         self._beat_now = asyncio.Event()
+        self._beating = asyncio.Event()  # the coordinator answers this session's beats
         self._outage = StorageOutage(settings.storage, self._beat_now.set)
         self.completed = 0
         self.failed = 0
@@ -181,6 +182,7 @@ class Worker:
             self._session_id = registered.session
             self._reconnects = 0  # the next loss backs off from the start again
             log.info("worker %s registered at %s", self.worker_id, self.settings.coordinator)
+            self._beating.clear()
             loops = [
                 asyncio.create_task(self._heartbeat(stub, registered.heartbeat_interval)),
                 asyncio.create_task(self._report(stub)),
@@ -221,10 +223,14 @@ class Worker:
 
         call = stub.Heartbeat(beats(), metadata=self._metadata)
         async for _ in call:
-            pass
+            self._beating.set()
         raise SessionLost("heartbeat stream closed by the coordinator")
 
     async def _pull(self, stub: pb_grpc.CoordinatorStub) -> None:
+        # No lease before the coordinator has answered a heartbeat: a worker
+        # killed while it holds tasks then always breaks a heartbeat stream, and
+        # its tasks go back at once rather than after the worker timeout.
+        await self._beating.wait()
         stop = asyncio.create_task(self._stop.wait())
         try:
             while not self._stop.is_set():
