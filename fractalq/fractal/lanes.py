@@ -35,8 +35,8 @@ WIDTH = 8
 CHAINS = 4
 LANES = WIDTH * CHAINS
 ROUND = 16
-# The lane array: [dz.re | dz.im | dc.re | dc.im | m | end | k], LANES each.
-DZR, DZI, DCR, DCI, M, END, K = (n * LANES for n in range(7))
+# The lane array: [dz.re | dz.im | dc.re | dc.im | m | k], LANES each.
+DZR, DZI, DCR, DCI, M, K = (n * LANES for n in range(6))
 
 _D = ir.DoubleType()
 _I32 = ir.IntType(32)
@@ -63,9 +63,10 @@ def _splat(builder: ir.IRBuilder, value: ir.Value, kind: ir.VectorType) -> ir.Va
 
 
 def _round_codegen(
-    typingctx: Any, lanes: Any, orbit: Any, base_start: Any, base_end: Any, limit: Any
-) -> Any:
-    signature = types.uint64(lanes, orbit, base_start, base_end, limit)
+    typingctx: Any, lanes: Any, orbit: Any, base_start: Any, base_end: Any, limit: Any,
+    start_end: Any,
+) -> Any:  # fmt: skip
+    signature = types.uint64(lanes, orbit, base_start, base_end, limit, start_end)
 
     def codegen(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> ir.Value:
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
@@ -76,6 +77,7 @@ def _round_codegen(
         start = _splat(builder, args[2], _V)
         end_ = _splat(builder, args[3], _V)
         limit_ = _splat(builder, args[4], _V)
+        first_end = _splat(builder, args[5], _V)
         one, two, four = (ir.Constant(_V, [v] * WIDTH) for v in (1.0, 2.0, 4.0))
         low = ir.Constant(_I64, 0xFFFFFFFF)
         high = ir.Constant(_I64, 32)
@@ -120,14 +122,14 @@ def _round_codegen(
         def mul_add(a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
             return builder.call(fma, [a, b, c])
 
-        fields = (DZR, DZI, DCR, DCI, M, END, K)
+        fields = (DZR, DZI, DCR, DCI, M, K)
         state = [
             [builder.load(at(field + c * WIDTH), align=8) for field in fields]
             for c in range(CHAINS)
         ]
         for _ in range(ROUND):
             for c in range(CHAINS):
-                dzr, dzi, dcr, dci, m, end, k = state[c]
+                dzr, dzi, dcr, dci, m, k = state[c]
                 zr, zi = reference(m)
                 fr = builder.fadd(zr, dzr)
                 fi = builder.fadd(zi, dzi)
@@ -137,7 +139,12 @@ def _round_codegen(
                 stays = builder.fcmp_ordered("<=", mag, four)  # false for nan: escaped
                 dz2 = mul_add(dzr, dzr, builder.fmul(dzi, dzi))
                 near = builder.fcmp_ordered("<", mag, dz2)
-                rebase = builder.or_(near, builder.fcmp_ordered("==", m, end))
+                # The orbit followed has ended: its last index is one of the two
+                # (see perturb.py's lanes), the only one of them m can reach.
+                ended = builder.or_(
+                    builder.fcmp_ordered("==", m, first_end), builder.fcmp_ordered("==", m, end_)
+                )
+                rebase = builder.or_(near, ended)
                 # Only a lane that stays rebases, so that each select below on
                 # `stays` can keep the other side as it is (a masked operation).
                 rebase = builder.and_(rebase, stays)
@@ -157,13 +164,12 @@ def _round_codegen(
                     dcr,
                     dci,
                     builder.select(stays, builder.fadd(mm, one), mm),
-                    builder.select(rebase, end_, end),
                     builder.select(stays, builder.fadd(k, one), k),
                 ]
         done = ir.Constant(_I64, 0)
         for c in range(CHAINS):
-            dzr, dzi, _, _, m, end, k = state[c]
-            for field, value in ((DZR, dzr), (DZI, dzi), (M, m), (END, end), (K, k)):
+            dzr, dzi, _, _, m, k = state[c]
+            for field, value in ((DZR, dzr), (DZI, dzi), (M, m), (K, k)):
                 builder.store(value, at(field + c * WIDTH), align=8)
             zr, zi = reference(m)
             fr = builder.fadd(zr, dzr)
@@ -179,4 +185,6 @@ def _round_codegen(
     return signature, codegen
 
 
-perturbation_round = cast(Callable[[Any, Any, float, float, float], Any], intrinsic(_round_codegen))
+perturbation_round = cast(
+    Callable[[Any, Any, float, float, float, float], Any], intrinsic(_round_codegen)
+)

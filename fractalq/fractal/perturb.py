@@ -53,7 +53,7 @@ from fractalq.fractal.fast import (
     _smooth_batch,
     _trailing_zeros,
 )
-from fractalq.fractal.lanes import DCI, DCR, DZI, DZR, END, LANES, K, M, perturbation_round
+from fractalq.fractal.lanes import DCI, DCR, DZI, DZR, LANES, K, M, perturbation_round
 from fractalq.fractal.reference import Reference
 from fractalq.fractal.request import RenderRequest
 
@@ -79,7 +79,9 @@ def _compiled(function: F) -> F:
 
 # The lanes (fractalq/fractal/lanes.py): LANES pixels in flight, and where each
 # quantity lives in the lane array: [dz.re | dz.im | dc.re | dc.im | m (reference
-# index) | end (last index of the orbit followed) | k (iteration)].
+# index) | k (iteration)]. The end of the orbit a lane follows is start_end or
+# base_end, whichever m reaches: a Julia view's base orbit comes after its start
+# orbit, so each orbit's indices stop short of the other's end.
 IDLE = -1.0e18  # the k of a lane with no pixel: never done
 NO_PIXEL = -1
 IDLE_PIXEL = -2
@@ -238,7 +240,7 @@ def _escape(
     width = ox.size
     total = width * oy.size
     limit = float(max_iter)
-    lanes = _aligned(7 * LANES)
+    lanes = _aligned(6 * LANES)
     plain_mandelbrot = exponent == 0 and not julia
     pixel = np.full(LANES, NO_PIXEL, np.int64)
     # Escaped points waiting for their smoothing iterations, done BATCH at a
@@ -286,12 +288,13 @@ def _escape(
                 if nxt == total:
                     if p != IDLE_PIXEL:
                         idle += 1
+                    # dz = dc = 0: the lane follows the reference's own orbit
+                    # (rebasing at its end, so its reads stay within the orbit)
                     lanes[DZR + lane] = 0.0
                     lanes[DZI + lane] = 0.0
                     lanes[DCR + lane] = 0.0
                     lanes[DCI + lane] = 0.0
                     lanes[M + lane] = 0.0
-                    lanes[END + lane] = -1.0  # never m: never rebases
                     lanes[K + lane] = IDLE
                     pixel[lane] = IDLE_PIXEL
                     break
@@ -305,11 +308,10 @@ def _escape(
                     lanes[DCR + lane] = ox[q % width]
                     lanes[DCI + lane] = oy[q // width]
                     lanes[M + lane] = 0.0
-                    lanes[END + lane] = start_end
                     lanes[K + lane] = 0.0
                     pixel[lane] = q
                     break
-                what, dzr, dzi, dcr, dci, m0, e0, k0 = _start(
+                what, dzr, dzi, dcr, dci, m0, _, k0 = _start(
                     orbit_re,
                     orbit_im,
                     start_end,
@@ -336,14 +338,15 @@ def _escape(
                 lanes[DCR + lane] = dcr
                 lanes[DCI + lane] = dci
                 lanes[M + lane] = m0
-                lanes[END + lane] = e0
                 lanes[K + lane] = k0
                 pixel[lane] = q
                 break
         if idle == LANES:
             _smooth_batch(batched, bzr, bzi, bcr, bci, bk, where, smooth, magnitude)
             break
-        todo = perturbation_round(lanes, orbit, float(base_start), float(base_end), limit)
+        todo = perturbation_round(
+            lanes, orbit, float(base_start), float(base_end), limit, float(start_end)
+        )
 
 
 def pixel_scale(request: RenderRequest) -> tuple[float, int]:
