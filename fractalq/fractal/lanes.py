@@ -34,7 +34,8 @@ from numba.extending import intrinsic
 WIDTH = 8
 CHAINS = 4
 LANES = WIDTH * CHAINS
-ROUND = 16
+# Iterations per round; perturb.py runs one or two between looks at the lanes.
+ROUND = 8
 # The lane array: [dz.re | dz.im | dc.re | dc.im | m | k], LANES each.
 DZR, DZI, DCR, DCI, M, K = (n * LANES for n in range(6))
 

@@ -22,7 +22,8 @@ which the plain loop goes on. Views down to 1e-10000 render this way.
 
 Pixels go through LANES at a time, as in the float64 kernel (:mod:`.fast`):
 between rounds of iterations (:mod:`.lanes`, vector code) the finished lanes
-are recorded and refilled, so a slow pixel never holds up the fast ones.
+are recorded and refilled, so a slow pixel never holds up the fast ones: after
+every round where pixels take few iterations, every other round elsewhere.
 
 Counts follow the float64 kernels' definition (DESIGN.md): an escaped pixel's
 count is the number of iterations it stayed within radius 2. Smooth values are
@@ -71,6 +72,11 @@ PLAIN_FROM = -800
 RESCALE = 64
 SMOOTH_RADIUS_SQUARED = 2.0**32
 SMOOTH_EXTRA_ITERATIONS = 64
+# The lanes are looked at after one round (lanes.ROUND iterations) while the
+# pixels recorded lately took fewer than this many iterations on average (a
+# finished lane then waits fewer iterations for its next pixel), else after two
+# (half the bookkeeping per iteration).
+SHORT_BELOW = 64.0
 
 
 def _compiled(function: F) -> F:
@@ -242,6 +248,8 @@ def _escape(
     limit = float(max_iter)
     lanes = _aligned(6 * LANES)
     plain_mandelbrot = exponent == 0 and not julia
+    # The recorded pixels' iterations, a moving average over about 256 of them
+    recent = SHORT_BELOW
     pixel = np.full(LANES, NO_PIXEL, np.int64)
     # Escaped points waiting for their smoothing iterations, done BATCH at a
     # time by the float64 kernel's vector loop (the same arithmetic as _smooth).
@@ -262,6 +270,7 @@ def _escape(
             p = pixel[lane]
             if p >= 0:  # record the lane's pixel
                 k = lanes[K + lane]
+                recent += (min(k, limit) - recent) * (1.0 / 256.0)
                 m = np.uint64(lanes[M + lane])
                 fr = orbit_re[m] + lanes[DZR + lane]
                 fi = orbit_im[m] + lanes[DZI + lane]
@@ -347,6 +356,10 @@ def _escape(
         todo = perturbation_round(
             lanes, orbit, float(base_start), float(base_end), limit, float(start_end)
         )
+        if recent >= SHORT_BELOW:  # a second round before looking at the lanes
+            todo = perturbation_round(
+                lanes, orbit, float(base_start), float(base_end), limit, float(start_end)
+            )
 
 
 def pixel_scale(request: RenderRequest) -> tuple[float, int]:
