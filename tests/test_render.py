@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import io
 import json
 import os
 import subprocess
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import ARTIFACTS
 from PIL import Image
 from procs import SLOW_VIEW, ProcessGroup, Worker, run_cli, start_render, wait_until
 from reference import reference_png
@@ -87,20 +88,30 @@ def test_any_bands_any_workers_same_bytes(renderers: Renderers, tmp_path: Path) 
     storage = (tmp_path / "store").as_uri()
     zoom = ["--center-x", "-0.7435", "--center-y", "0.1314", "--view-width", "0.02"]
     renderers.workers(3, storage)
-    digests = set()
-    for regions in ("1", "7", "8"):
-        out = tmp_path / f"r{regions}.png"
-        result = renderers.render(storage, out, *SMALL, *zoom, "--regions", regions)
-        assert result.returncode == 0, result.stderr
-        digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
     expected = RenderRequest.create(
         "mandelbrot", width=240, height=160, max_iter=200,
         center_x=-0.7435, center_y=0.1314, view_width=0.02,
     )  # fmt: skip
-    assert digests == {hashlib.sha256(reference_png(expected)).hexdigest()}
+    reference = reference_png(expected)
+    for regions in ("1", "7", "8"):
+        out = tmp_path / f"r{regions}.png"
+        result = renderers.render(storage, out, *SMALL, *zoom, "--regions", regions)
+        assert result.returncode == 0, result.stderr
+        assert out.read_bytes() == reference, _differences(out, reference, regions)
     # Bands are removed once the image is assembled; each render's image stays in storage.
     stored = sorted(p.relative_to(tmp_path / "store") for p in (tmp_path / "store").rglob("*.png"))
     assert len(stored) == 3 and all(p.name == "image.png" for p in stored)
+
+
+def _differences(out: Path, reference: bytes, regions: str) -> str:
+    """Which rows of a render differ from the reference's, for the failure message;
+    the render is kept under tests/artifacts."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    kept = ARTIFACTS / f"render-{regions}-bands-differs.png"
+    kept.write_bytes(out.read_bytes())
+    with Image.open(out) as got, Image.open(io.BytesIO(reference)) as want:
+        rows = np.nonzero((np.asarray(got) != np.asarray(want)).any(axis=(1, 2)))[0]
+    return f"{regions} bands: rows {rows.tolist()} differ (kept as {kept})"
 
 
 def test_one_worker_and_kept_bands(renderers: Renderers, tmp_path: Path) -> None:
