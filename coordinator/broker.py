@@ -501,6 +501,10 @@ class Broker:
     def is_live(self, worker: WorkerRecord) -> bool:
         return self.workers.get(worker.worker_id) is worker
 
+    def offering(self, task_type: str) -> list[WorkerRecord]:
+        """The registered (so live) workers that run ``task_type``."""
+        return [worker for worker in self.workers.values() if task_type in worker.task_types]
+
     def heartbeat(
         self,
         worker: WorkerRecord,

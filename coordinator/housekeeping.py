@@ -38,10 +38,7 @@ def sweep_job_id(now: float, interval: float) -> str:
 
 def can_sweep(broker: Broker) -> bool:
     """Whether a live worker runs sweeps (else the job would wait for one)."""
-    return any(
-        config.SWEEP_TASK_TYPE in worker.task_types and broker.is_live(worker)
-        for worker in broker.workers.values()
-    )
+    return bool(broker.offering(config.SWEEP_TASK_TYPE))
 
 
 def queue_sweep(

@@ -128,17 +128,10 @@ class TileRenderer:
         return len(self._jobs) + (1 if self._pending else 0)
 
     def _has_worker(self) -> bool:
-        return any(
-            TASK_TYPE in worker.task_types and not worker.draining and self.broker.is_live(worker)
-            for worker in self.broker.workers.values()
-        )
+        return any(not worker.draining for worker in self.broker.offering(TASK_TYPE))
 
     def _slots(self) -> int:
-        return sum(
-            worker.concurrency
-            for worker in self.broker.workers.values()
-            if TASK_TYPE in worker.task_types and self.broker.is_live(worker)
-        )
+        return sum(worker.concurrency for worker in self.broker.offering(TASK_TYPE))
 
     def tiles(self, requests: list[RenderRequest]) -> list[asyncio.Future[bytes]]:
         """A future of PNG bytes per request, in order; Busy when they cannot be queued now."""
