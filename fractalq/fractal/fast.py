@@ -37,16 +37,14 @@ the last bit now and then), and the clipping is the reference's.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import numba
 import numpy as np
 import numpy.typing as npt
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
+
+from fractalq.fractal.intrinsics import prefer_512, trailing_zeros
 
 F = TypeVar("F", bound=Callable[..., Any])
 Floats = npt.NDArray[np.float64]
@@ -87,32 +85,6 @@ def _compiled(function: F) -> F:
 def _inlined(function: F) -> F:
     """A helper inlined by numba into its caller, so LLVM sees one loop body."""
     return cast(F, numba.njit(cache=True, nogil=True, inline="always")(function))
-
-
-def _prefer_512_codegen(typingctx: Any) -> Any:
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        # LLVM prefers 256-bit vectors on Intel's AVX-512 CPUs unless told
-        # otherwise, per function. Only this function's vector width changes;
-        # nothing about its arithmetic does. (llvmlite only accepts a fixed list
-        # of attribute names through its API, hence the plain set.add; should a
-        # later llvmlite store attributes differently, the code is just slower.)
-        with contextlib.suppress(TypeError):
-            set.add(builder.function.attributes, '"prefer-vector-width"="512"')
-        return context.get_dummy_value()
-
-    return types.none(), codegen
-
-
-def _trailing_zeros_codegen(typingctx: Any, word: Any) -> Any:
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        # is_zero_poison: the word is never 0 here.
-        return builder.cttz(args[0], cgutils.true_bit)
-
-    return types.uint64(types.uint64), codegen
-
-
-_prefer_512 = cast(Callable[[], None], intrinsic(_prefer_512_codegen))
-_trailing_zeros = cast(Callable[[np.uint64], np.uint64], intrinsic(_trailing_zeros_codegen))
 
 
 @_compiled
@@ -160,7 +132,7 @@ def _round(lanes: Floats, limit: float) -> np.uint64:
     Slot k of chain j is lane 8j + k. The four chains of a slot are independent,
     so the vectorised loop has four dependency chains to interleave.
     """
-    _prefer_512()
+    prefer_512()
     done = np.uint64(0)
     for k in range(SLOT):
         z = (
@@ -232,7 +204,7 @@ def _smooth_batch(
     magnitude: Floats,
 ) -> None:
     """Carry n escaped points on to |z|^2 > 2**32; store their m and |z|^2 at `where`."""
-    _prefer_512()
+    prefer_512()
     for _ in range(SMOOTH_PASSES):
         going = 0
         for e in range(n):
@@ -277,7 +249,7 @@ def _escape(
     stopped) and `magnitude` |z_m|^2; for an inside one, `smooth` gets max_iter
     and `magnitude` a placeholder. :func:`escape` turns them into smooth values.
     """
-    _prefer_512()
+    prefer_512()
     width = xs.size
     total = width * ys.size
     limit = float(max_iter)
@@ -297,7 +269,7 @@ def _escape(
     todo = (np.uint64(1) << np.uint64(LANES)) - np.uint64(1)  # every lane needs a pixel
     while True:
         while todo:
-            lane = np.int64(_trailing_zeros(todo))
+            lane = np.int64(trailing_zeros(todo))
             todo &= todo - np.uint64(1)
             p = pixel[lane]
             if p >= 0:  # record the lane's pixel
@@ -387,7 +359,7 @@ def _escape(
 @_compiled
 def _finish(counts: Counts, smooth: Floats, loglog: Floats, max_iter: int) -> None:
     """smooth <- m + 1 - log2(log2 |z_m|^2), as the reference: non-finite -> 0, clipped."""
-    _prefer_512()
+    prefer_512()
     limit = float(max_iter)
     for i in range(counts.size):
         value = smooth[i] + 1.0 - loglog[i]

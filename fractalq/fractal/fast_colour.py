@@ -65,7 +65,8 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from fractalq.fractal.fast import _compiled, _prefer_512
+from fractalq.fractal.fast import _compiled
+from fractalq.fractal.intrinsics import prefer_512
 from fractalq.fractal.palettes import Gradient
 
 Floats = npt.NDArray[np.float64]
@@ -98,7 +99,7 @@ def _colour(
     rgb: Bytes,
 ) -> None:
     """Colour flat pixels into rgb (3 bytes a pixel); see the module docstring."""
-    _prefer_512()
+    prefer_512()
     segments = len(table) // SEGMENT  # a constant: numba compiles per table length
     for i in range(counts.size):
         value = smooth[i]

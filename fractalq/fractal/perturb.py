@@ -14,16 +14,26 @@ the reference has ended, the pixel moves to the base orbit, which starts at 0:
 ``dz <- z_n``, ``m <- 0``. So no glitch detection, no correction passes and no
 second references: every pixel comes out right from one reference.
 
+Skipping: while ``dz`` is small next to ``Z`` the iteration is nearly linear,
+and :mod:`.bla`'s table applies many iterations at once. Its error is bounded
+relative to ``dz`` (``eps``); so is float64's own rounding (a few units of
+``2**-53`` an iteration).
+
+Exact counts: such an error becomes a shift of the pixel's position by that
+fraction of its offset from the centre, which changes its count only where
+the count changes over so small a shift: the *sensitivity* ``S = |dz_n/dc| |dc|``
+(``|dz_n/dz_0| |dz_0|`` for Julia), carried along each pixel's orbit (skips
+included) and read when it ends, says where. A pixel is rendered with the
+coarsest ``eps`` of the table first; one whose ``S * eps`` is above
+:data:`SENSITIVE` is rendered again with the next finer one, and one too
+sensitive even for float64 with twice its digits (:mod:`.precise`).
+
 Past float64's exponent range (pixels narrower than ``2**SCALED_BELOW``) a
 pixel starts *scaled*: ``dz = w * 2**E`` and ``dc = d * 2**E`` with one
 exponent ``E`` per pixel, ``w`` renormalised as it grows, until ``dz`` is large
-enough to be a plain float64 (it grows by about ``|2 Z|`` per iteration), after
-which the plain loop goes on. Views down to 1e-10000 render this way.
-
-Pixels go through LANES at a time, as in the float64 kernel (:mod:`.fast`):
-between rounds of iterations (:mod:`.lanes`, vector code) the finished lanes
-are recorded and refilled, so a slow pixel never holds up the fast ones: after
-every round where pixels take few iterations, every other round elsewhere.
+enough to be a plain float64 (it grows by about ``|2 Z|`` per iteration, or a
+skip's ``|A|``), after which the plain loop goes on. Views down to 1e-10000
+render this way.
 
 Counts follow the float64 kernels' definition (DESIGN.md): an escaped pixel's
 count is the number of iterations it stayed within radius 2. Smooth values are
@@ -45,22 +55,30 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from fractalq.fractal import depth
-from fractalq.fractal.fast import (
-    BATCH,
-    _aligned,
-    _finish,
-    _prefer_512,
-    _smooth_batch,
-    _trailing_zeros,
-)
-from fractalq.fractal.lanes import DCI, DCR, DZI, DZR, LANES, K, M, perturbation_round
+from fractalq.fractal import bla, depth
+from fractalq.fractal import lanes as lanes_module
+from fractalq.fractal.fast import BATCH, _aligned, _finish, _smooth_batch
+from fractalq.fractal.intrinsics import fma, trailing_zeros
+from fractalq.fractal.lanes import (
+    DCI,
+    DCR,
+    DERI,
+    DERR,
+    DZI,
+    DZR,
+    LANES,
+    G,
+    K,
+    M,
+    perturbation_round,
+)  # fmt: skip
 from fractalq.fractal.reference import Reference
 from fractalq.fractal.request import RenderRequest
 
 F = TypeVar("F", bound=Callable[..., Any])
 Floats = npt.NDArray[np.float64]
 Counts = npt.NDArray[np.int32]
+Ints = npt.NDArray[np.int64]
 
 # Pixels narrower than 2**SCALED_BELOW start scaled (their offsets, times the
 # image's half-width, would come within reach of float64's smallest numbers).
@@ -72,74 +90,161 @@ PLAIN_FROM = -800
 RESCALE = 64
 SMOOTH_RADIUS_SQUARED = 2.0**32
 SMOOTH_EXTRA_ITERATIONS = 64
-# The lanes are looked at after one round (lanes.ROUND iterations) while the
-# pixels recorded lately took fewer than this many iterations on average (a
-# finished lane then waits fewer iterations for its next pixel), else after two
-# (half the bookkeeping per iteration).
-SHORT_BELOW = 64.0
+# A pixel whose sensitivity times the relative error of its render is above
+# this is rendered again more finely (see the module's docstring).
+SENSITIVE = 2.0**-10
+# What a pixel's scalar iterations ended with: it goes on (in the lanes), it
+# escaped, or it is inside.
+GO_ON, ESCAPED, INSIDE = 0, 1, 2
+# A lane's pixel: none yet, or none left.
+NO_PIXEL = -1
+IDLE_PIXEL = -2
+IDLE = -1.0e18  # the count of a lane with no pixel
+# Plain steps in a row after which a pixel that cannot skip goes back to the lanes.
+PATIENCE = 2
 
 
 def _compiled(function: F) -> F:
     return cast(F, numba.njit(cache=True, nogil=True)(function))
 
 
-# The lanes (fractalq/fractal/lanes.py): LANES pixels in flight, and where each
-# quantity lives in the lane array: [dz.re | dz.im | dc.re | dc.im | m (reference
-# index) | k (iteration)]. The end of the orbit a lane follows is start_end or
-# base_end, whichever m reaches: a Julia view's base orbit comes after its start
-# orbit, so each orbit's indices stop short of the other's end.
-IDLE = -1.0e18  # the k of a lane with no pixel: never done
-NO_PIXEL = -1
-IDLE_PIXEL = -2
-# What _start found: the pixel goes on in a lane, escaped, or is inside.
-GO_ON, ESCAPED, INSIDE = 0, 1, 2
+def _inlined(function: F) -> F:
+    return cast(F, numba.njit(cache=True, nogil=True, inline="always")(function))
+
+
+@_inlined
+def _node(
+    anchors: Ints, ends: Ints, levels: Ints, min_level: int, m: int, k: int, max_iter: int,
+    d2: float, exponent: int, column: int, nodes: Floats,
+) -> tuple[int, int]:  # fmt: skip
+    """The row of the longest skip valid at (m, k) for |dz|^2 = d2 (in units of
+    2**(2 exponent)), and its length; (-1, 0) if none."""
+    s = 0 if m <= ends[0] else 1
+    rel = m - anchors[s]
+    if rel < 0 or m >= ends[s]:
+        return -1, 0
+    top = levels.shape[1] - 2
+    j = top if rel == 0 else min(int(trailing_zeros(np.int64(rel))), top)
+    while j >= min_level:
+        row = levels[s, j] + (rel >> j)
+        if row < levels[s, j + 1]:
+            radius = nodes[row, bla.RADII + column]
+            if exponent != 0:
+                radius = math.ldexp(radius, -exponent)
+            if d2 < radius * radius and k + (1 << j) <= max_iter:
+                return row, 1 << j
+        j -= 1
+    return -1, 0
+
+
+@_inlined
+def _apply(
+    nodes: Floats, row: int, xr: float, xi: float, yr: float, yi: float
+) -> tuple[float, float]:
+    """A x + B y for the node at ``row``, fused as the lanes fuse."""
+    ar, ai = nodes[row, bla.AR], nodes[row, bla.AI]
+    br, bi = nodes[row, bla.BR], nodes[row, bla.BI]
+    return (
+        fma(ar, xr, fma(-ai, xi, fma(br, yr, -(bi * yi)))),
+        fma(ar, xi, fma(ai, xr, fma(br, yi, bi * yr))),
+    )
 
 
 @_compiled
-def _start(
-    orbit_re: Floats,
-    orbit_im: Floats,
-    start_end: int,
-    base_start: int,
-    base_end: int,
-    ox: float,
-    oy: float,
-    exponent: int,
-    julia: bool,
-    max_iter: int,
-) -> tuple[int, float, float, float, float, int, int, int]:
-    """A pixel's first iterations, at offset (ox, oy) * 2**exponent from the centre.
+def _advance(
+    orbit_re: Floats, orbit_im: Floats, start_end: int, base_start: int, base_end: int,
+    anchors: Ints, ends: Ints, levels: Ints, min_level: int, nodes: Floats, column: int,
+    dzr: float, dzi: float, dcr: float, dci: float, derr: float, deri: float, g: float,
+    m: int, k: int, max_iter: int, patience: int,
+) -> tuple[int, int, int, float, float, float, float]:  # fmt: skip
+    """A plain pixel's iterations from z_k = Z_m + dz, skipping where it can.
 
-    Runs the scaled iterations (see the module's docstring) while the pixel needs
-    them, then the first plain one (the lanes test |z| <= 2 before iterating,
-    which must not apply to z_0). Returns (what, dzr, dzi, dcr, dci, m, end, k):
-    GO_ON with the plain state at iteration k >= 1; ESCAPED with z_k in (dzr, dzi);
-    INSIDE.
+    Returns (what, m, k, dz or z_k at escape, derivative): GO_ON once it has
+    taken ``patience`` plain steps in a row with no skip (the lanes then take
+    it on), ESCAPED or INSIDE. The derivative (see the module's docstring) goes
+    ``der <- 2 z der + g``, ``g = |dc|`` (Mandelbrot) or 0 (Julia), and
+    ``der <- A der + B g`` in a skip. The plain step is the lanes' (lanes.py),
+    to the bit.
     """
-    # Offsets: the pixel's dz_0 (Julia) or dc (Mandelbrot), in units of 2**exponent.
+    end = start_end if m <= start_end else base_end
+    steps = 0
+    while True:
+        zr = orbit_re[m]
+        zi = orbit_im[m]
+        fr = zr + dzr
+        fi = zi + dzi
+        mag = fr * fr + fi * fi
+        if k > 0 and not mag <= 4.0:  # false for nan: escaped
+            return ESCAPED, m, k, fr, fi, derr, deri
+        if k >= max_iter:
+            return INSIDE, m, k, fr, fi, derr, deri
+        d2 = fma(dzr, dzr, dzi * dzi)
+        if mag < d2 or m == end:  # rebase: z is the new difference, from Z = 0
+            dzr, dzi = fr, fi
+            m, end = base_start, base_end
+            zr = orbit_re[m]
+            zi = orbit_im[m]
+        elif nodes.shape[0] > 0:
+            row, length = _node(
+                anchors, ends, levels, min_level, m, k, max_iter, d2, 0, column, nodes
+            )
+            if row >= 0:
+                dzr, dzi = _apply(nodes, row, dzr, dzi, dcr, dci)
+                derr, deri = _apply(nodes, row, derr, deri, g, 0.0)
+                m += length
+                k += length
+                steps = 0
+                continue
+        if steps == patience and k > 0:
+            return GO_ON, m, k, dzr, dzi, derr, deri
+        tr = 2.0 * fr
+        ti = 2.0 * fi
+        derr, deri = fma(tr, derr, fma(-ti, deri, g)), fma(tr, deri, ti * derr)
+        tr = fma(2.0, zr, dzr)
+        ti = fma(2.0, zi, dzi)
+        dzr, dzi = fma(dzr, tr, fma(-ti, dzi, dcr)), fma(dzi, tr, fma(ti, dzr, dci))
+        m += 1
+        k += 1
+        steps += 1
+
+
+@_compiled
+def _start_scaled(
+    orbit_re: Floats, orbit_im: Floats, start_end: int, base_start: int, base_end: int,
+    anchors: Ints, ends: Ints, levels: Ints, min_level: int, nodes: Floats, column: int,
+    ox: float, oy: float, exponent: int, julia: bool, max_iter: int,
+) -> tuple[int, int, int, float, float, float, float, float, float, float]:  # fmt: skip
+    """A pixel at offset (ox, oy) * 2**exponent from the centre, while its
+    difference is below float64's plain range (see the module's docstring).
+
+    Returns (what, m, k, dzr, dzi, dcr, dci, derr, deri, g) in plain units:
+    what is GO_ON with the state to go on from in _advance, or ESCAPED with z_k in
+    (dzr, dzi), or INSIDE.
+    """
+    # Offsets in units of 2**exponent: w (the difference), d (dc), and the
+    # derivative's, which scale alike.
     if julia:
         wr, wi, dr, di = ox, oy, 0.0, 0.0
+        vr, vi, h = math.hypot(ox, oy), 0.0, 0.0
     else:
         wr, wi, dr, di = 0.0, 0.0, ox, oy
+        vr, vi, h = 0.0, 0.0, math.hypot(ox, oy)
     m = 0
     end = start_end
     k = 0  # the iteration: z_k = Z_m + dz
     # 2**E as a float (0.0 below 2**-1074, where ldexp must do the scaling), and
     # the size below which a Z may be as small as dz (|w| <= 2**RESCALE): only
-    # then can the pixel rebase. Only the scaled iterations need them: ldexp is
-    # a call into numba's C helpers, which a plain pixel (exponent 0) never makes.
-    scale = near = 0.0
-    if exponent < PLAIN_FROM:
-        scale = math.ldexp(1.0, exponent)
-        near = math.ldexp(1.0, exponent + RESCALE + 2)
+    # then can the pixel rebase.
+    scale = math.ldexp(1.0, exponent)
+    near = math.ldexp(1.0, exponent + RESCALE + 2)
     while exponent < PLAIN_FROM:
         zr = orbit_re[m]
         zi = orbit_im[m]
         if k > 0:
             if not zr * zr + zi * zi <= 4.0:  # |dz| < 2**-800 changes nothing here
-                return ESCAPED, zr, zi, 0.0, 0.0, m, end, k
-            if k == max_iter:
-                return INSIDE, 0.0, 0.0, 0.0, 0.0, m, end, k
+                return ESCAPED, m, k, zr, zi, 0.0, 0.0, 0.0, 0.0, 0.0
+            if k >= max_iter:
+                return INSIDE, m, k, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
         # Rebase (see the module's docstring), with Z in units of 2**E.
         rebase = m == end
         if not rebase and k > 0 and abs(zr) < near and abs(zi) < near:
@@ -153,6 +258,21 @@ def _start(
             end = base_end
             zr = 0.0
             zi = 0.0
+        elif nodes.shape[0] > 0:
+            row, length = _node(
+                anchors, ends, levels, min_level, m, k, max_iter, wr * wr + wi * wi,
+                exponent, column, nodes,
+            )  # fmt: skip
+            if row >= 0:
+                wr, wi = _apply(nodes, row, wr, wi, dr, di)
+                vr, vi = _apply(nodes, row, vr, vi, h, 0.0)
+                m += length
+                k += length
+                while max(abs(wr), abs(wi)) > 2.0**RESCALE:  # a skip may grow w a lot
+                    exponent, scale, near, wr, wi, dr, di, vr, vi, h = _rescale(
+                        exponent, wr, wi, dr, di, vr, vi, h
+                    )
+                continue
         # w <- (2 Z 2**-E + w) w 2**E + d, the first product in plain units.
         if scale != 0.0:  # the same bits as ldexp: a power of two, correctly rounded
             sq_r = (wr * wr - wi * wi) * scale
@@ -160,51 +280,40 @@ def _start(
         else:
             sq_r = math.ldexp(wr * wr - wi * wi, exponent)
             sq_i = math.ldexp(2.0 * wr * wi, exponent)
+        # The derivative's z is Z: |dz| < 2**-800 changes nothing next to it.
+        vr, vi = 2.0 * (zr * vr - zi * vi) + h, 2.0 * (zr * vi + zi * vr)
         nr = 2.0 * (zr * wr - zi * wi) + sq_r + dr
         ni = 2.0 * (zr * wi + zi * wr) + sq_i + di
         wr, wi = nr, ni
         m += 1
         k += 1
         if max(abs(wr), abs(wi)) > 2.0**RESCALE:
-            wr = math.ldexp(wr, -RESCALE)
-            wi = math.ldexp(wi, -RESCALE)
-            dr = math.ldexp(dr, -RESCALE)
-            di = math.ldexp(di, -RESCALE)
-            exponent += RESCALE
-            scale = math.ldexp(1.0, exponent)
-            near = math.ldexp(1.0, exponent + RESCALE + 2)
-    if exponent == 0:
-        dzr, dzi, dcr, dci = wr, wi, dr, di
-    else:
-        dzr = math.ldexp(wr, exponent)
-        dzi = math.ldexp(wi, exponent)
-        dcr = math.ldexp(dr, exponent)
-        dci = math.ldexp(di, exponent)
-    if k == 0:
-        zr = orbit_re[m]
-        zi = orbit_im[m]
-        fr = zr + dzr
-        fi = zi + dzi
-        if m == end or fr * fr + fi * fi < dzr * dzr + dzi * dzi:
-            dzr, dzi = fr, fi
-            m = base_start
-            end = base_end
-            zr = 0.0
-            zi = 0.0
-        tr = 2.0 * zr + dzr
-        ti = 2.0 * zi + dzi
-        nr = (tr * dzr - ti * dzi) + dcr
-        dzi = (tr * dzi + ti * dzr) + dci
-        dzr = nr
-        m += 1
-        k += 1
-    return GO_ON, dzr, dzi, dcr, dci, m, end, k
+            exponent, scale, near, wr, wi, dr, di, vr, vi, h = _rescale(
+                exponent, wr, wi, dr, di, vr, vi, h
+            )
+    return (
+        GO_ON, m, k, math.ldexp(wr, exponent), math.ldexp(wi, exponent),
+        math.ldexp(dr, exponent), math.ldexp(di, exponent),
+        math.ldexp(vr, exponent), math.ldexp(vi, exponent), math.ldexp(h, exponent),
+    )  # fmt: skip
+
+
+@_inlined
+def _rescale(
+    exponent: int, wr: float, wi: float, dr: float, di: float, vr: float, vi: float, h: float
+) -> tuple[int, float, float, float, float, float, float, float, float, float]:
+    """Everything in units of 2**exponent, moved to units of 2**(exponent + RESCALE)."""
+    exponent += RESCALE
+    return (
+        exponent, math.ldexp(1.0, exponent), math.ldexp(1.0, exponent + RESCALE + 2),
+        math.ldexp(wr, -RESCALE), math.ldexp(wi, -RESCALE),
+        math.ldexp(dr, -RESCALE), math.ldexp(di, -RESCALE),
+        math.ldexp(vr, -RESCALE), math.ldexp(vi, -RESCALE), math.ldexp(h, -RESCALE),
+    )  # fmt: skip
 
 
 @_compiled
-def _smooth(
-    fr: float, fi: float, k: int, cr: float, ci: float, max_iter: int
-) -> tuple[float, float]:
+def _smooth(fr: float, fi: float, k: int, cr: float, ci: float) -> tuple[float, float]:
     """An escaped z_k carried on to the smoothing radius: (m, |z_m|^2) for _finish."""
     mag = fr * fr + fi * fi
     smooth = float(k)
@@ -218,38 +327,69 @@ def _smooth(
 
 
 @_compiled
-def _escape(
-    orbit_re: Floats,
-    orbit_im: Floats,
-    orbit: Floats,
-    start_end: int,
-    base_start: int,
-    base_end: int,
-    ox: Floats,
-    oy: Floats,
-    exponent: int,
-    julia: bool,
-    c_re: float,
-    c_im: float,
-    max_iter: int,
-    counts: Counts,
-    smooth: Floats,
-    magnitude: Floats,
-) -> None:
-    """Counts, and m and |z_m|^2 for the smooth values, of the pixels ox x oy (flat).
+def _hints(
+    anchors: Ints, ends: Ints, levels: Ints, min_level: int, nodes: Floats, column: int,
+    size: int,
+) -> Floats:  # fmt: skip
+    """For every orbit index m, the squared radius of the table's shortest stored
+    skip at m or at the next index that has one: a lane whose |dz|^2 is below it
+    goes to _advance (lanes.py)."""
+    hint = np.zeros(size)
+    if nodes.shape[0] == 0:
+        return hint
+    for s in range(anchors.size):
+        first = levels[s, min_level]
+        for q in range(levels[s, min_level + 1] - first):
+            radius = nodes[first + q, bla.RADII + column]
+            at = anchors[s] + (q << min_level)
+            for m in range(max(at - (1 << min_level) + 1, 0), at + 1):
+                hint[m] = radius * radius
+    return hint
 
-    Lanes are refilled as in the float64 kernel: between rounds, the finished
-    lanes are recorded and given the next pixels, so no slow pixel holds up
-    the others.
+
+@_inlined
+def _begin(
+    orbit_re: Floats, orbit_im: Floats, start_end: int, base_start: int, base_end: int,
+    anchors: Ints, ends: Ints, levels: Ints, min_level: int, nodes: Floats, column: int,
+    x: float, y: float, exponent: int, julia: bool, max_iter: int,
+) -> tuple[int, int, int, float, float, float, float, float, float, float]:  # fmt: skip
+    """A pixel's state at iteration 0, or after its scaled start (_start_scaled)."""
+    if exponent != 0:
+        return _start_scaled(
+            orbit_re, orbit_im, start_end, base_start, base_end, anchors, ends, levels,
+            min_level, nodes, column, x, y, exponent, julia, max_iter,
+        )  # fmt: skip
+    if julia:
+        return GO_ON, 0, 0, x, y, 0.0, 0.0, math.hypot(x, y), 0.0, 0.0
+    return GO_ON, 0, 0, 0.0, 0.0, x, y, 0.0, 0.0, math.hypot(x, y)
+
+
+@_compiled
+def _escape(
+    orbit_re: Floats, orbit_im: Floats, start_end: int, base_start: int, base_end: int,
+    anchors: Ints, ends: Ints, levels: Ints, min_level: int, nodes: Floats, column: int,
+    ox: Floats, oy: Floats, pixels: Ints, exponent: int, julia: bool,
+    c_re: float, c_im: float, max_iter: int,
+    counts: Counts, smooth: Floats, magnitude: Floats, sensitivity: Floats,
+) -> None:  # fmt: skip
+    """Counts, m and |z_m|^2 for the smooth values, and the sensitivity of the
+    pixels ``pixels`` (flat indices into the grid ox x oy).
+
+    Pixels go through LANES at a time: the lanes' rounds (lanes.py, vector code)
+    take the plain steps; between rounds the finished lanes are recorded and
+    refilled, and the lanes that could skip are skipped here, so a slow pixel
+    never holds up the fast ones. Where a pixel's rounds fall depends only on
+    the pixel (a round is always ROUND iterations, and every lane is looked at
+    after every round), so its values do not depend on its neighbours.
     """
-    _prefer_512()
     width = ox.size
-    total = width * oy.size
     limit = float(max_iter)
-    lanes = _aligned(6 * LANES)
-    plain_mandelbrot = exponent == 0 and not julia
-    # The recorded pixels' iterations, a moving average over about 256 of them
-    recent = SHORT_BELOW
+    orbit = np.empty(2 * orbit_re.size)  # (re, im) pairs, for the lanes
+    orbit[0::2] = orbit_re
+    orbit[1::2] = orbit_im
+    hint = _hints(anchors, ends, levels, min_level, nodes, column, orbit_re.size)
+    patience = max(PATIENCE, (1 << min_level) - 1)
+    lanes = _aligned(lanes_module.FIELDS * LANES)
     pixel = np.full(LANES, NO_PIXEL, np.int64)
     # Escaped points waiting for their smoothing iterations, done BATCH at a
     # time by the float64 kernel's vector loop (the same arithmetic as _smooth).
@@ -263,103 +403,88 @@ def _escape(
     nxt = 0
     idle = 0
     todo = (np.uint64(1) << np.uint64(LANES)) - np.uint64(1)
+    done = todo
     while True:
         while todo:
-            lane = np.int64(_trailing_zeros(todo))
+            lane = np.int64(trailing_zeros(todo))
             todo &= todo - np.uint64(1)
             p = pixel[lane]
-            if p >= 0:  # record the lane's pixel
-                k = lanes[K + lane]
-                recent += (min(k, limit) - recent) * (1.0 / 256.0)
-                m = np.uint64(lanes[M + lane])
-                fr = orbit_re[m] + lanes[DZR + lane]
-                fi = orbit_im[m] + lanes[DZI + lane]
-                if k > limit or fr * fr + fi * fi <= 4.0:
-                    counts[p] = max_iter
-                    smooth[p] = limit
-                    magnitude[p] = 16.0
-                else:
-                    counts[p] = np.int32(k) - 1
-                    bzr[batched] = fr
-                    bzi[batched] = fi
-                    if julia:
-                        bcr[batched], bci[batched] = c_re, c_im
+            what = GO_ON
+            if p >= 0:
+                m = int(lanes[M + lane])
+                k = int(lanes[K + lane])
+                dzr, dzi = lanes[DZR + lane], lanes[DZI + lane]
+                derr, deri = lanes[DERR + lane], lanes[DERI + lane]
+                dcr, dci = lanes[DCR + lane], lanes[DCI + lane]
+                # A finished lane's state is its end; a skipping lane's goes on here.
+                what, m, k, dzr, dzi, derr, deri = _advance(
+                    orbit_re, orbit_im, start_end, base_start, base_end, anchors, ends,
+                    levels, min_level, nodes, column, dzr, dzi, dcr, dci, derr, deri,
+                    lanes[G + lane], m, k, max_iter,
+                    0 if done & (np.uint64(1) << np.uint64(lane)) else patience,
+                )  # fmt: skip
+            while what != GO_ON or p < 0:  # record the pixel, give the lane the next
+                if p >= 0:
+                    sensitivity[p] = math.hypot(derr, deri)
+                    if what == INSIDE:
+                        counts[p] = max_iter
+                        smooth[p] = limit
+                        magnitude[p] = 16.0
                     else:
-                        bcr[batched] = c_re + lanes[DCR + lane]
-                        bci[batched] = c_im + lanes[DCI + lane]
-                    bk[batched] = k
-                    where[batched] = p
-                    batched += 1
-                    if batched == BATCH:
-                        _smooth_batch(batched, bzr, bzi, bcr, bci, bk, where, smooth, magnitude)
-                        batched = 0
-            while True:  # give the lane the next pixel that needs iterating
-                if nxt == total:
+                        counts[p] = k - 1
+                        bzr[batched] = dzr
+                        bzi[batched] = dzi
+                        if julia:
+                            bcr[batched], bci[batched] = c_re, c_im
+                        else:
+                            bcr[batched], bci[batched] = c_re + dcr, c_im + dci
+                        bk[batched] = k
+                        where[batched] = p
+                        batched += 1
+                        if batched == BATCH:
+                            _smooth_batch(batched, bzr, bzi, bcr, bci, bk, where, smooth, magnitude)
+                            batched = 0
+                if nxt == pixels.size:
                     if p != IDLE_PIXEL:
                         idle += 1
-                    # dz = dc = 0: the lane follows the reference's own orbit
-                    # (rebasing at its end, so its reads stay within the orbit)
-                    lanes[DZR + lane] = 0.0
-                    lanes[DZI + lane] = 0.0
-                    lanes[DCR + lane] = 0.0
-                    lanes[DCI + lane] = 0.0
-                    lanes[M + lane] = 0.0
-                    lanes[K + lane] = IDLE
-                    pixel[lane] = IDLE_PIXEL
+                    p = IDLE_PIXEL
                     break
-                q = nxt
+                p = pixels[nxt]
                 nxt += 1
-                if plain_mandelbrot:
-                    # z_0 = 0 is the reference's own z_0 and is never tested:
-                    # the lanes' first iteration is _start's, to the bit.
-                    lanes[DZR + lane] = 0.0
-                    lanes[DZI + lane] = 0.0
-                    lanes[DCR + lane] = ox[q % width]
-                    lanes[DCI + lane] = oy[q // width]
-                    lanes[M + lane] = 0.0
-                    lanes[K + lane] = 0.0
-                    pixel[lane] = q
-                    break
-                what, dzr, dzi, dcr, dci, m0, _, k0 = _start(
-                    orbit_re,
-                    orbit_im,
-                    start_end,
-                    base_start,
-                    base_end,
-                    ox[q % width],
-                    oy[q // width],
-                    exponent,
-                    julia,
+                what, m, k, dzr, dzi, dcr, dci, derr, deri, g = _begin(
+                    orbit_re, orbit_im, start_end, base_start, base_end, anchors, ends, levels,
+                    min_level, nodes, column, ox[p % width], oy[p // width], exponent, julia,
                     max_iter,
-                )
-                if what == INSIDE:
-                    counts[q] = max_iter
-                    smooth[q] = limit
-                    magnitude[q] = 16.0
-                    continue
-                if what == ESCAPED:  # in the scaled iterations: z_k = Z_m
-                    counts[q] = k0 - 1
-                    cr, ci = (c_re, c_im) if julia else (c_re + dcr, c_im + dci)
-                    smooth[q], magnitude[q] = _smooth(dzr, dzi, k0, cr, ci, max_iter)
-                    continue
-                lanes[DZR + lane] = dzr
-                lanes[DZI + lane] = dzi
-                lanes[DCR + lane] = dcr
-                lanes[DCI + lane] = dci
-                lanes[M + lane] = m0
-                lanes[K + lane] = k0
-                pixel[lane] = q
-                break
+                )  # fmt: skip
+                lanes[G + lane] = g
+                if what == GO_ON:
+                    what, m, k, dzr, dzi, derr, deri = _advance(
+                        orbit_re, orbit_im, start_end, base_start, base_end, anchors, ends,
+                        levels, min_level, nodes, column, dzr, dzi, dcr, dci, derr, deri,
+                        g, m, k, max_iter, patience,
+                    )  # fmt: skip
+            pixel[lane] = p
+            if p == IDLE_PIXEL:
+                # dz = dc = 0: the lane follows the reference's own orbit (rebasing
+                # at its end, so its reads stay within the orbit); its count,
+                # below 0, never reaches the limit nor lets it skip.
+                for field in range(lanes_module.FIELDS):
+                    lanes[field * LANES + lane] = 0.0
+                lanes[M + lane] = 1.0
+                lanes[K + lane] = IDLE
+                continue
+            lanes[DZR + lane], lanes[DZI + lane] = dzr, dzi
+            lanes[DCR + lane], lanes[DCI + lane] = dcr, dci
+            lanes[DERR + lane], lanes[DERI + lane] = derr, deri
+            lanes[M + lane], lanes[K + lane] = m, k
         if idle == LANES:
             _smooth_batch(batched, bzr, bzi, bcr, bci, bk, where, smooth, magnitude)
             break
-        todo = perturbation_round(
-            lanes, orbit, float(base_start), float(base_end), limit, float(start_end)
+        result = perturbation_round(
+            lanes, orbit, hint, float(base_start), float(base_end), limit, float(start_end)
         )
-        if recent >= SHORT_BELOW:  # a second round before looking at the lanes
-            todo = perturbation_round(
-                lanes, orbit, float(base_start), float(base_end), limit, float(start_end)
-            )
+        done = result & np.uint64(0xFFFFFFFF)
+        todo = done | (result >> np.uint64(32))
 
 
 def pixel_scale(request: RenderRequest) -> tuple[float, int]:
@@ -394,28 +519,25 @@ def escape(
         orbit = start
         base_start, base_end = 0, start.size - 1
         c_re, c_im = request.cx, request.cy
+    table = reference.table
     rows = row_end - row_start
     counts = np.empty(rows * request.width, dtype=np.int32)
     smooth = np.empty(rows * request.width, dtype=np.float64)
     magnitude = np.empty(rows * request.width, dtype=np.float64)
-    _escape(
-        np.ascontiguousarray(orbit.real),
-        np.ascontiguousarray(orbit.imag),
-        np.ascontiguousarray(orbit).view(np.float64),  # (re, im) pairs, for the lanes
-        start.size - 1,
-        base_start,
-        base_end,
-        ox,
-        oy,
-        exponent,
-        reference.julia,
-        c_re,
-        c_im,
-        request.max_iter,
-        counts,
-        smooth,
-        magnitude,
-    )
+    sensitivity = np.empty(rows * request.width, dtype=np.float64)
+    pixels = np.arange(counts.size, dtype=np.int64)
+    orbit_re = np.ascontiguousarray(orbit.real)
+    orbit_im = np.ascontiguousarray(orbit.imag)
+    for column, eps in enumerate(bla.EPSILONS):
+        _escape(
+            orbit_re, orbit_im, start.size - 1, base_start, base_end,
+            table.anchors, table.ends, table.levels, table.min_level, table.nodes, column,
+            ox, oy, pixels, exponent, reference.julia, c_re, c_im, request.max_iter,
+            counts, smooth, magnitude, sensitivity,
+        )  # fmt: skip
+        pixels = pixels[sensitivity[pixels] * eps > SENSITIVE]
+        if pixels.size == 0:
+            break
     with np.errstate(divide="ignore", invalid="ignore"):
         np.log2(magnitude, out=magnitude)
         np.log2(magnitude, out=magnitude)
