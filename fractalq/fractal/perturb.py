@@ -55,7 +55,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from fractalq.fractal import bla, depth
+from fractalq.fractal import bla, depth, precise
 from fractalq.fractal import lanes as lanes_module
 from fractalq.fractal.fast import BATCH, _aligned, _finish, _smooth_batch
 from fractalq.fractal.intrinsics import fma, trailing_zeros
@@ -499,6 +499,18 @@ def pixel_scale(request: RenderRequest) -> tuple[float, int]:
     return mantissa, exponent
 
 
+def _pixel_size(request: RenderRequest) -> tuple[float, float]:
+    """The pixel's width as a double-double (float64 + what it leaves out)."""
+    with depth.decimal_context():
+        size = Decimal(request.view_width) / request.width
+        high = float(size)
+        return high, float(size - Decimal(high))
+
+
+def _pairs(orbit: npt.NDArray[np.complex128]) -> Floats:
+    return np.ascontiguousarray(orbit).view(np.float64)
+
+
 def escape(
     request: RenderRequest, reference: Reference, row_start: int, row_end: int
 ) -> tuple[Counts, Floats]:
@@ -538,6 +550,14 @@ def escape(
         pixels = pixels[sensitivity[pixels] * eps > SENSITIVE]
         if pixels.size == 0:
             break
+    if pixels.size and exponent == 0:  # too sensitive for float64: double-double
+        size_hi, size_lo = _pixel_size(request)
+        precise.escape_pixels(
+            _pairs(reference.orbit), _pairs(reference.orbit_lo), start.size - 1, base_start,
+            base_end, i + 0.5 - request.width / 2, -(j + 0.5 - request.height / 2), pixels,
+            size_hi, size_lo, reference.julia, c_re, c_im, request.max_iter,
+            counts, smooth, magnitude,
+        )  # fmt: skip
     with np.errstate(divide="ignore", invalid="ignore"):
         np.log2(magnitude, out=magnitude)
         np.log2(magnitude, out=magnitude)

@@ -50,6 +50,9 @@ class Reference:
 
     start: Orbit
     base: Orbit
+    # What each point's float64 leaves out (double-double, for fractal/precise.py).
+    start_lo: Orbit
+    base_lo: Orbit
     precision: int
     table: bla.Table
 
@@ -62,33 +65,46 @@ class Reference:
         """The orbits one after the other, as the table and the kernel index them."""
         return np.concatenate([self.start, self.base]) if self.julia else self.start
 
+    @property
+    def orbit_lo(self) -> Orbit:
+        return np.concatenate([self.start_lo, self.base_lo]) if self.julia else self.start_lo
 
-def _orbit(z: gmpy2.mpc, c: gmpy2.mpc, max_iter: int) -> Orbit:
-    """z_0 .. z_n of z <- z^2 + c: n = max_iter, or the first n with |z_n| > 2."""
-    points = [complex(z)]
-    for _ in range(max_iter):
-        z = z * z + c
-        point = complex(z)
-        points.append(point)
+
+def _orbit(
+    zr: gmpy2.mpfr, zi: gmpy2.mpfr, cr: gmpy2.mpfr, ci: gmpy2.mpfr, max_iter: int
+) -> tuple[Orbit, Orbit]:
+    """z_0 .. z_n of z <- z^2 + c (n = max_iter, or the first n with |z_n| > 2),
+    each as the float64 nearest it and the float64 nearest what remains."""
+    square, fused = gmpy2.square, gmpy2.fma
+    high = []
+    low = []
+    for n in range(max_iter + 1):
+        if n:
+            t = square(zi)
+            zi = fused(zr + zr, zi, ci)
+            zr = fused(zr, zr, cr) - t
+        hr, hi = float(zr), float(zi)
+        high.append(complex(hr, hi))
+        low.append(complex(float(zr - hr), float(zi - hi)))
         # `not <=` so that an overflow to inf or nan ends the orbit too.
-        if not point.real * point.real + point.imag * point.imag <= 4.0:
+        if not hr * hr + hi * hi <= 4.0:
             break
-    return np.array(points, dtype=np.complex128)
+    return np.array(high, dtype=np.complex128), np.array(low, dtype=np.complex128)
 
 
 def compute(request: RenderRequest) -> Reference:
     """The reference orbits of ``request``'s view, at its precision, and their table."""
     bits = request.precision
-    with gmpy2.context(gmpy2.get_context(), precision=bits, real_prec=bits, imag_prec=bits):
-        centre = gmpy2.mpc(gmpy2.mpfr(request.center_x), gmpy2.mpfr(request.center_y))
-        zero = gmpy2.mpc(0)
+    with gmpy2.context(gmpy2.get_context(), precision=bits):
+        x, y = gmpy2.mpfr(request.center_x), gmpy2.mpfr(request.center_y)
+        zero = gmpy2.mpfr(0)
         if request.fractal == "mandelbrot":
-            start = base = _orbit(zero, centre, request.max_iter)
+            start, start_lo = base, base_lo = _orbit(zero, zero, x, y, request.max_iter)
         else:
-            c = gmpy2.mpc(request.c_re, request.c_im)
-            start = _orbit(centre, c, request.max_iter)
-            base = _orbit(zero, c, request.max_iter)
-    return Reference(start, base, bits, table(request, start, base))
+            cr, ci = gmpy2.mpfr(request.c_re), gmpy2.mpfr(request.c_im)
+            start, start_lo = _orbit(x, y, cr, ci, request.max_iter)
+            base, base_lo = _orbit(zero, zero, cr, ci, request.max_iter)
+    return Reference(start, base, start_lo, base_lo, bits, table(request, start, base))
 
 
 def table(request: RenderRequest, start: Orbit, base: Orbit) -> bla.Table:
@@ -117,9 +133,8 @@ def to_bytes(reference: Reference) -> bytes:
             "min_level": table.min_level,
         }
     ).encode()
-    parts = [_HEADER.pack(_MAGIC, len(header)), header, reference.start.astype(_DTYPE).tobytes()]
-    if reference.julia:
-        parts.append(reference.base.astype(_DTYPE).tobytes())
+    parts = [_HEADER.pack(_MAGIC, len(header)), header]
+    parts += [orbit.astype(_DTYPE).tobytes() for orbit in (reference.orbit, reference.orbit_lo)]
     for array in (table.anchors, table.ends, table.levels):
         parts.append(array.astype(_INTS).tobytes())
     parts.append(table.nodes.astype(_FLOATS).tobytes())
@@ -144,7 +159,7 @@ def from_bytes(data: bytes) -> Reference:
     except (struct.error, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"not a reference orbit: {error}") from None
     offset = _HEADER.size + length
-    counts = (sum(sizes), 2 * segments + segments * levels, nodes * bla.COLUMNS)
+    counts = (2 * sum(sizes), 2 * segments + segments * levels, nodes * bla.COLUMNS)
     itemsizes = (_DTYPE.itemsize, _INTS.itemsize, _FLOATS.itemsize)
     if (
         sizes[0] < 2
@@ -158,8 +173,12 @@ def from_bytes(data: bytes) -> Reference:
     offset += counts[1] * _INTS.itemsize
     floats = np.frombuffer(data, dtype=_FLOATS, count=counts[2], offset=offset)
     orbits = orbits.astype(np.complex128)
-    start = orbits[: sizes[0]]
-    base = orbits[sizes[0] :] if sizes[1] else start
+    start, start_lo = orbits[: sizes[0]], orbits[sum(sizes) : sum(sizes) + sizes[0]]
+    base, base_lo = (
+        (orbits[sizes[0] : sum(sizes)], orbits[sum(sizes) + sizes[0] :])
+        if sizes[1]
+        else (start, start_lo)
+    )
     table = bla.Table(
         ints[:segments],
         ints[segments : 2 * segments],
@@ -167,4 +186,4 @@ def from_bytes(data: bytes) -> Reference:
         floats.astype(np.float64).reshape(nodes, bla.COLUMNS),
         min_level,
     )
-    return Reference(start, base, precision, table)
+    return Reference(start, base, start_lo, base_lo, precision, table)

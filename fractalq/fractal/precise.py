@@ -1,0 +1,172 @@
+"""The few pixels float64 cannot count exactly: perturbation in double-double.
+
+float64 rounds a pixel's difference ``dz`` to about ``2**-53`` of itself at every
+iteration, which moves the pixel by that fraction of its offset from the
+centre. Near the boundary of a deep view a few pixels (a few in a thousand, in
+the seahorse valley at 1e-30) are so sensitive that this moves their count:
+their orbits pass close to 0 after thousands of iterations, where a shift far
+below a pixel decides when they escape. :mod:`.perturb` finds them by their
+sensitivity and renders them again here, with every quantity held as an
+unevaluated sum of two float64 (``hi + lo``, about 106 bits; Dekker's and
+Knuth's error-free transformations, the products by ``llvm.fma``) and the
+reference to the same precision (:attr:`Reference.lo <.reference.Reference>`).
+
+No skipping here: a skip's error is relative to ``dz`` too. So these pixels
+cost every iteration, a few dozen nanoseconds each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+from fractalq.fractal.fast import SMOOTH_PASSES, SMOOTH_RADIUS_SQUARED
+from fractalq.fractal.intrinsics import fma
+
+F = TypeVar("F", bound=Callable[..., Any])
+Floats = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
+Counts = npt.NDArray[np.int32]
+SMOOTH_EXTRA_ITERATIONS = 4 * SMOOTH_PASSES
+
+GO_ON, ESCAPED, INSIDE = 0, 1, 2
+
+
+def _inlined(function: F) -> F:
+    return cast(F, numba.njit(cache=True, nogil=True, inline="always")(function))
+
+
+@_inlined
+def _two_sum(a: float, b: float) -> tuple[float, float]:
+    s = a + b
+    v = s - a
+    return s, (a - (s - v)) + (b - v)
+
+
+@_inlined
+def _fast_two_sum(a: float, b: float) -> tuple[float, float]:  # |a| >= |b|
+    s = a + b
+    return s, b - (s - a)
+
+
+@_inlined
+def add(ah: float, al: float, bh: float, bl: float) -> tuple[float, float]:
+    """(ah + al) + (bh + bl), accurately (both sums' errors kept)."""
+    sh, sl = _two_sum(ah, bh)
+    th, tl = _two_sum(al, bl)
+    sl += th
+    sh, sl = _fast_two_sum(sh, sl)
+    sl += tl
+    return _fast_two_sum(sh, sl)
+
+
+@_inlined
+def mul(ah: float, al: float, bh: float, bl: float) -> tuple[float, float]:
+    """(ah + al) (bh + bl)."""
+    p = ah * bh
+    e = fma(ah, bh, -p)
+    e = fma(ah, bl, fma(al, bh, e))
+    return _fast_two_sum(p, e)
+
+
+@numba.njit(cache=True, nogil=True)
+def escape(
+    orbit_hi: Floats, orbit_lo: Floats, start_end: int, base_start: int, base_end: int,
+    dzr: float, dzrl: float, dzi: float, dzil: float,
+    dcr: float, dcrl: float, dci: float, dcil: float, max_iter: int,
+) -> tuple[int, int, float, float]:  # fmt: skip
+    """One pixel's iterations from z_0 = Z_0 + dz (both in hi + lo parts; the
+    orbit as (re, im) pairs), as :mod:`.perturb` iterates them, in double-double.
+
+    Returns (ESCAPED or INSIDE, k, z_k at escape as float64).
+    """
+    m = 0
+    k = 0
+    end = start_end
+    while True:
+        zr, zrl = orbit_hi[2 * m], orbit_lo[2 * m]
+        zi, zil = orbit_hi[2 * m + 1], orbit_lo[2 * m + 1]
+        fr, frl = add(zr, zrl, dzr, dzrl)
+        fi, fil = add(zi, zil, dzi, dzil)
+        mag = fr * fr + fi * fi
+        if k > 0 and not mag <= 4.0:
+            return ESCAPED, k, fr, fi
+        if k >= max_iter:
+            return INSIDE, k, fr, fi
+        if mag < dzr * dzr + dzi * dzi or m == end:  # rebase (perturb.py)
+            dzr, dzrl, dzi, dzil = fr, frl, fi, fil
+            m, end = base_start, base_end
+            zr, zrl, zi, zil = (
+                orbit_hi[2 * m],
+                orbit_lo[2 * m],
+                orbit_hi[2 * m + 1],
+                orbit_lo[2 * m + 1],
+            )
+        # dz <- (2 Z + dz) dz + dc
+        tr, trl = add(2.0 * zr, 2.0 * zrl, dzr, dzrl)
+        ti, til = add(2.0 * zi, 2.0 * zil, dzi, dzil)
+        ar, arl = mul(tr, trl, dzr, dzrl)
+        br, brl = mul(ti, til, dzi, dzil)
+        cr, crl = mul(tr, trl, dzi, dzil)
+        ci, cil = mul(ti, til, dzr, dzrl)
+        nr, nrl = add(ar, arl, -br, -brl)
+        nr, nrl = add(nr, nrl, dcr, dcrl)
+        ni, nil = add(cr, crl, ci, cil)
+        dzi, dzil = add(ni, nil, dci, dcil)
+        dzr, dzrl = nr, nrl
+        m += 1
+        k += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def escape_pixels(
+    orbit_hi: Floats, orbit_lo: Floats, start_end: int, base_start: int, base_end: int,
+    ox: Floats, oy: Floats, pixels: Ints, size_hi: float, size_lo: float, julia: bool,
+    c_re: float, c_im: float, max_iter: int,
+    counts: Counts, smooth: Floats, magnitude: Floats,
+) -> None:  # fmt: skip
+    """Counts, m and |z_m|^2 for the smooth values of the pixels ``pixels`` (flat
+    indices into the grid ox x oy of offsets in pixels; a pixel is
+    ``size_hi + size_lo`` wide), by :func:`escape`."""
+    width = ox.size
+    for p in pixels:
+        xr, xrl = mul(ox[p % width], 0.0, size_hi, size_lo)
+        yi, yil = mul(oy[p // width], 0.0, size_hi, size_lo)
+        if julia:
+            what, k, fr, fi = escape(
+                orbit_hi, orbit_lo, start_end, base_start, base_end,
+                xr, xrl, yi, yil, 0.0, 0.0, 0.0, 0.0, max_iter,
+            )  # fmt: skip
+            cr, ci = c_re, c_im
+        else:
+            what, k, fr, fi = escape(
+                orbit_hi, orbit_lo, start_end, base_start, base_end,
+                0.0, 0.0, 0.0, 0.0, xr, xrl, yi, yil, max_iter,
+            )  # fmt: skip
+            cr, ci = c_re + xr, c_im + yi
+        if what == INSIDE:
+            counts[p] = max_iter
+            smooth[p] = float(max_iter)
+            magnitude[p] = 16.0
+        else:
+            counts[p] = k - 1
+            smooth[p], magnitude[p] = _smooth(fr, fi, k, cr, ci)
+
+
+@numba.njit(cache=True, nogil=True)
+def _smooth(fr: float, fi: float, k: int, cr: float, ci: float) -> tuple[float, float]:
+    """An escaped z_k carried on to the smoothing radius: (m, |z_m|^2), as the
+    float64 kernel's batch loop carries it (fast._smooth_batch)."""
+    mag = fr * fr + fi * fi
+    smooth = float(k)
+    for _ in range(SMOOTH_EXTRA_ITERATIONS):
+        if not mag <= SMOOTH_RADIUS_SQUARED:
+            break
+        fr, fi = (fr * fr - fi * fi) + cr, (fr + fr) * fi + ci
+        mag = fr * fr + fi * fi
+        smooth += 1.0
+    return smooth, mag
