@@ -276,6 +276,14 @@ DEFAULT_JULIA_C = (-0.7, 0.27015)
 IMAGE_COMPRESS_LEVEL = 1
 DEFAULT_FRACTAL = "mandelbrot"
 DEFAULT_PALETTE = "classic"
+# How iteration values are laid on the palette: sqrt (cyclic, today's images),
+# linear or log (one trip over 0..max_iter), auto (one trip over the view's own
+# range, measured by a probe render of PROBE_SIDE pixels on its longer side,
+# from the PROBE_LOW to the PROBE_HIGH quantile of its outside pixels' values).
+DEFAULT_COLOUR_SCALE = "sqrt"
+PROBE_SIDE = 64
+PROBE_LOW = 0.01
+PROBE_HIGH = 0.99
 # Default views as (center x, center y, view width): each frames its whole set.
 DEFAULT_MANDELBROT_VIEW = (-0.5, 0.0, 3.5)
 DEFAULT_JULIA_VIEW = (0.0, 0.0, 3.0)

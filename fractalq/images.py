@@ -12,6 +12,8 @@ import os
 import tempfile
 from collections.abc import Iterator
 
+import numpy as np
+
 from fractalq.client import Client
 from fractalq.fractal.png import assemble
 from fractalq.fractal.request import RenderRequest, band_rows
@@ -20,9 +22,9 @@ from fractalq.storage import Storage
 from fractalq.tasks.assemble import CLEANUP_TYPE as CLEANUP
 from fractalq.tasks.assemble import TASK_TYPE as ASSEMBLE
 from fractalq.tasks.assemble import assemble_payload
-from fractalq.tasks.band import TASK_TYPE, band_key, band_payload
+from fractalq.tasks.band import TASK_TYPE, band_key, band_payload, counts_key
 from fractalq.tasks.reference import TASK_TYPE as REFERENCE
-from fractalq.tasks.reference import reference_key, reference_payload
+from fractalq.tasks.reference import needs_first_task, reference_payload, shared_keys
 
 
 def submit_render(
@@ -33,6 +35,7 @@ def submit_render(
     job_id: str = "",
     labels: dict[str, str] | None = None,
     keep_bands: bool = False,
+    counts: bool = False,
 ) -> pb.SubmitJobResponse:
     """Queue one task per band; ``job_id`` makes the submission idempotent.
 
@@ -40,9 +43,10 @@ def submit_render(
     (:mod:`fractalq.tasks.reference`), which every band reads. The job's final
     task assembles the image into storage
     (:mod:`fractalq.tasks.assemble`) and its result says where; if the job
-    fails or is cancelled, its cleanup job removes the bands.
+    fails or is cancelled, its cleanup job removes the bands. With ``counts``
+    the image's smooth counts are assembled too (:func:`download_counts`).
     """
-    return client.submit(render_job(request, regions, priority, job_id, labels, keep_bands))
+    return client.submit(render_job(request, regions, priority, job_id, labels, keep_bands, counts))
 
 
 def render_job(
@@ -52,14 +56,15 @@ def render_job(
     job_id: str = "",
     labels: dict[str, str] | None = None,
     keep_bands: bool = False,
+    counts: bool = False,
 ) -> pb.SubmitJobRequest:
     """The job :func:`submit_render` submits (the dashboard submits it in-process)."""
     rows = band_rows(request, regions)
-    payload = assemble_payload(request, regions, keep_bands)
+    payload = assemble_payload(request, regions, keep_bands, counts)
     job = pb.SubmitJobRequest(
         job_id=job_id,
         task_type=TASK_TYPE,
-        payloads=[band_payload(request, start, end) for start, end in rows],
+        payloads=[band_payload(request, start, end, counts) for start, end in rows],
         final=pb.StageTask(task_type=ASSEMBLE, payload=payload),
         cleanup=pb.StageTask(task_type=CLEANUP, payload=payload),
         priority=priority,
@@ -69,7 +74,7 @@ def render_job(
             **(labels or {}),
         },
     )
-    if request.deep:  # its first task computes the reference orbit every band reads
+    if needs_first_task(request):  # the reference orbit, the colour range: what bands share
         job.first.CopyFrom(pb.StageTask(task_type=REFERENCE, payload=reference_payload(request)))
     return job
 
@@ -101,6 +106,21 @@ def write_png(
         raise
 
 
+def write_counts(
+    storage: Storage, job_id: str, request: RenderRequest, regions: int, path: str
+) -> None:
+    """The bands' counts as one NumPy ``.npy`` file at ``path`` (float32, height x
+    width), one band in memory at a time."""
+    with open(path, "wb") as out:
+        header = {"descr": "<f4", "fortran_order": False, "shape": (request.height, request.width)}
+        np.lib.format.write_array_header_1_0(out, header)
+        for start, end in band_rows(request, regions):
+            data = storage.get(counts_key(job_id, start, end))
+            if len(data) != 4 * (end - start) * request.width:
+                raise ValueError(f"the counts of rows {start}..{end} are cut short")
+            out.write(data)
+
+
 def image_of(job: pb.Job) -> tuple[str, int]:
     """The storage key and size of a finished render's image, from the job's result."""
     try:
@@ -108,6 +128,15 @@ def image_of(job: pb.Job) -> tuple[str, int]:
         return str(result["key"]), int(result["bytes"])
     except (ValueError, KeyError, TypeError):
         raise ValueError(f"job {job.job_id} has no image in its result") from None
+
+
+def counts_of(job: pb.Job) -> tuple[str, int]:
+    """The storage key and size of a finished render's counts, from the job's result."""
+    try:
+        counts = json.loads(job.result)["counts"]
+        return str(counts["key"]), int(counts["bytes"])
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"job {job.job_id} has no counts in its result") from None
 
 
 def download_image(storage: Storage, job: pb.Job, path: str) -> int:
@@ -120,7 +149,17 @@ def download_image(storage: Storage, job: pb.Job, path: str) -> int:
     return storage.get_file(key, path)
 
 
-def remove_bands(storage: Storage, job_id: str, request: RenderRequest, regions: int) -> None:
-    """Remove the bands, and a deep render's reference orbit."""
-    extra = [reference_key(job_id)] if request.deep else []
-    storage.delete(band_keys(job_id, request, regions) + extra)
+def download_counts(storage: Storage, job: pb.Job, path: str) -> int:
+    """Copy a finished render's counts (``.npy``) to ``path``; as :func:`download_image`."""
+    key, _ = counts_of(job)
+    return storage.get_file(key, path)
+
+
+def remove_bands(
+    storage: Storage, job_id: str, request: RenderRequest, regions: int, counts: bool = False
+) -> None:
+    """Remove the bands (and their counts), and what the first task stored for them."""
+    keys = band_keys(job_id, request, regions) + shared_keys(job_id, request)
+    if counts:
+        keys += [counts_key(job_id, start, end) for start, end in band_rows(request, regions)]
+    storage.delete(keys)

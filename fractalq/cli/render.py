@@ -27,9 +27,9 @@ from fractalq.cli.common import (
 from fractalq.cli.progress import Progress
 from fractalq.client import Client, ClientError
 from fractalq.endpoint import ENV_TLS_CA, ENV_TOKEN_FILE, Endpoint
-from fractalq.fractal.palettes import PALETTES
+from fractalq.fractal.palettes import COLOUR_SCALES, PALETTES
 from fractalq.fractal.request import RenderRequest, split_rows
-from fractalq.images import download_image, submit_render
+from fractalq.images import download_counts, download_image, submit_render
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.security.tls import ClientTLS
 from fractalq.states import FINISHED
@@ -59,6 +59,17 @@ def add_render_options(parser: argparse.ArgumentParser) -> None:
     options.add_argument("--c-im", type=float, help="Julia constant, imaginary part")
     options.add_argument(
         "--palette", default=config.DEFAULT_PALETTE, help=f"one of {', '.join(sorted(PALETTES))}"
+    )
+    options.add_argument(
+        "--colour-scale",
+        default=config.DEFAULT_COLOUR_SCALE,
+        help=f"how iteration counts lie on the palette: {', '.join(COLOUR_SCALES)} "
+        "(auto: over the view's own range, smooth at any depth; default: %(default)s)",
+    )
+    options.add_argument(
+        "--counts-out",
+        metavar="PATH",
+        help="also write each pixel's smooth iteration count (NumPy .npy, float32, inside: inf)",
     )
     options.add_argument(
         "--priority",
@@ -106,6 +117,7 @@ def request_from(args: argparse.Namespace) -> tuple[RenderRequest, int]:
             c_re=args.c_re,
             c_im=args.c_im,
             palette=args.palette,
+            colour_scale=args.colour_scale,
         )
         split_rows(request.height, args.regions)
     except ValueError as error:
@@ -113,15 +125,15 @@ def request_from(args: argparse.Namespace) -> tuple[RenderRequest, int]:
     return request, args.regions
 
 
-def check_output(path: str) -> str:
+def check_output(path: str, option: str = "--out") -> str:
     """Fail now, not after the render, if ``path`` cannot be written."""
     target = Path(path)
     if target.is_dir():
-        raise CommandError(f"--out {path} is a folder")
+        raise CommandError(f"{option} {path} is a folder")
     try:
         fd, probe = tempfile.mkstemp(prefix=".fractalq-", dir=target.parent.resolve())
     except OSError as error:
-        raise CommandError(f"cannot write --out {path}: {error.strerror}") from None
+        raise CommandError(f"cannot write {option} {path}: {error.strerror}") from None
     os.close(fd)
     os.unlink(probe)
     return path
@@ -146,8 +158,10 @@ def render_image(
     keep_bands: bool,
     began: float | None = None,
     reconnect_timeout: float = config.RENDER_RECONNECT_TIMEOUT,
+    counts_out: str | None = None,
 ) -> None:
-    """Submit, show progress, download the image to ``out``; a failed job is a CommandError.
+    """Submit, show progress, download the image to ``out`` (and its smooth counts to
+    ``counts_out``, when given); a failed job is a CommandError.
 
     A deep view's job first computes its reference orbit; its final task
     assembles the image in storage; this only follows the
@@ -159,7 +173,9 @@ def render_image(
     began = time.monotonic() if began is None else began
     first_band = assembling = reference = None
     try:
-        submitted = submit_render(client, request, regions, priority, keep_bands=keep_bands).job
+        submitted = submit_render(
+            client, request, regions, priority, keep_bands=keep_bands, counts=bool(counts_out)
+        ).job
         # First line: the id, so that a caller can fetch the image later whatever happens.
         print(f"submitted {submitted.total} bands as job {submitted.job_id}", flush=True)
         progress = Progress(submitted.total, "bands")
@@ -184,6 +200,11 @@ def render_image(
         download_image(storage, job, out)
     except (StorageError, ValueError, OSError) as error:
         raise CommandError(f"downloading the image to {out}: {error}") from None
+    if counts_out:
+        try:
+            download_counts(storage, job, counts_out)
+        except (StorageError, ValueError, OSError) as error:
+            raise CommandError(f"downloading the counts to {counts_out}: {error}") from None
     done = time.monotonic()
     first_band = assembled if first_band is None else first_band
     assembling = assembled if assembling is None else assembling
@@ -205,11 +226,12 @@ def _say_lost(address: str, timeout: float, why: str) -> None:
 def run_render(args: argparse.Namespace) -> int:
     request, regions = request_from(args)
     out = check_output(args.out)
+    counts_out = args.counts_out and check_output(args.counts_out, "--counts-out")
     storage = open_checked_storage(args.storage)
     with Client(endpoint_from(args)) as client:
         render_image(
             client, storage, request, regions, args.priority, out, args.keep_bands,
-            reconnect_timeout=args.reconnect_timeout,
+            reconnect_timeout=args.reconnect_timeout, counts_out=counts_out,
         )  # fmt: skip
     print(out)
     return 0
@@ -263,6 +285,7 @@ def run_demo(args: argparse.Namespace) -> int:
     began = time.monotonic()
     request, regions = request_from(args)
     out = check_output(args.out or f"{request.fractal}.png")
+    counts_out = args.counts_out and check_output(args.counts_out, "--counts-out")
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="fractalq-demo-") as folder:
         tmp = Path(folder)
@@ -298,7 +321,10 @@ def run_demo(args: argparse.Namespace) -> int:
                 )
             storage = open_checked_storage(storage_url)
             with Client(secure) as client:
-                render_image(client, storage, request, regions, args.priority, out, False, began)
+                render_image(
+                    client, storage, request, regions, args.priority, out, False, began,
+                    counts_out=counts_out,
+                )  # fmt: skip
         finally:
             for process in reversed(processes):
                 with contextlib.suppress(ProcessLookupError):

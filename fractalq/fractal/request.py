@@ -26,7 +26,7 @@ from typing import Any
 
 from fractalq import config
 from fractalq.fractal import depth
-from fractalq.fractal.palettes import PALETTES
+from fractalq.fractal.palettes import COLOUR_SCALES, DEFAULT_COLOUR_SCALE, PALETTES
 
 # Each fractal's default view: (center x, center y, view width).
 FRACTALS: dict[str, tuple[float, float, float]] = {
@@ -37,7 +37,10 @@ FRACTALS: dict[str, tuple[float, float, float]] = {
 _INT_FIELDS = ("width", "height", "max_iter")
 _DECIMAL_FIELDS = ("center_x", "center_y", "view_width")
 _FLOAT_FIELDS = ("c_re", "c_im")
-_STR_FIELDS = ("fractal", "palette")
+_STR_FIELDS = ("fractal", "palette", "colour_scale")
+# Fields a request's JSON may leave out, with the value it then has; left out
+# of the JSON when they have it, so that older requests keep their keys.
+_OPTIONAL = {"colour_scale": DEFAULT_COLOUR_SCALE}
 
 
 def _show(value: object) -> str:
@@ -74,6 +77,7 @@ class RenderRequest:
     c_re: float
     c_im: float
     palette: str
+    colour_scale: str = DEFAULT_COLOUR_SCALE
 
     def __post_init__(self) -> None:
         # Equal requests must have equal JSON (and so equal keys): store floats as
@@ -108,6 +112,7 @@ class RenderRequest:
         c_re: float | None = None,
         c_im: float | None = None,
         palette: str | None = None,
+        colour_scale: str | None = None,
     ) -> RenderRequest:
         """A validated request; every option left as None takes its fractal's default."""
         if fractal not in FRACTALS:
@@ -125,6 +130,7 @@ class RenderRequest:
             c_re=default_re if c_re is None else c_re,
             c_im=default_im if c_im is None else c_im,
             palette=config.DEFAULT_PALETTE if palette is None else palette,
+            colour_scale=DEFAULT_COLOUR_SCALE if colour_scale is None else colour_scale,
         )
         request.validate()
         return request
@@ -162,6 +168,11 @@ class RenderRequest:
             )
         if not isinstance(self.palette, str) or self.palette not in PALETTES:
             raise ValueError(f"unknown palette {_show(self.palette)} (known: {_known(PALETTES)})")
+        if not isinstance(self.colour_scale, str) or self.colour_scale not in COLOUR_SCALES:
+            raise ValueError(
+                f"unknown colour scale {_show(self.colour_scale)} "
+                f"(known: {', '.join(COLOUR_SCALES)})"
+            )
 
     @property
     def cx(self) -> float:
@@ -195,9 +206,11 @@ class RenderRequest:
 
     def to_json(self) -> bytes:
         """Canonical JSON: sorted keys, no spaces, floats written exactly (repr)."""
-        return json.dumps(
-            dataclasses.asdict(self), sort_keys=True, separators=(",", ":"), allow_nan=False
-        ).encode()
+        fields = dataclasses.asdict(self)
+        for name, default in _OPTIONAL.items():
+            if fields[name] == default:
+                del fields[name]
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> RenderRequest:
@@ -212,6 +225,7 @@ class RenderRequest:
         if not isinstance(value, dict):
             raise ValueError("render request must be a JSON object")
         fields = {field.name for field in dataclasses.fields(cls)}
+        value = {**_OPTIONAL, **value}
         missing = fields - value.keys()
         if missing:
             raise ValueError(f"render request is missing {_known(missing)}")

@@ -1,14 +1,17 @@
 """``fractal.assemble`` and ``fractal.cleanup``: the final and the cleanup task of a render.
 
-Payload: ``{"request": <RenderRequest JSON>, "regions": N, "keep_bands": bool}``.
+Payload: ``{"request": <RenderRequest JSON>, "regions": N, "keep_bands": bool}``,
+and ``"counts": true`` when the smooth counts are wanted too.
 It runs once every band of the job is stored: it stitches them into the PNG
 (one band in memory at a time, :func:`fractalq.images.write_png`) in a
 temporary file, stores that under :func:`image_key` (S3: a multipart upload),
-then removes the bands unless asked to keep them. The key is a pure function
-of the job, so a retried assembly rewrites the same object with the same
-bytes. The task's result, which becomes the job's, is JSON: ``{"key", "url",
-"bytes"}``; clients (``render``, ``fetch``, the operator) read the image from
-there and never assemble themselves.
+does the same with the bands' counts into a NumPy ``.npy`` file under
+:func:`counts_key` when asked, then removes the bands unless asked to keep
+them. The keys are pure functions of the job, so a retried assembly rewrites
+the same objects with the same bytes. The task's result, which becomes the
+job's, is JSON: ``{"key", "url", "bytes"}``, and ``"counts"``: the same three
+for the counts; clients (``render``, ``fetch``, the operator) read the image
+from there and never assemble themselves.
 
 ``fractal.cleanup`` (same payload) runs as a job of its own when a render
 fails or is cancelled, once none of its bands is being written any more: it
@@ -18,6 +21,7 @@ nothing behind in storage.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -35,27 +39,48 @@ def image_key(job_id: str) -> str:
     return f"jobs/{job_id}/image.png"
 
 
-def assemble_payload(request: RenderRequest, regions: int, keep_bands: bool = False) -> bytes:
-    return json.dumps(
-        {"request": json.loads(request.to_json()), "regions": regions, "keep_bands": keep_bands},
-        sort_keys=True,
-    ).encode()
+def counts_key(job_id: str) -> str:
+    return f"jobs/{job_id}/counts.npy"
 
 
-def parse_payload(payload: bytes) -> tuple[RenderRequest, int, bool]:
+@dataclasses.dataclass(frozen=True)
+class Assembly:
+    """What the final task is asked to make of a render's bands."""
+
+    request: RenderRequest
+    regions: int
+    keep_bands: bool = False
+    counts: bool = False
+
+
+def assemble_payload(
+    request: RenderRequest, regions: int, keep_bands: bool = False, counts: bool = False
+) -> bytes:
+    fields: dict[str, object] = {
+        "request": json.loads(request.to_json()),
+        "regions": regions,
+        "keep_bands": keep_bands,
+    }
+    if counts:
+        fields["counts"] = True
+    return json.dumps(fields, sort_keys=True).encode()
+
+
+def parse_payload(payload: bytes) -> Assembly:
     try:
         data = json.loads(payload)
         request = RenderRequest.from_json(json.dumps(data["request"]))
         regions, keep = data["regions"], data.get("keep_bands", False)
+        counts = data.get("counts", False)
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise InvalidPayload(f"not an assembly payload: {error}") from None
-    if not isinstance(regions, int) or not isinstance(keep, bool):
-        raise InvalidPayload("regions must be a whole number and keep_bands true or false")
+    if not isinstance(regions, int) or not isinstance(keep, bool) or not isinstance(counts, bool):
+        raise InvalidPayload("regions must be a whole number, keep_bands and counts true or false")
     try:
         split_rows(request.height, regions)
     except ValueError as error:
         raise InvalidPayload(str(error)) from None
-    return request, regions, keep
+    return Assembly(request, regions, keep, counts)
 
 
 def _check(payload: bytes) -> None:
@@ -65,20 +90,28 @@ def _check(payload: bytes) -> None:
 @task_type(TASK_TYPE, check=_check, needs_storage=True)
 def assemble_image(payload: bytes, context: TaskContext) -> bytes:
     # Imported here: fractalq.images imports this package's band module.
-    from fractalq.images import remove_bands, write_png
+    from fractalq.images import remove_bands, write_counts, write_png
 
     if not context.storage_url:
         raise RuntimeError("this worker has no --storage to read bands from")
-    request, regions, keep_bands = parse_payload(payload)
+    job = parse_payload(payload)
     storage = shared_storage(context.storage_url)
     key = image_key(context.job_id)
     with tempfile.TemporaryDirectory(prefix="fractalq-assemble-") as folder:
         path = os.path.join(folder, "image.png")
-        write_png(storage, context.job_id, request, regions, path)
+        write_png(storage, context.job_id, job.request, job.regions, path)
         size = storage.put_file(key, path)
-    if not keep_bands:
-        remove_bands(storage, context.job_id, request, regions)
-    return json.dumps({"key": key, "url": storage.url(key), "bytes": size}).encode()
+        result: dict[str, object] = {"key": key, "url": storage.url(key), "bytes": size}
+        if job.counts:
+            path = os.path.join(folder, "counts.npy")
+            write_counts(storage, context.job_id, job.request, job.regions, path)
+            stored = counts_key(context.job_id)
+            result["counts"] = {
+                "key": stored, "url": storage.url(stored), "bytes": storage.put_file(stored, path)
+            }  # fmt: skip
+    if not job.keep_bands:
+        remove_bands(storage, context.job_id, job.request, job.regions, job.counts)
+    return json.dumps(result).encode()
 
 
 @task_type(CLEANUP_TYPE, check=_check, needs_storage=True)
@@ -87,9 +120,9 @@ def clean_up(payload: bytes, context: TaskContext) -> bytes:
 
     if not context.storage_url:
         raise RuntimeError("this worker has no --storage to clean up")
-    request, regions, _ = parse_payload(payload)
+    job = parse_payload(payload)
     render_job = context.job_id.removesuffix(config.CLEANUP_SUFFIX)
     storage = shared_storage(context.storage_url)
-    remove_bands(storage, render_job, request, regions)
-    storage.delete([image_key(render_job)])
+    remove_bands(storage, render_job, job.request, job.regions, job.counts)
+    storage.delete([image_key(render_job), counts_key(render_job)])
     return b""

@@ -1,9 +1,11 @@
 """The ``fractal.band`` task type: render rows of an image and store them.
 
-Payload: ``{"request": <RenderRequest JSON>, "rows": [start, end]}``. The band
+Payload: ``{"request": <RenderRequest JSON>, "rows": [start, end]}``, and
+``"counts": true`` when the render's smooth counts are wanted too. The band
 is stored under :func:`band_key`, a pure function of the job and the rows, so a
 retried or duplicated task overwrites the same object with the same bytes and
-the assembler knows every key without asking anyone. Bands travel through
+the assembler knows every key without asking anyone; its counts, raw
+little-endian float32 rows, under :func:`counts_key`. Bands travel through
 storage, never through gRPC; the task's result is JSON: the key, and the band's
 rows of the live preview (a few kB, :mod:`fractalq.preview`).
 """
@@ -17,11 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fractalq import config
 from fractalq.fractal.png import encode_band
-from fractalq.fractal.render import render_rows
+from fractalq.fractal.render import render_rows, render_rows_and_counts
 from fractalq.fractal.request import RenderRequest
 from fractalq.preview import band_preview, band_result
 from fractalq.storage import Storage, open_storage
-from fractalq.tasks.reference import reference_for
+from fractalq.tasks.reference import reference_for, scale_for
 from fractalq.tasks.registry import InvalidPayload, TaskContext, task_type
 
 TASK_TYPE = "fractal.band"
@@ -31,24 +33,32 @@ def band_key(job_id: str, start: int, end: int) -> str:
     return f"jobs/{job_id}/bands/{start:06d}-{end:06d}.png"
 
 
-def band_payload(request: RenderRequest, start: int, end: int) -> bytes:
-    return json.dumps(
-        {"request": json.loads(request.to_json()), "rows": [start, end]}, sort_keys=True
-    ).encode()
+def counts_key(job_id: str, start: int, end: int) -> str:
+    return f"jobs/{job_id}/bands/{start:06d}-{end:06d}.counts"
 
 
-def parse_payload(payload: bytes) -> tuple[RenderRequest, int, int]:
+def band_payload(request: RenderRequest, start: int, end: int, counts: bool = False) -> bytes:
+    fields: dict[str, object] = {"request": json.loads(request.to_json()), "rows": [start, end]}
+    if counts:
+        fields["counts"] = True
+    return json.dumps(fields, sort_keys=True).encode()
+
+
+def parse_payload(payload: bytes) -> tuple[RenderRequest, int, int, bool]:
     try:
         data = json.loads(payload)
         request = RenderRequest.from_json(json.dumps(data["request"]))
         start, end = data["rows"]
+        counts = data.get("counts", False)
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise InvalidPayload(f"not a band payload: {error}") from None
     except RecursionError:
         raise InvalidPayload("not a band payload: nested too deeply") from None
     if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= request.height):
         raise InvalidPayload(f"rows {start}..{end} are not a band of {request.height} rows")
-    return request, start, end
+    if not isinstance(counts, bool):
+        raise InvalidPayload("counts must be true or false")
+    return request, start, end, counts
 
 
 def _check(payload: bytes) -> None:
@@ -82,11 +92,18 @@ def _warm() -> None:
 def render_band(payload: bytes, context: TaskContext) -> bytes:
     if not context.storage_url:
         raise RuntimeError("this worker has no --storage to put bands in")
-    request, start, end = parse_payload(payload)
-    rgb = render_rows(request, start, end, reference=reference_for(request, context))
+    request, start, end, with_counts = parse_payload(payload)
+    reference = reference_for(request, context)
+    scale = scale_for(request, context, reference)
+    rgb, values = render_rows_and_counts(
+        request, start, end, reference=reference, scale=scale, with_counts=with_counts
+    )
+    storage = _storage(context.storage_url)
+    if values is not None:  # before the band: an assembler that finds the band finds these
+        storage.put(counts_key(context.job_id, start, end), values.astype("<f4").tobytes())
     data = encode_band(rgb, start)
     key = band_key(context.job_id, start, end)
-    stored = _uploader(os.getpid()).submit(_storage(context.storage_url).put, key, data)
+    stored = _uploader(os.getpid()).submit(storage.put, key, data)
     # The result also carries the band's rows of the live preview (fractalq/preview.py),
     # made while the band is stored: storing waits on a disk or the network.
     try:
