@@ -1,0 +1,87 @@
+"""The helm binary, the chart's metadata, ``helm lint --strict`` and the Kubernetes API
+schemas: every option of values.yaml renders objects that kubernetes-validate accepts
+in strict mode (cert-manager objects against the fields of its CRDs)."""
+
+from __future__ import annotations
+
+import re
+
+import jsonschema
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+from chart_tools import (
+    CERT_MANAGER_SCHEMAS,
+    REPO,
+)
+
+from chart.rendering import (
+    CHART,
+    KUBE_VERSION,
+    NAMESPACE,
+    OPTIONS,
+    Helm,
+    one,
+)
+
+# ---- the tools --------------------------------------------------------------------------
+
+
+def test_helm_is_the_official_binary(chart_helm: Helm) -> None:
+    result = chart_helm.run("version", "--short")
+    assert result.returncode == 0, result.stderr
+    assert re.match(r"v\d+\.\d+\.\d+", result.stdout), result.stdout
+    assert chart_helm.binary.is_relative_to(REPO / ".tools")
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["name"] == "fractalq"
+    assert chart["version"] == "0.1.0"
+    assert chart["appVersion"] == "0.1.0"
+    assert chart["kubeVersion"] == ">=1.27.0-0"
+    assert chart["description"]
+
+
+# ---- lint and Kubernetes schemas ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_helm_lint_strict(chart_helm: Helm, option: str) -> None:
+    result = chart_helm.run(
+        "lint", "--strict", str(CHART), "--namespace", NAMESPACE, *OPTIONS[option]
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_rendered_objects_match_the_kubernetes_api(chart_helm: Helm, option: str) -> None:
+    docs = chart_helm.template(*OPTIONS[option])
+    assert docs
+    for doc in docs:
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        if doc["apiVersion"].startswith("cert-manager.io/"):
+            # cert-manager's own kinds: checked against its CRDs' fields (chart_tools).
+            errors = jsonschema.Draft202012Validator(CERT_MANAGER_SCHEMAS[doc["kind"]])
+            for error in errors.iter_errors(doc):
+                path = ".".join(str(part) for part in error.path)
+                pytest.fail(f"{name}: {path}: {error.message}")
+            continue
+        try:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            path = ".".join(str(part) for part in error.path)
+            pytest.fail(f"{name}: {path}: {error.message}")
+        if doc["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
+            assert doc["metadata"]["namespace"] == NAMESPACE, name
+        assert len(doc["metadata"]["name"]) <= 63, name
+
+
+def test_long_release_names_fit(chart_helm: Helm) -> None:
+    docs = chart_helm.template(release="r" * 53)
+    for doc in docs:
+        assert len(doc["metadata"]["name"]) <= 63, doc["metadata"]["name"]
+    # The StatefulSet's pods carry a controller-revision-hash label built from its name.
+    assert len(one(docs, "StatefulSet", "coordinator")["metadata"]["name"]) <= 52
