@@ -4,6 +4,7 @@ for the rendered objects: what every module of the chart tests shares."""
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,67 @@ NAMESPACE = "render"
 
 def sets(*assignments: str) -> tuple[str, ...]:
     return tuple(part for assignment in assignments for part in ("--set", assignment))
+
+
+def set_json(**values: Any) -> tuple[str, ...]:
+    """``--set-json`` arguments; a keyword's ``__`` stands for the dot of a key path."""
+    return tuple(
+        part
+        for key, value in values.items()
+        for part in ("--set-json", f"{key.replace('__', '.')}={json.dumps(value)}")
+    )
+
+
+# Where each component's pod settings live in values.yaml.
+COMPONENT_VALUES = {
+    "coordinator": "coordinator",
+    "worker": "worker",
+    "operator": "operator",
+    "minio": "storage.minio",
+}
+
+
+def pod_settings(component: str) -> tuple[str, ...]:
+    """Every pod setting of one component, set to something recognisable."""
+    key = COMPONENT_VALUES[component]
+    return set_json(
+        **{
+            f"{key}__extraEnv": [
+                {"name": "EXTRA_PLAIN", "value": component},
+                {"name": "EXTRA_FIELD", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            ],
+            f"{key}__podAnnotations": {"example.com/owner": f"{component}-team"},
+            f"{key}__podLabels": {"example.com/tier": component},
+            f"{key}__nodeSelector": {"pool": component},
+            f"{key}__tolerations": [{"key": "dedicated", "operator": "Equal", "value": component}],
+            f"{key}__affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchExpressions": [
+                                    {"key": "zone", "operator": "In", "values": ["a", "b"]}
+                                ]
+                            }
+                        ]
+                    }
+                }
+            },
+            f"{key}__priorityClassName": f"{component}-priority",
+            f"{key}__topologySpreadConstraints": [
+                {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway"},
+                {
+                    "maxSkew": 2,
+                    "topologyKey": "kubernetes.io/hostname",
+                    "whenUnsatisfiable": "DoNotSchedule",
+                    "labelSelector": {"matchLabels": {"example.com/tier": component}},
+                },
+            ],
+        }
+    )
+
+
+KEDA = sets("worker.autoscaling.enabled=false", "worker.autoscaling.keda.enabled=true")
 
 
 # Each documented option of values.yaml, as helm arguments.
@@ -77,6 +139,57 @@ OPTIONS: dict[str, tuple[str, ...]] = {
         "clusterDomain=corp.example",
         "tls.extraDnsNames[0]=fractalq.example.com",
         "tls.extraIpAddresses[0]=192.0.2.7",
+    ),
+    # KEDA instead of the operator's autoscaler, with each way of securing the coordinator.
+    "keda": KEDA,
+    "keda-mutual-tls": (*KEDA, *sets("tls.mutual=true")),
+    "keda-cert-manager": (*KEDA, *sets("tls.certManager.enabled=true")),
+    "keda-existing-tls": (
+        *KEDA,
+        *sets("tls.existingSecret=my-tls", "tls.existingClientSecret=my-client-tls"),
+    ),
+    "keda-tls-only": (*KEDA, *sets("auth.enabled=false")),
+    "keda-tokens-only": (*KEDA, *sets("tls.enabled=false")),
+    "keda-plaintext": (*KEDA, *sets("tls.enabled=false", "auth.enabled=false")),
+    "service-monitor": sets(
+        "serviceMonitor.enabled=true",
+        "serviceMonitor.labels.release=kube-prometheus-stack",
+        "serviceMonitor.interval=30s",
+        "serviceMonitor.scrapeTimeout=10s",
+    ),
+    "service-monitor-cert-manager": sets(
+        "serviceMonitor.enabled=true", "tls.certManager.enabled=true"
+    ),
+    "service-monitor-plaintext": sets("serviceMonitor.enabled=true", "tls.enabled=false"),
+    "ingress": (
+        *sets(
+            "ingress.enabled=true",
+            "ingress.className=nginx",
+            "ingress.hosts[0]=fractalq.example.com",
+            "ingress.hosts[1]=*.render.example.com",
+            "ingress.tls[0].secretName=fractalq-dashboard",
+            "ingress.tls[0].hosts[0]=fractalq.example.com",
+        ),
+        *set_json(ingress__annotations={"nginx.ingress.kubernetes.io/backend-protocol": "HTTPS"}),
+    ),
+    "ingress-every-host": sets("ingress.enabled=true"),
+    "disruption-budgets": sets(
+        "coordinator.podDisruptionBudget.enabled=true",
+        "worker.podDisruptionBudget.maxUnavailable=2",
+    ),
+    "no-disruption-budget": sets("worker.podDisruptionBudget.enabled=false"),
+    "pod-settings": tuple(part for c in COMPONENT_VALUES for part in pod_settings(c)),
+    # Every toggle on at once.
+    "everything-on": (
+        *KEDA,
+        *sets(
+            "tls.mutual=true",
+            "serviceMonitor.enabled=true",
+            "ingress.enabled=true",
+            "ingress.hosts[0]=fractalq.example.com",
+            "coordinator.podDisruptionBudget.enabled=true",
+        ),
+        *pod_settings("worker"),
     ),
 }
 

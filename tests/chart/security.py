@@ -4,8 +4,12 @@ whether the release provides each key (shared by the TLS and token tests)."""
 from __future__ import annotations
 
 import base64
+import os
+from pathlib import Path
 
-from chart.rendering import Doc, containers, objects
+from procs import Coordinator, ProcessGroup
+
+from chart.rendering import Doc, container_of, containers, env_of, env_value, objects, one
 
 # The one token Secret each component mounts (none for MinIO; the reader's is for people).
 TOKEN_SECRET = {
@@ -74,3 +78,44 @@ def provided(docs: list[Doc], secret: str, key: str) -> bool:
 def component_of(workload: Doc) -> str:
     component: str = workload["metadata"]["labels"]["app.kubernetes.io/component"]
     return component
+
+
+def materialise(docs: list[Doc], kind: str, component: str, root: Path) -> dict[str, str]:
+    """Write the Secret files one container mounts under ``root`` (as the kubelet would
+    under /); return chart path -> local path."""
+    pod = one(docs, kind, component)["spec"]["template"]["spec"]
+    local = {}
+    for path, (secret, key) in mounted_files(pod, pod["containers"][0]).items():
+        target = root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(secret_data(docs, secret)[key])
+        target.chmod(0o400)
+        local[path] = str(target)
+    return local
+
+
+def client_environment(docs: list[Doc], component: str, root: Path) -> dict[str, str]:
+    """The environment a worker or operator container gets from the chart (its TLS and
+    token variables), with its files written under ``root``."""
+    files = materialise(docs, "Deployment", component, root)
+    container = container_of(docs, "Deployment", component)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRACTALQ_")}
+    for name in env_of(container):
+        if name.startswith(("FRACTALQ_TLS_", "FRACTALQ_TOKEN")):
+            env[name] = files[env_value(container, name)]
+    return env
+
+
+def start_coordinator(cluster: ProcessGroup, docs: list[Doc], root: Path) -> Coordinator:
+    """A real coordinator on 127.0.0.1 with the chart's security flags (TLS, tokens) and
+    its Secrets' files written under ``root``."""
+    files = materialise(docs, "StatefulSet", "coordinator", root)
+    args = container_of(docs, "StatefulSet", "coordinator")["args"]
+    flags = ("--tls-cert", "--tls-key", "--tls-client-ca", "--auth-tokens")
+    extra = [
+        part
+        for index, name in enumerate(args)
+        if name in flags
+        for part in (name, files[args[index + 1]])
+    ]
+    return cluster.start_coordinator(extra=tuple(extra))

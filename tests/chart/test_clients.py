@@ -3,7 +3,6 @@ variables and Secret files; the notes and the operator's settings."""
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 from pathlib import Path
@@ -18,46 +17,18 @@ from chart.rendering import (
     OPTIONS,
     RELEASE,
     VALUES_FILE,
-    Doc,
     Helm,
     container_of,
-    env_of,
     env_value,
-    one,
 )
 from chart.security import (
-    mounted_files,
+    client_environment,
+    materialise,
     provided,
     secret_data,
 )
 from fractalq import config
 from fractalq.cli import build_parser
-
-
-def materialise(docs: list[Doc], kind: str, component: str, root: Path) -> dict[str, str]:
-    """Write the Secret files one container mounts under ``root`` (as the kubelet would
-    under /); return chart path -> local path."""
-    pod = one(docs, kind, component)["spec"]["template"]["spec"]
-    local = {}
-    for path, (secret, key) in mounted_files(pod, pod["containers"][0]).items():
-        target = root / path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(secret_data(docs, secret)[key])
-        target.chmod(0o400)
-        local[path] = str(target)
-    return local
-
-
-def client_environment(docs: list[Doc], component: str, root: Path) -> dict[str, str]:
-    """The environment a worker or operator container gets from the chart (its TLS and
-    token variables), with its files written under ``root``."""
-    files = materialise(docs, "Deployment", component, root)
-    container = container_of(docs, "Deployment", component)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRACTALQ_")}
-    for name in env_of(container):
-        if name.startswith(("FRACTALQ_TLS_", "FRACTALQ_TOKEN")):
-            env[name] = files[env_value(container, name)]
-    return env
 
 
 @pytest.mark.parametrize("option", ["defaults", "mutual-tls"])

@@ -1,26 +1,27 @@
 """The helm binary, the chart's metadata, ``helm lint --strict`` and the Kubernetes API
 schemas: every option of values.yaml renders objects that kubernetes-validate accepts
-in strict mode (cert-manager objects against the fields of its CRDs)."""
+in strict mode (cert-manager's, Prometheus Operator's and KEDA's objects against their
+CRDs' schemas, see chart/crd_schemas.py)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
-import jsonschema
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
-from chart_tools import (
-    CERT_MANAGER_SCHEMAS,
-    REPO,
-)
+from chart_tools import REPO
 
+from chart.crd_schemas import is_custom, validator
 from chart.rendering import (
     CHART,
     KUBE_VERSION,
     NAMESPACE,
     OPTIONS,
+    Doc,
     Helm,
+    objects,
     one,
 )
 
@@ -62,13 +63,14 @@ def test_rendered_objects_match_the_kubernetes_api(chart_helm: Helm, option: str
     assert docs
     for doc in docs:
         name = f"{doc['kind']}/{doc['metadata']['name']}"
-        if doc["apiVersion"].startswith("cert-manager.io/"):
-            # cert-manager's own kinds: checked against its CRDs' fields (chart_tools).
-            errors = jsonschema.Draft202012Validator(CERT_MANAGER_SCHEMAS[doc["kind"]])
-            for error in errors.iter_errors(doc):
+        custom = validator(doc["apiVersion"], doc["kind"])
+        if custom is not None:
+            # Another project's kind: checked against its CRD's schema (chart/crd_schemas.py).
+            for error in custom.iter_errors(doc):
                 path = ".".join(str(part) for part in error.path)
                 pytest.fail(f"{name}: {path}: {error.message}")
             continue
+        assert not is_custom(doc["apiVersion"]), f"{name}: no schema for {doc['apiVersion']}"
         try:
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
         except kubernetes_validate.ValidationError as error:
@@ -85,3 +87,42 @@ def test_long_release_names_fit(chart_helm: Helm) -> None:
         assert len(doc["metadata"]["name"]) <= 63, doc["metadata"]["name"]
     # The StatefulSet's pods carry a controller-revision-hash label built from its name.
     assert len(one(docs, "StatefulSet", "coordinator")["metadata"]["name"]) <= 52
+
+
+@pytest.mark.parametrize(
+    ("kind", "mistake"),
+    [
+        ("ScaledObject", lambda doc: doc["spec"].update(pollingIntervall=5)),
+        ("ScaledObject", lambda doc: doc["spec"].update(minReplicaCount="0")),
+        ("ScaledObject", lambda doc: doc["spec"]["triggers"][0]["metadata"].update(port=8080)),
+        ("ScaledObject", lambda doc: doc["spec"]["advanced"]["scalingModifiers"].update(
+            metricType="Utilization"
+        )),
+        ("TriggerAuthentication", lambda doc: doc["spec"]["secretTargetRef"][0].pop("key")),
+        ("ServiceMonitor", lambda doc: doc["spec"]["endpoints"][0].update(scheme="tcp")),
+        ("ServiceMonitor", lambda doc: doc["spec"]["endpoints"][0].update(interval="30 s")),
+        ("ServiceMonitor", lambda doc: doc["spec"].pop("selector")),
+        ("ServiceMonitor", lambda doc: doc["metadata"].pop("namespace")),
+    ],
+    ids=[
+        "unknown field",
+        "string for an integer",
+        "trigger metadata not a string",
+        "metric type",
+        "secret reference without a key",
+        "scheme",
+        "duration",
+        "no selector",
+        "no namespace",
+    ],
+)  # fmt: skip
+def test_the_crd_schemas_catch_mistakes(
+    chart_helm: Helm, kind: str, mistake: Callable[[Doc], object]
+) -> None:
+    """The vendored schemas are strict: what the API server would refuse, they refuse."""
+    [doc] = objects(chart_helm.template(*OPTIONS["everything-on"]), kind)
+    check = validator(doc["apiVersion"], doc["kind"])
+    assert check is not None
+    assert not list(check.iter_errors(doc))
+    mistake(doc)
+    assert list(check.iter_errors(doc))

@@ -36,7 +36,7 @@ def dockerfile_uid() -> int:
     return int(users[-1].split(":")[0])
 
 
-@pytest.mark.parametrize("option", ["defaults", "everything-else"])
+@pytest.mark.parametrize("option", ["defaults", "everything-else", "everything-on"])
 def test_pods_are_locked_down(chart_helm: Helm, option: str) -> None:
     docs = chart_helm.template(*OPTIONS[option])
     workloads = list(pod_specs(docs))

@@ -110,6 +110,33 @@ def test_bring_your_own_service_account_and_rbac(chart_helm: Helm) -> None:
     assert result.returncode != 0 and "operator.serviceAccount.name" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "assignments",
+    [
+        ("worker.autoscaling.enabled=false",),
+        ("worker.autoscaling.enabled=false", "worker.autoscaling.keda.enabled=true"),
+        ("worker.autoscaling.enabled=false", "operator.watchAllNamespaces=true"),
+    ],
+    ids=["fixed replicas", "KEDA", "KEDA watching every namespace"],
+)
+def test_without_the_builtin_autoscaler_the_operator_may_not_scale(
+    chart_helm: Helm, assignments: tuple[str, ...]
+) -> None:
+    docs = chart_helm.template(*sets(*assignments))
+    rules = [
+        r for role in objects(docs, "Role") + objects(docs, "ClusterRole") for r in role["rules"]
+    ]
+    assert not [r for r in rules if "apps" in r["apiGroups"]]
+    if "operator.watchAllNamespaces=true" in assignments:
+        # Nothing left for a Role: none is rendered, nor its binding.
+        assert not objects(docs, "Role") and not objects(docs, "RoleBinding")
+        assert normalised(one(docs, "ClusterRole")["rules"]) == normalised(
+            CRD_RULES + fractaljob_rules()
+        )
+    else:
+        assert normalised(one(docs, "Role")["rules"]) == normalised(fractaljob_rules())
+
+
 def test_only_the_operator_gets_a_service_account_token(chart_helm: Helm) -> None:
     for workload, pod in pod_specs(chart_helm.template()):
         component = workload["metadata"]["labels"]["app.kubernetes.io/component"]

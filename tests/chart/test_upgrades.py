@@ -20,6 +20,7 @@ from chart.rendering import (
     CHART,
     KUBE_VERSION,
     NAMESPACE,
+    OPTIONS,
     RELEASE,
     Doc,
     Helm,
@@ -169,3 +170,25 @@ def certificate_names(data: str) -> set[str] | None:
     certificate = x509.load_pem_x509_certificate(base64.b64decode(data))
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     return set(names.get_values_for_type(x509.DNSName))
+
+
+def test_upgrades_keep_the_scalers_certificate(chart_helm: Helm, tmp_path: Path) -> None:
+    keda = OPTIONS["keda"]
+    with FakeKubeAPI(tmp_path, NAMESPACE, KUBE_VERSION) as api:
+        first = render_upgrade(chart_helm, api, *keda)
+        install(api, first)
+        again = render_upgrade(chart_helm, api, *keda)
+        assert secrets_by_name(again) == secrets_by_name(first)
+        scaler = secrets_by_name(first)["fractalq-scaler-tls"]
+        assert scaler["ca.crt"] == secrets_by_name(first)["fractalq-ca"]["tls.crt"]
+
+        # Deleted: a new one from the same CA; no pod mounts it, so none restarts.
+        del api.secrets["fractalq-scaler-tls"]
+        renewed = render_upgrade(chart_helm, api, *keda)
+        after = secrets_by_name(renewed)
+        assert after["fractalq-scaler-tls"]["tls.crt"] != scaler["tls.crt"]
+        assert after["fractalq-scaler-tls"]["ca.crt"] == scaler["ca.crt"]
+        assert {k: v for k, v in after.items() if k != "fractalq-scaler-tls"} == {
+            k: v for k, v in secrets_by_name(first).items() if k != "fractalq-scaler-tls"
+        }
+        assert pod_annotations(renewed) == pod_annotations(first)

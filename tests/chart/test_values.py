@@ -49,6 +49,17 @@ from fractalq.cli import build_parser
         "tls.generated.validityDays=0",
         "auth.token=abc",
         "networkPolicy.enable=true",
+        "worker.autoscaling.keda.enable=true",
+        "worker.autoscaling.keda.enabled=maybe",
+        "worker.podDisruptionBudget.maxUnavailable=-1",
+        "coordinator.podDisruptionBudget.maxUnavailable=1",
+        "serviceMonitor.interval=soon",
+        "serviceMonitor.enabled=yes",
+        "ingress.hosts[0]=Not_A_Host",
+        "ingress.className=Not A Class",
+        "ingress.path=/fractalq",
+        "worker.priorityClassName=Not_A_Name",
+        "storage.minio.extraEnv[0].value=nameless",
     ],
 )
 def test_values_schema_rejects(chart_helm: Helm, assignment: str) -> None:
