@@ -51,8 +51,9 @@ def parse_spec(spec: Mapping[str, Any]) -> tuple[RenderRequest, int, int]:
         raise ValueError("spec must be an object")
     fractal = spec.get("fractal", config.DEFAULT_FRACTAL)
     palette = spec.get("palette", config.DEFAULT_PALETTE)
-    if not isinstance(fractal, str) or not isinstance(palette, str):
-        raise ValueError("spec.fractal and spec.palette must be strings")
+    scale = spec.get("colourScale", config.DEFAULT_COLOUR_SCALE)
+    if not all(isinstance(value, str) for value in (fractal, palette, scale)):
+        raise ValueError("spec.fractal, spec.palette and spec.colourScale must be strings")
     regions = _number(spec, "regions", int)
     priority = _number(spec, "priority", int)
     try:
@@ -67,6 +68,7 @@ def parse_spec(spec: Mapping[str, Any]) -> tuple[RenderRequest, int, int]:
             c_re=_number(spec, "julia.cRe", float),
             c_im=_number(spec, "julia.cIm", float),
             palette=palette,
+            colour_scale=scale,
         )
     except ValueError as error:
         raise ValueError(f"spec: {error}") from None

@@ -43,6 +43,8 @@ def test_a_spec_becomes_a_render_request_with_defaults() -> None:
     assert (request.fractal, request.width, request.height) == ("julia", 300, 200)
     assert (request.c_re, request.c_im) == (-0.8, 0.156)
     assert regions == config.DEFAULT_REGIONS and priority == config.DEFAULT_PRIORITY
+    assert request.colour_scale == config.DEFAULT_COLOUR_SCALE
+    assert parse_spec({"colourScale": "auto"})[0].colour_scale == "auto"
 
 
 @pytest.mark.parametrize(
@@ -55,6 +57,8 @@ def test_a_spec_becomes_a_render_request_with_defaults() -> None:
         ({"center": 3}, "spec.center must be an object"),
         ({"fractal": 7}, "must be strings"),
         ({"fractal": "sierpinski"}, "sierpinski"),
+        ({"colourScale": "hsv"}, "unknown colour scale 'hsv'"),
+        ({"colourScale": 1}, "must be strings"),
         ({"height": 10, "regions": 11}, "region"),
         ({"priority": 10**9}, "spec.priority must be between"),
         ([], "spec must be an object"),

@@ -22,14 +22,14 @@ from fractalq import config
 from fractalq import tasks as task_types
 from fractalq.coordinator.broker import BrokerError, NotFound
 from fractalq.coordinator.service import CoordinatorService
-from fractalq.fractal.palettes import PALETTES
+from fractalq.fractal.palettes import COLOUR_SCALES, PALETTES
 from fractalq.fractal.request import FRACTALS, RenderRequest, split_rows
 from fractalq.images import render_job
 from fractalq.proto import fractalq_pb2 as pb
 
 INTS = ("width", "height", "regions", "max-iter", "priority")
 FLOATS = ("center-x", "center-y", "view-width", "c-re", "c-im")
-FIELDS = ("fractal", "palette", *INTS, *FLOATS)
+FIELDS = ("fractal", "palette", "colour-scale", *INTS, *FLOATS)
 # The view's centre and width are decimal strings of any length (deep zoom),
 # kept digit for digit and checked by RenderRequest.create like the command line's.
 VIEW = ("center-x", "center-y", "view-width")
@@ -49,6 +49,8 @@ def _field_of(message: str) -> str:
         return "fractal"
     if message.startswith("unknown palette"):
         return "palette"
+    if message.startswith("unknown colour scale"):
+        return "colour-scale"
     if message.startswith("image of"):
         return "width"
     first = message.split(" ", 1)[0]
@@ -98,6 +100,7 @@ def render_request(form: dict[str, Any]) -> tuple[RenderRequest, int, int]:
             c_re=floats["c-re"],
             c_im=floats["c-im"],
             palette=_text(form, "palette"),
+            colour_scale=_text(form, "colour-scale"),
         )
     except ValueError as error:
         raise FieldError(_field_of(str(error)), str(error)) from None
@@ -191,9 +194,11 @@ def routes(service: CoordinatorService) -> web.RouteTableDef:
             {
                 "fractals": sorted(FRACTALS),
                 "palettes": sorted(PALETTES),
+                "colour_scales": list(COLOUR_SCALES),
                 "defaults": {
                     "fractal": config.DEFAULT_FRACTAL,
                     "palette": config.DEFAULT_PALETTE,
+                    "colour-scale": config.DEFAULT_COLOUR_SCALE,
                     "width": config.DEFAULT_WIDTH,
                     "height": config.DEFAULT_HEIGHT,
                     "regions": config.DEFAULT_REGIONS,

@@ -31,6 +31,7 @@ from fractalq import config
 from fractalq.coordinator.service import CoordinatorService
 from fractalq.coordinator.web.tilerender import Busy, TileFailed, TileRenderer
 from fractalq.coordinator.web.tiles import (
+    TILE_COLOUR_SCALES,
     TileError,
     parse_coords,
     parse_query,
@@ -71,6 +72,8 @@ def explore_config() -> dict[str, object]:
         "default_max_iter": config.DEFAULT_MAX_ITER,
         "default_palette": config.DEFAULT_PALETTE,
         "palettes": sorted(PALETTES),
+        "colour_scales": list(TILE_COLOUR_SCALES),
+        "default_colour_scale": config.DEFAULT_COLOUR_SCALE,
         "fractals": {
             name: {"center_x": view[0], "center_y": view[1], "view_width": view[2]}
             for name, view in FRACTALS.items()

@@ -27,7 +27,7 @@ from fractions import Fraction
 
 from fractalq import config
 from fractalq.fractal import depth
-from fractalq.fractal.palettes import PALETTES
+from fractalq.fractal.palettes import COLOUR_SCALES, PALETTES
 from fractalq.fractal.request import FRACTALS, RenderRequest
 
 Coords = tuple[int, int, int]  # zoom, x, y
@@ -46,6 +46,12 @@ class TileQuery:
     palette: str
     c_re: float
     c_im: float
+    colour_scale: str = config.DEFAULT_COLOUR_SCALE
+
+
+# The colour scales a map offers: auto measures a range per view, and every tile
+# is a view of its own, so neighbouring tiles would not match.
+TILE_COLOUR_SCALES = tuple(scale for scale in COLOUR_SCALES if scale != "auto")
 
 
 def tile_range(zoom: int) -> tuple[int, int]:
@@ -92,6 +98,7 @@ def tile_request(query: TileQuery, coords: Coords) -> RenderRequest:
         c_re=query.c_re,
         c_im=query.c_im,
         palette=query.palette,
+        colour_scale=query.colour_scale,
     )
 
 
@@ -130,7 +137,12 @@ def parse_query(params: Mapping[str, str]) -> TileQuery:
     if fractal == "julia":  # the constant is no part of a Mandelbrot tile
         c_re = _number(params.get("c_re", repr(c_re)), "c_re")
         c_im = _number(params.get("c_im", repr(c_im)), "c_im")
-    return TileQuery(fractal, max_iter, palette, c_re, c_im)
+    scale = params.get("colour_scale", config.DEFAULT_COLOUR_SCALE)
+    if scale not in TILE_COLOUR_SCALES:
+        raise TileError(
+            f"unknown map colour scale {scale[:40]!r} (known: {', '.join(TILE_COLOUR_SCALES)})"
+        )
+    return TileQuery(fractal, max_iter, palette, c_re, c_im, scale)
 
 
 def parse_coords(text: str) -> Coords:

@@ -24,7 +24,7 @@ from chart.rendering import (
     one,
 )
 from fractalq import config
-from fractalq.fractal.palettes import PALETTES
+from fractalq.fractal.palettes import COLOUR_SCALES, PALETTES
 from fractalq.fractal.request import FRACTALS
 
 
@@ -73,6 +73,7 @@ def test_crd_contract() -> None:
         "viewWidth",
         "julia",
         "palette",
+        "colourScale",
         "priority",
     }
     assert set(fields["center"]["properties"]) == {"x", "y"}
@@ -134,6 +135,8 @@ def test_crd_mirrors_the_configuration() -> None:
     assert spec["fractal"]["default"] == config.DEFAULT_FRACTAL
     assert set(spec["palette"]["enum"]) == set(PALETTES)
     assert spec["palette"]["default"] == config.DEFAULT_PALETTE
+    assert spec["colourScale"]["enum"] == list(COLOUR_SCALES)
+    assert spec["colourScale"]["default"] == config.DEFAULT_COLOUR_SCALE
     for field, default in (("width", config.DEFAULT_WIDTH), ("height", config.DEFAULT_HEIGHT)):
         assert (spec[field]["minimum"], spec[field]["maximum"]) == (1, config.MAX_DIMENSION)
         assert spec[field]["default"] == default
@@ -183,10 +186,11 @@ def test_example_fractaljob_is_valid() -> None:
     [
         {},
         {"fractal": "julia", "julia": {"cRe": -0.8, "cIm": 0.156}, "palette": "ocean"},
+        {"viewWidth": "1e-30", "center": {"x": "0", "y": "1"}, "colourScale": "auto"},
         {"width": 32768, "height": 1, "regions": 1, "viewWidth": 1e-12, "priority": -1000000},
         {"center": {"x": -0.743643887, "y": 0.131825904}, "maxIterations": 1000000},
     ],
-    ids=["defaults", "julia", "limits", "deep zoom"],
+    ids=["defaults", "julia", "auto colours", "limits", "deep zoom"],
 )
 def test_other_valid_fractaljobs(spec: Doc) -> None:
     job: Doc = {"apiVersion": "fractalq.dev/v1alpha1", "kind": "FractalJob", "metadata": {}}
@@ -203,6 +207,7 @@ INVALID_FRACTALJOBS: dict[str, Callable[[Doc], None]] = {
     "width not an integer": lambda job: job["spec"].update(width=12.5),
     "fractal nope": lambda job: job["spec"].update(fractal="nope"),
     "palette mauve": lambda job: job["spec"].update(palette="mauve"),
+    "colour scale hsv": lambda job: job["spec"].update(colourScale="hsv"),
     "regions 0": lambda job: job["spec"].update(regions=0),
     "maxIterations too large": lambda job: job["spec"].update(maxIterations=10**6 + 1),
     "viewWidth 0": lambda job: job["spec"].update(viewWidth=0),

@@ -271,6 +271,7 @@ function readControls() {
     fractal: form.fractal.value,
     max_iter: String(parseInt(form.max_iter.value, 10) || state.config.default_max_iter),
     palette: form.palette.value,
+    colour_scale: form.colour_scale.value,
   };
   if (params.fractal === "julia") {
     params.c_re = form.c_re.value.trim();
@@ -288,6 +289,8 @@ function setupControls() {
   const form = document.getElementById("controls");
   for (const name of state.config.palettes) form.palette.add(new Option(name, name));
   form.palette.value = state.config.default_palette;
+  for (const name of state.config.colour_scales) form.colour_scale.add(new Option(name, name));
+  form.colour_scale.value = state.config.default_colour_scale;
   form.max_iter.max = state.config.max_iter;
   form.max_iter.value = 500;
   [form.c_re.value, form.c_im.value] = state.config.julia_c.map(String);
@@ -295,11 +298,12 @@ function setupControls() {
     form.querySelector(".julia").hidden = form.fractal.value !== "julia";
   };
   const shared = hashView();
-  for (const name of ["fractal", "max_iter", "palette", "c_re", "c_im"]) {
+  const offered = { palette: state.config.palettes, colour_scale: state.config.colour_scales };
+  for (const name of ["fractal", "max_iter", "palette", "colour_scale", "c_re", "c_im"]) {
     const value = shared.get(name);
     // An option the page does not offer is ignored; numbers are the coordinator's to check.
     if (value !== null && (name !== "fractal" || value in state.config.fractals)) {
-      if (name !== "palette" || state.config.palettes.includes(value)) form[name].value = value;
+      if (!(name in offered) || offered[name].includes(value)) form[name].value = value;
     }
   }
   form.fractal.addEventListener("change", juliaOnly);
@@ -349,6 +353,7 @@ async function submitRender(event) {
     priority: form.priority.value,
     "max-iter": state.params.max_iter,
     palette: state.params.palette,
+    "colour-scale": state.params.colour_scale,
     "center-x": panel.dataset.centerX,
     "center-y": panel.dataset.centerY,
     // The same horizontal extent at whatever width the image has.

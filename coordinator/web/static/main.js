@@ -213,6 +213,7 @@ async function loadOptions() {
   const form = $("#render-form");
   fill(form.elements.fractal, body.fractals, body.defaults.fractal);
   fill(form.elements.palette, body.palettes, body.defaults.palette);
+  fill(form.elements["colour-scale"], body.colour_scales, body.defaults["colour-scale"]);
   for (const name of ["width", "height", "regions", "max-iter", "priority"]) {
     form.elements[name].placeholder = String(body.defaults[name]);
   }
