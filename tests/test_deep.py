@@ -218,3 +218,38 @@ def test_the_deep_fractaljob_example() -> None:
             validator.validate(job)
         with pytest.raises(ValueError, match="center_x must be a decimal number"):
             parse_spec(job["spec"])
+
+
+@pytest.mark.parametrize(
+    ("z", "c", "max_iter"),
+    [
+        (
+            ("0", "0"),
+            ("-0.743643887037158704752191506114774", "0.131825904205311970493132056385139"),
+            3000,
+        ),
+        (("0.1", "-0.6"), (-0.8, 0.156), 2000),  # a Julia start orbit, float constant
+        (("0", "0"), ("0.3", "0.5"), 2000),  # escapes early
+        (("-1e-30", "3.999"), ("-2", "0"), 50),  # negative, tiny and large numbers
+    ],
+)
+def test_the_fixed_point_orbit_is_mpfrs(
+    z: tuple[str | float, str | float], c: tuple[str | float, str | float], max_iter: int
+) -> None:
+    from fractalq.fractal import fixedpoint
+
+    bits = 200
+    high, low = fixedpoint.orbit(z, c, bits, max_iter)
+    with gmpy2.context(gmpy2.get_context(), precision=bits):
+        mpfr = [gmpy2.mpfr(value) for value in (*z, *c)]
+        want_high, want_low = orbits._mpfr_orbit(*mpfr, max_iter)
+    assert high.size == want_high.size
+    # Both carry 200 bits; a chaotic orbit may part at the last of them after a
+    # few hundred iterations, so compare where neither has lost digits yet.
+    first = min(high.size, 200)
+    size = np.maximum(np.abs(want_high[:first]), 1e-300)
+    assert np.all(np.abs(high[:first] - want_high[:first]) <= 2e-16 * size)
+    total = (high[:first] - want_high[:first]) + (low[:first] - want_low[:first])
+    assert np.all(np.abs(total) <= 1e-30 * size)
+    assert fixedpoint.usable(bits, *z, *c)
+    assert not fixedpoint.usable(bits, "5", "0") and not fixedpoint.usable(5000, "0", "0")
