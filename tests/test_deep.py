@@ -241,8 +241,8 @@ def test_the_fixed_point_orbit_is_mpfrs(
     bits = 200
     high, low = fixedpoint.orbit(z, c, bits, max_iter)
     with gmpy2.context(gmpy2.get_context(), precision=bits):
-        mpfr = [gmpy2.mpfr(value) for value in (*z, *c)]
-        want_high, want_low = orbits._mpfr_orbit(*mpfr, max_iter)
+        zr, zi, cr, ci = (gmpy2.mpfr(value) for value in (*z, *c))
+        want_high, want_low = orbits._mpfr_orbit(zr, zi, cr, ci, max_iter)
     assert high.size == want_high.size
     # Both carry 200 bits; a chaotic orbit may part at the last of them after a
     # few hundred iterations, so compare where neither has lost digits yet.
