@@ -13,16 +13,16 @@ from collections.abc import Callable
 
 import grpc
 from aiohttp import web
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 
 from fractalq import config
 from fractalq.config import CoordinatorConfig
 from fractalq.coordinator.auth import TokenInterceptor
 from fractalq.coordinator.broker import Broker
 from fractalq.coordinator.housekeeping import can_sweep, queue_sweep
-from fractalq.coordinator.http import make_app
+from fractalq.coordinator.http import ServerLog, make_app
 from fractalq.coordinator.lock import DataFolderLock, StartupError, check_listen, show_address
-from fractalq.coordinator.service import CoordinatorService, add_to_server
+from fractalq.coordinator.service import CoordinatorService, add_health, add_to_server
 from fractalq.coordinator.store import GroupCommit, SqliteJournal
 
 log = logging.getLogger("fractalq.coordinator")
@@ -117,7 +117,7 @@ async def _serve(
     server = grpc.aio.server(options=options, interceptors=interceptors)
     add_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    add_health(service, health_servicer, server)
     listen = show_address(settings.host, settings.port)
     try:
         if settings.tls is not None:
@@ -135,7 +135,11 @@ async def _serve(
     runner: web.AppRunner | None = None
     http_port: int | None = None
     if settings.http_port is not None:
-        runner = web.AppRunner(make_app(service, settings.tokens), access_log=None)
+        runner = web.AppRunner(
+            make_app(service, settings.tokens),
+            access_log=None,
+            logger=ServerLog(service.refusals),  # no tracebacks for malformed requests
+        )
         await runner.setup()
         try:
             tls_context = settings.tls.http_context() if settings.tls else None

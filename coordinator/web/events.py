@@ -207,9 +207,9 @@ def routes(ticker: Ticker) -> web.RouteTableDef:
                 "X-Accel-Buffering": "no",  # a proxy in front must not hold events back
             }
         )
-        await response.prepare(request)
         stream = ticker.watch()
-        with contextlib.suppress(ConnectionResetError):
+        with contextlib.suppress(ConnectionResetError):  # the browser went away
+            await response.prepare(request)
             try:
                 async for chunk in stream:
                     await response.write(chunk)

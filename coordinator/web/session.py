@@ -103,7 +103,7 @@ def routes(
             return web.json_response({"auth": False, "role": Role.CLIENT.value})
         try:
             body = await request.json()
-            token = body["token"] if isinstance(body, dict) else None
+            token = body.get("token") if isinstance(body, dict) else None
         except (ValueError, UnicodeDecodeError, RecursionError):
             token = None
         role = tokens.role(token.strip()) if isinstance(token, str) and token.strip() else None
