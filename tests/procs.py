@@ -176,6 +176,7 @@ class Coordinator(Process):
         name: str = "coordinator",
         extra: tuple[str, ...] = (),
         trust: Trust | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.trust = trust
@@ -190,7 +191,7 @@ class Coordinator(Process):
             *extra,
             *(trust.coordinator_args() if trust else ()),
         )  # fmt: skip
-        super().__init__(args, tmp / f"{name}.log")
+        super().__init__(args, tmp / f"{name}.log", env={**os.environ, **env} if env else None)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()  # printed once serving
         if not line.startswith("coordinator listening"):

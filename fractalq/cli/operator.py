@@ -77,6 +77,9 @@ def run_operator(args: argparse.Namespace) -> int:
         log_refkey=options.pop("log_refkey"),
         log_prefix=options.pop("log_prefix"),
     )
+    from fractalq.security.logs import protect_logs
+
+    protect_logs([settings.token or ""])  # kopf's handlers are set up now
     from fractalq.operator import handlers  # registers the handlers with kopf
 
     kopf.run(memo=kopf.Memo({handlers.SETTINGS_KEY: settings}), **options)

@@ -225,7 +225,7 @@ def run_worker(args: argparse.Namespace) -> int:
         tls=endpoint.tls,
         token=endpoint.token,
     )
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, secrets=[endpoint.token])
     worker = Worker(settings, storage_error=storage_error)
 
     async def main() -> None:
