@@ -23,7 +23,8 @@ log = logging.getLogger("fractalq.coordinator")
 
 INVALID = "invalid"  # malformed or out of bounds: INVALID_ARGUMENT
 UNAUTHENTICATED = "unauthenticated"  # no token or an unknown one
-PERMISSION_DENIED = "permission denied"  # a token of a role that may not make the call
+PERMISSION_DENIED = "permission denied"  # a role that may not, or another holder's job
+OVER_QUOTA = "over quota"  # a holder's quota would be exceeded
 
 
 class Refusals:

@@ -43,7 +43,7 @@ async def _timers(service: CoordinatorService, settings: CoordinatorConfig) -> N
         service.broker.promote_due(now)
         if retention and now - swept >= sweep:
             swept = now
-            if forgotten := service.broker.forget_finished(now - retention):
+            if forgotten := service.broker.forget_finished(now - retention, now):
                 log.info("forgot %d job(s) finished over %gs ago", forgotten, retention)
         if orphans and now - orphans_swept >= orphans and can_sweep(service.broker):
             orphans_swept = now
