@@ -7,14 +7,10 @@ same figures in Prometheus' text format (:mod:`.metrics`).
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,23 +21,13 @@ from fractalq.coordinator.broker import BrokerError
 from fractalq.coordinator.metrics import registry
 from fractalq.coordinator.refusals import INVALID, Refusals
 from fractalq.coordinator.service import CoordinatorService, job_message
-from fractalq.coordinator.validation import loggable
 from fractalq.coordinator.web.app import add_dashboard
 from fractalq.coordinator.web.errors import http_error, readable
 from fractalq.coordinator.web.explore import add_routes as add_explorer
 from fractalq.coordinator.web.session import Sessions
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.security.tokens import TokenTable
-
-# What aiohttp raises for a request it cannot parse: the request line, a header,
-# the chunked framing, the content encoding or length of the body.
-MALFORMED = (HttpProcessingError, RequestPayloadError)
-
-
-def _said(error: BaseException) -> str:
-    """One short escaped line about a malformed request (it may quote the client's bytes)."""
-    text = error.message if isinstance(error, HttpProcessingError) else str(error)
-    return loggable(" ".join(str(text).split()), 120)
+from fractalq.weblog import MALFORMED, said
 
 
 def malformed_bodies(refusals: Refusals) -> Any:
@@ -55,35 +41,10 @@ def malformed_bodies(refusals: Refusals) -> Any:
         try:
             return await handler(request)
         except MALFORMED as error:
-            refusals.refused(INVALID, f"HTTP {request.method[:10]!a}: {_said(error)}")
+            refusals.refused(INVALID, f"HTTP {request.method[:10]!a}: {said(error)}")
             raise web.HTTPBadRequest(text="the request's body cannot be read\n") from None
 
     return refuse
-
-
-class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """aiohttp's server log, without the tracebacks that clients can cause.
-
-    aiohttp logs a request it cannot parse (a bad request line, header or
-    chunk: it has answered 400 already) with a traceback at ERROR, and so a
-    response it could not write because the client had gone. Those are the
-    client's doing: a malformed request is counted and said with the other
-    refusals (:mod:`.refusals`, one line at most every few seconds), a client
-    gone is a debug line. Anything else is a bug of ours and keeps its traceback.
-    """
-
-    def __init__(self, refusals: Refusals) -> None:
-        super().__init__(logging.getLogger("aiohttp.server"), {})
-        self.refusals = refusals
-
-    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
-        error = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
-        if isinstance(error, MALFORMED):
-            self.refusals.refused(INVALID, f"HTTP: {_said(error)}")
-        elif isinstance(error, ConnectionError):
-            self.logger.debug("a client went away: %s", loggable(str(error), 120))
-        else:
-            self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
 
 
 def _whole(request: web.Request, name: str) -> int:

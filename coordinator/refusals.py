@@ -32,9 +32,11 @@ class Refusals:
         self,
         interval: float = config.REFUSED_LOG_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        logger: logging.Logger = log,
     ) -> None:
         self.interval = interval
         self.clock = clock
+        self.log = logger
         self.counts: collections.Counter[str] = collections.Counter()
         self._since: collections.Counter[str] = collections.Counter()
         self._logged = -math.inf
@@ -45,6 +47,6 @@ class Refusals:
         now = self.clock()
         if now - self._logged >= self.interval:
             counts = ", ".join(f"{count} {name}" for name, count in sorted(self._since.items()))
-            log.warning("refused %s request(s) (latest: %s)", counts, what)
+            self.log.warning("refused %s request(s) (latest: %s)", counts, what)
             self._since.clear()
             self._logged = now

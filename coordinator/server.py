@@ -20,10 +20,12 @@ from fractalq.config import CoordinatorConfig
 from fractalq.coordinator.auth import TokenInterceptor
 from fractalq.coordinator.broker import Broker
 from fractalq.coordinator.housekeeping import can_sweep, queue_sweep
-from fractalq.coordinator.http import ServerLog, make_app
+from fractalq.coordinator.http import make_app
 from fractalq.coordinator.lock import DataFolderLock, StartupError, check_listen, show_address
+from fractalq.coordinator.refusals import INVALID
 from fractalq.coordinator.service import CoordinatorService, add_health, add_to_server
 from fractalq.coordinator.store import GroupCommit, SqliteJournal
+from fractalq.weblog import ServerLog
 
 log = logging.getLogger("fractalq.coordinator")
 
@@ -138,7 +140,8 @@ async def _serve(
         runner = web.AppRunner(
             make_app(service, settings.tokens),
             access_log=None,
-            logger=ServerLog(service.refusals),  # no tracebacks for malformed requests
+            # No tracebacks for malformed requests: counted with the other refusals.
+            logger=ServerLog(lambda what: service.refusals.refused(INVALID, what)),
         )
         await runner.setup()
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+import os
 import random
 import re
 import socket
@@ -31,7 +32,8 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from procs import Coordinator, ProcessGroup, Trust
+from kube import Emulator
+from procs import Coordinator, Process, ProcessGroup, Trust, fractalq, free_port, wait_until
 
 from fractalq import config
 from fractalq.proto import fractalq_pb2 as pb
@@ -426,3 +428,32 @@ def test_malformed_http_requests_get_a_4xx_and_no_traceback(
         timeout=10,
     ) as ok:
         assert ok.status == 200  # fmt: skip
+
+
+def test_malformed_http_to_the_operators_liveness_port_logs_no_traceback(
+    cluster: ProcessGroup, tmp_path: Path
+) -> None:
+    """The operator's port (kopf's liveness probe, as the chart runs it) too."""
+    emulator = Emulator()
+    try:
+        coordinator = cluster.start_coordinator()
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FRACTALQ_")}
+        env["KUBECONFIG"] = str(emulator.kubeconfig(tmp_path))
+        healthz = f"http://127.0.0.1:{port}/healthz"
+        args = fractalq("operator", "--coordinator", coordinator.address,
+                        "--storage", (tmp_path / "store").as_uri(), "--scale-enabled", "false",
+                        "-A", "--standalone", "--liveness", healthz)  # fmt: skip
+        operator = Process(args, tmp_path / "operator.log", env=env)
+        cluster.processes.append(operator)
+        wait_until(lambda: urllib.request.urlopen(healthz, timeout=2).status == 200, 60, "kopf")
+        rng = random.Random(7)
+        for _ in range(100):
+            assert http_status(port, rng.choice(BROKEN)(rng), None) in (400, None)
+        with urllib.request.urlopen(healthz, timeout=10) as ok:
+            assert ok.status == 200
+        log = operator.log()
+        assert "Traceback" not in log and "[ERROR" not in log, log[-3000:]
+        assert "refused" in log and "invalid request(s)" in log
+    finally:
+        emulator.close()
