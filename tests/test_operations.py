@@ -101,6 +101,9 @@ def test_a_dead_letter_is_listed_survives_a_restart_is_requeued_and_runs_to_the_
     assert dead is not None, lines
     assert re.fullmatch(r"  attempt 1 at .* on failing: disk on fire \(attempt 1\)", lines[1])
     assert re.fullmatch(r"  attempt 2 at .* on failing: disk on fire \(attempt 2\)", lines[2])
+    status = cli(trust, "alice", "status", job_id, "--coordinator", coordinator.address)
+    assert "  owner: alice" in status.stdout
+    assert f"its dead letters are held: fractalq dead --job {job_id}" in status.stdout
     as_json = json.loads(cli(trust, "reader", "dead", "--coordinator", coordinator.address,
                              "--job", job_id, "--json").stdout)["deadLetters"]  # fmt: skip
     index = int(dead[1])

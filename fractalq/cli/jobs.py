@@ -190,6 +190,13 @@ def run_status(args: argparse.Namespace) -> int:
         )
         if job.reason:
             print(f"  reason: {job.reason}")
+        if job.owner:
+            print(f"  owner: {job.owner}")
+        if job.dead_letters_held:
+            print(
+                f"  its dead letters are held: fractalq dead --job {job.job_id};"
+                f" then requeue or purge {job.job_id}"
+            )
         return 0
     stats = message
     print(
