@@ -41,22 +41,30 @@ class StatsCollector(Collector):
             ("succeeded", "Tasks that succeeded", stats.tasks_succeeded),
             ("failed", "Failed task attempts (each retry counts)", stats.tasks_failed),
             ("dead", "Tasks dead-lettered after their last attempt", stats.tasks_dead),
+            ("requeued", "Dead-lettered tasks put back on the queue", stats.tasks_requeued),
+            ("purged", "Dead letters purged (or forgotten)", stats.tasks_purged),
         )
         for name, text, value in outcomes:
             yield CounterMetricFamily(
                 f"fractalq_tasks_{name}", f"{text}, since the coordinator started.", value=value
             )
+        yield GaugeMetricFamily(
+            "fractalq_dead_letters",
+            "Dead-lettered tasks held now, for a requeue or a purge.",
+            stats.dead_letters,
+        )
         refused = CounterMetricFamily(
             "fractalq_requests_refused",
             "Requests refused, since the coordinator started: malformed (invalid), without"
             " a valid token (unauthenticated), with a token of a role that may not make the"
-            " call (denied), or worker calls with an unknown session or a live worker's id"
-            " (worker_session).",
+            " call or on another holder's job (denied), over a holder's quota (over_quota),"
+            " or worker calls with an unknown session or a live worker's id (worker_session).",
             labels=["reason"],
         )
         refused.add_metric(["invalid"], stats.requests_invalid)
         refused.add_metric(["unauthenticated"], stats.requests_unauthenticated)
         refused.add_metric(["denied"], stats.requests_denied)
+        refused.add_metric(["over_quota"], stats.requests_over_quota)
         refused.add_metric(["worker_session"], stats.requests_refused)
         yield refused
         yield CounterMetricFamily(

@@ -193,7 +193,7 @@ def job_spec(
         raise InvalidRequest(
             f"the job's payloads are {size} bytes, more than the limit of {limits.max_job_bytes}"
         )
-    checked: set[bytes] = set()
+    checked: dict[bytes, int] = {}  # payload -> the pixels it renders
     for index, one in enumerate(payloads or [payload]):
         if len(one) > limits.max_payload_bytes:
             raise InvalidRequest(
@@ -205,7 +205,8 @@ def job_spec(
             kind.check(one)
         except tasks.InvalidPayload as error:
             raise InvalidRequest(f"payload {index} for {task_type!r}: {error}") from None
-        checked.add(one)
+        checked[one] = kind.pixels_of(one)
+    pixels = sum(checked[one] for one in payloads) if payloads else checked[payload] * total
     return JobSpec(
         task_type=task_type,
         payloads=list(payloads) if payloads else None,
@@ -219,6 +220,7 @@ def job_spec(
         final=stages["final"],
         time_limit=time_limit,
         cleanup=stages["cleanup"],
+        pixels=pixels,
     )
 
 

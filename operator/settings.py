@@ -58,6 +58,11 @@ VARIABLES: dict[str, tuple[str, object, str]] = {
     # The token itself may come in FRACTALQ_TOKEN (never as a flag: argv is public).
     "token-file": ("FRACTALQ_TOKEN_FILE", "", "file holding the client token"),
     "url-expiry": ("FRACTALQ_URL_EXPIRY", config.URL_EXPIRY, "presigned link lifetime, seconds"),
+    "requeue-check": (
+        "FRACTALQ_REQUEUE_CHECK",
+        config.REQUEUE_CHECK_INTERVAL,
+        "seconds between looks at a dead-lettered FractalJob's job (requeued? purged?)",
+    ),
     "s3-public-endpoint": (
         "FRACTALQ_S3_PUBLIC_ENDPOINT",
         "",
@@ -81,6 +86,7 @@ class OperatorSettings:
     scale_interval: float
     url_expiry: int
     s3_public_endpoint: str | None = None
+    requeue_check: float = config.REQUEUE_CHECK_INTERVAL
     tls: ClientTLS | None = None
     token: str | None = dataclasses.field(default=None, repr=False)
 
@@ -144,6 +150,7 @@ class OperatorSettings:
             scale_interval=number("scale-interval", float, 0.1),
             url_expiry=int(number("url-expiry", int, 1)),
             s3_public_endpoint=public_endpoint,
+            requeue_check=number("requeue-check", float, 0.1),
         )
 
 

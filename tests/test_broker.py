@@ -541,7 +541,7 @@ def test_a_cancelled_job_is_cleaned_up_once_its_running_tasks_have_reported() ->
     assert (run.job_id, run.task_type, run.payload) == ("j.cleanup", "sleep", b'{"seconds": 0}')
 
 
-def test_a_failed_job_is_cleaned_up_and_a_succeeded_one_is_not() -> None:
+def test_a_failed_job_is_cleaned_up_once_purged_and_a_succeeded_one_is_not() -> None:
     b = broker()
     w1 = b.workers["w1"]
     b.submit(with_cleanup(1), 0, "ok")
@@ -549,6 +549,9 @@ def test_a_failed_job_is_cleaned_up_and_a_succeeded_one_is_not() -> None:
     [ok, bad] = b.lease(w1, 2, 0.0)
     assert b.complete(w1, ok.job_id, ok.index, ok.attempt, b"", 1.0)
     assert b.fail(w1, bad.job_id, bad.index, bad.attempt, "boom", 1.0)
+    # Held with its dead letter: a requeue would need what the cleanup removes.
+    assert set(b.jobs) == {"ok", "bad"}
+    b.purge("bad", 2.0)
     assert set(b.jobs) == {"ok", "bad", "bad.cleanup"}
 
 

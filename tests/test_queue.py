@@ -201,6 +201,17 @@ def test_wait_times_out_with_its_own_exit_code(cluster: ProcessGroup) -> None:
     job_id = submit(coordinator, "noop").job_id  # no worker: it never runs
     result = run_cli("wait", job_id, "--coordinator", coordinator.address, "--timeout", "0.5")
     assert result.returncode == 3 and "still QUEUED" in result.stderr
+    # 0 does not wait: it says how the job stands, whatever time is left for a first answer.
+    for timeout in ("0", "0.000001"):
+        now = run_cli("wait", job_id, "--coordinator", coordinator.address, "--timeout", timeout)
+        assert now.returncode == 3, now.stderr
+        assert f"job {job_id} still QUEUED" in now.stderr and "0/1 tasks done" in now.stderr
+        assert "cannot reach" not in now.stderr
+    finished = submit(coordinator, "noop").job_id
+    with coordinator.client() as client:
+        client.cancel(finished, "not wanted")
+    ended = run_cli("wait", finished, "--coordinator", coordinator.address, "--timeout", "0")
+    assert ended.returncode == 1 and "CANCELLED: not wanted" in ended.stderr
 
 
 def test_finished_jobs_are_forgotten_after_the_retention(cluster: ProcessGroup) -> None:

@@ -12,24 +12,27 @@ import asyncio
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
 from aiohttp import web
 
-from fractalq.coordinator.broker import BrokerError
+from fractalq.coordinator.jobs import Job
 from fractalq.coordinator.service import CoordinatorService, job_message
 from fractalq.images import image_of
 from fractalq.storage import Storage, StorageError
 
 
-def routes(service: CoordinatorService, storage: Storage | None) -> web.RouteTableDef:
+def routes(
+    service: CoordinatorService,
+    storage: Storage | None,
+    readable: Callable[[web.Request, str], Job],
+) -> web.RouteTableDef:
+    """``readable(request, job_id)``: the job, if known and the caller may read it."""
     table = web.RouteTableDef()
 
     @table.get("/api/jobs/{job_id}/image.png")
     async def image(request: web.Request) -> web.StreamResponse:
-        try:
-            job = service.find_job(request.match_info["job_id"])
-        except BrokerError as error:
-            raise web.HTTPNotFound(text=str(error)) from None
+        job = readable(request, request.match_info["job_id"])
         try:
             key, _ = image_of(job_message(job))
         except ValueError as error:

@@ -8,6 +8,7 @@ import math
 import os
 import socket
 import sys
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, NoReturn
 
 from fractalq.client import check_address
@@ -127,9 +128,14 @@ def endpoint_from(args: argparse.Namespace, address: str | None = None) -> Endpo
         raise CommandError(str(error)) from None
 
 
-def setup_logging(verbose: bool = False) -> None:
+def setup_logging(verbose: bool = False, secrets: Iterable[str | None] = ()) -> None:
+    """The long-running commands' log on stderr; no secret in it at any level
+    (:mod:`fractalq.security.logs`), ``secrets`` included."""
+    from fractalq.security.logs import protect_logs
+
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    protect_logs(secret for secret in secrets if secret)

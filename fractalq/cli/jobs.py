@@ -65,7 +65,14 @@ def add_parsers(commands: Any) -> None:
     wait.add_argument("job_id", metavar="JOB")
     wait.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
     add_endpoint_options(wait)
-    wait.add_argument("--timeout", type=real(0), default=None, metavar="S")
+    wait.add_argument(
+        "--timeout",
+        type=real(0),
+        default=None,
+        metavar="S",
+        help="seconds to wait for the end, then exit 3 (0: do not wait, say how the job"
+        " stands; default: no limit)",
+    )
     wait.set_defaults(run=run_wait)
 
     status = commands.add_parser("status", help="a job's state, or the queue and its workers")
@@ -108,22 +115,36 @@ def run_submit(args: argparse.Namespace) -> int:
 
 
 def follow(client: Client, job_id: str, timeout: float | None) -> int:
-    """Show a job's progress until it ends; the exit code says how it ended."""
+    """Show a job's progress until it ends; the exit code says how it ended.
+
+    ``timeout``: seconds to wait for the end (exit 3 if it has not come); 0
+    does not wait, it says how the job stands now.
+    """
     progress: Progress | None = None
     job: pb.Job | None = None
     try:
-        for job in client.watch(job_id, timeout=timeout):
-            progress = progress or Progress(job.total, "tasks")
-            final = job.state in FINISHED
-            progress.update(job.succeeded, job.leased, final=final)
+        if timeout == 0:
+            job = client.job(job_id)
+        else:
+            for job in client.watch(job_id, timeout=timeout):
+                progress = progress or Progress(job.total, "tasks")
+                final = job.state in FINISHED
+                progress.update(job.succeeded, job.leased, final=final)
     except ClientError as error:
-        if isinstance(error, DeadlineExceeded) and job:
-            raise CommandError(
-                f"job {job_id} still {STATE_NAMES[job.state]} after {timeout:g}s", 3
-            ) from None
-        raise CommandError(str(error)) from None
+        if not isinstance(error, DeadlineExceeded) or timeout is None:
+            raise CommandError(str(error)) from None
+        if job is None:  # the time was up before the first answer: ask once more
+            try:
+                job = client.job(job_id)
+            except ClientError as again:
+                raise CommandError(str(again)) from None
     assert job is not None
     state = STATE_NAMES[job.state]
+    if job.state not in FINISHED:
+        waited = f"after {timeout:g}s" if timeout else "(--timeout 0: not waiting)"
+        raise CommandError(
+            f"job {job_id} still {state} {waited}: {job.succeeded}/{job.total} tasks done", 3
+        )
     if job.state == pb.SUCCEEDED:
         print(f"job {job_id} SUCCEEDED: {job.succeeded}/{job.total} tasks")
         return 0
@@ -169,6 +190,13 @@ def run_status(args: argparse.Namespace) -> int:
         )
         if job.reason:
             print(f"  reason: {job.reason}")
+        if job.owner:
+            print(f"  owner: {job.owner}")
+        if job.dead_letters_held:
+            print(
+                f"  its dead letters are held: fractalq dead --job {job.job_id};"
+                f" then requeue or purge {job.job_id}"
+            )
         return 0
     stats = message
     print(

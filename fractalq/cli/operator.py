@@ -10,6 +10,7 @@ command line and passed to :func:`kopf.run`.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from typing import Any
 
@@ -77,6 +78,16 @@ def run_operator(args: argparse.Namespace) -> int:
         log_refkey=options.pop("log_refkey"),
         log_prefix=options.pop("log_prefix"),
     )
+    from fractalq.coordinator.refusals import INVALID, Refusals
+    from fractalq.security.logs import protect_logs
+    from fractalq.weblog import SERVER_LOGGER, ClientErrorFilter
+
+    protect_logs([settings.token or ""])  # kopf's handlers are set up now
+    # The liveness port (kopf's aiohttp server): a malformed request is one
+    # rate-limited line, not a traceback.
+    refusals = Refusals(logger=logging.getLogger("fractalq.operator"))
+    quiet = ClientErrorFilter(lambda what: refusals.refused(INVALID, what))
+    logging.getLogger(SERVER_LOGGER).addFilter(quiet)
     from fractalq.operator import handlers  # registers the handlers with kopf
 
     kopf.run(memo=kopf.Memo({handlers.SETTINGS_KEY: settings}), **options)

@@ -21,7 +21,7 @@ from fractalq.cli.common import (
     real,
     setup_logging,
 )
-from fractalq.config import CoordinatorConfig, WorkerConfig
+from fractalq.config import CoordinatorConfig, HolderQuota, WorkerConfig
 
 if TYPE_CHECKING:
     from fractalq.security import ServerTLS, TokenTable
@@ -73,6 +73,24 @@ def add_parsers(commands: Any) -> None:
         help="seconds between sweeps of storage for objects of jobs this coordinator "
         "does not know, older than the retention (0: never)",
     )
+    quotas = coordinator.add_argument_group(
+        "quotas: what one token holder may have on the queue, with --auth-tokens"
+        " (0: no limit; each flag defaults to its variable)"
+    )
+    for flag, default, text in (
+        ("active-jobs", config.QUOTA_ACTIVE_JOBS, "unfinished jobs"),
+        ("queued-tasks", config.QUOTA_QUEUED_TASKS, "tasks of its unfinished jobs not done yet"),
+        ("job-pixels", config.QUOTA_JOB_PIXELS, "pixels of one render (16384 x 16384)"),
+    ):
+        variable = "FRACTALQ_QUOTA_" + flag.upper().replace("-", "_")
+        quotas.add_argument(
+            f"--quota-{flag}",
+            type=integer(0),
+            # A string default goes through `type` too: a bad variable is a usage error.
+            default=os.environ.get(variable, str(default)),
+            metavar="N",
+            help=f"{text} (${variable}, default %(default)s)",
+        )
     security = coordinator.add_argument_group("TLS and tokens (each flag defaults to its variable)")
     security.add_argument(
         "--tls-cert", metavar="FILE", help="serve TLS with this certificate ($FRACTALQ_TLS_CERT)"
@@ -86,7 +104,8 @@ def add_parsers(commands: Any) -> None:
     security.add_argument(
         "--auth-tokens",
         metavar="FILE",
-        help="lines ROLE TOKEN (roles worker, client, reader) ($FRACTALQ_AUTH_TOKENS)",
+        help="lines ROLE TOKEN [NAME] (roles worker, client, reader, admin; NAME: the"
+        " holder, who owns the jobs the token submits) ($FRACTALQ_AUTH_TOKENS)",
     )
     coordinator.add_argument("-v", "--verbose", action="store_true")
     coordinator.set_defaults(run=run_coordinator)
@@ -158,6 +177,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
         orphan_sweep=args.orphan_sweep,
         tls=tls,
         tokens=tokens,
+        quota=HolderQuota(args.quota_active_jobs, args.quota_queued_tasks, args.quota_job_pixels),
         storage=storage,
     )
     setup_logging(args.verbose)
@@ -225,7 +245,7 @@ def run_worker(args: argparse.Namespace) -> int:
         tls=endpoint.tls,
         token=endpoint.token,
     )
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, secrets=[endpoint.token])
     worker = Worker(settings, storage_error=storage_error)
 
     async def main() -> None:

@@ -65,6 +65,11 @@ def _check(payload: bytes) -> None:
     parse_payload(payload)
 
 
+def _pixels(payload: bytes) -> int:
+    request, start, end = parse_payload(payload)
+    return request.width * (end - start)
+
+
 @functools.lru_cache(maxsize=8)
 def _storage(url: str) -> Storage:
     return open_storage(url)  # one client per process and URL
@@ -88,6 +93,7 @@ def _warm() -> None:
     needs_storage=True,
     warm=_warm,
     time_limit=config.BAND_TIME_LIMIT,
+    pixels=_pixels,
 )
 def render_band(payload: bytes, context: TaskContext) -> bytes:
     if not context.storage_url:

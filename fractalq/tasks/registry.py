@@ -28,6 +28,7 @@ class TaskContext:
 
 TaskFunction = Callable[[bytes, TaskContext], bytes]
 PayloadCheck = Callable[[bytes], None]
+PixelCount = Callable[[bytes], int]
 WarmUp = Callable[[], None]
 
 
@@ -48,6 +49,18 @@ class TaskType:
     # A result limit above the queue's MAX_RESULT_BYTES (0: the queue's), for a
     # type whose result is its output (a tile's PNG, not a storage key).
     max_result_bytes: int = 0
+    # The pixels a (checked) payload renders, for a holder's pixel quota; None:
+    # a type that renders no image.
+    pixels: PixelCount | None = None
+
+    def pixels_of(self, payload: bytes) -> int:
+        """What ``pixels`` says of an already checked payload; 0 for other types."""
+        if self.pixels is None:
+            return 0
+        try:
+            return max(int(self.pixels(payload)), 0)
+        except (InvalidPayload, ValueError, TypeError, RecursionError):
+            return 0
 
 
 _REGISTRY: dict[str, TaskType] = {}
@@ -106,6 +119,7 @@ def task_type(
     warm: WarmUp | None = None,
     time_limit: float = config.DEFAULT_TIME_LIMIT,
     max_result_bytes: int = 0,
+    pixels: PixelCount | None = None,
 ) -> Callable[[TaskFunction], TaskFunction]:
     """Register the decorated function as the task type ``name``."""
 
@@ -123,6 +137,7 @@ def task_type(
             warm,
             time_limit,
             max_result_bytes,
+            pixels,
         )
         return run
 

@@ -538,7 +538,7 @@ call with (dict "ctx" $ "role" "worker").
 {{/* ---- tokens --------------------------------------------------------------------- */}}
 
 {{- define "fractalq.auth.roles" -}}
-{{- list "worker" "client" "reader" | toJson }}
+{{- list "worker" "client" "reader" "admin" | toJson }}
 {{- end }}
 
 {{/* The Secret holding one role's token (key "token"); call with (dict "ctx" $ "role" "reader"). */}}
