@@ -66,7 +66,7 @@ def _check(payload: bytes) -> None:
 
 
 def _pixels(payload: bytes) -> int:
-    request, start, end = parse_payload(payload)
+    request, start, end, _ = parse_payload(payload)
     return request.width * (end - start)
 
 

@@ -130,6 +130,12 @@ def test_values_render_into_the_commands(chart_helm: Helm) -> None:
         "/etc/fractalq/tls/tls.key",
         "--auth-tokens",
         "/etc/fractalq/auth/tokens",
+        "--quota-active-jobs",
+        str(config.QUOTA_ACTIVE_JOBS),
+        "--quota-queued-tasks",
+        str(config.QUOTA_QUEUED_TASKS),
+        "--quota-job-pixels",
+        str(config.QUOTA_JOB_PIXELS),
         # The workers' storage, with their credentials: the dashboard's images.
         "--storage",
         flag(worker["args"], "--storage"),

@@ -568,13 +568,14 @@ change nothing. To rotate one: delete its Secret and upgrade.
 {{- end }}
 {{- end }}
 
-{{/* The coordinator's --auth-tokens file: one "ROLE TOKEN" line per role. */}}
+{{/* The coordinator's --auth-tokens file: one "ROLE TOKEN NAME" line per role, each
+holder named after its role (what `fractalq jobs` shows as a job's owner). */}}
 {{- define "fractalq.auth.file" -}}
 {{- include "fractalq.auth.generate" . }}
 {{- $tokens := .Values.auth.generatedNow -}}
-# fractalq role tokens (ROLE TOKEN), made by the Helm chart; each role's own
+# fractalq role tokens (ROLE TOKEN NAME), made by the Helm chart; each role's own
 # Secret holds the same token.
 {{- range $role := include "fractalq.auth.roles" . | fromJsonArray }}
-{{ $role }} {{ index $tokens $role }}
+{{ $role }} {{ index $tokens $role }} {{ $role }}
 {{- end }}
 {{ end }}
