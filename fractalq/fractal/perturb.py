@@ -57,6 +57,7 @@ import numpy.typing as npt
 
 from fractalq.fractal import bla, depth, precise
 from fractalq.fractal import lanes as lanes_module
+from fractalq.fractal.depth import PLAIN_FROM, RESCALE, SCALED_BELOW
 from fractalq.fractal.fast import BATCH, _aligned, _finish, _smooth_batch
 from fractalq.fractal.intrinsics import fma, trailing_zeros
 from fractalq.fractal.lanes import (
@@ -80,14 +81,6 @@ Floats = npt.NDArray[np.float64]
 Counts = npt.NDArray[np.int32]
 Ints = npt.NDArray[np.int64]
 
-# Pixels narrower than 2**SCALED_BELOW start scaled (their offsets, times the
-# image's half-width, would come within reach of float64's smallest numbers).
-SCALED_BELOW = -900
-# A scaled pixel goes plain once its exponent E reaches PLAIN_FROM (|dz| then
-# above about 2**-800, far from underflow); its w is renormalised by 2**-RESCALE
-# whenever it passes 2**RESCALE.
-PLAIN_FROM = -800
-RESCALE = 64
 SMOOTH_RADIUS_SQUARED = 2.0**32
 SMOOTH_EXTRA_ITERATIONS = 64
 # A pixel whose sensitivity times the relative error of its render is above
@@ -499,10 +492,11 @@ def pixel_scale(request: RenderRequest) -> tuple[float, int]:
     return mantissa, exponent
 
 
-def _pixel_size(request: RenderRequest) -> tuple[float, float]:
-    """The pixel's width as a double-double (float64 + what it leaves out)."""
+def _pixel_size(request: RenderRequest, exponent: int) -> tuple[float, float]:
+    """The pixel's width in units of 2**exponent, as a double-double (float64 and
+    what it leaves out)."""
     with depth.decimal_context():
-        size = Decimal(request.view_width) / request.width
+        size = Decimal(request.view_width) / request.width / Decimal(2) ** exponent
         high = float(size)
         return high, float(size - Decimal(high))
 
@@ -550,12 +544,12 @@ def escape(
         pixels = pixels[sensitivity[pixels] * eps > SENSITIVE]
         if pixels.size == 0:
             break
-    if pixels.size and exponent == 0:  # too sensitive for float64: double-double
-        size_hi, size_lo = _pixel_size(request)
+    if pixels.size:  # too sensitive for float64: double-double
+        size_hi, size_lo = _pixel_size(request, exponent)
         precise.escape_pixels(
             _pairs(reference.orbit), _pairs(reference.orbit_lo), start.size - 1, base_start,
             base_end, i + 0.5 - request.width / 2, -(j + 0.5 - request.height / 2), pixels,
-            size_hi, size_lo, reference.julia, c_re, c_im, request.max_iter,
+            size_hi, size_lo, exponent, reference.julia, c_re, c_im, request.max_iter,
             counts, smooth, magnitude,
         )  # fmt: skip
     with np.errstate(divide="ignore", invalid="ignore"):
