@@ -20,7 +20,7 @@ from fractalq.fractal.png import encode_band
 from fractalq.fractal.render import render_rows
 from fractalq.fractal.request import RenderRequest
 from fractalq.preview import band_preview, band_result
-from fractalq.storage import Storage, open_storage
+from fractalq.storage import shared_storage
 from fractalq.tasks.reference import reference_for
 from fractalq.tasks.registry import InvalidPayload, TaskContext, task_type
 
@@ -55,11 +55,6 @@ def _check(payload: bytes) -> None:
     parse_payload(payload)
 
 
-@functools.lru_cache(maxsize=8)
-def _storage(url: str) -> Storage:
-    return open_storage(url)  # one client per process and URL
-
-
 @functools.lru_cache(maxsize=1)
 def _uploader(pid: int) -> ThreadPoolExecutor:
     """One thread per process that stores bands (by pid: a forked child makes its own)."""
@@ -86,7 +81,7 @@ def render_band(payload: bytes, context: TaskContext) -> bytes:
     rgb = render_rows(request, start, end, reference=reference_for(request, context))
     data = encode_band(rgb, start)
     key = band_key(context.job_id, start, end)
-    stored = _uploader(os.getpid()).submit(_storage(context.storage_url).put, key, data)
+    stored = _uploader(os.getpid()).submit(shared_storage(context.storage_url).put, key, data)
     # The result also carries the band's rows of the live preview (fractalq/preview.py),
     # made while the band is stored: storing waits on a disk or the network.
     try:
