@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -87,8 +88,16 @@ PIP_KEYS = (
 )
 # Later sections win, as in pip: the [install] section over [global], PIP_* over both.
 PIP_SECTIONS = ("global", "install", ":env:")
-# Paths the build itself uses: a local index is never mounted over them.
-BUILD_PATHS = ("/opt/fractalq", "/src", "/tmp", "/etc/pip.conf")
+# Paths the build writes: nothing is mounted at, above or inside them; and its
+# scratch space, which may hold a mount but not be covered by one.
+BUILD_PATHS = (
+    "/opt/fractalq",
+    "/opt/operator-layer",
+    "/opt/site-packages-path",
+    "/src",
+    "/etc/pip.conf",
+)
+SCRATCH_PATHS = ("/tmp",)
 
 # podman's limits for a container unless told otherwise; runc refuses to start one
 # whose limits are above what the machine allows.
@@ -127,8 +136,13 @@ def pip_settings() -> dict[str, str]:
     if found.returncode != 0:
         say("no pip here to ask for its configuration: the build uses pip's defaults")
         return {}
+    return parse_pip_config(found.stdout, os.environ)
+
+
+def parse_pip_config(listing: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The settings of PIP_KEYS in ``pip config list``'s output, as pip would use them."""
     by_section: dict[str, dict[str, str]] = {}
-    for line in found.stdout.splitlines():
+    for line in listing.splitlines():
         name, equals, quoted = line.partition("=")
         section, dot, key = name.rpartition(".")
         if not (equals and dot) or key not in PIP_KEYS:
@@ -143,8 +157,8 @@ def pip_settings() -> dict[str, str]:
         settings.update(by_section.get(section, {}))
     # pip's own HTTP library also trusts these when pip names no bundle.
     for variable in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-        if "cert" not in settings and os.environ.get(variable):
-            settings["cert"] = os.environ[variable]
+        if "cert" not in settings and environ.get(variable):
+            settings["cert"] = environ[variable]
     return settings
 
 
@@ -163,6 +177,14 @@ def local_path(value: str) -> Path | None:
     return path if path.exists() else None
 
 
+def in_the_way(path: str) -> bool:
+    """Whether a mount at ``path`` would hide or change what the build writes."""
+    covers = any(
+        p == path or p.startswith(path.rstrip("/") + "/") for p in BUILD_PATHS + SCRATCH_PATHS
+    )
+    return covers or any(path.startswith(p + "/") for p in BUILD_PATHS)
+
+
 def pip_mounts(settings: dict[str, str], folder: Path) -> list[str]:
     """``--volume`` arguments: the pip.conf of ``settings`` and the paths it names."""
     if not settings:
@@ -176,7 +198,7 @@ def pip_mounts(settings: dict[str, str], folder: Path) -> list[str]:
             path = local_path(part)
             if path is None:
                 continue
-            if any(str(path) == p or str(path).startswith(p + "/") for p in BUILD_PATHS):
+            if in_the_way(str(path)):
                 say(f"not mounting {path}: the build uses that path itself")
                 continue
             mounts[str(path)] = str(path)
@@ -188,19 +210,26 @@ def pip_mounts(settings: dict[str, str], folder: Path) -> list[str]:
 # ---- container limits --------------------------------------------------------------
 
 
-def containers_conf(folder: Path) -> Path | None:
-    """A containers.conf with this machine's limits, when they are below podman's."""
-    if os.environ.get("CONTAINERS_CONF"):
-        return None
+def machine_limits() -> tuple[int, int]:
+    """The most open files and processes this machine lets a container have."""
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]
-    with contextlib.suppress(OSError, ValueError):
-        # Also runc's ceiling for the process limit on some kernels.
-        nproc = min(nproc, int(Path("/proc/sys/kernel/pid_max").read_text()))
     infinite = resource.RLIM_INFINITY
     nofile = PODMAN_NOFILE if nofile == infinite else min(nofile, PODMAN_NOFILE)
     nproc = PODMAN_NPROC if nproc == infinite else min(nproc, PODMAN_NPROC)
-    if (nofile, nproc) == (PODMAN_NOFILE, PODMAN_NPROC):
+    with contextlib.suppress(OSError, ValueError):
+        # Also runc's ceiling for the process limit on some kernels.
+        nproc = min(nproc, int(Path("/proc/sys/kernel/pid_max").read_text()))
+    return nofile, nproc
+
+
+def containers_conf(folder: Path, limits: tuple[int, int] | None = None) -> Path | None:
+    """A containers.conf with this machine's limits, when they are below podman's
+    (None then, or when CONTAINERS_CONF already names one)."""
+    if os.environ.get("CONTAINERS_CONF"):
+        return None
+    nofile, nproc = limits or machine_limits()
+    if nofile >= PODMAN_NOFILE and nproc >= PODMAN_NPROC:
         return None
     folder.mkdir(parents=True, exist_ok=True)
     conf = folder / "containers.conf"
