@@ -137,6 +137,7 @@ class Worker:
 
     async def run(self) -> None:
         self.warm()
+        self._runner.announce_warm_up()
         if self._storage_error_at_start:
             self._outage.report(self._storage_error_at_start)
         loop = asyncio.get_running_loop()
