@@ -113,15 +113,31 @@ class Worker:
         # The token, sent with each call (cheaper than a channel interceptor).
         self._metadata = settings.endpoint.metadata
         self._reconnects = 0  # failed connections in a row
+        self._warmed = False
 
     def stop(self) -> None:
         """Begin draining: take nothing new, finish or hand back, then return from run()."""
         self._stop.set()
 
+    def start_in_outage(self, storage_error: str) -> None:
+        """As ``storage_error`` of the constructor: begin as in a storage outage (if any)."""
+        self._storage_error_at_start = storage_error
+
+    def warm(self) -> None:
+        """Load what the task types need, in the background (once; run() does it too)."""
+        if not self._warmed:
+            self._warmed = True
+            self._runner.warm(self.task_types)
+
+    def close(self) -> None:
+        """Stop what warm() started, for a worker that will not run()."""
+        self._runner.shutdown(wait=False)
+
     # ---- the outer loop ----------------------------------------------------
 
     async def run(self) -> None:
-        self._runner.warm(self.task_types)
+        self.warm()
+        self._runner.announce_warm_up()
         if self._storage_error_at_start:
             self._outage.report(self._storage_error_at_start)
         loop = asyncio.get_running_loop()

@@ -55,8 +55,20 @@ def kopf_options(extra: list[str]) -> dict[str, Any]:
     return options
 
 
+# Where kopf and the Kubernetes client come from when they are missing.
+MISSING_EXTRA = (
+    "needs the operator extra (kopf and the Kubernetes client): "
+    "pip install 'fractalq[operator]', or run the fractalq-operator image"
+)
+
+
 def run_operator(args: argparse.Namespace) -> int:
-    import kopf
+    try:
+        import click  # noqa: F401 - kopf's, for kopf_options
+        import kopf
+        import kubernetes  # noqa: F401 - the handlers' API calls
+    except ImportError:
+        raise CommandError(MISSING_EXTRA) from None
 
     from fractalq.operator.settings import VARIABLES, OperatorSettings, SettingsError
 

@@ -228,12 +228,7 @@ def run_worker(args: argparse.Namespace) -> int:
             tasks.get(name)
     except KeyError as error:
         raise CommandError(str(error.args[0])) from None
-    storage_error = check_worker_storage(args.storage) if args.storage else ""
     endpoint = endpoint_from(args)
-    # A TLS mistake is not transient: say which, once, rather than reconnect
-    # forever with gRPC's "handshake failed". (Nothing listening yet: None.)
-    if why := endpoint.diagnose():
-        raise CommandError(why)
     settings = WorkerConfig(
         coordinator=args.coordinator,
         storage=args.storage,
@@ -245,8 +240,22 @@ def run_worker(args: argparse.Namespace) -> int:
         tls=endpoint.tls,
         token=endpoint.token,
     )
+    worker = Worker(settings)
+    # The task types' imports and compiled kernels load in the background while
+    # storage and TLS are checked, so that the first task finds them loaded.
+    worker.warm()
+    try:
+        if args.storage:
+            worker.start_in_outage(check_worker_storage(args.storage))
+        # A TLS mistake is not transient: say which, once, rather than reconnect
+        # forever with gRPC's "handshake failed". (Nothing listening yet: None.)
+        if why := endpoint.diagnose():
+            raise CommandError(why)
+    except BaseException:
+        worker.close()
+        raise
+    # After the checks (a failed one is one line, nothing more); no secret in a log.
     setup_logging(args.verbose, secrets=[endpoint.token])
-    worker = Worker(settings, storage_error=storage_error)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -275,10 +284,11 @@ def check_worker_storage(url: str) -> str:
     for now (a transient error) is returned instead: the worker starts as in
     an outage, taking no task until the storage answers.
     """
-    from fractalq.storage import StorageError, check_storage, open_storage
+    from fractalq.storage import StorageError, check_storage, shared_storage
 
     try:
-        check_storage(open_storage(url))
+        # The object the worker's tasks use too (shared_storage): its client is ready.
+        check_storage(shared_storage(url))
     except StorageError as error:
         if error.transient:
             return str(error)
