@@ -125,14 +125,41 @@ def _requests() -> Iterator[object]:
 def _dispatchers() -> list[Any]:
     import numba.core.dispatcher
 
-    from fractalq.fractal import fast, fast_colour, perturb
+    from fractalq.fractal import bla, fast, fast_colour, fixedpoint, perturb, precise
 
-    return [
+    return [bla.compiled_build()] + [
         value
-        for module in (fast, fast_colour, perturb)
+        for module in (fast, fast_colour, perturb, precise, fixedpoint)
         for value in vars(module).values()
         if isinstance(value, numba.core.dispatcher.Dispatcher)
     ]
+
+
+def _precise_pixels() -> None:
+    """The double-double path, plain and scaled: only pixels too sensitive for
+    float64 take it, which no small request above is sure to have."""
+    import numpy as np
+
+    from fractalq.fractal import depth, perturb, precise
+    from fractalq.fractal import reference as orbits
+    from fractalq.fractal.request import RenderRequest
+
+    for view_width in ("1e-30", "1e-400"):
+        request = RenderRequest.create(
+            width=4, height=1, max_iter=64, center_x="-0.75", center_y="0.1", view_width=view_width
+        )
+        reference = orbits.compute(request)
+        _, exponent = perturb.pixel_scale(request)
+        exponent = 0 if exponent >= depth.SCALED_BELOW else exponent
+        high, low = perturb._pixel_size(request, exponent)
+        offsets = np.arange(4.0) - 1.5
+        out = np.empty(4), np.empty(4)
+        precise.escape_pixels(
+            perturb._pairs(reference.orbit), perturb._pairs(reference.orbit_lo),
+            reference.start.size - 1, 0, reference.start.size - 1, offsets, np.zeros(1),
+            np.arange(4), high, low, exponent, False, request.cx, request.cy,
+            request.max_iter, np.empty(4, np.int32), *out,
+        )  # fmt: skip
 
 
 def compile_all() -> Compiled:
@@ -143,6 +170,7 @@ def compile_all() -> Compiled:
     for request in _requests():
         assert isinstance(request, RenderRequest)
         render_rows(request, 0, request.height)
+    _precise_pixels()
     dispatchers = _dispatchers()
     loaded = sum(sum(d.stats.cache_hits.values()) for d in dispatchers)
     compiled = sum(sum(d.stats.cache_misses.values()) for d in dispatchers)
