@@ -35,7 +35,7 @@ enough to be a plain float64 (it grows by about ``|2 Z|`` per iteration, or a
 skip's ``|A|``), after which the plain loop goes on. Views down to 1e-10000
 render this way.
 
-Counts follow the float64 kernels' definition (DESIGN.md): an escaped pixel's
+Counts follow the float64 kernels' definition (fractal/kernels.py): an escaped pixel's
 count is the number of iterations it stayed within radius 2. Smooth values are
 computed as theirs (the orbit carried on to ``|z|^2 > 2**32``, then
 ``m + 1 - log2(log2 |z_m|^2)``), from the pixel's full ``z`` once it has escaped,
