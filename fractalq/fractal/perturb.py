@@ -56,7 +56,6 @@ import numpy as np
 import numpy.typing as npt
 
 from fractalq.fractal import bla, depth, precise
-from fractalq.fractal import lanes as lanes_module
 from fractalq.fractal.depth import PLAIN_FROM, RESCALE, SCALED_BELOW
 from fractalq.fractal.fast import BATCH, _aligned, _finish, _smooth_batch
 from fractalq.fractal.intrinsics import fma, trailing_zeros
@@ -67,6 +66,7 @@ from fractalq.fractal.lanes import (
     DERR,
     DZI,
     DZR,
+    FIELDS,
     LANES,
     G,
     K,
@@ -81,8 +81,6 @@ Floats = npt.NDArray[np.float64]
 Counts = npt.NDArray[np.int32]
 Ints = npt.NDArray[np.int64]
 
-SMOOTH_RADIUS_SQUARED = 2.0**32
-SMOOTH_EXTRA_ITERATIONS = 64
 # A pixel whose sensitivity times the relative error of its render is above
 # this is rendered again more finely (see the module's docstring).
 SENSITIVE = 2.0**-4
@@ -306,20 +304,6 @@ def _rescale(
 
 
 @_compiled
-def _smooth(fr: float, fi: float, k: int, cr: float, ci: float) -> tuple[float, float]:
-    """An escaped z_k carried on to the smoothing radius: (m, |z_m|^2) for _finish."""
-    mag = fr * fr + fi * fi
-    smooth = float(k)
-    for _ in range(SMOOTH_EXTRA_ITERATIONS):
-        if not mag <= SMOOTH_RADIUS_SQUARED:
-            break
-        fr, fi = (fr * fr - fi * fi) + cr, (fr + fr) * fi + ci
-        mag = fr * fr + fi * fi
-        smooth += 1.0
-    return smooth, mag
-
-
-@_compiled
 def _hints(
     anchors: Ints, ends: Ints, levels: Ints, min_level: int, nodes: Floats, column: int,
     size: int,
@@ -382,10 +366,10 @@ def _escape(
     orbit[1::2] = orbit_im
     hint = _hints(anchors, ends, levels, min_level, nodes, column, orbit_re.size)
     patience = max(PATIENCE, (1 << min_level) - 1)
-    lanes = _aligned(lanes_module.FIELDS * LANES)
+    state = _aligned(FIELDS * LANES)
     pixel = np.full(LANES, NO_PIXEL, np.int64)
     # Escaped points waiting for their smoothing iterations, done BATCH at a
-    # time by the float64 kernel's vector loop (the same arithmetic as _smooth).
+    # time by the float64 kernel's vector loop.
     bzr = np.empty(BATCH)
     bzi = np.empty(BATCH)
     bcr = np.empty(BATCH)
@@ -404,16 +388,16 @@ def _escape(
             p = pixel[lane]
             what = GO_ON
             if p >= 0:
-                m = int(lanes[M + lane])
-                k = int(lanes[K + lane])
-                dzr, dzi = lanes[DZR + lane], lanes[DZI + lane]
-                derr, deri = lanes[DERR + lane], lanes[DERI + lane]
-                dcr, dci = lanes[DCR + lane], lanes[DCI + lane]
+                m = int(state[M + lane])
+                k = int(state[K + lane])
+                dzr, dzi = state[DZR + lane], state[DZI + lane]
+                derr, deri = state[DERR + lane], state[DERI + lane]
+                dcr, dci = state[DCR + lane], state[DCI + lane]
                 # A finished lane's state is its end; a skipping lane's goes on here.
                 what, m, k, dzr, dzi, derr, deri = _advance(
                     orbit_re, orbit_im, start_end, base_start, base_end, anchors, ends,
                     levels, min_level, nodes, column, dzr, dzi, dcr, dci, derr, deri,
-                    lanes[G + lane], m, k, max_iter,
+                    state[G + lane], m, k, max_iter,
                     0 if done & (np.uint64(1) << np.uint64(lane)) else patience,
                 )  # fmt: skip
             while what != GO_ON or p < 0:  # record the pixel, give the lane the next
@@ -449,7 +433,7 @@ def _escape(
                     min_level, nodes, column, ox[p % width], oy[p // width], exponent, julia,
                     max_iter,
                 )  # fmt: skip
-                lanes[G + lane] = g
+                state[G + lane] = g
                 if what == GO_ON:
                     what, m, k, dzr, dzi, derr, deri = _advance(
                         orbit_re, orbit_im, start_end, base_start, base_end, anchors, ends,
@@ -461,20 +445,20 @@ def _escape(
                 # dz = dc = 0: the lane follows the reference's own orbit (rebasing
                 # at its end, so its reads stay within the orbit); its count,
                 # below 0, never reaches the limit nor lets it skip.
-                for field in range(lanes_module.FIELDS):
-                    lanes[field * LANES + lane] = 0.0
-                lanes[M + lane] = 1.0
-                lanes[K + lane] = IDLE
+                for field in range(FIELDS):
+                    state[field * LANES + lane] = 0.0
+                state[M + lane] = 1.0
+                state[K + lane] = IDLE
                 continue
-            lanes[DZR + lane], lanes[DZI + lane] = dzr, dzi
-            lanes[DCR + lane], lanes[DCI + lane] = dcr, dci
-            lanes[DERR + lane], lanes[DERI + lane] = derr, deri
-            lanes[M + lane], lanes[K + lane] = m, k
+            state[DZR + lane], state[DZI + lane] = dzr, dzi
+            state[DCR + lane], state[DCI + lane] = dcr, dci
+            state[DERR + lane], state[DERI + lane] = derr, deri
+            state[M + lane], state[K + lane] = m, k
         if idle == LANES:
             _smooth_batch(batched, bzr, bzi, bcr, bci, bk, where, smooth, magnitude)
             break
         result = perturbation_round(
-            lanes, orbit, hint, float(base_start), float(base_end), limit, float(start_end)
+            state, orbit, hint, float(base_start), float(base_end), limit, float(start_end)
         )
         done = result & np.uint64(0xFFFFFFFF)
         todo = done | (result >> np.uint64(32))
