@@ -88,7 +88,7 @@ class Option:
     def parse(self, text: str) -> Any:
         """The value a variable's ``text`` gives, or a ValueError saying why not."""
         if self.kind == "switch":
-            return boolean(text)
+            return _convert(boolean, text)
         if self.kind == "list":
             return [_convert(self.type, item.strip()) for item in text.split(",") if item.strip()]
         return _convert(self.type, text)
@@ -242,12 +242,12 @@ def choice(*values: str) -> Callable[[str], str]:
 
 
 def listing(commands: Mapping[str, argparse.ArgumentParser]) -> list[tuple[Option, list[str]]]:
-    """Every option of ``commands`` once (the first declaration of each variable and
-    flag), with the commands that take it, in the order they were first met."""
-    rows: dict[tuple[str, str, str], tuple[Option, list[str]]] = {}
+    """Every option of ``commands`` once (a variable and flag with another default or
+    help in some commands is a row of its own), with the commands that take it."""
+    rows: dict[tuple[str, str, str, str], tuple[Option, list[str]]] = {}
     for name, parser in commands.items():
         for option in options_of(parser):
-            key = (option.variable, option.flag, option.default_text)
+            key = (option.variable, option.flag, option.default_text, option.help)
             rows.setdefault(key, (option, []))[1].append(name)
     return list(rows.values())
 

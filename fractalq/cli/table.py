@@ -9,7 +9,7 @@ command has a variable of its own there (``requeue --task`` is
 operator's rows (:data:`OPERATOR`) are also what
 :class:`~fractalq.operator.settings.OperatorSettings` reads from its environment.
 
-``python -m fractalq.cli.table`` prints the README's table of them all.
+``python -m fractalq.cli.listing`` prints the README's table of them all.
 """
 
 from __future__ import annotations
@@ -447,15 +447,3 @@ OPERATOR = (
         default="", metavar="URL", shown="the S3 endpoint",
     ),
 )  # fmt: skip
-
-
-def main() -> None:
-    """Print the README's table of every command's options."""
-    from fractalq.cli import build_parser, commands
-    from fractalq.options import listing, markdown
-
-    print(markdown(listing(commands(build_parser()))), end="")
-
-
-if __name__ == "__main__":
-    main()
