@@ -15,7 +15,7 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2
 
-from fractalq import config
+from fractalq import config, tasks
 from fractalq.config import CoordinatorConfig
 from fractalq.coordinator.auth import TokenInterceptor
 from fractalq.coordinator.broker import Broker
@@ -178,6 +178,7 @@ async def _serve(
         else "no TLS",
         f"{len(settings.tokens)} token(s)" if settings.tokens else "no tokens",
     )
+    log.info("task types: %s", ", ".join(tasks.names()))
     if started is not None:
         started(port, http_port)
     try:
