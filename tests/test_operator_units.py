@@ -360,12 +360,14 @@ def test_fractalq_operator_logs_json_lines_with_the_kubernetes_object(
         reference = {"kind": "FractalJob", "name": "m", "namespace": "ns"}
         # As kopf's object loggers log: the object, and its settings (not for a log line).
         extra = {"k8s_ref": reference, "k8s_skip": False, "settings": object()}
-        logging.getLogger("fractalq.operator").warning("phase %s", "Failed", extra=extra)
-        logging.getLogger("fractalq.operator").info("not at warning")
+        # A logger of its own: other tests set levels on the operator's loggers.
+        logger = logging.getLogger("fractalq.tests.operator")
+        logger.warning("phase %s", "Failed", extra=extra)
+        logger.info("not at warning")
     finally:
         root.handlers[:], root.level = handlers, level
     [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     fields = json.loads(line)
-    assert (fields["level"], fields["logger"]) == ("WARNING", "fractalq.operator")
+    assert (fields["level"], fields["logger"]) == ("WARNING", "fractalq.tests.operator")
     assert fields["message"] == "phase Failed" and fields["object"] == reference
     assert not {"settings", "k8s_ref", "k8s_skip"} & set(fields)
