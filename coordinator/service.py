@@ -427,7 +427,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         worker = self._session(request.worker_id, request.session)
         now = self.clock()
         accepted = sum(
-            self.broker.complete(worker, r.task.job_id, r.task.index, r.task.attempt, r.result, now)
+            self.broker.complete(
+                worker, r.task.job_id, r.task.index, r.task.attempt, r.result, now, r.seconds
+            )
             for r in request.results
         )
         if accepted:
@@ -441,7 +443,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         worker = self._session(request.worker_id, request.session)
         now = self.clock()
         accepted = sum(
-            self.broker.fail(worker, e.task.job_id, e.task.index, e.task.attempt, e.message, now)
+            self.broker.fail(
+                worker, e.task.job_id, e.task.index, e.task.attempt, e.message, now, e.seconds
+            )
             for e in request.errors
         )
         if accepted:

@@ -239,7 +239,13 @@ class TaskRunner:
         self._warm_up: _WarmUp | None = None
 
     def _new_pool(self) -> ProcessPool:
-        pool = ProcessPool(1, mp_context=multiprocessing.get_context("spawn"))
+        # A spawned process starts afresh: it loads the --tasks modules this one did.
+        pool = ProcessPool(
+            1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=tasks.load,
+            initargs=(tasks.loaded_modules(),),
+        )
         for name in self._warmed:
             pool.submit(warm_task, name).add_done_callback(_log_warm_failure)
         self._pools.append(pool)

@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
@@ -289,21 +290,25 @@ class Worker:
     async def _execute(self, task: pb.Task, context: TaskContext) -> None:
         ref = pb.TaskRef(job_id=task.job_id, index=task.index, attempt=task.attempt)
         key = (task.job_id, task.index, task.attempt)
+        started = 0.0  # when it began to run (its wait for a slot is not its runtime)
         try:
             async with self._slots:
                 if self._stop.is_set():
                     return  # never started: handed back when the worker unregisters
                 self._running.add(key)
+                started = time.perf_counter()
                 result = await self._run(task, context)
         except (TaskFailed, Exception) as error:  # whatever happens, the task is reported
             self.failed += 1
             log.warning(
                 "task %s/%d attempt %d failed: %s", task.job_id, task.index, task.attempt, error
             )
-            self._errors.append(pb.TaskError(task=ref, message=str(error)))
+            ran = time.perf_counter() - started if started else 0.0
+            self._errors.append(pb.TaskError(task=ref, message=str(error), seconds=ran))
         else:
             self.completed += 1
-            self._results.append(pb.TaskResult(task=ref, result=result))
+            ran = time.perf_counter() - started
+            self._results.append(pb.TaskResult(task=ref, result=result, seconds=ran))
         finally:
             del self._inflight[key]
             self._running.discard(key)
