@@ -12,7 +12,7 @@ variable is the same one-line usage error as a bad flag, naming the variable.
 A new command adopts this by listing its rows: ``options.add(parser, table.X,
 table.Y)`` (rows shared with other commands are imported from the table, new
 ones declared there), and ``fractalq`` resolves them before ``run`` is called.
-:func:`listing` walks every command's rows for the README's table.
+:func:`listing` walks every command's rows for docs/options.md's table.
 """
 
 from __future__ import annotations
@@ -253,7 +253,7 @@ def listing(commands: Mapping[str, argparse.ArgumentParser]) -> list[tuple[Optio
 
 
 def markdown(rows: Iterable[tuple[Option, Sequence[str]]]) -> str:
-    """The README's table of options."""
+    """docs/options.md's table of options."""
     lines = ["| variable | flag | commands | default | what |", "| --- | --- | --- | --- | --- |"]
     for option, commands in rows:
         flags = ", ".join(f"`{flag}`" for flag in (option.flag, *option.aliases))

@@ -42,8 +42,19 @@ class OneLineParser(argparse.ArgumentParser):
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
         parsed, extra = super().parse_known_args(args, namespace)
-        resolve(parsed, self.error)
+        if not getattr(parsed, "resolve_late", False):
+            resolve(parsed, self.error)
         return parsed, extra
+
+
+def resolve_now(args: argparse.Namespace) -> None:
+    """Resolve the options of a command that asked to (``resolve_late``): it checks
+    its prerequisites first, so a missing one is named before a missing option."""
+
+    def error(message: str) -> NoReturn:
+        raise CommandError(f"{message} (see --help)", exit_code=2)
+
+    resolve(args, error)
 
 
 def address(value: str) -> str:

@@ -1,8 +1,8 @@
 """``fractalq dead``, ``requeue`` and ``purge``: the dead letters, as an operator sees them.
 
 A task that failed its last attempt is dead-lettered and its job fails, but
-the job is held with its payloads and the error of each attempt (see the
-README's "Dead letters"): ``dead`` lists them, ``requeue`` puts a job's dead
+the job is held with its payloads and the error of each attempt (see
+docs/queue.md, "Dead letters"): ``dead`` lists them, ``requeue`` puts a job's dead
 tasks back on the queue (their attempts reset, the job running again from
 where it failed), ``purge`` lets them go. A client token sees and acts on its
 own jobs, a reader sees every job's, an admin acts on any.

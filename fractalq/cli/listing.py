@@ -1,8 +1,8 @@
-"""``python -m fractalq.cli.listing``: the README's table of every command's options.
+"""``python -m fractalq.cli.listing``: docs/options.md's table of every command's options.
 
 One row per option (per variable and flag, and default where commands differ),
 sorted by variable, with the commands that take it; a test compares it with the
-README's.
+docs/options.md's.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from typing import Any
 
 from fractalq import logs, options
 from fractalq.cli import table as t
-from fractalq.cli.common import CommandError, command
+from fractalq.cli.common import CommandError, command, resolve_now
 from fractalq.endpoint import ENV_TOKEN
 
 
@@ -30,7 +30,9 @@ def add_parsers(commands: Any) -> None:
     )
     options.add(parser, *t.OPERATOR)
     options.add(parser, *t.LOGS, title=t.LOGS_TITLE)
-    parser.set_defaults(passthrough=True)
+    # Options resolve in run_operator, after the extra's check: without kopf the
+    # command says so, whatever else is missing.
+    parser.set_defaults(passthrough=True, resolve_late=True)
 
 
 def kopf_options(extra: list[str]) -> dict[str, Any]:
@@ -70,6 +72,7 @@ def run_operator(args: argparse.Namespace) -> int:
         import kubernetes  # noqa: F401 - the handlers' API calls
     except ImportError:
         raise CommandError(MISSING_EXTRA) from None
+    resolve_now(args)
 
     from fractalq.operator.settings import OperatorSettings, SettingsError
 

@@ -9,7 +9,7 @@ command has a variable of its own there (``requeue --task`` is
 operator's rows (:data:`OPERATOR`) are also what
 :class:`~fractalq.operator.settings.OperatorSettings` reads from its environment.
 
-``python -m fractalq.cli.listing`` prints the README's table of them all.
+``python -m fractalq.cli.listing`` prints docs/options.md's table of them all.
 """
 
 from __future__ import annotations
