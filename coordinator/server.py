@@ -16,7 +16,6 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2
 
 from fractalq import config, tasks
-from fractalq.config import CoordinatorConfig
 from fractalq.coordinator.auth import TokenInterceptor
 from fractalq.coordinator.broker import Broker
 from fractalq.coordinator.housekeeping import can_sweep, queue_sweep
@@ -25,13 +24,14 @@ from fractalq.coordinator.lock import DataFolderLock, StartupError, check_listen
 from fractalq.coordinator.reflection import add_reflection
 from fractalq.coordinator.refusals import INVALID
 from fractalq.coordinator.service import CoordinatorService, add_health, add_to_server
+from fractalq.coordinator.settings import CoordinatorSettings
 from fractalq.coordinator.store import GroupCommit, SqliteJournal
 from fractalq.weblog import ServerLog
 
 log = logging.getLogger("fractalq.coordinator")
 
 
-async def _timers(service: CoordinatorService, settings: CoordinatorConfig) -> None:
+async def _timers(service: CoordinatorService, settings: CoordinatorSettings) -> None:
     """Declare silent workers dead, wake retries whose backoff is over, apply
     retention, queue the orphan sweep."""
     interval, retention = settings.heartbeat_interval / 2, settings.retention
@@ -55,7 +55,7 @@ async def _timers(service: CoordinatorService, settings: CoordinatorConfig) -> N
 
 
 async def serve(
-    settings: CoordinatorConfig,
+    settings: CoordinatorSettings,
     started: Callable[[int, int | None], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
@@ -80,7 +80,7 @@ async def serve(
 
 
 async def _serve(
-    settings: CoordinatorConfig,
+    settings: CoordinatorSettings,
     started: Callable[[int, int | None], None] | None,
     stop: asyncio.Event | None,
 ) -> None:

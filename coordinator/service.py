@@ -30,7 +30,6 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
 from fractalq import config
-from fractalq.config import CoordinatorConfig
 from fractalq.coordinator import rpc, validation
 from fractalq.coordinator.broker import (
     AlreadyExists,
@@ -55,6 +54,7 @@ from fractalq.coordinator.refusals import (
     Refusals,
 )
 from fractalq.coordinator.rpc import Malformed
+from fractalq.coordinator.settings import CoordinatorSettings
 from fractalq.coordinator.store import GroupCommit, SqliteJournal
 from fractalq.coordinator.validation import loggable
 from fractalq.proto import fractalq_pb2 as pb
@@ -253,7 +253,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     def __init__(
         self,
         broker: Broker,
-        settings: CoordinatorConfig,
+        settings: CoordinatorSettings,
         journal: SqliteJournal | None = None,
         commit: GroupCommit | None = None,
         clock: Callable[[], float] = time.time,

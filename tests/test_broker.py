@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fractalq.config import CoordinatorConfig, QueueLimits, RetryPolicy
+from fractalq.config import QueueLimits, RetryPolicy
 from fractalq.coordinator import validation
 from fractalq.coordinator.broker import (
     AlreadyExists,
@@ -21,6 +21,7 @@ from fractalq.coordinator.broker import (
 )
 from fractalq.coordinator.jobs import Job, JobState, StageSpec, TaskState
 from fractalq.coordinator.service import CoordinatorService
+from fractalq.coordinator.settings import CoordinatorSettings
 from fractalq.coordinator.store import SqliteJournal
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.retry import backoff_ceiling, retry_delay
@@ -324,7 +325,7 @@ def test_a_watch_sends_the_final_state_even_if_the_job_finishes_while_a_message_
     # The stream must then go on to send the finished state, not just end.
     async def watch() -> list[pb.Job]:
         b = broker()
-        service = CoordinatorService(b, CoordinatorConfig())
+        service = CoordinatorService(b, CoordinatorSettings())
         b.submit(spec(2), 0.0, "j")
         [first] = b.lease(b.workers["w1"], 1, 0.0)
         assert b.complete(b.workers["w1"], "j", first.index, first.attempt, b"", 0.0)
