@@ -52,7 +52,7 @@ import itertools
 import random
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Protocol
 
 from fractalq import config, tasks
@@ -66,6 +66,7 @@ from fractalq.coordinator.jobs import (
     StageTask,
     TaskState,
 )
+from fractalq.coordinator.listeners import Listeners
 from fractalq.coordinator.queue import DelayQueue, ReadyQueue
 from fractalq.retry import retry_delay
 
@@ -298,15 +299,8 @@ class Broker:
         self.dead_letters = 0
         self.errors_kept = 0  # AttemptErrors in memory, all jobs together
         self._owned: dict[str, set[str]] = {}  # owner -> its unfinished jobs' ids
-        # Hooks for the transport layer: wake long polls, push job watches.
-        self.on_ready: Callable[[], None] = lambda: None
-        self.on_job_change: Callable[[Job], None] = lambda job: None
-        # Every accepted result: (job, task index, result bytes).
-        self.on_task_result: Callable[[Job, int, bytes], None] = lambda job, index, result: None
-        # For /metrics: each lease (task type, seconds it waited ready), each
-        # accepted report (task type, "succeeded" or "failed", seconds it ran).
-        self.on_leased: Callable[[str, float], None] = lambda task_type, waited: None
-        self.on_ran: Callable[[str, str, float], None] = lambda task_type, outcome, ran: None
+        # What happens here, for the layers around (:mod:`.listeners`).
+        self.listeners = Listeners()
 
     # ---- restoring -------------------------------------------------------
 
@@ -393,8 +387,8 @@ class Broker:
         self._owned.setdefault(owner, set()).add(job_id)
         self.journal.job_added(job)
         self._ready.push(job)
-        self.on_ready()
-        self.on_job_change(job)
+        self.listeners.ready()
+        self.listeners.job_changed(job)
         return job, True
 
     def _check_quota(self, owner: str, quota: HolderQuota, tasks: int, pixels: int) -> None:
@@ -479,7 +473,7 @@ class Broker:
             self.queued_bytes -= job.payload_bytes()
             job.drop_payloads()
             self._remember_finished(job)
-        self.on_job_change(job)
+        self.listeners.job_changed(job)
         self._clean_up(job, now)
 
     def _owned_job_ended(self, job: Job) -> None:
@@ -534,7 +528,7 @@ class Broker:
         if job.settled() and not job.dead_letters_held:
             job.drop_payloads()  # now also its task states
             self._remember_finished(job)
-        self.on_job_change(job)
+        self.listeners.job_changed(job)
         self._clean_up(job, now)
 
     def _clean_up(self, job: Job, now: float) -> None:
@@ -669,7 +663,7 @@ class Broker:
                 self.journal.task_changed(job, index, error=message)
                 self._ready.push(job)
         if worker.leases:
-            self.on_ready()
+            self.listeners.ready()
         return len(worker.leases)
 
     def unregister_worker(self, worker: WorkerRecord, now: float) -> int:
@@ -685,7 +679,7 @@ class Broker:
             del self._owners[(job_id, index)]
             self._release(job, index, now)
         if worker.leases:
-            self.on_ready()
+            self.listeners.ready()
         return len(worker.leases)
 
     # ---- leasing and reports ---------------------------------------------
@@ -698,12 +692,12 @@ class Broker:
         leased: list[LeasedTask] = []
         for job, index in self._ready.lease(worker.task_types, max_tasks):
             task_type = job.task_type_of(index)
-            self.on_leased(task_type, job.waited(index, now))
+            self.listeners.leased(task_type, job.waited(index, now))
             if job.state is JobState.QUEUED:
                 job.state = JobState.PREPARING if job.stage is Stage.FIRST else JobState.RUNNING
                 job.started_at = now
                 self.journal.job_changed(job)
-                self.on_job_change(job)
+                self.listeners.job_changed(job)
             worker.leases.add((job.job_id, index))
             self._owners[(job.job_id, index)] = worker
             leased.append(
@@ -771,11 +765,11 @@ class Broker:
         task_type = job.task_type_of(index)
         limit = max(self.limits.max_result_bytes, _result_limit(task_type))
         if len(result) > limit:
-            self.on_ran(task_type, "failed", seconds)
+            self.listeners.ran(task_type, "failed", seconds)
             message = f"its result is {len(result)} bytes, more than the limit of {limit}"
             self._failed_attempt(worker, job, index, attempt, message, now)
             return True
-        self.on_ran(task_type, "succeeded", seconds)
+        self.listeners.ran(task_type, "succeeded", seconds)
         self._drop_lease(job, index)
         job.set_state(index, TaskState.SUCCEEDED)
         self._drop_errors(job, index)
@@ -784,16 +778,16 @@ class Broker:
         self.journal.task_changed(job, index, result=result)
         self.succeeded += 1
         worker.completed += 1
-        self.on_task_result(job, index, result)
+        self.listeners.task_result(job, index, result)
         if not job.stage_done():
-            self.on_job_change(job)
+            self.listeners.job_changed(job)
         elif job.advance():  # the next stage's tasks are ready now
             job.ready_at = now
             job.state = JobState.FINISHING if job.stage is Stage.FINAL else JobState.RUNNING
             self.journal.job_changed(job)
             self._ready.push(job)
-            self.on_ready()
-            self.on_job_change(job)
+            self.listeners.ready()
+            self.listeners.job_changed(job)
         else:
             self._finish(job, JobState.SUCCEEDED, "", now)
         return True
@@ -816,7 +810,7 @@ class Broker:
         job = self._live_lease(worker, job_id, index, attempt, now)
         if job is None:
             return False
-        self.on_ran(job.task_type_of(index), "failed", seconds)
+        self.listeners.ran(job.task_type_of(index), "failed", seconds)
         self._failed_attempt(worker, job, index, attempt, message, now)
         return True
 
@@ -834,7 +828,7 @@ class Broker:
             job.set_state(index, TaskState.DELAYED)
             self._delayed.push(now + retry_delay(self.retry, attempt, self._rng), job, index)
             self.journal.task_changed(job, index, error=message)
-            self.on_job_change(job)
+            self.listeners.job_changed(job)
 
     def release(
         self, worker: WorkerRecord, job_id: str, index: int, attempt: int, now: float
@@ -845,14 +839,14 @@ class Broker:
             return False
         self._drop_lease(job, index)
         self._release(job, index, now)
-        self.on_ready()
+        self.listeners.ready()
         return True
 
     def _release(self, job: Job, index: int, now: float) -> None:
         job.uncount_attempt(index)
         job.push_ready(index, now)
         self._ready.push(job)
-        self.on_job_change(job)
+        self.listeners.job_changed(job)
 
     def _dead_letter(self, job: Job, index: int, message: str, now: float) -> None:
         job.set_state(index, TaskState.DEAD)
@@ -942,8 +936,8 @@ class Broker:
         for index in sorted(chosen):
             self.journal.task_changed(job, index)
         self._ready.push(job)
-        self.on_ready()
-        self.on_job_change(job)
+        self.listeners.ready()
+        self.listeners.job_changed(job)
         return job, len(chosen)
 
     def purge(self, job_id: str, now: float) -> tuple[Job, int]:
@@ -962,7 +956,7 @@ class Broker:
         job.drop_payloads()
         if not job.leased_out():
             self._remember_finished(job)
-        self.on_job_change(job)
+        self.listeners.job_changed(job)
         self._clean_up(job, now)
         return job, dead
 
@@ -983,7 +977,7 @@ class Broker:
             self._ready.push(job)
             promoted += 1
         if promoted:
-            self.on_ready()
+            self.listeners.ready()
         return promoted
 
     def next_due(self) -> float | None:

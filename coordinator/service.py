@@ -45,6 +45,7 @@ from fractalq.coordinator.broker import (
 )
 from fractalq.coordinator.deadletters import dead_letters
 from fractalq.coordinator.jobs import Job, JobState, StageTask, TaskState
+from fractalq.coordinator.listeners import Listener
 from fractalq.coordinator.policy import ANYONE, Caller, check_change, check_read, quota_for
 from fractalq.coordinator.refusals import (
     INVALID,
@@ -249,6 +250,19 @@ class JobWatches:
             event.set()
 
 
+class _ServiceListener(Listener):
+    """Wakes the workers' long polls and pushes changes to job watches."""
+
+    def __init__(self, service: CoordinatorService) -> None:
+        self._service = service
+
+    def ready(self) -> None:
+        self._service._wake()
+
+    def job_changed(self, job: Job) -> None:
+        self._service._watches.notify(job)
+
+
 class CoordinatorService(pb_grpc.CoordinatorServicer):
     def __init__(
         self,
@@ -267,8 +281,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self.refusals = Refusals()
         self._ready = asyncio.Event()
         self._watches = JobWatches()
-        broker.on_ready = self._wake
-        broker.on_job_change = self._watches.notify
+        broker.listeners.add(_ServiceListener(self))
 
     def _wake(self) -> None:
         self._ready.set()

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from listening import Recorder
 
 from fractalq.config import QueueLimits, RetryPolicy
 from fractalq.coordinator import validation
@@ -20,6 +21,7 @@ from fractalq.coordinator.broker import (
     UnknownWorker,
 )
 from fractalq.coordinator.jobs import Job, JobState, StageSpec, TaskState
+from fractalq.coordinator.listeners import Listener
 from fractalq.coordinator.service import CoordinatorService
 from fractalq.coordinator.settings import CoordinatorSettings
 from fractalq.coordinator.store import SqliteJournal
@@ -596,14 +598,13 @@ def test_a_heartbeat_says_how_many_of_its_leases_a_worker_runs() -> None:
     assert worker.running == 0
 
 
-def test_queue_waits_and_runtimes_reach_the_metrics_hooks() -> None:
+def test_queue_waits_and_runtimes_reach_the_listeners() -> None:
     """A lease's wait runs from when its task was last made ready: the job's
     submission, its stage's release, its retry falling due, its hand-back."""
     b = broker(retry=RetryPolicy(base_delay=1.0, max_delay=1.0))
-    waits: list[tuple[str, float]] = []
-    runs: list[tuple[str, str, float]] = []
-    b.on_leased = lambda kind, waited: waits.append((kind, waited))
-    b.on_ran = lambda kind, outcome, ran: runs.append((kind, outcome, ran))
+    recorder = Recorder()
+    b.listeners.add(recorder)
+    waits, runs = recorder.waits, recorder.runs
     worker = b.workers["w1"]
     b.submit(replace(spec(2), final=StageSpec("sleep", b"")), 100.0, "j")
     first, second = b.lease(worker, 2, 103.0)
@@ -626,3 +627,28 @@ def test_queue_waits_and_runtimes_reach_the_metrics_hooks() -> None:
         ("noop", "succeeded", 0.25),
         ("sleep", "succeeded", 0.0),
     ]
+
+
+def test_every_listener_hears_each_event_in_order_and_a_failing_one_changes_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    b = broker()
+    heard: list[str] = []
+
+    class Failing(Listener):
+        def job_changed(self, job: Job) -> None:
+            heard.append("failing")
+            raise RuntimeError("a bug in a listener")
+
+    class Counting(Listener):
+        def job_changed(self, job: Job) -> None:
+            heard.append(f"counting {job.state.name}")
+
+    b.listeners.add(Failing())
+    b.listeners.add(Counting())
+    b.submit(spec(1), 100.0, "j")
+    (lease,) = b.lease(b.workers["w1"], 1, 101.0)
+    assert b.complete(b.workers["w1"], "j", lease.index, lease.attempt, b"done", 102.0)
+    assert b.jobs["j"].state is JobState.SUCCEEDED  # the failing listener undid nothing
+    assert heard[-2:] == ["failing", "counting SUCCEEDED"]
+    assert "a listener of job_changed failed" in caplog.text
