@@ -47,16 +47,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import hmac
 import itertools
 import random
-import secrets
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Protocol
 
 from fractalq import config, tasks
 from fractalq.config import HolderQuota, QueueLimits, RetryPolicy
+from fractalq.coordinator.errors import (
+    AlreadyExists,
+    InvalidRequest,
+    NotFound,
+    OverQuota,
+    ResourceExhausted,
+    WrongState,
+)
 from fractalq.coordinator.jobs import (
     AttemptError,
     Job,
@@ -68,48 +74,8 @@ from fractalq.coordinator.jobs import (
 )
 from fractalq.coordinator.listeners import Listeners
 from fractalq.coordinator.queue import DelayQueue, ReadyQueue
+from fractalq.coordinator.workers import WorkerRecord, WorkerRegistry
 from fractalq.retry import retry_delay
-
-
-class BrokerError(Exception):
-    """A request the broker refuses; the message is meant for the client."""
-
-
-class InvalidRequest(BrokerError):
-    pass
-
-
-class NotFound(BrokerError):
-    pass
-
-
-class AlreadyExists(BrokerError):
-    pass
-
-
-class UnknownWorker(NotFound):
-    """No live session with this worker id and secret."""
-
-
-class ResourceExhausted(BrokerError):
-    """A limit on what the coordinator holds at once (workers, jobs, bytes) is reached."""
-
-
-class OverQuota(ResourceExhausted):
-    """A holder's quota (:class:`~fractalq.config.HolderQuota`) would be exceeded."""
-
-
-class WrongState(BrokerError):
-    """The job is not in a state that allows this (FAILED_PRECONDITION)."""
-
-
-class PermissionDenied(BrokerError):
-    """The caller may not do this to this job (another holder's, see :mod:`.policy`)."""
-
-
-def _same_secret(known: str, given: str) -> bool:
-    # Bytes, because compare_digest refuses str with non-ASCII characters.
-    return hmac.compare_digest(known.encode(), given.encode("utf-8", "surrogateescape"))
 
 
 class Journal(Protocol):
@@ -233,27 +199,6 @@ class LeasedTask:
     time_limit: float = 0.0
 
 
-@dataclasses.dataclass(eq=False)
-class WorkerRecord:
-    worker_id: str
-    task_types: tuple[str, ...]
-    concurrency: int
-    hostname: str
-    last_seen: float
-    session: str = dataclasses.field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
-    leases: set[tuple[str, int]] = dataclasses.field(default_factory=set)
-    draining: bool = False
-    # What the worker last said about its storage: "" while it works, one line
-    # while it cannot reach it (then it takes no task, see worker/runtime.py).
-    storage_error: str = ""
-    running: int = 0  # of its leases, those it said it runs (the others are prefetched)
-    completed: int = 0
-    failed: int = 0
-    # Bumped by each heartbeat stream that opens, so that an older stream
-    # ending late (after a reconnect) does not lose the worker.
-    stream: int = 0
-
-
 @dataclasses.dataclass(frozen=True)
 class Counters:
     succeeded: int = 0
@@ -277,7 +222,7 @@ class Broker:
         self.retry = retry or RetryPolicy()
         self._rng = rng or random.Random()
         self.jobs: dict[str, Job] = {}
-        self.workers: dict[str, WorkerRecord] = {}
+        self.registry = WorkerRegistry(self.limits.max_workers, worker_timeout)
         self._ready = ReadyQueue()
         self._delayed = DelayQueue()
         self._finished: OrderedDict[str, None] = OrderedDict()
@@ -289,7 +234,6 @@ class Broker:
         self.requeued = 0
         self.purged = 0
         self.reports_ignored = 0
-        self.requests_refused = 0
         # Unfinished jobs, and the payload bytes they and the held jobs hold
         # (both bounded by limits).
         self.active = 0
@@ -570,52 +514,20 @@ class Broker:
         now: float,
         session: str = "",
     ) -> WorkerRecord:
-        """Open a session, or resume the live one whose secret ``session`` is.
-
-        An id held by a live session is refused to anyone else, so a second
-        process (or a hostile client) cannot take over a worker's name, its
-        leases or its place in the queue.
-        """
-        worker = self.workers.get(worker_id)
-        if worker is not None:
-            if not session or not _same_secret(worker.session, session):
-                self.requests_refused += 1
-                raise AlreadyExists(f"worker id {worker_id!r} is held by a live worker")
-            # A reconnect of the same process: it keeps its session and leases.
-            worker.task_types, worker.concurrency, worker.hostname = (
-                task_types,
-                concurrency,
-                hostname,
-            )
-            worker.last_seen = now
-            return worker
-        if len(self.workers) >= self.limits.max_workers:
-            self.requests_refused += 1
-            raise ResourceExhausted(f"{len(self.workers)} workers are registered, the limit")
-        worker = WorkerRecord(worker_id, task_types, concurrency, hostname, now)
-        self.workers[worker_id] = worker
-        return worker
+        """Open a session, or resume the live one whose secret ``session`` is
+        (:meth:`.WorkerRegistry.register`)."""
+        return self.registry.register(worker_id, task_types, concurrency, hostname, now, session)
 
     def session(self, worker_id: str, session: str, now: float | None = None) -> WorkerRecord:
-        """The live session ``worker_id`` if ``session`` is its secret.
-
-        ``now`` also counts as a sign of life. An unknown id and a wrong secret
-        get the same answer, so the answer tells nothing about other workers.
-        """
-        worker = self.workers.get(worker_id)
-        if worker is None or not _same_secret(worker.session, session):
-            self.requests_refused += 1
-            raise UnknownWorker(f"no session for worker {worker_id!r}: register first")
-        if now is not None:
-            worker.last_seen = now
-        return worker
+        """The live session ``worker_id`` if ``session`` is its secret."""
+        return self.registry.session(worker_id, session, now)
 
     def is_live(self, worker: WorkerRecord) -> bool:
-        return self.workers.get(worker.worker_id) is worker
+        return self.registry.is_live(worker)
 
     def offering(self, task_type: str) -> list[WorkerRecord]:
         """The registered (so live) workers that run ``task_type``."""
-        return [worker for worker in self.workers.values() if task_type in worker.task_types]
+        return self.registry.offering(task_type)
 
     def heartbeat(
         self,
@@ -625,36 +537,48 @@ class Broker:
         storage_error: str = "",
         running: int = 0,
     ) -> None:
-        worker.last_seen = now
-        worker.draining = draining
-        worker.running = min(running, worker.concurrency)
-        # Shown in the worker list: one line of bounded length, whatever was sent.
-        worker.storage_error = " ".join(storage_error.split())[: config.MAX_STORAGE_ERROR_LENGTH]
+        self.registry.heartbeat(worker, draining, now, storage_error, running)
+
+    @property
+    def workers(self) -> dict[str, WorkerRecord]:
+        return self.registry.workers
+
+    @property
+    def requests_refused(self) -> int:
+        """Worker calls refused: an id held by another session, a wrong secret, too many."""
+        return self.registry.refused
 
     def expire_workers(self, now: float) -> list[str]:
         """Declare dead every worker silent for longer than the timeout."""
-        silent = [
-            worker
-            for worker in self.workers.values()
-            if now - worker.last_seen > self.worker_timeout
-        ]
+        silent = self.registry.silent(now)
         for worker in silent:
             self.worker_lost(worker, f"no heartbeat for {self.worker_timeout:g}s", now)
         return [worker.worker_id for worker in silent]
 
     def worker_lost(self, worker: WorkerRecord, why: str, now: float) -> int:
         """End a session; its tasks go back to the queue (the attempt counts)."""
-        if not self.is_live(worker):
+        return self._end_session(worker, now, why)
+
+    def unregister_worker(self, worker: WorkerRecord, now: float) -> int:
+        """A worker leaving on purpose: what it still holds goes back uncounted."""
+        return self._end_session(worker, now, None)
+
+    def _end_session(self, worker: WorkerRecord, now: float, lost: str | None) -> int:
+        """Remove a live session and take its leases back: a lost worker's attempts
+        count (``lost`` says why), a leaving worker's do not. How many it held."""
+        if not self.registry.remove(worker):
             return 0
-        del self.workers[worker.worker_id]
         for job_id, index in sorted(worker.leases):
             job = self.jobs[job_id]
             if job.state.finished:
                 self._settle(job, index, now)
                 continue
             del self._owners[(job_id, index)]
+            if lost is None:
+                self._release(job, index, now)
+                continue
             attempt = job.attempts_of(index)
-            message = f"worker {worker.worker_id} lost ({why}) during attempt {attempt}"
+            message = f"worker {worker.worker_id} lost ({lost}) during attempt {attempt}"
             self._record_error(job, index, AttemptError(attempt, now, worker.worker_id, message))
             if attempt >= job.max_attempts:
                 self._dead_letter(job, index, message, now)
@@ -662,22 +586,6 @@ class Broker:
                 job.push_ready(index, now)
                 self.journal.task_changed(job, index, error=message)
                 self._ready.push(job)
-        if worker.leases:
-            self.listeners.ready()
-        return len(worker.leases)
-
-    def unregister_worker(self, worker: WorkerRecord, now: float) -> int:
-        """A worker leaving on purpose: what it still holds goes back uncounted."""
-        if not self.is_live(worker):
-            return 0
-        del self.workers[worker.worker_id]
-        for job_id, index in sorted(worker.leases):
-            job = self.jobs[job_id]
-            if job.state.finished:
-                self._settle(job, index, now)
-                continue
-            del self._owners[(job_id, index)]
-            self._release(job, index, now)
         if worker.leases:
             self.listeners.ready()
         return len(worker.leases)

@@ -31,19 +31,18 @@ from grpc_health.v1 import health_pb2
 
 from fractalq import config
 from fractalq.coordinator import rpc, validation
-from fractalq.coordinator.broker import (
+from fractalq.coordinator.broker import Broker
+from fractalq.coordinator.deadletters import dead_letters
+from fractalq.coordinator.errors import (
     AlreadyExists,
-    Broker,
     BrokerError,
     InvalidRequest,
     NotFound,
     OverQuota,
     PermissionDenied,
     ResourceExhausted,
-    WorkerRecord,
     WrongState,
 )
-from fractalq.coordinator.deadletters import dead_letters
 from fractalq.coordinator.jobs import Job, JobState, StageTask, TaskState
 from fractalq.coordinator.listeners import Listener
 from fractalq.coordinator.policy import ANYONE, Caller, check_change, check_read, quota_for
@@ -58,6 +57,7 @@ from fractalq.coordinator.rpc import Malformed
 from fractalq.coordinator.settings import CoordinatorSettings
 from fractalq.coordinator.store import GroupCommit, SqliteJournal
 from fractalq.coordinator.validation import loggable
+from fractalq.coordinator.workers import WorkerRecord
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
 from fractalq.security.tokens import bearer

@@ -17,7 +17,8 @@ import uuid
 
 from fractalq import config, tasks
 from fractalq.config import QueueLimits
-from fractalq.coordinator.broker import InvalidRequest, JobSpec
+from fractalq.coordinator.broker import JobSpec
+from fractalq.coordinator.errors import InvalidRequest
 from fractalq.coordinator.jobs import StageSpec
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")

@@ -12,11 +12,10 @@ from listening import Recorder
 
 from fractalq.config import QueueLimits, RetryPolicy
 from fractalq.coordinator import validation
-from fractalq.coordinator.broker import (
+from fractalq.coordinator.broker import Broker, JobSpec
+from fractalq.coordinator.errors import (
     AlreadyExists,
-    Broker,
     InvalidRequest,
-    JobSpec,
     ResourceExhausted,
     UnknownWorker,
 )

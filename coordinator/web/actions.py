@@ -22,7 +22,7 @@ from aiohttp import web
 from fractalq import config
 from fractalq import tasks as task_types
 from fractalq.coordinator.auth import caller_of
-from fractalq.coordinator.broker import BrokerError
+from fractalq.coordinator.errors import BrokerError
 from fractalq.coordinator.service import CoordinatorService
 from fractalq.coordinator.web import errors
 from fractalq.fractal.palettes import COLOUR_SCALES, PALETTES

@@ -10,7 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from fractalq.coordinator.auth import caller_of
-from fractalq.coordinator.broker import BrokerError
+from fractalq.coordinator.errors import BrokerError
 from fractalq.coordinator.jobs import Job
 from fractalq.coordinator.policy import check_read
 from fractalq.coordinator.service import CoordinatorService

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from fractalq import config
-from fractalq.coordinator.broker import BrokerError
+from fractalq.coordinator.errors import BrokerError
 from fractalq.coordinator.jobs import Job
 from fractalq.coordinator.listeners import Listener
 from fractalq.coordinator.validation import check_job_id

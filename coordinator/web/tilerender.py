@@ -32,7 +32,8 @@ import uuid
 from collections.abc import Callable
 
 from fractalq import config
-from fractalq.coordinator.broker import Broker, BrokerError, JobSpec
+from fractalq.coordinator.broker import Broker, JobSpec
+from fractalq.coordinator.errors import BrokerError
 from fractalq.coordinator.jobs import Job, JobState
 from fractalq.coordinator.listeners import Listener
 from fractalq.coordinator.web.tilecache import TileCache
