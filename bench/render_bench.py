@@ -71,7 +71,8 @@ def work_split(request: RenderRequest, regions: int) -> dict[str, float]:
             seconds["encoding"] += encoded - coloured
             seconds["storing"] += stored - encoded
         began = time.perf_counter()
-        write_png(storage, "bench", request, regions, str(Path(folder) / "out.png"))
+        rows = split_rows(request.height, regions)
+        write_png(storage, "bench", request, rows, str(Path(folder) / "out.png"))
         seconds["assembly"] = time.perf_counter() - began
     return seconds
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import os
@@ -421,6 +422,7 @@ class GroupCommit:
         self._journal = journal
         self._interval = interval
         self._wake = asyncio.Event()
+        self._waited = asyncio.Event()  # someone waits for the next commit
         self._waiters: list[asyncio.Future[None]] = []
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "fractalq-commit")
         self._closed = False
@@ -431,6 +433,7 @@ class GroupCommit:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(future)
         self._wake.set()
+        self._waited.set()
         await future
 
     async def run(self) -> None:
@@ -439,11 +442,18 @@ class GroupCommit:
         while True:
             await self._wake.wait()
             # Under load (the last batch was large) commits are at most one per
-            # interval, so that a burst gathers into one transaction; on a quiet
-            # queue a change is written at once, rather than after a pause that
-            # every RPC waiting for durability would pay.
-            pause = last + self._interval - loop.time() if busy else 0.0
-            await asyncio.sleep(max(pause, 0.0))
+            # interval, so that a burst gathers into one transaction. On a quiet
+            # queue a change someone waits for is written at once, rather than
+            # after a pause that every RPC waiting for durability would pay; one
+            # nobody waits for (a job leased, a submission whose client waits for
+            # its end) waits up to an interval, so that it joins the commit of
+            # what follows it (that task's report) instead of costing one of its own.
+            if busy:
+                await asyncio.sleep(max(last + self._interval - loop.time(), 0.0))
+            elif not self._waiters:
+                self._waited.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._waited.wait(), self._interval)
             self._wake.clear()
             batch, waiters = self._journal.take(), self._waiters
             self._waiters = []

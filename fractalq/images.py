@@ -36,8 +36,10 @@ def submit_render(
     labels: dict[str, str] | None = None,
     keep_bands: bool = False,
     counts: bool = False,
+    wait: float = 0.0,
 ) -> pb.SubmitJobResponse:
-    """Queue one task per band; ``job_id`` makes the submission idempotent.
+    """Queue one task per band; ``job_id`` makes the submission idempotent; ``wait``:
+    seconds the coordinator may wait for the job's end before it answers.
 
     A deep view's job first computes its reference orbit
     (:mod:`fractalq.tasks.reference`), which every band reads. The job's final
@@ -46,7 +48,9 @@ def submit_render(
     fails or is cancelled, its cleanup job removes the bands. With ``counts``
     the image's smooth counts are assembled too (:func:`download_counts`).
     """
-    return client.submit(render_job(request, regions, priority, job_id, labels, keep_bands, counts))
+    job = render_job(request, regions, priority, job_id, labels, keep_bands, counts)
+    job.wait_seconds = wait
+    return client.submit(job)
 
 
 def render_job(
@@ -79,8 +83,11 @@ def render_job(
     return job
 
 
-def band_keys(job_id: str, request: RenderRequest, regions: int) -> list[str]:
-    return [band_key(job_id, start, end) for start, end in band_rows(request, regions)]
+Rows = list[tuple[int, int]]
+
+
+def band_keys(job_id: str, rows: Rows) -> list[str]:
+    return [band_key(job_id, start, end) for start, end in rows]
 
 
 def _fetch(storage: Storage, keys: list[str]) -> Iterator[bytes]:
@@ -88,16 +95,14 @@ def _fetch(storage: Storage, keys: list[str]) -> Iterator[bytes]:
         yield storage.get(key)  # one band in memory at a time
 
 
-def write_png(
-    storage: Storage, job_id: str, request: RenderRequest, regions: int, path: str
-) -> None:
-    """Assemble the stored bands into ``path``, atomically (temp file, then rename)."""
+def write_png(storage: Storage, job_id: str, request: RenderRequest, rows: Rows, path: str) -> None:
+    """Assemble the stored bands of ``rows`` into ``path``, atomically (temp file, then
+    rename)."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, temp = tempfile.mkstemp(prefix=".fractalq-", suffix=".png", dir=folder)
     try:
         with os.fdopen(fd, "wb") as out:
-            rows = band_rows(request, regions)
-            assemble(_fetch(storage, band_keys(job_id, request, regions)), request.width, rows, out)
+            assemble(_fetch(storage, band_keys(job_id, rows)), request.width, rows, out)
         os.chmod(temp, 0o644)
         os.replace(temp, path)
     except BaseException:
@@ -107,14 +112,14 @@ def write_png(
 
 
 def write_counts(
-    storage: Storage, job_id: str, request: RenderRequest, regions: int, path: str
+    storage: Storage, job_id: str, request: RenderRequest, rows: Rows, path: str
 ) -> None:
     """The bands' counts as one NumPy ``.npy`` file at ``path`` (float32, height x
     width), one band in memory at a time."""
     with open(path, "wb") as out:
         header = {"descr": "<f4", "fortran_order": False, "shape": (request.height, request.width)}
         np.lib.format.write_array_header_1_0(out, header)
-        for start, end in band_rows(request, regions):
+        for start, end in rows:
             data = storage.get(counts_key(job_id, start, end))
             if len(data) != 4 * (end - start) * request.width:
                 raise ValueError(f"the counts of rows {start}..{end} are cut short")
@@ -156,10 +161,10 @@ def download_counts(storage: Storage, job: pb.Job, path: str) -> int:
 
 
 def remove_bands(
-    storage: Storage, job_id: str, request: RenderRequest, regions: int, counts: bool = False
+    storage: Storage, job_id: str, request: RenderRequest, rows: Rows, counts: bool = False
 ) -> None:
     """Remove the bands (and their counts), and what the first task stored for them."""
-    keys = band_keys(job_id, request, regions) + shared_keys(job_id, request)
+    keys = band_keys(job_id, rows) + shared_keys(job_id, request)
     if counts:
-        keys += [counts_key(job_id, start, end) for start, end in band_rows(request, regions)]
+        keys += [counts_key(job_id, start, end) for start, end in rows]
     storage.delete(keys)

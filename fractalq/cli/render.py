@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from fractalq.cli.common import (
     real,
 )
 from fractalq.cli.progress import Progress
-from fractalq.client import Client, ClientError
+from fractalq.client import Client, ClientError, Unavailable
 from fractalq.endpoint import ENV_TLS_CA, ENV_TOKEN_FILE, Endpoint
 from fractalq.fractal.palettes import COLOUR_SCALES, PALETTES
 from fractalq.fractal.request import RenderRequest, split_rows
@@ -172,24 +173,39 @@ def render_image(
     """
     began = time.monotonic() if began is None else began
     first_band = assembling = reference = None
+    # The id is chosen here, so that a submission whose answer is lost (the
+    # coordinator restarts while it waits) can still be followed.
+    job_id = uuid.uuid4().hex
+    lost = functools.partial(_say_lost, client.address, reconnect_timeout)
     try:
-        submitted = submit_render(
-            client, request, regions, priority, keep_bands=keep_bands, counts=bool(counts_out)
-        ).job
+        try:
+            # The coordinator answers once the job has ended if it does so within
+            # SUBMIT_WAIT: a small render is one round trip.
+            job = submit_render(
+                client, request, regions, priority, job_id=job_id, keep_bands=keep_bands,
+                counts=bool(counts_out), wait=config.SUBMIT_WAIT,
+            ).job  # fmt: skip
+        except Unavailable as error:
+            lost(str(error))
+            job = next(client.follow(job_id, reconnect_timeout, lost))
         # First line: the id, so that a caller can fetch the image later whatever happens.
-        print(f"submitted {submitted.total} bands as job {submitted.job_id}", flush=True)
-        progress = Progress(submitted.total, "bands")
-        job = submitted
-        lost = functools.partial(_say_lost, client.address, reconnect_timeout)
-        for job in client.follow(submitted.job_id, reconnect_timeout, lost):
-            if first_band is None and (job.leased or job.succeeded):
-                first_band = time.monotonic()
-            if reference is None and job.first.state == pb.TASK_SUCCEEDED:
-                reference = time.monotonic()  # a deep view's reference orbit
-            if assembling is None and job.state in (pb.FINISHING, pb.SUCCEEDED):
-                assembling = time.monotonic()
-            finished = job.state in FINISHED
-            progress.update(job.succeeded, job.leased, final=finished)
+        print(f"submitted {job.total} bands as job {job.job_id}", flush=True)
+        progress = Progress(job.total, "bands")
+        if job.state not in FINISHED:
+            for job in client.follow(job_id, reconnect_timeout, lost):
+                if first_band is None and (job.leased or job.succeeded):
+                    first_band = time.monotonic()
+                if reference is None and job.first.state == pb.TASK_SUCCEEDED:
+                    reference = time.monotonic()  # a deep view's reference orbit
+                if assembling is None and job.state in (pb.FINISHING, pb.SUCCEEDED):
+                    assembling = time.monotonic()
+                finished = job.state in FINISHED
+                progress.update(job.succeeded, job.leased, final=finished)
+        else:
+            progress.update(job.succeeded, job.leased, final=True)
+            # Ended within the submission: the coordinator's own times say when
+            # the first task started (the assembly is counted with the bands).
+            first_band = began + max(job.started_at - job.created_at, 0.0)
     except ClientError as error:
         raise CommandError(str(error)) from None
     if job.state != pb.SUCCEEDED:
@@ -207,13 +223,15 @@ def render_image(
             raise CommandError(f"downloading the counts to {counts_out}: {error}") from None
     done = time.monotonic()
     first_band = assembled if first_band is None else first_band
-    assembling = assembled if assembling is None else assembling
     orbit = "" if reference is None else f"reference orbit after {reference - began:.2f}s, "
+    if assembling is None:  # not followed stage by stage
+        stages = f"bands and assembly {assembled - first_band:.2f}s"
+    else:
+        stages = f"bands {assembling - first_band:.2f}s, assembly {assembled - assembling:.2f}s"
     print(
         f"{request.width}x{request.height} {request.fractal} in {done - began:.2f}s"
-        f" ({orbit}first band after {first_band - began:.2f}s,"
-        f" bands {assembling - first_band:.2f}s,"
-        f" assembly {assembled - assembling:.2f}s, download {done - assembled:.2f}s)",
+        f" ({orbit}first band after {first_band - began:.2f}s, {stages},"
+        f" download {done - assembled:.2f}s)",
         file=sys.stderr,
     )
 

@@ -27,7 +27,7 @@ import os
 import tempfile
 
 from fractalq import config
-from fractalq.fractal.request import RenderRequest, split_rows
+from fractalq.fractal.request import RenderRequest, band_rows, split_rows
 from fractalq.storage import shared_storage
 from fractalq.tasks.registry import InvalidPayload, TaskContext, task_type
 
@@ -48,7 +48,7 @@ class Assembly:
     """What the final task is asked to make of a render's bands."""
 
     request: RenderRequest
-    regions: int
+    rows: list[tuple[int, int]]  # the bands', as the band tasks were given them
     keep_bands: bool = False
     counts: bool = False
 
@@ -56,9 +56,12 @@ class Assembly:
 def assemble_payload(
     request: RenderRequest, regions: int, keep_bands: bool = False, counts: bool = False
 ) -> bytes:
+    """The payload for a render asked for in ``regions`` bands; it names the count
+    of bands made (:func:`~fractalq.fractal.request.band_rows`)."""
     fields: dict[str, object] = {
         "request": json.loads(request.to_json()),
         "regions": regions,
+        "bands": len(band_rows(request, regions)),
         "keep_bands": keep_bands,
     }
     if counts:
@@ -71,16 +74,28 @@ def parse_payload(payload: bytes) -> Assembly:
         data = json.loads(payload)
         request = RenderRequest.from_json(json.dumps(data["request"]))
         regions, keep = data["regions"], data.get("keep_bands", False)
+        bands = data.get("bands", None)
         counts = data.get("counts", False)
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise InvalidPayload(f"not an assembly payload: {error}") from None
     if not isinstance(regions, int) or not isinstance(keep, bool) or not isinstance(counts, bool):
         raise InvalidPayload("regions must be a whole number, keep_bands and counts true or false")
+    if bands is not None and (isinstance(bands, bool) or not isinstance(bands, int)):
+        raise InvalidPayload("bands must be a whole number")
     try:
         split_rows(request.height, regions)
+        if bands is None:  # a payload from before small images got fewer bands
+            rows = split_rows(request.height, min(max(regions, _bounded(request)), request.height))
+        else:
+            rows = split_rows(request.height, bands)
     except ValueError as error:
         raise InvalidPayload(str(error)) from None
-    return Assembly(request, regions, keep, counts)
+    return Assembly(request, rows, keep, counts)
+
+
+def _bounded(request: RenderRequest) -> int:
+    """The least count of bands within ``config.MAX_BAND_PIXELS`` each."""
+    return -(-request.width * request.height // config.MAX_BAND_PIXELS)
 
 
 def _check(payload: bytes) -> None:
@@ -99,18 +114,18 @@ def assemble_image(payload: bytes, context: TaskContext) -> bytes:
     key = image_key(context.job_id)
     with tempfile.TemporaryDirectory(prefix="fractalq-assemble-") as folder:
         path = os.path.join(folder, "image.png")
-        write_png(storage, context.job_id, job.request, job.regions, path)
+        write_png(storage, context.job_id, job.request, job.rows, path)
         size = storage.put_file(key, path)
         result: dict[str, object] = {"key": key, "url": storage.url(key), "bytes": size}
         if job.counts:
             path = os.path.join(folder, "counts.npy")
-            write_counts(storage, context.job_id, job.request, job.regions, path)
+            write_counts(storage, context.job_id, job.request, job.rows, path)
             stored = counts_key(context.job_id)
             result["counts"] = {
                 "key": stored, "url": storage.url(stored), "bytes": storage.put_file(stored, path)
             }  # fmt: skip
     if not job.keep_bands:
-        remove_bands(storage, context.job_id, job.request, job.regions, job.counts)
+        remove_bands(storage, context.job_id, job.request, job.rows, job.counts)
     return json.dumps(result).encode()
 
 
@@ -123,6 +138,6 @@ def clean_up(payload: bytes, context: TaskContext) -> bytes:
     job = parse_payload(payload)
     render_job = context.job_id.removesuffix(config.CLEANUP_SUFFIX)
     storage = shared_storage(context.storage_url)
-    remove_bands(storage, render_job, job.request, job.regions, job.counts)
+    remove_bands(storage, render_job, job.request, job.rows, job.counts)
     storage.delete([image_key(render_job), counts_key(render_job)])
     return b""
