@@ -90,7 +90,9 @@ def cluster(workers: int, concurrency: int, folder: Path, storage: str) -> Itera
         group.stop()
 
 
-def render_seconds(endpoint: str, storage: str, request: RenderRequest, regions: int) -> float:
+def render_seconds(
+    endpoint: str, storage: str, request: RenderRequest, regions: int | None
+) -> float:
     """Submission to PNG on disk, with ``fractalq render``'s code."""
     with Client(endpoint) as client, tempfile.TemporaryDirectory() as folder:
         began = time.perf_counter()

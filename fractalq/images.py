@@ -30,7 +30,7 @@ from fractalq.tasks.reference import needs_first_task, reference_payload, shared
 def submit_render(
     client: Client,
     request: RenderRequest,
-    regions: int,
+    regions: int | None,
     priority: int,
     job_id: str = "",
     labels: dict[str, str] | None = None,
@@ -55,7 +55,7 @@ def submit_render(
 
 def render_job(
     request: RenderRequest,
-    regions: int,
+    regions: int | None,
     priority: int,
     job_id: str = "",
     labels: dict[str, str] | None = None,

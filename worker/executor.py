@@ -36,6 +36,7 @@ from typing import Any
 from fractalq import config, tasks
 from fractalq.storage.base import StorageError
 from fractalq.tasks import TaskContext
+from fractalq.worker.memory import release_large_allocations
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +291,11 @@ class TaskRunner:
         self._warmed: list[str] = []  # the CPU-bound types a new process is warmed for
 
     def _new_pool(self) -> ProcessPool:
-        pool = ProcessPool(1, mp_context=multiprocessing.get_context("spawn"))
+        pool = ProcessPool(
+            1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=release_large_allocations,
+        )
         for name in self._warmed:
             pool.submit(warm_task, name).add_done_callback(_log_warm_failure)
         self._pools.append(pool)

@@ -42,6 +42,7 @@ from fractalq.proto import fractalq_pb2_grpc as pb_grpc
 from fractalq.retry import retry_delay
 from fractalq.tasks import TaskContext
 from fractalq.worker.executor import Outcome, StorageUnavailable, TaskFailed, TaskRunner
+from fractalq.worker.memory import release_large_allocations
 from fractalq.worker.outage import StorageOutage
 from fractalq.worker.window import LeaseWindow
 
@@ -129,6 +130,7 @@ class Worker:
     # ---- the outer loop ----------------------------------------------------
 
     async def run(self) -> None:
+        release_large_allocations()
         self._runner.warm(self.task_types)
         # The slots outlive sessions: what runs goes on while the worker reconnects.
         self._slot_loops = [

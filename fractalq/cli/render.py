@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from fractalq.cli.common import (
     real,
 )
 from fractalq.cli.progress import Progress
-from fractalq.client import Client, ClientError, Unavailable
+from fractalq.client import Client, ClientError
 from fractalq.endpoint import ENV_TLS_CA, ENV_TOKEN_FILE, Endpoint
 from fractalq.fractal.palettes import COLOUR_SCALES, PALETTES
 from fractalq.fractal.request import RenderRequest, split_rows
@@ -45,7 +44,9 @@ def add_render_options(parser: argparse.ArgumentParser) -> None:
     options.add_argument("--width", type=int, default=config.DEFAULT_WIDTH)
     options.add_argument("--height", type=int, default=config.DEFAULT_HEIGHT)
     options.add_argument(
-        "--regions", type=int, default=config.DEFAULT_REGIONS, help="bands (one task each)"
+        "--regions",
+        type=int,
+        help=f"bands (one task each); default {config.DEFAULT_REGIONS}, fewer for a small image",
     )
     options.add_argument("--max-iter", type=int, default=config.DEFAULT_MAX_ITER)
     # Decimal strings of any length (deep views keep every digit); checked by RenderRequest.
@@ -104,7 +105,7 @@ def add_parsers(commands: Any) -> None:
     demo.set_defaults(run=run_demo)
 
 
-def request_from(args: argparse.Namespace) -> tuple[RenderRequest, int]:
+def request_from(args: argparse.Namespace) -> tuple[RenderRequest, int | None]:
     """The validated request and band count, or a one-line CommandError."""
     try:
         request = RenderRequest.create(
@@ -120,7 +121,8 @@ def request_from(args: argparse.Namespace) -> tuple[RenderRequest, int]:
             palette=args.palette,
             colour_scale=args.colour_scale,
         )
-        split_rows(request.height, args.regions)
+        if args.regions is not None:
+            split_rows(request.height, args.regions)
     except ValueError as error:
         raise CommandError(str(error)) from None
     return request, args.regions
@@ -153,7 +155,7 @@ def render_image(
     client: Client,
     storage: Storage,
     request: RenderRequest,
-    regions: int,
+    regions: int | None,
     priority: int,
     out: str,
     keep_bands: bool,
@@ -173,25 +175,22 @@ def render_image(
     """
     began = time.monotonic() if began is None else began
     first_band = assembling = reference = None
-    # The id is chosen here, so that a submission whose answer is lost (the
-    # coordinator restarts while it waits) can still be followed.
-    job_id = uuid.uuid4().hex
     lost = functools.partial(_say_lost, client.address, reconnect_timeout)
+    submitting = time.monotonic()
     try:
-        try:
-            # The coordinator answers once the job has ended if it does so within
-            # SUBMIT_WAIT: a small render is one round trip.
-            job = submit_render(
-                client, request, regions, priority, job_id=job_id, keep_bands=keep_bands,
-                counts=bool(counts_out), wait=config.SUBMIT_WAIT,
-            ).job  # fmt: skip
-        except Unavailable as error:
-            lost(str(error))
-            job = next(client.follow(job_id, reconnect_timeout, lost))
+        # The coordinator answers once the job has ended if it does so within
+        # SUBMIT_WAIT: a small render is one round trip. (A coordinator lost
+        # during that wait ends the render, as one lost at submission always did;
+        # one lost later is ridden out.)
+        job = submit_render(
+            client, request, regions, priority, keep_bands=keep_bands, counts=bool(counts_out),
+            wait=config.SUBMIT_WAIT,
+        ).job  # fmt: skip
         # First line: the id, so that a caller can fetch the image later whatever happens.
         print(f"submitted {job.total} bands as job {job.job_id}", flush=True)
         progress = Progress(job.total, "bands")
         if job.state not in FINISHED:
+            job_id = job.job_id
             for job in client.follow(job_id, reconnect_timeout, lost):
                 if first_band is None and (job.leased or job.succeeded):
                     first_band = time.monotonic()
@@ -205,7 +204,7 @@ def render_image(
             progress.update(job.succeeded, job.leased, final=True)
             # Ended within the submission: the coordinator's own times say when
             # the first task started (the assembly is counted with the bands).
-            first_band = began + max(job.started_at - job.created_at, 0.0)
+            first_band = submitting + max(job.started_at - job.created_at, 0.0)
     except ClientError as error:
         raise CommandError(str(error)) from None
     if job.state != pb.SUCCEEDED:
@@ -317,9 +316,10 @@ def run_demo(args: argparse.Namespace) -> int:
             # The secure path, as the chart runs it: TLS, and a token per role.
             secure_flags, worker_env, secure = _secure_path(tmp / "trust", endpoint)
             storage_url = storage_dir.as_uri()
+            # The demo's one holder may render any image it is asked for: no pixel quota.
             coordinator = _start(
                 ["coordinator", "--host", "127.0.0.1", "--port", str(port), "--no-http",
-                 "--storage", storage_url, *secure_flags],
+                 "--storage", storage_url, "--quota-job-pixels", "0", *secure_flags],
                 tmp / "coordinator.log",
             )  # fmt: skip
             processes.append(coordinator)

@@ -54,14 +54,16 @@ class Assembly:
 
 
 def assemble_payload(
-    request: RenderRequest, regions: int, keep_bands: bool = False, counts: bool = False
+    request: RenderRequest, regions: int | None, keep_bands: bool = False, counts: bool = False
 ) -> bytes:
-    """The payload for a render asked for in ``regions`` bands; it names the count
-    of bands made (:func:`~fractalq.fractal.request.band_rows`)."""
+    """The payload for a render asked for in ``regions`` bands (None: the default);
+    it names the count of bands made (:func:`~fractalq.fractal.request.band_rows`)."""
+    bands = len(band_rows(request, regions))
     fields: dict[str, object] = {
         "request": json.loads(request.to_json()),
-        "regions": regions,
-        "bands": len(band_rows(request, regions)),
+        # An older assembler reads this alone: the count made gives it the same bands.
+        "regions": bands if regions is None else regions,
+        "bands": bands,
         "keep_bands": keep_bands,
     }
     if counts:
@@ -84,18 +86,11 @@ def parse_payload(payload: bytes) -> Assembly:
         raise InvalidPayload("bands must be a whole number")
     try:
         split_rows(request.height, regions)
-        if bands is None:  # a payload from before small images got fewer bands
-            rows = split_rows(request.height, min(max(regions, _bounded(request)), request.height))
-        else:
-            rows = split_rows(request.height, bands)
+        # An older payload names no count: its bands are those of its regions.
+        rows = band_rows(request, regions) if bands is None else split_rows(request.height, bands)
     except ValueError as error:
         raise InvalidPayload(str(error)) from None
     return Assembly(request, rows, keep, counts)
-
-
-def _bounded(request: RenderRequest) -> int:
-    """The least count of bands within ``config.MAX_BAND_PIXELS`` each."""
-    return -(-request.width * request.height // config.MAX_BAND_PIXELS)
 
 
 def _check(payload: bytes) -> None:
