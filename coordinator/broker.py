@@ -757,7 +757,10 @@ class Broker:
         job = self._live_lease(worker, job_id, index, attempt, now)
         if job is None:
             return False
-        limit = max(self.limits.max_result_bytes, _result_limit(job.task_type_of(index)))
+        # The type's own limit is looked up only for a result past the queue's.
+        limit = self.limits.max_result_bytes
+        if len(result) > limit:
+            limit = max(limit, _result_limit(job.task_type_of(index)))
         if len(result) > limit:
             message = f"its result is {len(result)} bytes, more than the limit of {limit}"
             self._failed_attempt(worker, job, index, attempt, message, now)

@@ -419,8 +419,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             due = self.broker.next_due()
             if due is not None:
                 remaining = min(remaining, max(due - self.clock(), 0.0) + 0.001)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ready.wait(), remaining)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout: no task per wait
+                async with asyncio.timeout(remaining):
+                    await ready.wait()
         return pb.GetTaskResponse(tasks=_tasks(leased))
 
     @_unary
@@ -511,7 +512,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         wait = min(max(wait, 0.0), config.MAX_SUBMIT_WAIT_SECONDS)
         job_id = spec.job_id or validation.new_job_id()
         known = self.broker.get_job(job_id) is not None
-        if not known and self.journal is not None and self.journal.load_job(job_id) is not None:
+        # An id of the client's may be one only the database remembers (one of ours is new).
+        if not known and spec.job_id and self.journal and self.journal.load_job(job_id):
             raise AlreadyExists(f"job {job_id!r} already exists (finished long ago)")
         job, created = self.broker.submit(
             spec,
@@ -520,9 +522,14 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             owner=caller.owner,
             quota=quota_for(caller, self.settings.quota) if self.settings.tokens else None,
         )
-        if created:
-            log.info(
-                "job %s: %d %s task(s), priority %d", job_id, job.total, job.task_type, job.priority
+        if created:  # said once the job's first lease has gone out: not in its way
+            asyncio.get_running_loop().call_soon(
+                log.info,
+                "job %s: %d %s task(s), priority %d",
+                job_id,
+                job.total,
+                job.task_type,
+                job.priority,
             )
         if wait > 0:
             await self._until_ended(job, wait)
@@ -542,7 +549,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         while not job.state.finished and (left := deadline - loop.time()) > 0:
             changed = self._watches.event(job.job_id)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), left)
+                async with asyncio.timeout(left):
+                    await changed.wait()
 
     def _results(self, job: Job) -> list[bytes] | None:
         """Each task's result (committed ones: call after :meth:`_durable`), or None."""
@@ -600,7 +608,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         while not job.state.finished and (left := deadline - loop.time()) > 0:
             changed = self._watches.event(job_id)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), left)
+                async with asyncio.timeout(left):
+                    await changed.wait()
             job = self._job(job_id)
         return job
 

@@ -453,7 +453,8 @@ class GroupCommit:
             elif not self._waiters:
                 self._waited.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._waited.wait(), self._interval)
+                    async with asyncio.timeout(self._interval):
+                        await self._waited.wait()
             self._wake.clear()
             batch, waiters = self._journal.take(), self._waiters
             self._waiters = []

@@ -347,7 +347,9 @@ class Worker:
         outcomes: list[Outcome] = []
         unrun = list(range(len(batch)))
         if not (self._outage.down and any(_needs_storage(t.task_type) for t in batch)):
-            outcomes, unrun = await self._runner.run_batch(items, self._stop)
+            # One task has nothing to leave unrun when stopping: no watch on the stop.
+            stop = self._stop if len(items) > 1 else None
+            outcomes, unrun = await self._runner.run_batch(items, stop)
         for outcome in outcomes:
             task = batch[outcome.index]
             if isinstance(outcome.result, StorageUnavailable):
