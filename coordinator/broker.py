@@ -303,6 +303,10 @@ class Broker:
         self.on_job_change: Callable[[Job], None] = lambda job: None
         # Every accepted result: (job, task index, result bytes).
         self.on_task_result: Callable[[Job, int, bytes], None] = lambda job, index, result: None
+        # For /metrics: each lease (task type, seconds it waited ready), each
+        # accepted report (task type, "succeeded" or "failed", seconds it ran).
+        self.on_leased: Callable[[str, float], None] = lambda task_type, waited: None
+        self.on_ran: Callable[[str, str, float], None] = lambda task_type, outcome, ran: None
 
     # ---- restoring -------------------------------------------------------
 
@@ -319,6 +323,7 @@ class Broker:
                 self._remember_finished(job)
             else:
                 job.rebuild_ready()
+                job.ready_at = now  # queue waits count from this start
                 self._ready.push(job)
                 self.active += 1
                 self.queued_bytes += job.payload_bytes()
@@ -660,7 +665,7 @@ class Broker:
             if attempt >= job.max_attempts:
                 self._dead_letter(job, index, message, now)
             else:
-                job.push_ready(index)
+                job.push_ready(index, now)
                 self.journal.task_changed(job, index, error=message)
                 self._ready.push(job)
         if worker.leases:
@@ -678,7 +683,7 @@ class Broker:
                 self._settle(job, index, now)
                 continue
             del self._owners[(job_id, index)]
-            self._release(job, index)
+            self._release(job, index, now)
         if worker.leases:
             self.on_ready()
         return len(worker.leases)
@@ -692,6 +697,8 @@ class Broker:
         self.promote_due(now)
         leased: list[LeasedTask] = []
         for job, index in self._ready.lease(worker.task_types, max_tasks):
+            task_type = job.task_type_of(index)
+            self.on_leased(task_type, job.waited(index, now))
             if job.state is JobState.QUEUED:
                 job.state = JobState.PREPARING if job.stage is Stage.FIRST else JobState.RUNNING
                 job.started_at = now
@@ -703,7 +710,7 @@ class Broker:
                 LeasedTask(
                     job.job_id,
                     index,
-                    job.task_type_of(index),
+                    task_type,
                     job.payload(index),
                     job.attempts_of(index),
                     # A job's limit is for its parallel tasks; its first and
@@ -751,20 +758,24 @@ class Broker:
         attempt: int,
         result: bytes,
         now: float,
+        seconds: float = 0.0,
     ) -> bool:
-        """Record a result; False when it is not ``worker``'s live lease (changes nothing)."""
+        """Record a result; False when it is not ``worker``'s live lease (changes nothing).
+
+        ``seconds``: how long the attempt ran, as its worker says (0: not said).
+        """
         worker.last_seen = now
         job = self._live_lease(worker, job_id, index, attempt, now)
         if job is None:
             return False
-        # The type's own limit is looked up only for a result past the queue's.
-        limit = self.limits.max_result_bytes
+        task_type = job.task_type_of(index)
+        limit = max(self.limits.max_result_bytes, _result_limit(task_type))
         if len(result) > limit:
-            limit = max(limit, _result_limit(job.task_type_of(index)))
-        if len(result) > limit:
+            self.on_ran(task_type, "failed", seconds)
             message = f"its result is {len(result)} bytes, more than the limit of {limit}"
             self._failed_attempt(worker, job, index, attempt, message, now)
             return True
+        self.on_ran(task_type, "succeeded", seconds)
         self._drop_lease(job, index)
         job.set_state(index, TaskState.SUCCEEDED)
         self._drop_errors(job, index)
@@ -777,6 +788,7 @@ class Broker:
         if not job.stage_done():
             self.on_job_change(job)
         elif job.advance():  # the next stage's tasks are ready now
+            job.ready_at = now
             job.state = JobState.FINISHING if job.stage is Stage.FINAL else JobState.RUNNING
             self.journal.job_changed(job)
             self._ready.push(job)
@@ -794,12 +806,17 @@ class Broker:
         attempt: int,
         message: str,
         now: float,
+        seconds: float = 0.0,
     ) -> bool:
-        """Record a failed attempt: retry after a backoff, or dead-letter."""
+        """Record a failed attempt: retry after a backoff, or dead-letter.
+
+        ``seconds``: how long the attempt ran, as its worker says (0: not said).
+        """
         worker.last_seen = now
         job = self._live_lease(worker, job_id, index, attempt, now)
         if job is None:
             return False
+        self.on_ran(job.task_type_of(index), "failed", seconds)
         self._failed_attempt(worker, job, index, attempt, message, now)
         return True
 
@@ -827,13 +844,13 @@ class Broker:
         if job is None:
             return False
         self._drop_lease(job, index)
-        self._release(job, index)
+        self._release(job, index, now)
         self.on_ready()
         return True
 
-    def _release(self, job: Job, index: int) -> None:
+    def _release(self, job: Job, index: int, now: float) -> None:
         job.uncount_attempt(index)
-        job.push_ready(index)
+        job.push_ready(index, now)
         self._ready.push(job)
         self.on_job_change(job)
 
@@ -918,6 +935,7 @@ class Broker:
         self.dead_letters -= len(dead)
         self.requeued += len(chosen)
         job.reopen(chosen)
+        job.ready_at, job.returned_at = now, {}
         self.active += 1
         self._owned.setdefault(job.owner, set()).add(job_id)
         self.journal.job_changed(job)
@@ -961,7 +979,7 @@ class Broker:
             job = self.jobs.get(job_id)
             if job is None or job.state.finished or job.state_of(index) != TaskState.DELAYED:
                 continue
-            job.push_ready(index)
+            job.push_ready(index, now)
             self._ready.push(job)
             promoted += 1
         if promoted:

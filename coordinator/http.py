@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fractalq.coordinator import validation
 from fractalq.coordinator.auth import caller_of, http_middleware
 from fractalq.coordinator.broker import BrokerError
-from fractalq.coordinator.metrics import registry
+from fractalq.coordinator.metrics import TaskTimings, registry
 from fractalq.coordinator.refusals import INVALID, Refusals
 from fractalq.coordinator.service import CoordinatorService, job_message
 from fractalq.coordinator.web.app import add_dashboard
@@ -65,7 +65,7 @@ def make_app(service: CoordinatorService, tokens: TokenTable | None = None) -> w
     """The routes; with ``tokens``, everything but /healthz, /metrics and the
     dashboard's pages needs one (a bearer token, or a browser's session cookie)."""
     routes = web.RouteTableDef()
-    metrics = registry(service.stats)
+    metrics = registry(service.stats, TaskTimings().attach(service.broker))
 
     @routes.get("/metrics")
     async def prometheus(request: web.Request) -> web.Response:

@@ -132,8 +132,14 @@ class Job:
     # while the task may still run or is dead-lettered and held.
     errors: dict[int, list[AttemptError]] = dataclasses.field(default_factory=dict)
     dead_letters_held: bool = False  # FAILED, held for a requeue or a purge
+    # Since when the current stage's tasks are ready (its release, or the
+    # coordinator's start), and since when each task that came back is (a retry
+    # due, a lease lost or handed back): a lease's queue wait, for /metrics.
+    ready_at: float = 0.0
+    returned_at: dict[int, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.ready_at = self.ready_at or self.created_at
         if not self.states:
             self.states = bytearray(self.total)  # all QUEUED
             self.attempts = bytearray(self.total)
@@ -283,11 +289,17 @@ class Job:
             return self.counts[TaskState.QUEUED] > 0
         return running[1].state is TaskState.QUEUED
 
-    def push_ready(self, index: int) -> None:
-        """Mark a task ready again (a parallel one must be below next_fresh)."""
+    def push_ready(self, index: int, now: float | None = None) -> None:
+        """Mark a task ready again (a parallel one must be below next_fresh), since ``now``."""
+        if now is not None:
+            self.returned_at[index] = now
         self.set_state(index, TaskState.QUEUED)
         if self.stage_task(index) is None:
             heapq.heappush(self.returned, index)
+
+    def waited(self, index: int, now: float) -> float:
+        """How long task ``index``, leased ``now``, was ready and waiting."""
+        return max(now - self.returned_at.pop(index, self.ready_at), 0.0)
 
     def lease_next(self) -> int | None:
         """Lease the current stage's lowest ready index (attempts + 1), or None."""

@@ -73,13 +73,37 @@ def guarded(
     response_type: type[Message],
     on_malformed: Callable[[str, Malformed], None],
 ) -> Callable[..., Any]:
-    """``method`` of a unary-request servicer, but a malformed request is refused
-    with INVALID_ARGUMENT (``on_malformed`` hears of it) and never reaches it."""
+    """``method`` of a servicer, but a malformed request is refused with
+    INVALID_ARGUMENT (``on_malformed`` hears of it) and never reaches it; in a
+    stream of requests, the first malformed one ends the call so."""
     name = descriptor.name
 
     def refuse(request: Malformed, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         on_malformed(name, request)
         set_status(context, grpc.StatusCode.INVALID_ARGUMENT, str(request))
+
+    if descriptor.client_streaming and descriptor.server_streaming:
+
+        async def both(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            malformed: list[Malformed] = []
+
+            async def checked() -> AsyncIterator[Any]:
+                async for request in requests:
+                    if isinstance(request, Malformed):
+                        malformed.append(request)
+                        return
+                    yield request
+
+            async for reply in method(checked(), context):
+                yield reply
+            if malformed:
+                refuse(malformed[0], context)
+
+        return both
+    if descriptor.client_streaming:
+        raise NotImplementedError(f"{name}: a stream of requests with one reply")
 
     if inspect.isasyncgenfunction(method):
 

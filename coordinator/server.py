@@ -15,13 +15,14 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2
 
-from fractalq import config
+from fractalq import config, tasks
 from fractalq.config import CoordinatorConfig
 from fractalq.coordinator.auth import TokenInterceptor
 from fractalq.coordinator.broker import Broker
 from fractalq.coordinator.housekeeping import can_sweep, queue_sweep
 from fractalq.coordinator.http import make_app
 from fractalq.coordinator.lock import DataFolderLock, StartupError, check_listen, show_address
+from fractalq.coordinator.reflection import add_reflection
 from fractalq.coordinator.refusals import INVALID
 from fractalq.coordinator.service import CoordinatorService, add_health, add_to_server
 from fractalq.coordinator.store import GroupCommit, SqliteJournal
@@ -120,6 +121,7 @@ async def _serve(
     add_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     add_health(service, health_servicer, server)
+    add_reflection(server, service.refusals)
     listen = show_address(settings.host, settings.port)
     try:
         if settings.tls is not None:
@@ -176,6 +178,7 @@ async def _serve(
         else "no TLS",
         f"{len(settings.tokens)} token(s)" if settings.tokens else "no tokens",
     )
+    log.info("task types: %s", ", ".join(tasks.names()))
     if started is not None:
         started(port, http_port)
     try:

@@ -432,7 +432,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         now = self.clock()
         complete = self.broker.complete
         accepted = sum(
-            complete(worker, r.task.job_id, r.task.index, r.task.attempt, r.result, now)
+            complete(worker, r.task.job_id, r.task.index, r.task.attempt, r.result, now, r.seconds)
             for r in request.results
         )
         # The worker's next tasks (a stage these reports released, say) in the same answer.
@@ -454,7 +454,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         worker = self._session(request.worker_id, request.session)
         now = self.clock()
         accepted = sum(
-            self.broker.fail(worker, e.task.job_id, e.task.index, e.task.attempt, e.message, now)
+            self.broker.fail(
+                worker, e.task.job_id, e.task.index, e.task.attempt, e.message, now, e.seconds
+            )
             for e in request.errors
         )
         if accepted:

@@ -157,6 +157,16 @@ SWEEP_JOB_PREFIX = "sweep-"
 SWEEP_PRIORITY = 1000
 DEFAULT_LIST_LIMIT = 100
 
+# /metrics: the buckets (seconds) of the histograms of how long task attempts
+# ran on their workers, by task type and outcome (a noop in a millisecond, a
+# deep band for minutes), and how long tasks waited ready in the queue before a
+# worker leased them, by task type (nothing on an idle queue, hours behind a
+# large render).
+RUNTIME_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                   30.0, 60.0, 300.0, 900.0, 3600.0)  # fmt: skip
+QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                      30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0)  # fmt: skip
+
 # ---- dashboard (the coordinator's HTTP port, coordinator/web/) -------------
 
 # Browser sessions: a token entered once becomes a random session cookie of the
@@ -184,6 +194,10 @@ PREVIEW_MEMORY = 32 * 1024 * 1024
 # ---- worker --------------------------------------------------------------
 
 DEFAULT_CONCURRENCY = 1
+# A read-only folder of kernels compiled ahead (the image sets it): copied into
+# numba's writable NUMBA_CACHE_DIR before the first kernel loads
+# (fractalq/fractal/kernel_cache.py).
+KERNEL_CACHE_VARIABLE = "FRACTALQ_KERNEL_CACHE"
 # Tasks a worker leases beyond those it runs, so that the next one is at hand
 # when a task ends (no round trip between two tasks); handed back at once when
 # the worker stops. Other workers cannot take a prefetched task meanwhile.

@@ -375,7 +375,10 @@ class TaskResult(_message.Message):
 
     TASK_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
     result: _builtins.bytes
+    seconds: _builtins.float
+    """how long the attempt ran on its worker (for /metrics)"""
     @_builtins.property
     def task(self) -> Global___TaskRef: ...
     def __init__(
@@ -383,10 +386,11 @@ class TaskResult(_message.Message):
         *,
         task: Global___TaskRef | None = ...,
         result: _builtins.bytes = ...,
+        seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "seconds", b"seconds", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -398,7 +402,10 @@ class TaskError(_message.Message):
 
     TASK_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
     message: _builtins.str
+    seconds: _builtins.float
+    """how long the attempt ran, when it ran (0: it did not start)"""
     @_builtins.property
     def task(self) -> Global___TaskRef: ...
     def __init__(
@@ -406,10 +413,11 @@ class TaskError(_message.Message):
         *,
         task: Global___TaskRef | None = ...,
         message: _builtins.str = ...,
+        seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "seconds", b"seconds", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

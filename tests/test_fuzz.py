@@ -30,6 +30,7 @@ import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kube import Emulator
@@ -235,6 +236,7 @@ def test_any_request_to_any_rpc_gets_a_documented_answer(cluster: ProcessGroup) 
 # ---- bytes that are no message at all, to every method on the gRPC port -----
 
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
+REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
 # Corrupt for every message type: a truncated varint, an invalid wire type,
 # a length past the end, an unterminated group, an overlong varint.
 NOT_MESSAGES = [b"\xff", b"\x08", b"\x07", b"\x0a\x05ab", b"\x0b" * 200,
@@ -243,8 +245,8 @@ HEALTH_CALLS = 500
 
 
 def _role_for(service: str, method: str) -> str:
-    if service == HEALTH.full_name:
-        return "reader"  # any: the health service answers without a token
+    if service in (HEALTH.full_name, REFLECTION.full_name):
+        return "reader"  # any: these answer without a token
     roles = METHOD_ROLES[method]
     return str(
         next(role.value for role in (Role.CLIENT, Role.WORKER, Role.READER) if role in roles)
@@ -281,7 +283,7 @@ def test_bytes_that_are_no_message_are_refused_on_every_method_without_a_traceba
 
     calls = 0
     try:
-        for service in (SERVICE, HEALTH):
+        for service in (SERVICE, HEALTH, REFLECTION):
             for method in service.methods:
                 for body in NOT_MESSAGES:
                     error = _raw_call(channel(_role_for(service.full_name, method.name)),

@@ -9,26 +9,31 @@ headers, the role tokens.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import ssl
+import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
 from procs import ProcessGroup, Trust, run_cli, wait_until
 from s3server import SeaweedS3
 
+from fractalq.logs import JsonLines
 from fractalq.security.logs import RedactSecrets, redact
 
 SIGNATURE = re.compile(r"(?i)signature=[0-9a-f]{16}|x-amz-signature|x-amz-credential")
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
 def test_a_verbose_worker_and_coordinator_log_no_secret(
-    tmp_path: Path, s3_server: SeaweedS3
+    tmp_path: Path, s3_server: SeaweedS3, log_format: str
 ) -> None:
     trust = Trust(tmp_path / "trust")
-    storage = f"s3://{s3_server.make_bucket('logs')}/renders"
-    env = s3_server.env()
+    storage = f"s3://{s3_server.make_bucket('logs-' + log_format)}/renders"
+    env = s3_server.env() | {"FRACTALQ_LOG_FORMAT": log_format}
     group = ProcessGroup(tmp_path)
     try:
         coordinator = group.start_coordinator(
@@ -52,10 +57,17 @@ def test_a_verbose_worker_and_coordinator_log_no_secret(
         with urllib.request.urlopen(request, context=context, timeout=30) as reply:
             assert reply.read() == out.read_bytes()
         # At -v, the logs are verbose indeed: the worker's own debug lines are there.
-        wait_until(lambda: " DEBUG " in worker.log(), 10, "debug lines")
+        debug = '"level": "DEBUG"' if log_format == "json" else " DEBUG "
+        wait_until(lambda: debug in worker.log(), 10, "debug lines")
         logs = {"worker": worker.log(), "coordinator": coordinator.log()}
     finally:
         group.stop()
+    if log_format == "json":  # every line an object with these fields first
+        for name, text in logs.items():
+            for line in text.splitlines():
+                fields = json.loads(line)
+                assert list(fields)[:4] == ["time", "level", "logger", "message"], (name, line)
+                assert fields["time"].endswith("+00:00")
     secrets = [env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], *trust.tokens.values()]
     for name, text in logs.items():
         assert text, name
@@ -81,3 +93,25 @@ def test_the_filter_hides_credentials_in_every_shape_libraries_print_them() -> N
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "key %s", ("s3cr3t-value-42",), None)
     assert RedactSecrets(["s3cr3t-value-42"]).filter(record)
     assert record.getMessage() == "key ***"
+
+
+def test_json_lines_carry_extra_fields_and_the_filter_reaches_them_and_tracebacks() -> None:
+    secret = "s3cr3t-value-42"
+    try:
+        raise RuntimeError(f"the server said Bearer {secret}")
+    except RuntimeError:
+        record = logging.getLogger("fractalq.test").makeRecord(
+            "fractalq.test", logging.WARNING, __file__, 1, "job %s failed", ("j1",),
+            sys.exc_info(), extra={"job": "j1", "header": f"Authorization: {secret}"},
+        )  # fmt: skip
+    assert RedactSecrets([secret]).filter(record)
+    line = JsonLines().format(record)
+    assert secret not in line
+    fields = json.loads(line)
+    assert (fields["level"], fields["logger"], fields["message"]) == (
+        "WARNING",
+        "fractalq.test",
+        "job j1 failed",
+    )
+    assert fields["job"] == "j1" and fields["header"] == "Authorization: ***"
+    assert "RuntimeError: the server said Bearer ***" in fields["exc_info"]

@@ -281,7 +281,7 @@ def test_fractalq_operator_renders_with_its_settings_given_as_flags(
     ("variable", "value", "message"),
     [
         ("FRACTALQ_S3_PUBLIC_ENDPOINT", "localhost:9000", "public endpoint must be http"),
-        ("FRACTALQ_SCALE_MIN", "many", "is not a number"),
+        ("FRACTALQ_SCALE_MIN", "many", "is not a whole number"),
     ],
 )
 def test_bad_operator_settings_are_one_line(variable: str, value: str, message: str) -> None:

@@ -64,6 +64,12 @@ def run_task(task_type: str, payload: bytes, context: TaskContext) -> bytes:
     return tasks.get(task_type).run(payload, context)
 
 
+def _start_process(modules: Iterable[str]) -> None:
+    """A new worker process: bounded band memory, and the task types its parent has."""
+    release_large_allocations()
+    tasks.load(modules)
+
+
 def warm_task(task_type: str) -> None:
     """Prepare this process for a task type (see :attr:`TaskType.warm`)."""
     warm = tasks.get(task_type).warm
@@ -81,6 +87,43 @@ def _log_warm_failure(future: concurrent.futures.Future[None]) -> None:
     error = None if future.cancelled() else future.exception()
     if error is not None:
         log.warning("warming up failed: %s", describe(error))
+
+
+class _WarmUp:
+    """The warm-ups of one TaskRunner.warm() call, and one line once every one has ended.
+
+    How long they took says whether the compiled kernels were loaded (a fraction of a
+    second) or compiled (seconds): what a new worker's first task waits for. The line
+    waits for announce() (logging may not be set up while they run).
+    """
+
+    def __init__(self, names: list[str], futures: list[concurrent.futures.Future[None]]) -> None:
+        self._names = names
+        self._began = time.monotonic()
+        self._lock = threading.Lock()
+        self._pending = len(futures)
+        self._seconds: float | None = None
+        self._announced = False
+        for future in futures:
+            future.add_done_callback(self._done)
+
+    def _done(self, future: concurrent.futures.Future[None]) -> None:
+        _log_warm_failure(future)
+        with self._lock:
+            self._pending -= 1
+            if self._pending == 0:
+                self._seconds = time.monotonic() - self._began
+            self._log()
+
+    def announce(self) -> None:
+        with self._lock:
+            self._announced = True
+            self._log()
+
+    def _log(self) -> None:
+        if self._announced and self._seconds is not None and self._names:
+            log.info("warmed up in %.2f s (%s)", self._seconds, ", ".join(self._names))
+            self._names = []  # once
 
 
 def timed_out(limit: float, killed: bool) -> str:
@@ -289,12 +332,16 @@ class TaskRunner:
         self._pools: list[ProcessPool] = []
         self._idle: list[ProcessPool] = []
         self._warmed: list[str] = []  # the CPU-bound types a new process is warmed for
+        self._warm_up: _WarmUp | None = None
 
     def _new_pool(self) -> ProcessPool:
+        # A spawned process starts afresh: it loads the --tasks modules this one did,
+        # and fixes malloc's mmap threshold as this one did.
         pool = ProcessPool(
             1,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=release_large_allocations,
+            initializer=_start_process,
+            initargs=(tasks.loaded_modules(),),
         )
         for name in self._warmed:
             pool.submit(warm_task, name).add_done_callback(_log_warm_failure)
@@ -313,17 +360,21 @@ class TaskRunner:
 
         A task that arrives meanwhile simply waits for the imports it needs.
         """
-        for name in task_types:
-            kind = tasks.get(name)
-            if kind.warm is None:
-                continue
-            if self._in_process(kind):
+        names = [name for name in task_types if tasks.get(name).warm is not None]
+        futures: list[concurrent.futures.Future[None]] = []
+        for name in names:
+            if self._in_process(tasks.get(name)):
                 self._start_pools()
                 self._warmed.append(name)
-                for pool in self._pools:
-                    pool.submit(warm_task, name).add_done_callback(_log_warm_failure)
+                futures += [pool.submit(warm_task, name) for pool in self._pools]
             else:
-                self._threads.submit(warm_task, name).add_done_callback(_log_warm_failure)
+                futures.append(self._threads.submit(warm_task, name))
+        self._warm_up = _WarmUp(names, futures)
+
+    def announce_warm_up(self) -> None:
+        """Log how long warm() took, now or when it is over."""
+        if self._warm_up is not None:
+            self._warm_up.announce()
 
     async def run(
         self, task_type: str, payload: bytes, context: TaskContext, time_limit: float = 0.0

@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
@@ -122,16 +123,32 @@ class Worker:
         # The token, sent with each call (cheaper than a channel interceptor).
         self._metadata = settings.endpoint.metadata
         self._reconnects = 0  # failed connections in a row
+        self._warmed = False
 
     def stop(self) -> None:
         """Begin draining: take nothing new, finish or hand back, then return from run()."""
         self._stop.set()
 
+    def start_in_outage(self, storage_error: str) -> None:
+        """As ``storage_error`` of the constructor: begin as in a storage outage (if any)."""
+        self._storage_error_at_start = storage_error
+
+    def warm(self) -> None:
+        """Load what the task types need, in the background (once; run() does it too)."""
+        if not self._warmed:
+            self._warmed = True
+            self._runner.warm(self.task_types)
+
+    def close(self) -> None:
+        """Stop what warm() started, for a worker that will not run()."""
+        self._runner.shutdown(wait=False)
+
     # ---- the outer loop ----------------------------------------------------
 
     async def run(self) -> None:
         release_large_allocations()
-        self._runner.warm(self.task_types)
+        self.warm()
+        self._runner.announce_warm_up()
         # The slots outlive sessions: what runs goes on while the worker reconnects.
         self._slot_loops = [
             asyncio.create_task(self._slot()) for _ in range(self.settings.concurrency)
@@ -357,7 +374,7 @@ class Worker:
                 unrun.insert(0, outcome.index)
                 continue
             self._window.ran(outcome.seconds)
-            self._record(task, outcome.result)
+            self._record(task, outcome.result, outcome.seconds)
         if not unrun:
             return
         if self._stop.is_set():
@@ -373,16 +390,18 @@ class Worker:
 
     async def _execute(self, task: pb.Task) -> None:
         outcome: bytes | Exception
-        began = asyncio.get_running_loop().time()
+        began = time.perf_counter()
         try:
             outcome = await self._run(task, self._context(task))
         except Exception as error:  # whatever happens, the task is reported
             outcome = error
-        self._window.ran(asyncio.get_running_loop().time() - began)
-        self._record(task, outcome)
+        seconds = time.perf_counter() - began
+        self._window.ran(seconds)
+        self._record(task, outcome, seconds)
 
-    def _record(self, task: pb.Task, outcome: bytes | Exception) -> None:
-        """Queue the report of a task that ran; its lease is no longer ours to run."""
+    def _record(self, task: pb.Task, outcome: bytes | Exception, seconds: float) -> None:
+        """Queue the report of a task that ran (for ``seconds``); its lease is no longer
+        ours to run."""
         self._held.discard((task.job_id, task.index, task.attempt))
         ref = pb.TaskRef(job_id=task.job_id, index=task.index, attempt=task.attempt)
         if isinstance(outcome, Exception):
@@ -390,10 +409,10 @@ class Worker:
             log.warning(
                 "task %s/%d attempt %d failed: %s", task.job_id, task.index, task.attempt, outcome
             )
-            self._errors.append(pb.TaskError(task=ref, message=str(outcome)))
+            self._errors.append(pb.TaskError(task=ref, message=str(outcome), seconds=seconds))
         else:
             self.completed += 1
-            self._results.append(pb.TaskResult(task=ref, result=outcome))
+            self._results.append(pb.TaskResult(task=ref, result=outcome, seconds=seconds))
 
     async def _run(self, task: pb.Task, context: TaskContext) -> bytes:
         """Run the task, and through a storage outage again once storage answers.

@@ -1,8 +1,8 @@
 """``fractalq dead``, ``requeue`` and ``purge``: the dead letters, as an operator sees them.
 
 A task that failed its last attempt is dead-lettered and its job fails, but
-the job is held with its payloads and the error of each attempt (see the
-README's "Dead letters"): ``dead`` lists them, ``requeue`` puts a job's dead
+the job is held with its payloads and the error of each attempt (see
+docs/queue.md, "Dead letters"): ``dead`` lists them, ``requeue`` puts a job's dead
 tasks back on the queue (their attempts reset, the job running again from
 where it failed), ``purge`` lets them go. A client token sees and acts on its
 own jobs, a reader sees every job's, an admin acts on any.
@@ -15,56 +15,36 @@ import json
 import time
 from typing import Any
 
-from fractalq import config
-from fractalq.cli.common import (
-    CommandError,
-    add_endpoint_options,
-    address,
-    endpoint_from,
-    integer,
-)
+from fractalq import options
+from fractalq.cli import table as t
+from fractalq.cli.common import CommandError, command, endpoint_from
 from fractalq.client import Client, ClientError
 from fractalq.proto import fractalq_pb2 as pb
 
 
 def add_parsers(commands: Any) -> None:
-    dead = commands.add_parser("dead", help="the dead-lettered tasks and why each attempt failed")
-    dead.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
-    dead.add_argument("--job", default="", metavar="JOB", help="only this job's")
-    dead.add_argument(
-        "--limit",
-        type=integer(1, config.MAX_LIST_LIMIT),
-        default=config.DEFAULT_LIST_LIMIT,
-        metavar="N",
-        help="at most N, the latest first",
+    dead = command(
+        commands, "dead", run_dead, help="the dead-lettered tasks and why each attempt failed"
     )
-    dead.add_argument("--json", action="store_true", help="print JSON")
-    add_endpoint_options(dead)
-    dead.set_defaults(run=run_dead)
+    options.add(dead, t.COORDINATOR, t.DEAD_JOB, t.LIMIT, t.JSON)
+    options.add(dead, *t.CLIENT_TLS, title=t.CLIENT_TLS_TITLE)
 
-    requeue = commands.add_parser(
-        "requeue", help="put a failed job's dead tasks back on the queue (attempts reset)"
+    requeue = command(
+        commands,
+        "requeue",
+        run_requeue,
+        help="put a failed job's dead tasks back on the queue (attempts reset)",
     )
     requeue.add_argument("job_id", metavar="JOB")
-    requeue.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
-    requeue.add_argument(
-        "--task",
-        type=integer(0, 2**32 - 1),
-        action="append",
-        default=[],
-        metavar="N",
-        help="only this dead task (repeat for several; default: all of the job's)",
-    )
-    add_endpoint_options(requeue)
-    requeue.set_defaults(run=run_requeue)
+    options.add(requeue, t.COORDINATOR, t.REQUEUE_TASKS)
+    options.add(requeue, *t.CLIENT_TLS, title=t.CLIENT_TLS_TITLE)
 
-    purge = commands.add_parser(
-        "purge", help="drop a failed job's dead letters (its cleanup job runs)"
+    purge = command(
+        commands, "purge", run_purge, help="drop a failed job's dead letters (its cleanup job runs)"
     )
     purge.add_argument("job_id", metavar="JOB")
-    purge.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
-    add_endpoint_options(purge)
-    purge.set_defaults(run=run_purge)
+    options.add(purge, t.COORDINATOR)
+    options.add(purge, *t.CLIENT_TLS, title=t.CLIENT_TLS_TITLE)
 
 
 def _when(seconds: float) -> str:

@@ -14,7 +14,8 @@ up (:func:`protect_logs`):
   SigV4 signatures and credentials, and any secret this process was given
   (its role token, its S3 secret key and access key id), become ``***``. So
   a secret that reaches a message some other way (an exception's text, a
-  library we did not think of) is caught there too.
+  library we did not think of) is caught there too, and so is one in a
+  record's extra fields (which JSON lines print, :mod:`fractalq.logs`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ SECRET_VARIABLES = (
     "FRACTALQ_TOKEN",
 )
 HIDDEN = "***"
+# A record's own attributes; any other is an extra field the caller added.
+_RECORD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 _PATTERNS = (
     # An Authorization header in any of the shapes libraries print it:
@@ -77,6 +80,9 @@ class RedactSecrets(logging.Filter):
             record.exc_text = redact(record.exc_text, self.secrets)
         if record.stack_info:
             record.stack_info = redact(record.stack_info, self.secrets)
+        for name, value in list(record.__dict__.items()):
+            if isinstance(value, str) and name not in _RECORD_ATTRIBUTES:
+                setattr(record, name, redact(value, self.secrets))
         return True
 
 

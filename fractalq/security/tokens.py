@@ -30,8 +30,9 @@ from fractalq import config
 
 SERVICE = "fractalq.v1.Coordinator"
 # The standard gRPC health service answers everybody: the kubelet's gRPC probe
-# carries no token (see the README's "Security" section).
-OPEN_SERVICES = ("grpc.health.v1.Health",)
+# carries no token (see docs/security.md). So does server
+# reflection: it tells the services' schema, which proto/fractalq.proto publishes.
+OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")
 # HTTP paths that answer without a token: the kubelet's HTTP probe and
 # Prometheus' scraper carry none. /metrics holds counts only, no job ids.
 OPEN_PATHS = ("/healthz", "/metrics")

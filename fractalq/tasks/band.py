@@ -22,7 +22,7 @@ from fractalq.fractal.png import encode_band
 from fractalq.fractal.render import render_rows, render_rows_and_counts
 from fractalq.fractal.request import RenderRequest
 from fractalq.preview import band_preview, band_result
-from fractalq.storage import Storage, open_storage
+from fractalq.storage import shared_storage
 from fractalq.tasks.reference import reference_for, scale_for
 from fractalq.tasks.registry import InvalidPayload, TaskContext, task_type
 
@@ -70,11 +70,6 @@ def _pixels(payload: bytes) -> int:
     return request.width * (end - start)
 
 
-@functools.lru_cache(maxsize=8)
-def _storage(url: str) -> Storage:
-    return open_storage(url)  # one client per process and URL
-
-
 @functools.lru_cache(maxsize=1)
 def _uploader(pid: int) -> ThreadPoolExecutor:
     """One thread per process that stores bands (by pid: a forked child makes its own)."""
@@ -104,7 +99,7 @@ def render_band(payload: bytes, context: TaskContext) -> bytes:
     rgb, values = render_rows_and_counts(
         request, start, end, reference=reference, scale=scale, with_counts=with_counts
     )
-    storage = _storage(context.storage_url)
+    storage = shared_storage(context.storage_url)
     if values is not None:  # before the band: an assembler that finds the band finds these
         storage.put(counts_key(context.job_id, start, end), values.astype("<f4").tobytes())
     data = encode_band(rgb, start)

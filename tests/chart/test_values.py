@@ -19,6 +19,7 @@ from chart.rendering import (
     VALUES_FILE,
     Helm,
     container_of,
+    env_of,
     env_value,
     flag,
     one,
@@ -166,8 +167,11 @@ def test_values_render_into_the_commands(chart_helm: Helm) -> None:
 
 
 @pytest.mark.parametrize("option", ["defaults", "everything-else", "watch-all-namespaces"])
-def test_containers_run_valid_fractalq_commands(chart_helm: Helm, option: str) -> None:
-    """The chart's command lines parse with fractalq's own parser (and kopf's)."""
+def test_containers_run_valid_fractalq_commands(
+    chart_helm: Helm, option: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart's command lines parse with fractalq's own parser (and kopf's), each
+    with its container's FRACTALQ_* variables (options read them as they are parsed)."""
     docs = chart_helm.template(*OPTIONS[option])
     parser = build_parser()
 
@@ -193,7 +197,12 @@ def test_containers_run_valid_fractalq_commands(chart_helm: Helm, option: str) -
         ]
     )
 
-    operator, extra = parser.parse_known_args(container_of(docs, "Deployment", "operator")["args"])
+    container = container_of(docs, "Deployment", "operator")
+    for name, entry in env_of(container).items():
+        if name.startswith("FRACTALQ_") and "value" in entry:
+            monkeypatch.setenv(name, entry["value"])
+    operator, extra = parser.parse_known_args(container["args"])
+    assert operator.storage == env_value(container, "FRACTALQ_STORAGE")
     assert operator.command == "operator"
     run = kopf.cli.run.make_context("kopf run", ["-m", "fractalq.operator.handlers", *extra])
     assert run.params["standalone"] is True

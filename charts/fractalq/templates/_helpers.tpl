@@ -54,6 +54,11 @@ app.kubernetes.io/part-of: fractalq
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
 {{- end }}
 
+{{/* The operator's image: the same tag, the repository with its extra packages. */}}
+{{- define "fractalq.operatorImage" -}}
+{{- printf "%s:%s" .Values.operator.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
+{{- end }}
+
 {{/* Object names. */}}
 {{- define "fractalq.coordinator.fullname" -}}
 {{- printf "%s-coordinator" (include "fractalq.fullname" .) }}
