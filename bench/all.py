@@ -7,8 +7,9 @@ render of the default Mandelbrot and Julia views at 4800x3200 (``render_bench.py
 assembly time and memory (``assembly.py``), gigapixel demos (``gigapixel.py``) and
 the queue (``queue_bench.py``; with
 the Celery comparison when the ``bench`` extra and ``redis-server`` are
-installed, and with TLS and tokens on against off), interactive latency
-(``interactive.py``), then deep zoom (``deep.py``).
+installed, and with TLS and tokens on against off), where a no-op job's time goes
+(``noop_profile.py``), interactive latency (``interactive.py``), then deep zoom
+(``deep.py``).
 ``--quick`` takes one run
 of each instead of several, to check that they all work. Takes about ten minutes on two cores.
 """
@@ -35,6 +36,7 @@ def main() -> None:
         ["assembly.py", *(runs or ["--runs", "3"])],
         ["gigapixel.py", *(["--sizes", "4096", "16384"] if args.quick else [])],
         ["queue_bench.py", *(runs or ["--runs", "3"]), "--secure", "--memory"],
+        ["noop_profile.py", *(["--jobs", "200"] if args.quick else [])],
         ["interactive.py", *(["--samples", "5"] if args.quick else [])],
         ["deep.py", *(runs or ["--runs", "3"])],
     ]
