@@ -296,7 +296,10 @@ class Worker:
                 if not get.done():
                     call.cancel()  # stopping; leases caught in flight return on unregister
                     break
-                self._took(get.result().tasks, free)
+                leased = get.result().tasks
+                self._took(leased, free)
+                if leased:
+                    await asyncio.sleep(0)  # the slots start them before the next call
         finally:
             self._asking = 0
             stop.cancel()
