@@ -7,8 +7,9 @@ render of the default Mandelbrot and Julia views at 4800x3200 (``render_bench.py
 assembly time and memory (``assembly.py``), gigapixel demos (``gigapixel.py``) and
 the queue (``queue_bench.py``; with
 the Celery comparison when the ``bench`` extra and ``redis-server`` are
-installed, and with TLS and tokens on against off), interactive latency
-(``interactive.py``), then deep zoom (``deep.py``).
+installed, and with TLS and tokens on against off), where a no-op job's time goes
+(``noop_profile.py``), interactive latency (``interactive.py``), then deep zoom
+(``deep.py``).
 ``--quick`` takes one run
 of each instead of several, to check that they all work. Takes about ten minutes on two cores.
 """
@@ -16,8 +17,6 @@ of each instead of several, to check that they all work. Takes about ten minutes
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,15 +29,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one run of each")
     args = parser.parse_args()
     runs = ["--runs", "1"] if args.quick else []
-    celery = importlib.util.find_spec("celery") is not None and shutil.which("redis-server")
-    celery_args = ["--celery", "2"] if celery else []
     commands = [
         ["kernels.py", *(runs or ["--runs", "5"]), *(["--masked-runs", "0"] if args.quick else [])],
         ["render_bench.py", *(runs or ["--runs", "3"])],
         ["render_bench.py", "--julia", *(runs or ["--runs", "3"])],
         ["assembly.py", *(runs or ["--runs", "3"])],
         ["gigapixel.py", *(["--sizes", "4096", "16384"] if args.quick else [])],
-        ["queue_bench.py", *(runs or ["--runs", "3"]), "--secure", *celery_args],
+        ["queue_bench.py", *(runs or ["--runs", "3"]), "--secure", "--memory"],
+        ["noop_profile.py", *(["--jobs", "200"] if args.quick else [])],
         ["interactive.py", *(["--samples", "5"] if args.quick else [])],
         ["deep.py", *(runs or ["--runs", "3"])],
     ]

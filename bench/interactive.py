@@ -6,11 +6,11 @@ Starts a real coordinator (keeping its database, as deployed) and two workers
 (``--concurrency 1``) on 127.0.0.1 with a local storage folder, warms them up,
 then prints p50 and p90 over ``--samples``:
 
-- a default render (bands, the assembly task, the PNG downloaded) from submission
-  to the PNG on disk, with ``fractalq render``'s code path, at the given size and
-  at half of it;
-- a one-task ``noop`` job from submission to the watch's final message, split into
-  the SubmitJob call, the watch's first message and the rest.
+- a default render (its bands, as many as ``fractalq render`` makes of that size
+  by default, the assembly task, the PNG downloaded) from submission to the PNG
+  on disk, with ``fractalq render``'s code path, at the given size and at half of it;
+- a one-task ``noop`` job from submission to its final state, in one SubmitJob
+  that waits for the end (as ``Client.run`` and ``submit --wait`` do).
 """
 
 from __future__ import annotations
@@ -37,23 +37,15 @@ def quantiles(values: list[float]) -> str:
     return f"p50 {statistics.median(ordered) * 1000:7.2f} ms   p90 {p90 * 1000:7.2f} ms"
 
 
-def noop_split(address: str, samples: int) -> dict[str, list[float]]:
-    parts: dict[str, list[float]] = {"submit": [], "first message": [], "rest": [], "total": []}
+def noop_jobs(address: str, samples: int) -> list[float]:
+    times = []
     with Client(address) as client:
         for _ in range(samples + 5):
             began = time.perf_counter()
-            job = client.submit(pb.SubmitJobRequest(task_type="noop", count=1)).job
-            submitted = time.perf_counter()
-            stream = client.watch(job.job_id)
-            next(stream)
-            first = time.perf_counter()
-            for _ in stream:
-                pass
-            done = time.perf_counter()
-            for name, value in (("submit", submitted - began), ("first message", first - submitted),
-                                ("rest", done - first), ("total", done - began)):  # fmt: skip
-                parts[name].append(value)
-    return {name: values[5:] for name, values in parts.items()}  # the first few warm up
+            job = client.submit(pb.SubmitJobRequest(task_type="noop", count=1, wait_seconds=10)).job
+            times.append(time.perf_counter() - began)
+            assert job.state == pb.SUCCEEDED
+    return times[5:]  # the first few warm up
 
 
 def main() -> None:
@@ -68,16 +60,17 @@ def main() -> None:
         with cluster(2, 1, Path(folder), storage) as address:
             warm = RenderRequest.create("mandelbrot", width=64, height=64)
             for _ in range(4):
-                render_seconds(address, storage, warm, 8)
+                render_seconds(address, storage, warm, 2)
             times: dict[tuple[int, int], list[float]] = {size: [] for size in sizes}
             for _ in range(args.samples):  # sizes take turns: noise slows them alike
                 for width, height in sizes:
                     request = RenderRequest.create("mandelbrot", width=width, height=height)
-                    times[(width, height)].append(render_seconds(address, storage, request, 8))
+                    times[(width, height)].append(render_seconds(address, storage, request, None))
             for (width, height), values in times.items():
                 print(f"render {width}x{height} submit to PNG   {quantiles(values)}")
-            for name, values in noop_split(address, args.samples * 5).items():
-                print(f"noop job {name:<14}          {quantiles(values)}")
+            print(
+                f"noop job, one SubmitJob         {quantiles(noop_jobs(address, args.samples * 5))}"
+            )
 
 
 if __name__ == "__main__":

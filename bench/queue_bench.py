@@ -1,38 +1,52 @@
-"""Queue benchmark: throughput and latency of ``noop`` tasks, memory of a deep queue.
+"""Queue benchmark: fractalq and Celery side by side, at equal slots, in one run.
 
-    python bench/queue_bench.py [--tasks 20000] [--workers 2] [--concurrency 16] [--runs 3]
-                                [--secure]
+    python bench/queue_bench.py [--tasks 20000] [--concurrency 2] [--runs 3]
+                                [--latency-samples 300] [--no-celery] [--secure] [--memory]
 
-Starts a real coordinator (with a data folder, so every report is committed)
-and real worker processes on 127.0.0.1, and prints medians over ``--runs``:
+Starts, on 127.0.0.1, a fractalq coordinator (with a data folder, so every
+report is committed) and one worker ``--concurrency N``; and, unless
+``--no-celery`` (or without Celery or Debian's ``redis-server``), a Redis server
+and one Celery worker, prefork N, with Redis as broker and result backend: what
+a new user of either would run. Both are warmed up, then measured in turns, so
+a noisy machine slows them alike, and medians over ``--runs`` are printed:
 
-- throughput: one job of ``--tasks`` noop tasks, from submission to the last
-  task done, with ``--workers`` worker processes;
-- latency: single-task jobs submitted one after another, submit-to-done as the
-  client sees it (WatchJob), p50 and p99;
-- with ``--secure``, throughput and latency again right after the plain ones,
-  with TLS on the coordinator and a role token on every call (as the chart runs it);
-- memory: the coordinator's resident set with 1,000,000 queued tasks, as one
-  job of shared payload and as 1,000 jobs of 1,000 distinct payloads.
+- throughput: ``--tasks`` no-op tasks, submitted and waited for as a client
+  that only waits does it: fractalq one SubmitJob with ``wait_seconds``
+  (``Client.run``), Celery ``delay()`` for each then ``get()`` for each;
+- latency: one no-op task, submit to its final state, as a client sees it:
+  fractalq a SubmitJob with ``wait_seconds``, Celery ``delay().get()``; the
+  samples alternate between the two; p50 and p99;
+- with ``--secure``, fractalq's throughput and latency again with TLS on the
+  coordinator and a role token on every call (as the chart runs it);
+- with ``--memory``, the coordinator's resident set with 1,000,000 queued tasks,
+  as one job and as 1,000 jobs of distinct payloads.
+
+The load average before and after is printed too: figures taken while other
+work runs on the machine are only comparable within one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH.parent / "tests"), str(BENCH)]
 
-from procs import Coordinator, Trust, Worker, free_port, wait_until
+from procs import Coordinator, Trust, Worker, free_port, wait_until  # noqa: E402
 
-from fractalq.client import Client
-from fractalq.proto import fractalq_pb2 as pb
+from fractalq.client import Client  # noqa: E402
+from fractalq.proto import fractalq_pb2 as pb  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -42,47 +56,70 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def throughput(
-    tmp: Path, tasks: int, workers: int, concurrency: int, trust: Trust | None = None
-) -> float:
-    coordinator = Coordinator(tmp, worker_timeout=15, trust=trust)
-    started = [
-        Worker(tmp, coordinator.address, concurrency=concurrency, trust=trust)
-        for _ in range(workers)
-    ]
-    try:
-        with coordinator.client() as client:
-            wait_until(lambda: len(client.stats().workers) == workers, message="workers")
-            begin = time.perf_counter()
-            job = client.submit(pb.SubmitJobRequest(task_type="noop", count=tasks)).job
-            for state in client.watch(job.job_id):
-                if state.state == pb.SUCCEEDED:
-                    break
-            return tasks / (time.perf_counter() - begin)
-    finally:
-        for process in [*started, coordinator]:
-            process.stop()
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
-def latency(tmp: Path, samples: int, trust: Trust | None = None) -> tuple[float, float]:
-    coordinator = Coordinator(tmp, worker_timeout=15, trust=trust)
-    worker = Worker(tmp, coordinator.address, concurrency=1, trust=trust)
-    try:
-        with coordinator.client() as client:
-            wait_until(lambda: len(client.stats().workers) == 1, message="worker")
-            times = []
-            for _ in range(samples):
-                begin = time.perf_counter()
-                job = client.submit(pb.SubmitJobRequest(task_type="noop", count=1)).job
-                for state in client.watch(job.job_id):
-                    if state.state == pb.SUCCEEDED:
-                        break
-                times.append(time.perf_counter() - begin)
-        times.sort()
-        return times[len(times) // 2] * 1000, times[int(len(times) * 0.99) - 1] * 1000
-    finally:
-        worker.stop()
-        coordinator.stop()
+class Fractalq:
+    """A coordinator and one worker; a client that submits and waits in one call."""
+
+    def __init__(self, tmp: Path, concurrency: int, trust: Trust | None = None) -> None:
+        self.coordinator = Coordinator(tmp, worker_timeout=15, trust=trust)
+        self.worker = Worker(tmp, self.coordinator.address, concurrency=concurrency, trust=trust)
+        self.client = Client(self.coordinator.endpoint, timeout=60)
+        wait_until(lambda: len(self.client.stats().workers) == 1, message="the worker")
+
+    def run(self, count: int) -> None:
+        job = self.client.run(pb.SubmitJobRequest(task_type="noop", count=count), timeout=600)
+        assert job.state == pb.SUCCEEDED, job
+
+    def close(self) -> None:
+        self.client.close()
+        self.worker.stop()
+        self.coordinator.stop()
+
+
+class Celery:
+    """A Redis server and one Celery worker (prefork), Redis as broker and backend."""
+
+    def __init__(self, tmp: Path, concurrency: int) -> None:
+        port = free_port()
+        url = f"redis://127.0.0.1:{port}/0"
+        self.server = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(tmp)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        os.environ["BENCH_REDIS_URL"] = url  # read by celery_app on import
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "--pool", "prefork",
+             "--concurrency", str(concurrency), "--loglevel", "WARNING", "-n", f"bench{port}@%h"],
+            cwd=BENCH, env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        import celery_app
+        import redis
+
+        wait_until(redis.Redis.from_url(url).ping, message="redis")
+        self.app, self.noop = celery_app.app, celery_app.noop
+        self.app.conf.broker_url = self.app.conf.result_backend = url
+        wait_until(lambda: len(self.app.control.ping(timeout=0.5)) == 1, 60, "the celery worker")
+
+    def run(self, count: int) -> None:
+        results = [self.noop.delay() for _ in range(count)]
+        for result in results:
+            result.get(timeout=600)
+
+    def close(self) -> None:
+        for process in (self.worker, self.server):
+            process.terminate()
+            process.wait(30)
+
+
+def timed(run: Callable[[int], None], count: int) -> float:
+    began = time.perf_counter()
+    run(count)
+    return time.perf_counter() - began
 
 
 def memory(tmp: Path, shape: str) -> float:
@@ -101,130 +138,101 @@ def memory(tmp: Path, shape: str) -> float:
         coordinator.stop()
 
 
-REDIS_PORT = free_port()  # one Redis for every run: Celery's app binds its URL on import
-
-
-def celery_throughput(tmp: Path, tasks: int, workers: int, concurrency: int) -> float:
-    """The same measurement with Celery on a Redis broker (both started here)."""
-    import redis
-
-    url = f"redis://127.0.0.1:{REDIS_PORT}/0"
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    env = {**os.environ, "BENCH_REDIS_URL": url}
-    bench = str(Path(__file__).resolve().parent)
-    started: list[subprocess.Popen[bytes]] = []
+@contextlib.contextmanager
+def started(make: Callable[[], Fractalq | Celery]) -> Iterator[Fractalq | Celery]:
+    system = make()
     try:
-        counter = redis.Redis.from_url(url)
-        wait_until(counter.ping, message="redis")
-        for n in range(workers):
-            started.append(subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "--pool", "prefork",
-                 "--concurrency", str(concurrency), "--loglevel", "WARNING", "-n", f"w{n}@%h"],
-                cwd=bench, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ))  # fmt: skip
-        sys.path.insert(0, bench)
-        os.environ["BENCH_REDIS_URL"] = url
-        from celery_app import app, noop
-
-        wait_until(lambda: len(app.control.ping(timeout=0.5)) == workers, 60, "celery workers")
-        begin = time.perf_counter()
-        with app.producer_pool.acquire(block=True) as producer:
-            for _ in range(tasks):
-                noop.apply_async(producer=producer)
-        wait_until(lambda: int(counter.get("bench:done") or 0) >= tasks, 600, "celery tasks")
-        return tasks / (time.perf_counter() - begin)
+        yield system
     finally:
-        for process in [*started, server]:
-            process.terminate()
-            process.wait(30)
+        system.close()
+
+
+def load() -> str:
+    return "load average " + ", ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=20_000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=2, help="slots of each system")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--latency-samples", type=int, default=300)
-    parser.add_argument(
-        "--celery",
-        type=int,
-        metavar="CONCURRENCY",
-        default=0,
-        help="also measure Celery + Redis (needs redis-server and the bench extra),"
-        " with this prefork concurrency per worker",
-    )
-    parser.add_argument(
-        "--secure",
-        action="store_true",
-        help="also measure throughput and latency with TLS and role tokens on, in the same runs",
-    )
+    parser.add_argument("--no-celery", action="store_true", help="fractalq alone")
+    parser.add_argument("--secure", action="store_true", help="also fractalq with TLS and tokens")
+    parser.add_argument("--memory", action="store_true", help="also a deep queue's memory")
     args = parser.parse_args()
-    rates, p50s, p99s, celery = [], [], [], []
-    secure_rates: list[float] = []
-    secure_p50s: list[float] = []
-    secure_p99s: list[float] = []
-    with tempfile.TemporaryDirectory() as folder:
-
-        def fresh(name: str) -> Path:
-            path = Path(folder) / name
-            path.mkdir()
-            return path
-
-        for run in range(args.runs):
-            rates.append(
-                throughput(fresh(f"rate{run}"), args.tasks, args.workers, args.concurrency)
+    with_celery = not args.no_celery
+    if with_celery and not (importlib.util.find_spec("celery") and shutil.which("redis-server")):
+        print("no Celery or redis-server: fractalq alone (pip install -e '.[bench]',"
+              " apt-get install redis-server)")  # fmt: skip
+        with_celery = False
+    print(f"{load()} (before)")
+    rates: dict[str, list[float]] = {"fractalq": [], "celery": [], "secure": []}
+    latencies: dict[str, list[float]] = {"fractalq": [], "celery": [], "secure": []}
+    p50s: dict[str, list[float]] = {"fractalq": [], "celery": [], "secure": []}
+    p99s: dict[str, list[float]] = {"fractalq": [], "celery": [], "secure": []}
+    with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as stack:
+        tmp = Path(folder)
+        for name in ("fractalq", "celery", "secure", "trust", "mem1", "mem2"):
+            (tmp / name).mkdir()
+        systems: dict[str, Fractalq | Celery] = {
+            "fractalq": stack.enter_context(
+                started(lambda: Fractalq(tmp / "fractalq", args.concurrency))
             )
-            if args.celery:
-                celery.append(
-                    celery_throughput(fresh(f"celery{run}"), args.tasks, args.workers, args.celery)
-                )
-            p50, p99 = latency(fresh(f"latency{run}"), args.latency_samples)
-            p50s.append(p50)
-            p99s.append(p99)
-            if args.secure:  # the same measurements right after, certificates and tokens on
-                trust = Trust(fresh(f"trust{run}"))
-                secure_rates.append(
-                    throughput(fresh(f"srate{run}"), args.tasks, args.workers, args.concurrency,
-                               trust)
-                )  # fmt: skip
-                p50, p99 = latency(fresh(f"slatency{run}"), args.latency_samples, trust)
-                secure_p50s.append(p50)
-                secure_p99s.append(p99)
-        one_job = memory(fresh("mem1"), "one job")
-        many = memory(fresh("mem2"), "many")
-    runs = ", ".join(f"{rate:,.0f}" for rate in rates)
-    print(
-        f"noop throughput, {args.tasks} tasks, {args.workers} workers x {args.concurrency}:"
-        f" median {statistics.median(rates):,.0f} tasks/s (runs: {runs})"
-    )
-    if celery:
-        ratio = statistics.median(r / c for r, c in zip(rates, celery, strict=True))
+        }
+        if with_celery:
+            systems["celery"] = stack.enter_context(
+                started(lambda: Celery(tmp / "celery", args.concurrency))
+            )
+        if args.secure:
+            trust = Trust(tmp / "trust")
+            systems["secure"] = stack.enter_context(
+                started(lambda: Fractalq(tmp / "secure", args.concurrency, trust))
+            )
+        for system in systems.values():  # warm: connections, imports, caches
+            for _ in range(50):
+                system.run(1)
+            system.run(min(args.tasks, 2000))
+        for _ in range(args.runs):
+            for name, system in systems.items():  # in turns, each run
+                rates[name].append(args.tasks / timed(system.run, args.tasks))
+            samples: dict[str, list[float]] = {name: [] for name in systems}
+            for _ in range(args.latency_samples):
+                for name, system in systems.items():  # alternating, sample by sample
+                    samples[name].append(timed(system.run, 1) * 1000)
+            for name, values in samples.items():
+                latencies[name] += values
+                p50s[name].append(quantile(values, 0.5))
+                p99s[name].append(quantile(values, 0.99))
+        memories = []
+        if args.memory:
+            stack.close()
+            memories = [memory(tmp / "mem1", "one job"), memory(tmp / "mem2", "many")]
+    print(f"{load()} (after)")
+    slots = f"{args.concurrency} slots"
+    for name in systems:
+        runs = ", ".join(f"{rate:,.0f}" for rate in rates[name])
+        label = {"fractalq": "fractalq", "celery": "celery + redis",
+                 "secure": "fractalq, TLS + tokens"}[name]  # fmt: skip
         print(
-            f"celery + redis, same tasks, {args.workers} workers x {args.celery} (prefork):"
-            f" median {statistics.median(celery):,.0f} tasks/s; fractalq/celery per run,"
-            f" median: {ratio:.1f}x"
+            f"{label:<24} {args.tasks} no-op tasks, {slots}: median"
+            f" {statistics.median(rates[name]):,.0f} tasks/s (runs: {runs});"
+            f" one task submit to done: p50 {statistics.median(p50s[name]):.2f} ms,"
+            f" p99 {statistics.median(p99s[name]):.2f} ms (medians of {args.runs} runs)"
         )
-    print(
-        f"submit-to-done latency of one task: p50 {statistics.median(p50s):.1f} ms,"
-        f" p99 {statistics.median(p99s):.1f} ms (median of {args.runs} runs)"
-    )
-    if secure_rates:
-        runs = ", ".join(f"{rate:,.0f}" for rate in secure_rates)
-        ratio = statistics.median(s / p for s, p in zip(secure_rates, rates, strict=True))
+    if "celery" in systems:
+        ratio = [f / c for f, c in zip(rates["fractalq"], rates["celery"], strict=True)]
+        latency = [c / f for f, c in zip(p50s["fractalq"], p50s["celery"], strict=True)]
         print(
-            f"with TLS and tokens: median {statistics.median(secure_rates):,.0f} tasks/s"
-            f" (runs: {runs}), {ratio:.0%} of plain (per run, median); latency p50"
-            f" {statistics.median(secure_p50s):.1f} ms, p99 {statistics.median(secure_p99s):.1f} ms"
+            f"fractalq / celery, run by run: throughput"
+            f" {', '.join(f'{r:.1f}x' for r in ratio)} (median {statistics.median(ratio):.1f}x);"
+            f" p50 latency celery / fractalq {', '.join(f'{r:.2f}' for r in latency)}"
         )
-    print(
-        f"coordinator RSS with 1,000,000 queued tasks: {one_job:,.0f} MiB as one job,"
-        f" {many:,.0f} MiB as 1,000 jobs of distinct payloads"
-    )
+    if memories:
+        print(
+            f"coordinator RSS with 1,000,000 queued tasks: {memories[0]:,.0f} MiB as one job,"
+            f" {memories[1]:,.0f} MiB as 1,000 jobs of distinct payloads"
+        )
 
 
 if __name__ == "__main__":

@@ -71,7 +71,8 @@ def work_split(request: RenderRequest, regions: int) -> dict[str, float]:
             seconds["encoding"] += encoded - coloured
             seconds["storing"] += stored - encoded
         began = time.perf_counter()
-        write_png(storage, "bench", request, regions, str(Path(folder) / "out.png"))
+        rows = split_rows(request.height, regions)
+        write_png(storage, "bench", request, rows, str(Path(folder) / "out.png"))
         seconds["assembly"] = time.perf_counter() - began
     return seconds
 
@@ -89,7 +90,9 @@ def cluster(workers: int, concurrency: int, folder: Path, storage: str) -> Itera
         group.stop()
 
 
-def render_seconds(endpoint: str, storage: str, request: RenderRequest, regions: int) -> float:
+def render_seconds(
+    endpoint: str, storage: str, request: RenderRequest, regions: int | None
+) -> float:
     """Submission to PNG on disk, with ``fractalq render``'s code."""
     with Client(endpoint) as client, tempfile.TemporaryDirectory() as folder:
         began = time.perf_counter()

@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2
 
 from fractalq import config
 from fractalq.coordinator import rpc, validation
-from fractalq.coordinator.broker import Broker
+from fractalq.coordinator.broker import Broker, LeasedTask
 from fractalq.coordinator.deadletters import dead_letters
 from fractalq.coordinator.errors import (
     AlreadyExists,
@@ -235,6 +235,20 @@ def job_message(job: Job, results: list[bytes] | None = None, with_result: bool 
     )
 
 
+def _tasks(leased: list[LeasedTask]) -> list[pb.Task]:
+    return [
+        pb.Task(
+            job_id=task.job_id,
+            index=task.index,
+            task_type=task.task_type,
+            payload=task.payload,
+            attempt=task.attempt,
+            time_limit=task.time_limit,
+        )
+        for task in leased
+    ]
+
+
 class JobWatches:
     """One event per watched job, set (and replaced) whenever the job changes."""
 
@@ -417,21 +431,10 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             due = self.broker.next_due()
             if due is not None:
                 remaining = min(remaining, max(due - self.clock(), 0.0) + 0.001)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ready.wait(), remaining)
-        return pb.GetTaskResponse(
-            tasks=[
-                pb.Task(
-                    job_id=task.job_id,
-                    index=task.index,
-                    task_type=task.task_type,
-                    payload=task.payload,
-                    attempt=task.attempt,
-                    time_limit=task.time_limit,
-                )
-                for task in leased
-            ]
-        )
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout: no task per wait
+                async with asyncio.timeout(remaining):
+                    await ready.wait()
+        return pb.GetTaskResponse(tasks=_tasks(leased))
 
     @_unary
     async def CompleteTask(
@@ -439,15 +442,22 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     ) -> pb.ReportResponse:
         worker = self._session(request.worker_id, request.session)
         now = self.clock()
+        complete = self.broker.complete
         accepted = sum(
-            self.broker.complete(
-                worker, r.task.job_id, r.task.index, r.task.attempt, r.result, now, r.seconds
-            )
+            complete(worker, r.task.job_id, r.task.index, r.task.attempt, r.result, now, r.seconds)
             for r in request.results
         )
+        # The worker's next tasks (a stage these reports released, say) in the same answer.
+        leased = []
+        if request.max_tasks:
+            leased = self.broker.lease(
+                worker, min(request.max_tasks, config.MAX_TASKS_PER_LEASE), now
+            )
         if accepted:
             await self._durable()
-        return pb.ReportResponse(accepted=accepted, ignored=len(request.results) - accepted)
+        return pb.ReportResponse(
+            accepted=accepted, ignored=len(request.results) - accepted, tasks=_tasks(leased)
+        )
 
     @_unary
     async def FailTask(
@@ -512,9 +522,12 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             time_limit=request.time_limit,
             cleanup=_stage_spec(request, "cleanup"),
         )
+        wait = validation.check_finite(request.wait_seconds, "wait_seconds")
+        wait = min(max(wait, 0.0), config.MAX_SUBMIT_WAIT_SECONDS)
         job_id = spec.job_id or validation.new_job_id()
         known = self.broker.get_job(job_id) is not None
-        if not known and self.journal is not None and self.journal.load_job(job_id) is not None:
+        # An id of the client's may be one only the database remembers (one of ours is new).
+        if not known and spec.job_id and self.journal and self.journal.load_job(job_id):
             raise AlreadyExists(f"job {job_id!r} already exists (finished long ago)")
         job, created = self.broker.submit(
             spec,
@@ -523,12 +536,48 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             owner=caller.owner,
             quota=quota_for(caller, self.settings.quota) if self.settings.tokens else None,
         )
-        await self._durable()
-        if created:
-            log.info(
-                "job %s: %d %s task(s), priority %d", job_id, job.total, job.task_type, job.priority
+        if created:  # said once the job's first lease has gone out: not in its way
+            asyncio.get_running_loop().call_soon(
+                log.info,
+                "job %s: %d %s task(s), priority %d",
+                job_id,
+                job.total,
+                job.task_type,
+                job.priority,
             )
-        return pb.SubmitJobResponse(job=job_message(job), created=created)
+        if wait > 0:
+            await self._until_ended(job, wait)
+        # The answer is the job as it stands now (a requeue could change it
+        # while the commit runs); one commit holds the submission and its end.
+        message = job_message(job)
+        await self._durable()
+        if wait > 0 and request.include_results and (results := self._results(job)):
+            message.results.extend(results)
+        return pb.SubmitJobResponse(job=message, created=created)
+
+    async def _until_ended(self, job: Job, seconds: float) -> None:
+        """Return once ``job`` (the broker's, which changes in place) has ended, or
+        after ``seconds``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not job.state.finished and (left := deadline - loop.time()) > 0:
+            changed = self._watches.event(job.job_id)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await changed.wait()
+
+    def _results(self, job: Job) -> list[bytes] | None:
+        """Each task's result (committed ones: call after :meth:`_durable`), or None."""
+        if not (job.counts[TaskState.SUCCEEDED] and self.journal):
+            return None
+        results = self.journal.results(job)
+        size = sum(map(len, results))
+        if size > config.MAX_RESULTS_REPLY_BYTES:
+            raise ResourceExhausted(
+                f"the results of job {job.job_id} are {size} bytes, more than one reply"
+                f" carries ({config.MAX_RESULTS_REPLY_BYTES})"
+            )
+        return results
 
     @_unary
     async def GetJob(
@@ -537,16 +586,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         job = check_read(self.caller(context), self._job(request.job_id))
         # What a client reads is durable: a restart never shows it less progress.
         await self._durable()
-        results = None
-        if request.include_results and job.counts[TaskState.SUCCEEDED] and self.journal:
-            results = self.journal.results(job)
-            size = sum(map(len, results))
-            if size > config.MAX_RESULTS_REPLY_BYTES:
-                raise ResourceExhausted(
-                    f"the results of job {job.job_id} are {size} bytes, more than one reply"
-                    f" carries ({config.MAX_RESULTS_REPLY_BYTES})"
-                )
-        return job_message(job, results)
+        return job_message(job, self._results(job) if request.include_results else None)
 
     async def WatchJob(
         self, request: pb.WatchJobRequest | Malformed, context: grpc.aio.ServicerContext[Any, Any]
@@ -582,7 +622,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         while not job.state.finished and (left := deadline - loop.time()) > 0:
             changed = self._watches.event(job_id)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), left)
+                async with asyncio.timeout(left):
+                    await changed.wait()
             job = self._job(job_id)
         return job
 

@@ -14,9 +14,13 @@ not written: after a restart every task that was leased is queued again, and
 workers' late reports for them are still taken (see :mod:`.broker`).
 
 Writes are collected in memory and committed together by :class:`GroupCommit`
-on a thread, at most every few milliseconds, so a burst of ten thousand
-completions is a handful of transactions; an RPC that promises durability
-(SubmitJob, CompleteTask) waits for the commit that holds its change.
+at most every few milliseconds, so a burst of ten thousand completions is a
+handful of transactions; an RPC that promises durability (SubmitJob,
+CompleteTask) waits for the commit that holds its change. A large batch is
+written on the committer's thread; a small one (a quiet queue's: a job, its
+task's report) on the event loop, which costs less than the hand-over. The
+write-ahead log is checkpointed by a connection of its own on that thread,
+every few hundred commits, never inside a commit.
 
 Dead letters: a failed job that holds its dead letters is written like an
 unfinished one (``dead_letters_held``) and loaded whole, payloads and task
@@ -33,8 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Callable
@@ -49,6 +55,8 @@ from fractalq.coordinator.jobs import (
     StageTask,
     TaskState,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _same(value: Any) -> object:
@@ -170,6 +178,13 @@ CREATE TABLE IF NOT EXISTS tasks (
 # A batch of at least this many changes means the queue is busy: the next
 # commit waits out the interval to gather a larger one.
 BUSY_BATCH = 8
+# A batch smaller than BUSY_BATCH, of at most this many bytes of payloads and
+# results, is written on the event loop (a few tens of microseconds): a quiet
+# queue's commit costs no hand-over to the committer's thread and back.
+INLINE_BATCH_BYTES = 64 * 1024
+# The write-ahead log is checkpointed (on the committer's thread, by a connection
+# of its own, never in a commit's way) once this many commits have gone into it.
+CHECKPOINT_COMMITS = 500
 _FINISHED = tuple(int(state) for state in JobState if state.finished)
 _TaskRow = tuple[int, int, int, int, bytes | None, str | None, str | None]
 # Jobs loaded whole: unfinished, or failed and holding dead letters.
@@ -208,6 +223,14 @@ class Batch:
     def __len__(self) -> int:
         return len(self.new_jobs) + len(self.job_updates) + len(self.task_updates)
 
+    def small(self) -> bool:
+        """Whether writing it takes only a moment (see INLINE_BATCH_BYTES)."""
+        if len(self) >= BUSY_BATCH or self.forget is not None:
+            return False
+        size = sum(sum(map(len, payloads)) for _, payloads in self.new_jobs if payloads)
+        size += sum(len(row[4]) for row in self.task_updates.values() if row[4])
+        return size <= INLINE_BATCH_BYTES
+
 
 class SqliteJournal:
     """The broker's :class:`~.broker.Journal`, backed by ``<data>/fractalq.db``."""
@@ -215,14 +238,18 @@ class SqliteJournal:
     def __init__(self, data_dir: str) -> None:
         os.makedirs(data_dir, exist_ok=True)
         self.path = os.path.join(data_dir, "fractalq.db")
-        # Used by one thread at a time: the loader, then the committer.
+        # Used by one thread at a time: the loader, then the committer (on the
+        # event loop or on its thread, one commit after the other).
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoints are not a commit's business: see checkpoint().
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.executescript(SCHEMA)
         self._add_new_columns()
         # Lookups of old jobs read on the event loop, beside the committer.
         self._reader = sqlite3.connect(self.path, check_same_thread=False)
+        self._checkpointer = sqlite3.connect(self.path, check_same_thread=False)
         self._batch = Batch()
         self.on_change: Callable[[], None] = lambda: None
 
@@ -239,7 +266,13 @@ class SqliteJournal:
 
     def close(self) -> None:
         self._reader.close()
-        self._db.close()
+        self._checkpointer.close()
+        self._db.close()  # the last connection: it checkpoints the log into the database
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database, beside commits (PASSIVE: it
+        never blocks a writer; the next commit after a complete one reuses the log)."""
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # ---- recording (called by the broker, on the event loop) -------------
 
@@ -421,9 +454,12 @@ class GroupCommit:
         self._journal = journal
         self._interval = interval
         self._wake = asyncio.Event()
+        self._waited = asyncio.Event()  # someone waits for the next commit
         self._waiters: list[asyncio.Future[None]] = []
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "fractalq-commit")
         self._closed = False
+        self._commits = 0  # since the last checkpoint
+        self._checkpoint: asyncio.Future[None] | None = None
         journal.on_change = self._wake.set
 
     async def durable(self) -> None:
@@ -431,6 +467,7 @@ class GroupCommit:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(future)
         self._wake.set()
+        self._waited.set()
         await future
 
     async def run(self) -> None:
@@ -439,17 +476,27 @@ class GroupCommit:
         while True:
             await self._wake.wait()
             # Under load (the last batch was large) commits are at most one per
-            # interval, so that a burst gathers into one transaction; on a quiet
-            # queue a change is written at once, rather than after a pause that
-            # every RPC waiting for durability would pay.
-            pause = last + self._interval - loop.time() if busy else 0.0
-            await asyncio.sleep(max(pause, 0.0))
+            # interval, so that a burst gathers into one transaction. On a quiet
+            # queue a change someone waits for is written at once, rather than
+            # after a pause that every RPC waiting for durability would pay; one
+            # nobody waits for (a job leased, a submission whose client waits for
+            # its end) waits up to an interval, so that it joins the commit of
+            # what follows it (that task's report) instead of costing one of its own.
+            if busy:
+                await asyncio.sleep(max(last + self._interval - loop.time(), 0.0))
+            elif not self._waiters:
+                self._waited.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._interval):
+                        await self._waited.wait()
             self._wake.clear()
             batch, waiters = self._journal.take(), self._waiters
             self._waiters = []
             busy = len(batch) >= BUSY_BATCH
             try:
-                if batch:
+                if batch and batch.small():
+                    self._journal.write(batch)
+                elif batch:
                     await loop.run_in_executor(self._executor, self._journal.write, batch)
             except Exception as error:
                 for waiter in waiters:
@@ -460,6 +507,19 @@ class GroupCommit:
                 if not waiter.done():
                     waiter.set_result(None)
             last = loop.time()
+            if batch:
+                self._commits += 1
+            if self._commits >= CHECKPOINT_COMMITS and (
+                self._checkpoint is None or self._checkpoint.done()
+            ):
+                self._commits = 0
+                self._checkpoint = loop.run_in_executor(self._executor, self._checkpointed)
+
+    def _checkpointed(self) -> None:
+        try:
+            self._journal.checkpoint()
+        except sqlite3.Error as error:  # the log only grows until the next one
+            log.warning("checkpoint of the journal failed: %s", error)
 
     async def flush(self) -> None:
         """Write what is pending now (at shutdown)."""

@@ -9,6 +9,7 @@ mapping from gRPC's codes to these classes.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +22,7 @@ from fractalq.endpoint import Endpoint
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
 from fractalq.retry import retry_delay
+from fractalq.states import FINISHED
 
 _STREAM_LOST = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
@@ -133,11 +135,46 @@ class Client:
         return client_error(code, details)
 
     def submit(self, request: pb.SubmitJobRequest) -> pb.SubmitJobResponse:
+        """Queue a job; with ``request.wait_seconds`` the answer comes once it has ended
+        (or that wait ran out), its state then in the response's job."""
+        wait = request.wait_seconds
+        wait = (
+            min(wait, config.MAX_SUBMIT_WAIT_SECONDS) if math.isfinite(wait) and wait > 0 else 0.0
+        )
+        timeout = self.timeout + wait
         try:
-            response: pb.SubmitJobResponse = self._stub.SubmitJob(request, timeout=self.timeout)
+            response: pb.SubmitJobResponse = self._stub.SubmitJob(request, timeout=timeout)
         except grpc.RpcError as error:
             raise self._error(error) from None
         return response
+
+    def run(
+        self,
+        request: pb.SubmitJobRequest,
+        timeout: float | None = None,
+        include_results: bool = False,
+    ) -> pb.Job:
+        """Submit a job and return it once it has ended: one round trip when it ends
+        within ``config.SUBMIT_WAIT`` (or ``timeout``), a watch for the rest.
+
+        ``include_results``: each task's result, in ``Job.results``, if it succeeded.
+        DeadlineExceeded when ``timeout`` seconds pass first.
+        """
+        began = time.monotonic()
+        asked = pb.SubmitJobRequest()
+        asked.CopyFrom(request)
+        first = config.SUBMIT_WAIT if timeout is None else min(config.SUBMIT_WAIT, timeout)
+        asked.wait_seconds = max(first, 0.001)
+        asked.include_results = include_results
+        job = self.submit(asked).job
+        if job.state in FINISHED:
+            return job
+        left = None if timeout is None else timeout - (time.monotonic() - began)
+        if left is not None and left <= 0:
+            raise DeadlineExceeded(f"job {job.job_id} has not ended after {timeout:g}s")
+        for state in self.watch(job.job_id, timeout=left):
+            job = state
+        return self.job(job.job_id, include_results) if include_results else job
 
     def job(self, job_id: str, include_results: bool = False) -> pb.Job:
         try:

@@ -119,6 +119,13 @@ MAX_TIME_LIMIT = 7 * 24 * 3600.0
 DEFAULT_WORKER_TIMEOUT = 15.0
 HEARTBEATS_PER_TIMEOUT = 3
 MAX_LONG_POLL_SECONDS = 30.0
+# SubmitJobRequest.wait_seconds: the longest a SubmitJob waits for its job's end
+# before it answers with the job as it stands.
+MAX_SUBMIT_WAIT_SECONDS = 600.0
+# `submit --wait`, `render` and `Client.run` wait this long in the SubmitJob
+# itself (one round trip for a job that ends by then); a job still running
+# after that is followed with WatchJob, which shows its progress.
+SUBMIT_WAIT = 2.0
 MAX_TASKS_PER_LEASE = 1000
 
 # Backoff: every retry in fractalq waits by one formula (fractalq/retry.py):
@@ -196,6 +203,11 @@ KERNEL_CACHE_VARIABLE = "FRACTALQ_KERNEL_CACHE"
 # when a task ends (no round trip between two tasks); handed back at once when
 # the worker stops. Other workers cannot take a prefetched task meanwhile.
 DEFAULT_PREFETCH = 1
+# Short tasks (each ran under SHORT_TASK_SECONDS) are leased in growing batches,
+# up to MAX_PREFETCH_BATCH beyond the prefetch, while the queue has more of them;
+# a longer task brings the batch back to --prefetch (see worker/window.py).
+SHORT_TASK_SECONDS = 0.002
+MAX_PREFETCH_BATCH = 256
 DEFAULT_GRACE_PERIOD = 25.0  # below Kubernetes' default 30 s termination grace
 # How long `fractalq render` keeps trying to follow its job when it loses the
 # coordinator (a restart, a network cut) before it gives up.
@@ -204,6 +216,9 @@ RENDER_RECONNECT_TIMEOUT = 300.0
 RECONNECT_BASE_DELAY = 0.2
 RECONNECT_MAX_DELAY = 5.0
 REPORT_BATCH = 256
+# While short tasks are leased in batches, a worker waits this long after a task
+# ends before it reports, so that one CompleteTask carries the few that end next.
+REPORT_LINGER = 0.002
 # A storage outage: a task whose storage calls still fail transiently after the
 # storage layer's own tries (STORAGE_ATTEMPTS, below) is not failed. Its worker
 # keeps the lease (and the attempt), takes no new task and probes the storage
@@ -266,6 +281,10 @@ MAX_PIXELS = 65536 * 65536  # 4.3 G pixels: a 65536-square image
 # image's size. A band of 4 M pixels peaks at about 60 MiB over a worker's
 # resting 145 MiB (128 rows of a 32768-wide image: 203 MiB in all).
 MAX_BAND_PIXELS = 4 * 1024 * 1024
+# A small image gets fewer bands than --regions asks for: one per MIN_BAND_WORK
+# of its pixels times max_iter (the most iterations its kernel could run). A
+# 1200x800 image at max_iter 256 is then 2 bands rather than 8; at 1000, 8.
+MIN_BAND_WORK = 1 << 27
 MAX_ITERATIONS = 1_000_000
 DEFAULT_WIDTH = 1200
 DEFAULT_HEIGHT = 800

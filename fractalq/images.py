@@ -23,14 +23,16 @@ from fractalq.tasks.reference import needs_first_task, reference_payload
 def submit_render(
     client: Client,
     request: RenderRequest,
-    regions: int,
+    regions: int | None,
     priority: int,
     job_id: str = "",
     labels: dict[str, str] | None = None,
     keep_bands: bool = False,
     counts: bool = False,
+    wait: float = 0.0,
 ) -> pb.SubmitJobResponse:
-    """Queue one task per band; ``job_id`` makes the submission idempotent.
+    """Queue one task per band; ``job_id`` makes the submission idempotent; ``wait``:
+    seconds the coordinator may wait for the job's end before it answers.
 
     A deep view's job first computes its reference orbit
     (:mod:`fractalq.tasks.reference`), which every band reads. The job's final
@@ -39,12 +41,14 @@ def submit_render(
     fails or is cancelled, its cleanup job removes the bands. With ``counts``
     the image's smooth counts are assembled too (:func:`download_counts`).
     """
-    return client.submit(render_job(request, regions, priority, job_id, labels, keep_bands, counts))
+    job = render_job(request, regions, priority, job_id, labels, keep_bands, counts)
+    job.wait_seconds = wait
+    return client.submit(job)
 
 
 def render_job(
     request: RenderRequest,
-    regions: int,
+    regions: int | None,
     priority: int,
     job_id: str = "",
     labels: dict[str, str] | None = None,

@@ -9,8 +9,10 @@ retry limit. A task is addressed by its job id and its index in the job.
 
 Workers register, keep one Heartbeat stream open (a broken stream or a silent
 one loses the worker its leases), pull tasks with GetTask (a long poll, so an
-idle worker costs nothing), and report them with CompleteTask / FailTask, or
-hand them back unstarted with ReleaseTasks when they are asked to stop.
+idle worker costs nothing; a batch at a time), and report them in batches with
+CompleteTask (whose answer may carry the worker's next tasks) / FailTask, or
+hand them back unstarted with ReleaseTasks when they are asked to stop. A
+report is answered once it is durable.
 Reports carry the attempt number the task was leased with: a report for an
 attempt that is no longer the task's live lease is answered and ignored.
 
@@ -21,7 +23,9 @@ or wrong session is refused with NOT_FOUND ("register first") and changes
 nothing. A worker id that a live session holds cannot be registered again,
 except by that session (a reconnect, which keeps its leases).
 
-Clients submit, watch, inspect and cancel jobs, and read queue statistics.
+Clients submit, watch, inspect and cancel jobs, and read queue statistics. A
+client that only waits for a job's end submits it with wait_seconds and gets
+the ended job (and its results) in the answer; WatchJob streams its progress.
 
 Dead letters: a task that failed its last attempt is dead-lettered and its
 job FAILED, and the job is *held* with its payloads and the error of each
@@ -426,8 +430,13 @@ class CompleteTaskRequest(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
+    MAX_TASKS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     session: _builtins.str
+    max_tasks: _builtins.int
+    """Lease up to this many more tasks in the answer (ReportResponse.tasks): a
+    worker with room takes its next tasks, or the next stage's, without a GetTask.
+    """
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskResult]: ...
     def __init__(
@@ -436,10 +445,11 @@ class CompleteTaskRequest(_message.Message):
         worker_id: _builtins.str = ...,
         results: _abc.Iterable[Global___TaskResult] | None = ...,
         session: _builtins.str = ...,
+        max_tasks: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "session", b"session", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_tasks", b"max_tasks", "results", b"results", "session", b"session", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -503,19 +513,25 @@ class ReportResponse(_message.Message):
 
     ACCEPTED_FIELD_NUMBER: _builtins.int
     IGNORED_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
     accepted: _builtins.int
     """reports that changed a task's state"""
     ignored: _builtins.int
     """late, duplicate, cancelled or not this session's lease"""
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Task]:
+        """leased to the worker (CompleteTaskRequest.max_tasks)"""
+
     def __init__(
         self,
         *,
         accepted: _builtins.int = ...,
         ignored: _builtins.int = ...,
+        tasks: _abc.Iterable[Global___Task] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "ignored", b"ignored"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "ignored", b"ignored", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -648,6 +664,8 @@ class SubmitJobRequest(_message.Message):
     FINAL_FIELD_NUMBER: _builtins.int
     TIME_LIMIT_FIELD_NUMBER: _builtins.int
     CLEANUP_FIELD_NUMBER: _builtins.int
+    WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    INCLUDE_RESULTS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Optional idempotency key: submitting the same id with the same tasks again
     returns the existing job; with different tasks it is an error.
@@ -661,6 +679,13 @@ class SubmitJobRequest(_message.Message):
     """0: the coordinator's default"""
     time_limit: _builtins.float
     """seconds per attempt of each task; 0: the type's default"""
+    wait_seconds: _builtins.float
+    """Above 0: answer once the job has ended, or after this many seconds (at most
+    the coordinator's limit, 600), with the job as it is then: one round trip
+    for a client that only waits for the end. 0: answer once it is queued.
+    """
+    include_results: _builtins.bool
+    """with wait_seconds: each task's result too, if it succeeded"""
     @_builtins.property
     def payloads(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """Either one payload per task, or `count` copies of `payload`."""
@@ -696,10 +721,12 @@ class SubmitJobRequest(_message.Message):
         final: Global___StageTask | None = ...,
         time_limit: _builtins.float = ...,
         cleanup: Global___StageTask | None = ...,
+        wait_seconds: _builtins.float = ...,
+        include_results: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cleanup", b"cleanup", "final", b"final", "first", b"first"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleanup", b"cleanup", "count", b"count", "final", b"final", "first", b"first", "job_id", b"job_id", "labels", b"labels", "max_attempts", b"max_attempts", "payload", b"payload", "payloads", b"payloads", "priority", b"priority", "task_type", b"task_type", "time_limit", b"time_limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleanup", b"cleanup", "count", b"count", "final", b"final", "first", b"first", "include_results", b"include_results", "job_id", b"job_id", "labels", b"labels", "max_attempts", b"max_attempts", "payload", b"payload", "payloads", b"payloads", "priority", b"priority", "task_type", b"task_type", "time_limit", b"time_limit", "wait_seconds", b"wait_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -714,7 +741,9 @@ class SubmitJobResponse(_message.Message):
     created: _builtins.bool
     """false when the id already existed"""
     @_builtins.property
-    def job(self) -> Global___Job: ...
+    def job(self) -> Global___Job:
+        """with wait_seconds: ended, unless the wait ran out"""
+
     def __init__(
         self,
         *,

@@ -9,8 +9,10 @@ retry limit. A task is addressed by its job id and its index in the job.
 
 Workers register, keep one Heartbeat stream open (a broken stream or a silent
 one loses the worker its leases), pull tasks with GetTask (a long poll, so an
-idle worker costs nothing), and report them with CompleteTask / FailTask, or
-hand them back unstarted with ReleaseTasks when they are asked to stop.
+idle worker costs nothing; a batch at a time), and report them in batches with
+CompleteTask (whose answer may carry the worker's next tasks) / FailTask, or
+hand them back unstarted with ReleaseTasks when they are asked to stop. A
+report is answered once it is durable.
 Reports carry the attempt number the task was leased with: a report for an
 attempt that is no longer the task's live lease is answered and ignored.
 
@@ -21,7 +23,9 @@ or wrong session is refused with NOT_FOUND ("register first") and changes
 nothing. A worker id that a live session holds cannot be registered again,
 except by that session (a reconnect, which keeps its leases).
 
-Clients submit, watch, inspect and cancel jobs, and read queue statistics.
+Clients submit, watch, inspect and cancel jobs, and read queue statistics. A
+client that only waits for a job's end submits it with wait_seconds and gets
+the ended job (and its results) in the answer; WatchJob streams its progress.
 
 Dead letters: a task that failed its last attempt is dead-lettered and its
 job FAILED, and the job is *held* with its payloads and the error of each

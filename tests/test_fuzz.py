@@ -53,7 +53,9 @@ DOCUMENTED = {
     grpc.StatusCode.ALREADY_EXISTS,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
-WAITING = {"GetTask", "WatchJob", "Heartbeat"}
+# Calls that may wait past the fuzzer's deadline: a long poll, a watch, a heartbeat,
+# and a SubmitJob with wait_seconds (no worker runs the fuzzed jobs).
+WAITING = {"GetTask", "WatchJob", "Heartbeat", "SubmitJob"}
 MEMORY_BOUND_KB = 400 * 1024
 
 FLOATS = st.one_of(

@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
+import math
 import multiprocessing
 import queue
 import threading
@@ -31,9 +33,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from fractalq import tasks
+from fractalq import config, tasks
 from fractalq.storage.base import StorageError
 from fractalq.tasks import TaskContext
+from fractalq.worker.memory import release_large_allocations
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,12 @@ def _failure(error: BaseException) -> Exception:
 def run_task(task_type: str, payload: bytes, context: TaskContext) -> bytes:
     """Look the type up and run it; the same in a thread or a child process."""
     return tasks.get(task_type).run(payload, context)
+
+
+def _start_process(modules: Iterable[str]) -> None:
+    """A new worker process: bounded band memory, and the task types its parent has."""
+    release_large_allocations()
+    tasks.load(modules)
 
 
 def warm_task(task_type: str) -> None:
@@ -153,6 +162,93 @@ async def _within(future: asyncio.Future[bytes], limit: float) -> bytes:
         timer.cancel()
 
 
+# One task of a batch: its type, payload, context and time limit (0: its type's).
+BatchItem = tuple[str, bytes, TaskContext, float]
+
+
+@dataclasses.dataclass
+class Outcome:
+    """How one task of a batch ended: its result, or the exception it ended with
+    (:class:`TaskFailed` or :class:`StorageUnavailable`), and how long it ran."""
+
+    index: int  # in the batch
+    result: bytes | Exception
+    seconds: float
+
+
+class _ThreadBatch:
+    """Tasks run one after another on one thread, so that a run of short tasks costs
+    one hand-over between the event loop and a thread, not one per task.
+
+    The thread and the event loop share the state below under a lock: the thread
+    takes the next task and says which one runs (``current``); the loop may
+    *abandon* the batch (a task past its time limit, or the worker stopping),
+    after which the thread starts nothing more and what it still finishes is
+    ignored.
+    """
+
+    def __init__(self, items: list[BatchItem]) -> None:
+        self.items = items
+        self.lock = threading.Lock()
+        self.next = 0  # the next task to start; those from here on are unrun
+        self.current: tuple[int, float] | None = None  # (index, monotonic start)
+        self.outcomes: list[Outcome] = []
+        self.abandoned = False
+
+    def run(self) -> None:
+        """On the thread: run the tasks in order until done, abandoned or an outage."""
+        while True:
+            with self.lock:
+                over = self.abandoned or self.next == len(self.items)
+                if over:
+                    self.current = None
+                    return
+                index = self.next
+                self.next += 1
+                started = time.monotonic()
+                self.current = (index, started)
+            task_type, payload, context, _ = self.items[index]
+            result: bytes | Exception
+            try:
+                result = run_task(task_type, payload, context)
+            except Exception as error:
+                result = _failure(error)
+            with self.lock:
+                if self.abandoned:  # reported timed out meanwhile: ignored
+                    return
+                self.current = None
+                self.outcomes.append(Outcome(index, result, time.monotonic() - started))
+                if isinstance(result, StorageUnavailable):
+                    return  # the rest would only meet the outage: left unrun
+
+    def overdue(self, limits: list[float], now: float) -> tuple[int, float] | None:
+        """The task running past its limit (index, limit), if any."""
+        with self.lock:
+            if self.current is None:
+                return None
+            index, started = self.current
+            return (index, limits[index]) if now - started >= limits[index] else None
+
+    def next_deadline(self, limits: list[float], now: float) -> float:
+        """The earliest a task of the batch could pass its limit: the one running
+        now, or one yet to start (no earlier than now)."""
+        with self.lock:
+            deadlines = [now + min(limits[self.next :], default=math.inf)]
+            if self.current is not None:
+                index, started = self.current
+                deadlines.append(started + limits[index])
+            return min(deadlines)
+
+    def stop(self, abandon: bool) -> list[int]:
+        """Start nothing more; the indices of the tasks never started. ``abandon``:
+        what the task running now ends with is ignored too."""
+        with self.lock:
+            self.abandoned = abandon
+            unrun = list(range(self.next, len(self.items)))
+            self.next = len(self.items)
+            return unrun
+
+
 ProcessPool = concurrent.futures.ProcessPoolExecutor
 _Work = tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]
 
@@ -239,11 +335,12 @@ class TaskRunner:
         self._warm_up: _WarmUp | None = None
 
     def _new_pool(self) -> ProcessPool:
-        # A spawned process starts afresh: it loads the --tasks modules this one did.
+        # A spawned process starts afresh: it loads the --tasks modules this one did,
+        # and fixes malloc's mmap threshold as this one did.
         pool = ProcessPool(
             1,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=tasks.load,
+            initializer=_start_process,
             initargs=(tasks.loaded_modules(),),
         )
         for name in self._warmed:
@@ -317,6 +414,62 @@ class TaskRunner:
             raise _failure(error) from None
         finally:
             self._idle.append(pool)
+
+    def runs_in_process(self, task_type: str) -> bool:
+        """Whether a task of this type runs in a child process (else on a thread)."""
+        try:
+            return self._in_process(tasks.get(task_type))
+        except KeyError:
+            return False
+
+    async def run_batch(
+        self, items: list[BatchItem], stop: asyncio.Event | None = None
+    ) -> tuple[list[Outcome], list[int]]:
+        """Run thread tasks one after another on one thread (see :class:`_ThreadBatch`).
+
+        Returns the outcomes of the tasks that ran (in order) and the indices of
+        those never started: after a task met a storage outage, or once ``stop``
+        is set (the running task is let finish). A task past its time limit is
+        reported failed, "timed out", and its thread is left to run on in the
+        background, as :meth:`run` does.
+        """
+        limits = []
+        for task_type, _, _, requested in items:
+            try:
+                limits.append(tasks.time_limit(tasks.get(task_type), requested))
+            except KeyError:
+                limits.append(config.DEFAULT_TIME_LIMIT)  # run_task fails it at once
+        batch = _ThreadBatch(items)
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._threads, batch.run)
+        waits: list[asyncio.Future[Any]] = [future]
+        stopping = None
+        if stop is not None:
+            stopping = asyncio.ensure_future(stop.wait())
+            waits.append(stopping)
+        unrun: list[int] = []
+        try:
+            while not future.done():
+                now = time.monotonic()
+                if (overdue := batch.overdue(limits, now)) is not None:
+                    index, limit = overdue
+                    unrun += batch.stop(abandon=True)
+                    kind = items[index][0]
+                    log.warning("a %s task past its time limit runs on in its thread", kind)
+                    outcomes = list(batch.outcomes)
+                    outcomes.append(Outcome(index, TaskFailed(timed_out(limit, False)), limit))
+                    return outcomes, unrun
+                if stopping is not None and stopping.done():
+                    unrun += batch.stop(abandon=False)  # the task running now finishes
+                    stopping, waits = None, [future]
+                    continue
+                timeout = min(batch.next_deadline(limits, now) - now, config.MAX_TIME_LIMIT)
+                await asyncio.wait(waits, timeout=max(timeout, 0.0), return_when="FIRST_COMPLETED")
+            future.result()
+            return list(batch.outcomes), unrun + list(range(batch.next, len(items)))
+        finally:
+            if stopping is not None:
+                stopping.cancel()
 
     def _replace(self, pool: ProcessPool) -> ProcessPool:
         """Kill the pool's process (if it still runs) and make a new pool in its place."""

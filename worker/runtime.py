@@ -23,6 +23,7 @@ lease the coordinator still counts as ours) and the worker exits.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -30,7 +31,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
 import grpc
@@ -40,9 +41,11 @@ from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
 from fractalq.retry import retry_delay
 from fractalq.tasks import TaskContext
-from fractalq.worker.executor import StorageUnavailable, TaskFailed, TaskRunner
+from fractalq.worker.executor import Outcome, StorageUnavailable, TaskFailed, TaskRunner
+from fractalq.worker.memory import release_large_allocations
 from fractalq.worker.outage import StorageOutage
 from fractalq.worker.settings import WorkerSettings
+from fractalq.worker.window import LeaseWindow
 
 log = logging.getLogger("fractalq.worker")
 
@@ -92,15 +95,21 @@ class Worker:
         for name in self.task_types:
             tasks.get(name)  # unknown names fail here, before connecting
         self._runner = TaskRunner(settings.concurrency)
-        self._inflight: dict[tuple[str, int, int], asyncio.Task[None]] = {}
-        # Leased tasks wait here for one of `concurrency` slots (the others are
-        # prefetched); the keys of those that have started running.
-        self._slots = asyncio.Semaphore(settings.concurrency)
-        self._running: set[tuple[str, int, int]] = set()
+        # Every lease held (waiting for a slot or running), and those waiting, in
+        # the order leased. `concurrency` slot loops take them (:meth:`_slot`).
+        self._held: set[tuple[str, int, int]] = set()
+        self._waiting: collections.deque[pb.Task] = collections.deque()
+        self._work = asyncio.Event()  # set when a task joins _waiting
+        self._busy = 0  # slots running a task (or a batch of them, one at a time)
+        self._slot_loops: list[asyncio.Task[None]] = []
+        self._window = LeaseWindow(settings.concurrency, settings.prefetch)
+        self._asking = 0  # tasks the pull loop's GetTask in flight asks for
         self._results: list[pb.TaskResult] = []
         self._errors: list[pb.TaskError] = []
         self._reports_waiting = asyncio.Event()
         self._slot_free = asyncio.Event()
+        self._idle = asyncio.Event()  # set when no slot is busy
+        self._idle.set()
         self._stop = asyncio.Event()
         # Set to send a heartbeat at once (a storage outage began or ended).
         self._beat_now = asyncio.Event()
@@ -137,8 +146,13 @@ class Worker:
     # ---- the outer loop ----------------------------------------------------
 
     async def run(self) -> None:
+        release_large_allocations()
         self.warm()
         self._runner.announce_warm_up()
+        # The slots outlive sessions: what runs goes on while the worker reconnects.
+        self._slot_loops = [
+            asyncio.create_task(self._slot()) for _ in range(self.settings.concurrency)
+        ]
         if self._storage_error_at_start:
             self._outage.report(self._storage_error_at_start)
         loop = asyncio.get_running_loop()
@@ -165,7 +179,7 @@ class Worker:
                         raise WorkerError(f"the coordinator refused: {_brief(error)}") from None
                     if self._stop.is_set():
                         stop_deadline = stop_deadline or loop.time() + self.settings.grace_period
-                        if loop.time() >= stop_deadline or not self._inflight:
+                        if loop.time() >= stop_deadline or not self._busy:
                             log.warning("stopping without the coordinator: %s", _brief(error))
                             return
                     self._reconnects += 1
@@ -176,7 +190,7 @@ class Worker:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stop.wait(), delay)
         finally:
-            for task in self._inflight.values():
+            for task in self._slot_loops:
                 task.cancel()
             self._outage.close()
             self._runner.shutdown(wait=False)
@@ -228,7 +242,7 @@ class Worker:
                     session=self._session_id,
                     draining=self._stop.is_set(),
                     storage_error=self._outage.error,
-                    running=len(self._running),
+                    running=self._busy,
                 )
                 # The next beat after the interval, or at once to say "draining"
                 # (once) or that storage went down or came back.
@@ -255,8 +269,11 @@ class Worker:
                     # No new task while storage is down; those held wait for it.
                     await _first_of([self._outage.wait_up(), self._stop.wait()], None)
                     continue
-                free = self.settings.concurrency + self.settings.prefetch - len(self._inflight)
-                if free <= 0:
+                free = self._window.size - len(self._held)
+                # Ask when a slot would otherwise go idle, or for a batch worth a call.
+                if free <= 0 or (
+                    len(self._waiting) >= self.settings.concurrency and free < self._window.refill
+                ):
                     self._slot_free.clear()
                     freed = asyncio.create_task(self._slot_free.wait())
                     await asyncio.wait([stop, freed], return_when=asyncio.FIRST_COMPLETED)
@@ -273,47 +290,132 @@ class Worker:
                     metadata=self._metadata,
                 )
                 get = asyncio.ensure_future(call)
+                self._asking = free
                 await asyncio.wait([get, stop], return_when=asyncio.FIRST_COMPLETED)
+                self._asking = 0
                 if not get.done():
                     call.cancel()  # stopping; leases caught in flight return on unregister
                     break
-                for task in get.result().tasks:
-                    self._start(task)
+                leased = get.result().tasks
+                self._took(leased, free)
+                if leased:
+                    await asyncio.sleep(0)  # the slots start them before the next call
         finally:
+            self._asking = 0
             stop.cancel()
 
-    def _start(self, task: pb.Task) -> None:
-        key = (task.job_id, task.index, task.attempt)
-        context = TaskContext(self.settings.storage, task.job_id, task.index, task.attempt)
-        self._inflight[key] = asyncio.create_task(self._execute(task, context))
+    def _room(self) -> int:
+        """How many more tasks to lease now (beyond those a GetTask asks for)."""
+        return max(0, self._window.size - len(self._held) - self._asking)
 
-    async def _execute(self, task: pb.Task, context: TaskContext) -> None:
-        ref = pb.TaskRef(job_id=task.job_id, index=task.index, attempt=task.attempt)
-        key = (task.job_id, task.index, task.attempt)
-        started = 0.0  # when it began to run (its wait for a slot is not its runtime)
+    def _took(self, leased: Sequence[pb.Task], asked: int) -> None:
+        """Queue tasks leased by a GetTask (or with a report's answer) for the slots."""
+        self._window.leased(len(leased), asked)
+        for task in leased:
+            key = (task.job_id, task.index, task.attempt)
+            if key not in self._held:  # a lease we hold already is not run twice
+                self._held.add(key)
+                self._waiting.append(task)
+        if leased:
+            self._work.set()
+
+    # ---- running tasks -----------------------------------------------------
+
+    async def _slot(self) -> None:
+        """One slot: take the next waiting task (or a run of them) and run it, forever."""
+        while True:
+            while not self._waiting or self._stop.is_set():
+                self._work.clear()
+                await self._work.wait()
+            batch = self._take()
+            self._busy += 1
+            self._idle.clear()
+            try:
+                if len(batch) == 1 and self._runner.runs_in_process(batch[0].task_type):
+                    await self._execute(batch[0])
+                else:
+                    await self._execute_batch(batch)
+            finally:
+                self._busy -= 1
+                if not self._busy:
+                    self._idle.set()
+                self._reports_waiting.set()
+                self._slot_free.set()
+
+    def _take(self) -> list[pb.Task]:
+        """The next waiting task, and after it, when it runs on a thread, the waiting
+        tasks that follow on threads too, up to this slot's share of those waiting."""
+        first = self._waiting.popleft()
+        batch = [first]
+        if not self._window.batching or self._runner.runs_in_process(first.task_type):
+            return batch
+        share = min(-(-len(self._waiting) // self.settings.concurrency), config.REPORT_BATCH)
+        while len(batch) <= share and self._waiting:
+            if self._runner.runs_in_process(self._waiting[0].task_type):
+                break
+            batch.append(self._waiting.popleft())
+        return batch
+
+    def _context(self, task: pb.Task) -> TaskContext:
+        return TaskContext(self.settings.storage, task.job_id, task.index, task.attempt)
+
+    async def _execute_batch(self, batch: list[pb.Task]) -> None:
+        """Run thread tasks one after another on one thread; a task that met a storage
+        outage goes through :meth:`_execute` (it waits for storage), and those left
+        unrun go back to the front of the queue, or are handed back when stopping."""
+        items = [(t.task_type, t.payload, self._context(t), t.time_limit) for t in batch]
+        outcomes: list[Outcome] = []
+        unrun = list(range(len(batch)))
+        if not (self._outage.down and any(_needs_storage(t.task_type) for t in batch)):
+            # One task has nothing to leave unrun when stopping: no watch on the stop.
+            stop = self._stop if len(items) > 1 else None
+            outcomes, unrun = await self._runner.run_batch(items, stop)
+        for outcome in outcomes:
+            task = batch[outcome.index]
+            if isinstance(outcome.result, StorageUnavailable):
+                self._outage.report(str(outcome.result))
+                unrun.insert(0, outcome.index)
+                continue
+            self._window.ran(outcome.seconds)
+            self._record(task, outcome.result, outcome.seconds)
+        if not unrun:
+            return
+        if self._stop.is_set():
+            for index in unrun:  # never started: handed back when the worker unregisters
+                task = batch[index]
+                self._held.discard((task.job_id, task.index, task.attempt))
+            return
+        first, *rest = [batch[index] for index in unrun]
+        self._waiting.extendleft(reversed(rest))
+        if rest:
+            self._work.set()
+        await self._execute(first)  # waits out the outage, if that is what stopped the batch
+
+    async def _execute(self, task: pb.Task) -> None:
+        outcome: bytes | Exception
+        began = time.perf_counter()
         try:
-            async with self._slots:
-                if self._stop.is_set():
-                    return  # never started: handed back when the worker unregisters
-                self._running.add(key)
-                started = time.perf_counter()
-                result = await self._run(task, context)
-        except (TaskFailed, Exception) as error:  # whatever happens, the task is reported
+            outcome = await self._run(task, self._context(task))
+        except Exception as error:  # whatever happens, the task is reported
+            outcome = error
+        seconds = time.perf_counter() - began
+        self._window.ran(seconds)
+        self._record(task, outcome, seconds)
+
+    def _record(self, task: pb.Task, outcome: bytes | Exception, seconds: float) -> None:
+        """Queue the report of a task that ran (for ``seconds``); its lease is no longer
+        ours to run."""
+        self._held.discard((task.job_id, task.index, task.attempt))
+        ref = pb.TaskRef(job_id=task.job_id, index=task.index, attempt=task.attempt)
+        if isinstance(outcome, Exception):
             self.failed += 1
             log.warning(
-                "task %s/%d attempt %d failed: %s", task.job_id, task.index, task.attempt, error
+                "task %s/%d attempt %d failed: %s", task.job_id, task.index, task.attempt, outcome
             )
-            ran = time.perf_counter() - started if started else 0.0
-            self._errors.append(pb.TaskError(task=ref, message=str(error), seconds=ran))
+            self._errors.append(pb.TaskError(task=ref, message=str(outcome), seconds=seconds))
         else:
             self.completed += 1
-            ran = time.perf_counter() - started
-            self._results.append(pb.TaskResult(task=ref, result=result, seconds=ran))
-        finally:
-            del self._inflight[key]
-            self._running.discard(key)
-            self._reports_waiting.set()
-            self._slot_free.set()
+            self._results.append(pb.TaskResult(task=ref, result=outcome, seconds=seconds))
 
     async def _run(self, task: pb.Task, context: TaskContext) -> bytes:
         """Run the task, and through a storage outage again once storage answers.
@@ -358,21 +460,32 @@ class Worker:
     async def _report(self, stub: pb_grpc.CoordinatorStub) -> None:
         while True:
             await self._reports_waiting.wait()
+            if self._window.batching and len(self._results) < config.REPORT_BATCH:
+                # Short tasks end in quick succession: one report for a few of them.
+                await asyncio.sleep(config.REPORT_LINGER)
             self._reports_waiting.clear()
-            await self._send_reports(stub)
+            await self._send_reports(stub, lease=True)
 
-    async def _send_reports(self, stub: pb_grpc.CoordinatorStub) -> None:
+    async def _send_reports(self, stub: pb_grpc.CoordinatorStub, lease: bool = False) -> None:
+        """Send what ended; ``lease``: ask for the next tasks in the same call."""
         # Reports leave the lists only once the coordinator has answered.
         while self._results:
             batch = self._results[: config.REPORT_BATCH]
-            await stub.CompleteTask(
+            room = (
+                self._room() if lease and not self._stop.is_set() and not self._outage.down else 0
+            )
+            answer = await stub.CompleteTask(
                 pb.CompleteTaskRequest(
-                    worker_id=self.worker_id, session=self._session_id, results=batch
+                    worker_id=self.worker_id, session=self._session_id, results=batch,
+                    max_tasks=room,
                 ),
                 timeout=30,
                 metadata=self._metadata,
-            )
+            )  # fmt: skip
             del self._results[: len(batch)]
+            if room:
+                self._took(answer.tasks, room)
+                self._slot_free.set()  # the pull loop sees the room taken
         while self._errors:
             failures = self._errors[: config.REPORT_BATCH]
             await stub.FailTask(
@@ -387,19 +500,19 @@ class Worker:
     # ---- stopping ------------------------------------------------------------
 
     async def _drain(self, stub: pb_grpc.CoordinatorStub) -> None:
-        for key, waiting in list(self._inflight.items()):
-            if key not in self._running:
-                waiting.cancel()  # prefetched, never started: handed back on unregister
-        running = [task for key, task in self._inflight.items() if key in self._running]
-        if running:
+        for task in self._waiting:  # prefetched, never started: handed back on unregister
+            self._held.discard((task.job_id, task.index, task.attempt))
+        self._waiting.clear()
+        if self._busy:
             log.info(
                 "draining: waiting up to %.0fs for %d task(s)",
                 self.settings.grace_period,
-                len(running),
+                self._busy,
             )
-            _, pending = await asyncio.wait(running, timeout=self.settings.grace_period)
-            if pending:
-                log.warning("grace period over: handing back %d task(s)", len(pending))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.settings.grace_period)
+            if self._busy:
+                log.warning("grace period over: handing back %d task(s)", self._busy)
         await self._send_reports(stub)
         response = await stub.UnregisterWorker(
             pb.UnregisterWorkerRequest(worker_id=self.worker_id, session=self._session_id),

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from fractalq import options
+from fractalq import config, options
 from fractalq.cli import table as t
 from fractalq.cli.common import CommandError, command, endpoint_from
 from fractalq.cli.progress import Progress
@@ -57,6 +57,9 @@ def run_submit(args: argparse.Namespace) -> int:
         priority=args.priority,
         max_attempts=args.max_attempts,
         time_limit=args.time_limit,
+        # Waiting, the SubmitJob itself answers once the job has ended (one round
+        # trip); a job still running by then is followed with its progress.
+        wait_seconds=config.SUBMIT_WAIT if args.wait else 0.0,
     )
     with Client(endpoint_from(args)) as client:
         try:
@@ -68,6 +71,9 @@ def run_submit(args: argparse.Namespace) -> int:
         print(f"{verb} {job.total} {job.task_type} task(s) as job {job.job_id}", flush=True)
         if not args.wait:
             return 0
+        if job.state in FINISHED:
+            Progress(job.total, "tasks").update(job.succeeded, job.leased, final=True)
+            return ended(job)
         return follow(client, job.job_id, None)
 
 
@@ -96,16 +102,22 @@ def follow(client: Client, job_id: str, timeout: float | None) -> int:
             except ClientError as again:
                 raise CommandError(str(again)) from None
     assert job is not None
-    state = STATE_NAMES[job.state]
     if job.state not in FINISHED:
         waited = f"after {timeout:g}s" if timeout else "(--timeout 0: not waiting)"
         raise CommandError(
-            f"job {job_id} still {state} {waited}: {job.succeeded}/{job.total} tasks done", 3
+            f"job {job_id} still {STATE_NAMES[job.state]} {waited}:"
+            f" {job.succeeded}/{job.total} tasks done",
+            3,
         )
+    return ended(job)
+
+
+def ended(job: pb.Job) -> int:
+    """Say how a job ended; the exit code: 0 when it succeeded, else 1."""
     if job.state == pb.SUCCEEDED:
-        print(f"job {job_id} SUCCEEDED: {job.succeeded}/{job.total} tasks")
+        print(f"job {job.job_id} SUCCEEDED: {job.succeeded}/{job.total} tasks")
         return 0
-    print(f"job {job_id} {state}: {job.reason}", file=sys.stderr)
+    print(f"job {job.job_id} {STATE_NAMES[job.state]}: {job.reason}", file=sys.stderr)
     return 1
 
 

@@ -47,7 +47,7 @@ def add_parsers(commands: Any) -> None:
     options.add(demo, t.WORKERS, t.DEMO_OUT)
 
 
-def request_from(args: argparse.Namespace) -> tuple[RenderRequest, int]:
+def request_from(args: argparse.Namespace) -> tuple[RenderRequest, int | None]:
     """The validated request and band count, or a one-line CommandError."""
     try:
         request = RenderRequest.create(
@@ -63,7 +63,8 @@ def request_from(args: argparse.Namespace) -> tuple[RenderRequest, int]:
             palette=args.palette,
             colour_scale=args.colour_scale,
         )
-        split_rows(request.height, args.regions)
+        if args.regions is not None:
+            split_rows(request.height, args.regions)
     except ValueError as error:
         raise CommandError(str(error)) from None
     return request, args.regions
@@ -96,7 +97,7 @@ def render_image(
     client: Client,
     storage: Storage,
     request: RenderRequest,
-    regions: int,
+    regions: int | None,
     priority: int,
     out: str,
     keep_bands: bool,
@@ -116,24 +117,36 @@ def render_image(
     """
     began = time.monotonic() if began is None else began
     first_band = assembling = reference = None
+    lost = functools.partial(_say_lost, client.address, reconnect_timeout)
+    submitting = time.monotonic()
     try:
-        submitted = submit_render(
-            client, request, regions, priority, keep_bands=keep_bands, counts=bool(counts_out)
-        ).job
+        # The coordinator answers once the job has ended if it does so within
+        # SUBMIT_WAIT: a small render is one round trip. (A coordinator lost
+        # during that wait ends the render, as one lost at submission always did;
+        # one lost later is ridden out.)
+        job = submit_render(
+            client, request, regions, priority, keep_bands=keep_bands, counts=bool(counts_out),
+            wait=config.SUBMIT_WAIT,
+        ).job  # fmt: skip
         # First line: the id, so that a caller can fetch the image later whatever happens.
-        print(f"submitted {submitted.total} bands as job {submitted.job_id}", flush=True)
-        progress = Progress(submitted.total, "bands")
-        job = submitted
-        lost = functools.partial(_say_lost, client.address, reconnect_timeout)
-        for job in client.follow(submitted.job_id, reconnect_timeout, lost):
-            if first_band is None and (job.leased or job.succeeded):
-                first_band = time.monotonic()
-            if reference is None and job.first.state == pb.TASK_SUCCEEDED:
-                reference = time.monotonic()  # a deep view's reference orbit
-            if assembling is None and job.state in (pb.FINISHING, pb.SUCCEEDED):
-                assembling = time.monotonic()
-            finished = job.state in FINISHED
-            progress.update(job.succeeded, job.leased, final=finished)
+        print(f"submitted {job.total} bands as job {job.job_id}", flush=True)
+        progress = Progress(job.total, "bands")
+        if job.state not in FINISHED:
+            job_id = job.job_id
+            for job in client.follow(job_id, reconnect_timeout, lost):
+                if first_band is None and (job.leased or job.succeeded):
+                    first_band = time.monotonic()
+                if reference is None and job.first.state == pb.TASK_SUCCEEDED:
+                    reference = time.monotonic()  # a deep view's reference orbit
+                if assembling is None and job.state in (pb.FINISHING, pb.SUCCEEDED):
+                    assembling = time.monotonic()
+                finished = job.state in FINISHED
+                progress.update(job.succeeded, job.leased, final=finished)
+        else:
+            progress.update(job.succeeded, job.leased, final=True)
+            # Ended within the submission: the coordinator's own times say when
+            # the first task started (the assembly is counted with the bands).
+            first_band = submitting + max(job.started_at - job.created_at, 0.0)
     except ClientError as error:
         raise CommandError(str(error)) from None
     if job.state != pb.SUCCEEDED:
@@ -151,13 +164,15 @@ def render_image(
             raise CommandError(f"downloading the counts to {counts_out}: {error}") from None
     done = time.monotonic()
     first_band = assembled if first_band is None else first_band
-    assembling = assembled if assembling is None else assembling
     orbit = "" if reference is None else f"reference orbit after {reference - began:.2f}s, "
+    if assembling is None:  # not followed stage by stage
+        stages = f"bands and assembly {assembled - first_band:.2f}s"
+    else:
+        stages = f"bands {assembling - first_band:.2f}s, assembly {assembled - assembling:.2f}s"
     print(
         f"{request.width}x{request.height} {request.fractal} in {done - began:.2f}s"
-        f" ({orbit}first band after {first_band - began:.2f}s,"
-        f" bands {assembling - first_band:.2f}s,"
-        f" assembly {assembled - assembling:.2f}s, download {done - assembled:.2f}s)",
+        f" ({orbit}first band after {first_band - began:.2f}s, {stages},"
+        f" download {done - assembled:.2f}s)",
         file=sys.stderr,
     )
 
@@ -248,9 +263,10 @@ def run_demo(args: argparse.Namespace) -> int:
             # The secure path, as the chart runs it: TLS, and a token per role.
             secure_flags, worker_env, secure = _secure_path(tmp / "trust", endpoint)
             storage_url = storage_dir.as_uri()
+            # The demo's one holder may render any image it is asked for: no pixel quota.
             coordinator = _start(
                 ["coordinator", "--host", "127.0.0.1", "--port", str(port), "--no-http",
-                 "--storage", storage_url, *secure_flags],
+                 "--storage", storage_url, "--quota-job-pixels", "0", *secure_flags],
                 tmp / "coordinator.log",
                 own_environment(),
             )  # fmt: skip

@@ -226,8 +226,13 @@ FRACTAL = Option(
 RENDER = (
     Option("--width", "pixels", default=config.DEFAULT_WIDTH, type=int, metavar="N"),
     Option("--height", "pixels", default=config.DEFAULT_HEIGHT, type=int, metavar="N"),
+    # No default here: absent, the band count follows the image (fractalq.fractal.request).
     Option(
-        "--regions", "bands (one task each)", default=config.DEFAULT_REGIONS, type=int, metavar="N"
+        "--regions",
+        "bands (one task each)",
+        type=int,
+        metavar="N",
+        shown=f"{config.DEFAULT_REGIONS}, fewer for a small image",
     ),
     Option(
         "--max-iter", "iterations per pixel", default=config.DEFAULT_MAX_ITER, type=int, metavar="N"

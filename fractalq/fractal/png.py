@@ -340,10 +340,14 @@ def encode_band(
         )
         dictionary = _flat(filtered[first + group - 1])[-_WINDOW:]
     adler = zlib.adler32(_flat(filtered[head : head + middle]))
-    body = b"".join([*raw, *pieces])
+    crc = 0
+    for part in raw:
+        crc = zlib.crc32(part, crc)
+    for piece in pieces:
+        crc = zlib.crc32(piece, crc)
     position = UNKNOWN_START if start is None else start
-    header = BAND_HEADER.pack(BAND_MAGIC, width, count, position, group, adler, zlib.crc32(body))
-    return header + body
+    header = BAND_HEADER.pack(BAND_MAGIC, width, count, position, group, adler, crc)
+    return b"".join([header, *raw, *pieces])  # one copy of the band, not two
 
 
 class _Band:

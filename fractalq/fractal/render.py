@@ -17,6 +17,9 @@ from fractalq.fractal.palettes import ColourScale, colorize
 from fractalq.fractal.reference import Reference
 from fractalq.fractal.request import RenderRequest
 
+# Pixels counted and coloured at a time within a band (bounded memory).
+RENDER_PIECE_PIXELS = 1 << 20
+
 
 def render_rows(
     request: RenderRequest,
@@ -43,12 +46,29 @@ def render_rows_and_counts(
     scale: ColourScale | None = None,
     with_counts: bool = False,
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32] | None]:
-    """:func:`render_rows`, and the rows' :func:`counts_out` if ``with_counts``."""
-    counts, smooth = escape(request, row_start, row_end, kernel, reference)
+    """:func:`render_rows`, and the rows' :func:`counts_out` if ``with_counts``.
+
+    The rows go through in pieces of about ``RENDER_PIECE_PIXELS``, each coloured
+    into the band's RGB as soon as it is counted, so a band of 4 M pixels holds
+    its colours and one piece's counts (12 + 12 MiB) rather than every pixel's
+    counts and smooth values at once (48 MiB, and as much again to colour them).
+    A pixel's values depend on nothing but itself and the request, so the pieces
+    change no byte. A deep view goes in one piece (its kernel has a cost per call).
+    """
     if scale is None:
         scale = probe.colour_scale(request, reference)
-    rgb = colorize(counts, smooth, request.max_iter, request.palette, scale)
-    return rgb, counts_out(counts, smooth, request.max_iter) if with_counts else None
+    width, rows = request.width, row_end - row_start
+    step = rows if request.deep else max(1, RENDER_PIECE_PIXELS // width)
+    rgb = np.empty((rows, width, 3), dtype=np.uint8)
+    values = np.empty((rows, width), dtype=np.float32) if with_counts else None
+    for top in range(0, rows, step):
+        bottom = min(top + step, rows)
+        counts, smooth = escape(request, row_start + top, row_start + bottom, kernel, reference)
+        rgb[top:bottom] = colorize(counts, smooth, request.max_iter, request.palette, scale)
+        if values is not None:
+            values[top:bottom] = counts_out(counts, smooth, request.max_iter)
+        del counts, smooth
+    return rgb, values
 
 
 def counts_out(

@@ -253,10 +253,21 @@ class RenderRequest:
         return hashlib.sha256(self.to_json()).hexdigest()[:16]
 
 
-def band_rows(request: RenderRequest, regions: int) -> list[tuple[int, int]]:
-    """The bands of a render asked for in ``regions`` bands: at least that many, and
-    more when a band would exceed ``config.MAX_BAND_PIXELS`` (bounded memory)."""
-    needed = -(-request.width * request.height // config.MAX_BAND_PIXELS)  # ceiling
+def band_rows(request: RenderRequest, regions: int | None = None) -> list[tuple[int, int]]:
+    """The bands of a render asked for in ``regions`` bands: that many, and more when a
+    band would exceed ``config.MAX_BAND_PIXELS`` (bounded memory).
+
+    ``regions`` None asks for the default, ``config.DEFAULT_REGIONS``, or fewer for
+    a small image: one band per ``config.MIN_BAND_WORK`` of its most work (pixels
+    x max_iter), since a band's own costs (a lease, a report, storing it, reading
+    it back) outweigh what a small band gains by running beside the others. A pure
+    function of the request and ``regions``.
+    """
+    pixels = request.width * request.height
+    if regions is None:
+        worth = -(-pixels * request.max_iter // config.MIN_BAND_WORK)  # ceilings
+        regions = min(config.DEFAULT_REGIONS, max(1, worth))
+    needed = -(-pixels // config.MAX_BAND_PIXELS)
     return split_rows(request.height, min(max(regions, needed), request.height))
 
 

@@ -56,17 +56,22 @@ class Assembly:
     """What the final task is asked to make of a render's bands."""
 
     request: RenderRequest
-    regions: int
+    rows: list[tuple[int, int]]  # the bands', as the band tasks were given them
     keep_bands: bool = False
     counts: bool = False
 
 
 def assemble_payload(
-    request: RenderRequest, regions: int, keep_bands: bool = False, counts: bool = False
+    request: RenderRequest, regions: int | None, keep_bands: bool = False, counts: bool = False
 ) -> bytes:
+    """The payload for a render asked for in ``regions`` bands (None: the default);
+    it names the count of bands made (:func:`~fractalq.fractal.request.band_rows`)."""
+    bands = len(band_rows(request, regions))
     fields: dict[str, object] = {
         "request": json.loads(request.to_json()),
-        "regions": regions,
+        # An older assembler reads this alone: the count made gives it the same bands.
+        "regions": bands if regions is None else regions,
+        "bands": bands,
         "keep_bands": keep_bands,
     }
     if counts:
@@ -79,23 +84,31 @@ def parse_payload(payload: bytes) -> Assembly:
         data = json.loads(payload)
         request = RenderRequest.from_json(json.dumps(data["request"]))
         regions, keep = data["regions"], data.get("keep_bands", False)
+        bands = data.get("bands", None)
         counts = data.get("counts", False)
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise InvalidPayload(f"not an assembly payload: {error}") from None
     if not isinstance(regions, int) or not isinstance(keep, bool) or not isinstance(counts, bool):
         raise InvalidPayload("regions must be a whole number, keep_bands and counts true or false")
+    if bands is not None and (isinstance(bands, bool) or not isinstance(bands, int)):
+        raise InvalidPayload("bands must be a whole number")
     try:
         split_rows(request.height, regions)
+        # An older payload names no count: its bands are those of its regions.
+        rows = band_rows(request, regions) if bands is None else split_rows(request.height, bands)
     except ValueError as error:
         raise InvalidPayload(str(error)) from None
-    return Assembly(request, regions, keep, counts)
+    return Assembly(request, rows, keep, counts)
 
 
 # ---- the bands in storage, one in memory at a time ----------------------------
 
 
-def band_keys(job_id: str, request: RenderRequest, regions: int) -> list[str]:
-    return [band_key(job_id, start, end) for start, end in band_rows(request, regions)]
+Rows = list[tuple[int, int]]
+
+
+def band_keys(job_id: str, rows: Rows) -> list[str]:
+    return [band_key(job_id, start, end) for start, end in rows]
 
 
 def _bands(storage: Storage, keys: list[str]) -> Iterator[bytes]:
@@ -103,18 +116,14 @@ def _bands(storage: Storage, keys: list[str]) -> Iterator[bytes]:
         yield storage.get(key)  # one band in memory at a time
 
 
-def write_png(
-    storage: Storage, job_id: str, request: RenderRequest, regions: int, path: str
-) -> None:
-    """Assemble the stored bands into a PNG at ``path``, atomically (temp file, then rename)."""
+def write_png(storage: Storage, job_id: str, request: RenderRequest, rows: Rows, path: str) -> None:
+    """Assemble the stored bands of ``rows`` into a PNG at ``path``, atomically (temp
+    file, then rename)."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, temp = tempfile.mkstemp(prefix=".fractalq-", suffix=".png", dir=folder)
     try:
         with os.fdopen(fd, "wb") as out:
-            rows = band_rows(request, regions)
-            join_bands(
-                _bands(storage, band_keys(job_id, request, regions)), request.width, rows, out
-            )
+            join_bands(_bands(storage, band_keys(job_id, rows)), request.width, rows, out)
         os.chmod(temp, 0o644)
         os.replace(temp, path)
     except BaseException:
@@ -124,14 +133,14 @@ def write_png(
 
 
 def write_counts(
-    storage: Storage, job_id: str, request: RenderRequest, regions: int, path: str
+    storage: Storage, job_id: str, request: RenderRequest, rows: Rows, path: str
 ) -> None:
     """The bands' counts as one NumPy ``.npy`` file at ``path`` (float32, height x
     width), one band in memory at a time."""
     with open(path, "wb") as out:
         header = {"descr": "<f4", "fortran_order": False, "shape": (request.height, request.width)}
         np.lib.format.write_array_header_1_0(out, header)
-        for start, end in band_rows(request, regions):
+        for start, end in rows:
             data = storage.get(band_counts_key(job_id, start, end))
             if len(data) != 4 * (end - start) * request.width:
                 raise ValueError(f"the counts of rows {start}..{end} are cut short")
@@ -139,12 +148,12 @@ def write_counts(
 
 
 def remove_bands(
-    storage: Storage, job_id: str, request: RenderRequest, regions: int, counts: bool = False
+    storage: Storage, job_id: str, request: RenderRequest, rows: Rows, counts: bool = False
 ) -> None:
     """Remove the bands (and their counts), and what the first task stored for them."""
-    keys = band_keys(job_id, request, regions) + shared_keys(job_id, request)
+    keys = band_keys(job_id, rows) + shared_keys(job_id, request)
     if counts:
-        keys += [band_counts_key(job_id, start, end) for start, end in band_rows(request, regions)]
+        keys += [band_counts_key(job_id, start, end) for start, end in rows]
     storage.delete(keys)
 
 
@@ -161,18 +170,18 @@ def assemble_image(payload: bytes, context: TaskContext) -> bytes:
     key = image_key(context.job_id)
     with tempfile.TemporaryDirectory(prefix="fractalq-assemble-") as folder:
         path = os.path.join(folder, "image.png")
-        write_png(storage, context.job_id, job.request, job.regions, path)
+        write_png(storage, context.job_id, job.request, job.rows, path)
         size = storage.put_file(key, path)
         result: dict[str, object] = {"key": key, "url": storage.url(key), "bytes": size}
         if job.counts:
             path = os.path.join(folder, "counts.npy")
-            write_counts(storage, context.job_id, job.request, job.regions, path)
+            write_counts(storage, context.job_id, job.request, job.rows, path)
             stored = counts_key(context.job_id)
             result["counts"] = {
                 "key": stored, "url": storage.url(stored), "bytes": storage.put_file(stored, path)
             }  # fmt: skip
     if not job.keep_bands:
-        remove_bands(storage, context.job_id, job.request, job.regions, job.counts)
+        remove_bands(storage, context.job_id, job.request, job.rows, job.counts)
     return json.dumps(result).encode()
 
 
@@ -183,6 +192,6 @@ def clean_up(payload: bytes, context: TaskContext) -> bytes:
     job = parse_payload(payload)
     render_job = context.job_id.removesuffix(config.CLEANUP_SUFFIX)
     storage = shared_storage(context.storage_url)
-    remove_bands(storage, render_job, job.request, job.regions, job.counts)
+    remove_bands(storage, render_job, job.request, job.rows, job.counts)
     storage.delete([image_key(render_job), counts_key(render_job)])
     return b""
