@@ -43,7 +43,7 @@ import numpy.typing as npt
 from fractalq.fractal import scheduler
 from fractalq.fractal.intrinsics import prefer_512
 from fractalq.fractal.jit import compiled, inlined
-from fractalq.fractal.scheduler import IDLE_PIXEL, NO_PIXEL
+from fractalq.fractal.scheduler import BATCH, IDLE_PIXEL, NO_PIXEL
 
 Floats = npt.NDArray[np.float64]
 Counts = npt.NDArray[np.int32]
@@ -183,7 +183,7 @@ def _escape(
     limit = float(max_iter)
     lanes = scheduler.aligned(FIELDS * LANES)
     pixel = np.full(LANES, NO_PIXEL, np.int64)
-    batch = scheduler.new_batch()
+    batch, where = scheduler.new_batch()
     batched = 0
     nxt = 0  # the next pixel to start, and its row and column
     row = 0
@@ -202,9 +202,11 @@ def _escape(
                     scheduler.retire_inside(p, max_iter, counts, smooth, magnitude)
                 else:
                     batched = scheduler.retire_escaped(
-                        batch, batched, p, np.int32(m) - 1, a, b, lanes[CR + lane],
+                        batch, where, batched, p, np.int32(m) - 1, a, b, lanes[CR + lane],
                         lanes[CI + lane], m, counts, smooth, magnitude,
                     )  # fmt: skip
+                    if batched == BATCH:
+                        batched = scheduler.flush(batch, where, batched, smooth, magnitude)
             while True:  # refill: give the lane the next pixel that needs iterating
                 if nxt == total:
                     if p != IDLE_PIXEL:
@@ -239,8 +241,10 @@ def _escape(
                 a1 = (a * a - b * b) + c
                 if not (a1 * a1 + b1 * b1 <= 4.0):  # escaped at once: count 0
                     batched = scheduler.retire_escaped(
-                        batch, batched, q, 0, a1, b1, c, d, 1.0, counts, smooth, magnitude
+                        batch, where, batched, q, 0, a1, b1, c, d, 1.0, counts, smooth, magnitude
                     )
+                    if batched == BATCH:
+                        batched = scheduler.flush(batch, where, batched, smooth, magnitude)
                     continue
                 lanes[ZR + lane] = a1
                 lanes[ZI + lane] = b1
@@ -252,7 +256,7 @@ def _escape(
         if idle == LANES:
             break
         todo = _round(lanes, limit)
-    scheduler.flush(batch, batched, smooth, magnitude)
+    scheduler.flush(batch, where, batched, smooth, magnitude)
 
 
 def escape(

@@ -73,7 +73,7 @@ from fractalq.fractal.lanes import (
 )  # fmt: skip
 from fractalq.fractal.reference import Reference
 from fractalq.fractal.request import RenderRequest
-from fractalq.fractal.scheduler import IDLE_PIXEL, NO_PIXEL
+from fractalq.fractal.scheduler import BATCH, IDLE_PIXEL, NO_PIXEL
 
 Floats = npt.NDArray[np.float64]
 Counts = npt.NDArray[np.int32]
@@ -363,7 +363,7 @@ def _escape(
     patience = max(PATIENCE, (1 << min_level) - 1)
     state = scheduler.aligned(FIELDS * LANES)
     pixel = np.full(LANES, NO_PIXEL, np.int64)
-    batch = scheduler.new_batch()
+    batch, where = scheduler.new_batch()
     batched = 0
     nxt = 0
     idle = 0
@@ -395,9 +395,11 @@ def _escape(
                     else:
                         cr, ci = (c_re, c_im) if julia else (c_re + dcr, c_im + dci)
                         batched = scheduler.retire_escaped(
-                            batch, batched, p, k - 1, dzr, dzi, cr, ci, float(k), counts,
+                            batch, where, batched, p, k - 1, dzr, dzi, cr, ci, float(k), counts,
                             smooth, magnitude,
                         )  # fmt: skip
+                        if batched == BATCH:
+                            batched = scheduler.flush(batch, where, batched, smooth, magnitude)
                 if nxt == pixels.size:
                     if p != IDLE_PIXEL:
                         idle += 1
@@ -430,7 +432,7 @@ def _escape(
             state[DERR + lane], state[DERI + lane] = derr, deri
             state[M + lane], state[K + lane] = m, k
         if idle == LANES:
-            scheduler.flush(batch, batched, smooth, magnitude)
+            scheduler.flush(batch, where, batched, smooth, magnitude)
             break
         result = perturbation_round(
             state, orbit, hint, float(base_start), float(base_end), limit, float(start_end)

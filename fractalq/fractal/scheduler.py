@@ -45,14 +45,20 @@ from fractalq.fractal.jit import compiled, inlined
 Floats = npt.NDArray[np.float64]
 Counts = npt.NDArray[np.int32]
 Ints = npt.NDArray[np.int64]
-# Escaped points waiting for their smoothing iterations: z.re, z.im, c.re, c.im,
-# the iteration m, and the pixel's index.
-Batch = tuple[Floats, Floats, Floats, Floats, Floats, Ints]
 # An index or a count as numba code computes it: a Python or a numpy integer.
 Integer = int | np.integer[Any]
 
 # Escaped points whose smooth values are computed together.
 BATCH = 512
+# Where each quantity of an escaped point lives in a batch array (BATCH each):
+# [z.re | z.im | c.re | c.im | m], the pixel's index in an array of its own. One
+# array, not a tuple of arrays: unpacking one in the scheduling loop would cost
+# reference counting for every pixel.
+# Each quantity starts a cache line past a multiple of 4 KiB from the one before:
+# addresses 4 KiB apart look alike to the CPU's store forwarding, which then stalls.
+BATCH_STRIDE = BATCH + 8
+BZR, BZI, BCR, BCI, BM = (n * BATCH_STRIDE for n in range(5))
+BATCH_FIELDS = 5
 # The reference's smoothing: |z|^2 > 2**32, at most 64 more iterations (16 x 4).
 SMOOTH_RADIUS_SQUARED = 2.0**32
 SMOOTH_PASSES = 16
@@ -85,7 +91,7 @@ def take_lane(todo: np.uint64) -> tuple[np.int64, np.uint64]:
     return np.int64(trailing_zeros(todo)), todo & (todo - np.uint64(1))
 
 
-@inlined
+@compiled
 def park(state: Floats, lanes: int, fields: int, count: int, lane: Integer) -> None:
     """Lane `lane` of a lane array of `fields` quantities gets no pixel: every
     quantity 0, its count (at offset `count`) IDLE."""
@@ -95,18 +101,12 @@ def park(state: Floats, lanes: int, fields: int, count: int, lane: Integer) -> N
 
 
 @inlined
-def new_batch() -> Batch:
-    return (
-        np.empty(BATCH),
-        np.empty(BATCH),
-        np.empty(BATCH),
-        np.empty(BATCH),
-        np.empty(BATCH),
-        np.empty(BATCH, np.int64),
-    )
+def new_batch() -> tuple[Floats, Ints]:
+    """An empty batch of escaped points: its values, and its points' pixels."""
+    return aligned(BATCH_FIELDS * BATCH_STRIDE), np.empty(BATCH, np.int64)
 
 
-@inlined
+@compiled
 def retire_inside(
     p: Integer, max_iter: int, counts: Counts, smooth: Floats, magnitude: Floats
 ) -> None:
@@ -116,32 +116,34 @@ def retire_inside(
     magnitude[p] = 16.0
 
 
-@inlined
+@compiled
 def retire_escaped(
-    batch: Batch, batched: int, p: Integer, count: Integer, zr: float, zi: float, cr: float,
-    ci: float, m: float, counts: Counts, smooth: Floats, magnitude: Floats,
+    batch: Floats, where: Ints, batched: int, p: Integer, count: Integer, zr: float,
+    zi: float, cr: float, ci: float, m: float, counts: Counts, smooth: Floats,
+    magnitude: Floats,
 ) -> int:  # fmt: skip
     """Pixel p escaped with `count`, at z_m = zr + i zi, for c = cr + i ci: its count
-    now, its smoothing with the batch's. Returns the number of points now batched."""
+    now, its smoothing with the batch's. Returns the number of points now batched;
+    the caller flushes a full batch (BATCH points).
+
+    No call in here: numba would count references to the arrays passed on, for
+    every pixel retired."""
     counts[p] = count
-    bzr, bzi, bcr, bci, bm, where = batch
-    bzr[batched] = zr
-    bzi[batched] = zi
-    bcr[batched] = cr
-    bci[batched] = ci
-    bm[batched] = m
+    batch[BZR + batched] = zr
+    batch[BZI + batched] = zi
+    batch[BCR + batched] = cr
+    batch[BCI + batched] = ci
+    batch[BM + batched] = m
     where[batched] = p
-    batched += 1
-    if batched == BATCH:
-        smooth_batch(batch, batched, smooth, magnitude)
-        batched = 0
-    return batched
+    return batched + 1
 
 
-@inlined
-def flush(batch: Batch, batched: int, smooth: Floats, magnitude: Floats) -> None:
-    """The smoothing of the points still batched, at the end of a kernel's loop."""
-    smooth_batch(batch, batched, smooth, magnitude)
+@compiled
+def flush(batch: Floats, where: Ints, batched: int, smooth: Floats, magnitude: Floats) -> int:
+    """The smoothing of the points batched: when the batch is full, and at the end
+    of a kernel's loop. Returns the number of points left batched, 0."""
+    smooth_batch(batch, where, batched, smooth, magnitude)
+    return 0
 
 
 @compiled
@@ -156,11 +158,15 @@ def _smooth_step(a: float, b: float, c: float, d: float, m: float) -> tuple[floa
 
 
 @compiled
-def smooth_batch(batch: Batch, n: int, smooth: Floats, magnitude: Floats) -> None:
+def smooth_batch(batch: Floats, where: Ints, n: int, smooth: Floats, magnitude: Floats) -> None:
     """Carry the batch's first n escaped points on to |z|^2 > 2**32; store their m
     in `smooth` and their |z_m|^2 in `magnitude`, at their pixels."""
     prefer_512()
-    zr, zi, cr, ci, m, where = batch
+    zr = batch[BZR : BZR + BATCH]
+    zi = batch[BZI : BZI + BATCH]
+    cr = batch[BCR : BCR + BATCH]
+    ci = batch[BCI : BCI + BATCH]
+    m = batch[BM : BM + BATCH]
     for _ in range(SMOOTH_PASSES):
         going = 0
         for e in range(n):
