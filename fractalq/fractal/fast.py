@@ -203,7 +203,7 @@ def _escape(
                 else:
                     batched = scheduler.retire_escaped(
                         batch, where, batched, p, np.int32(m) - 1, a, b, lanes[CR + lane],
-                        lanes[CI + lane], m, counts, smooth, magnitude,
+                        lanes[CI + lane], m, counts,
                     )  # fmt: skip
                     if batched == BATCH:
                         batched = scheduler.flush(batch, where, batched, smooth, magnitude)
@@ -241,7 +241,7 @@ def _escape(
                 a1 = (a * a - b * b) + c
                 if not (a1 * a1 + b1 * b1 <= 4.0):  # escaped at once: count 0
                     batched = scheduler.retire_escaped(
-                        batch, where, batched, q, 0, a1, b1, c, d, 1.0, counts, smooth, magnitude
+                        batch, where, batched, q, 0, a1, b1, c, d, 1.0, counts
                     )
                     if batched == BATCH:
                         batched = scheduler.flush(batch, where, batched, smooth, magnitude)

@@ -395,9 +395,8 @@ def _escape(
                     else:
                         cr, ci = (c_re, c_im) if julia else (c_re + dcr, c_im + dci)
                         batched = scheduler.retire_escaped(
-                            batch, where, batched, p, k - 1, dzr, dzi, cr, ci, float(k), counts,
-                            smooth, magnitude,
-                        )  # fmt: skip
+                            batch, where, batched, p, k - 1, dzr, dzi, cr, ci, float(k), counts
+                        )
                         if batched == BATCH:
                             batched = scheduler.flush(batch, where, batched, smooth, magnitude)
                 if nxt == pixels.size:

@@ -10,13 +10,15 @@ finished lane's pixel and *refills* the lane with the next pixel of the band, so
 a slow pixel never holds up the fast ones beside it. The loop ends when every
 lane is *parked* (:func:`park`): the band has run out of pixels.
 
-What the kernels share lives here, as numba helpers inlined into their loops:
+What the kernels share lives here, as small numba functions that LLVM writes into
+the kernels' loops (they take arrays but call nothing, so the loops count no
+references for them):
 
 * the lane array (:func:`aligned`) and the mask walk (:func:`every_lane`, :func:`take_lane`);
 * retiring a pixel: an inside one gets its values at once (:func:`retire_inside`); an
-  escaped one goes into the :class:`Batch` of escaped points (:func:`retire_escaped`),
-  whose orbits are carried on to the smoothing radius ``BATCH`` at a time, in one
-  vector loop (:func:`smooth_batch`, also the last :func:`flush`);
+  escaped one goes into the batch of escaped points (:func:`new_batch`,
+  :func:`retire_escaped`), whose orbits are carried on to the smoothing radius
+  ``BATCH`` at a time, in one vector loop (:func:`flush`, :func:`smooth_batch`);
 * a lane with no pixel left (:func:`park`): ``z = c = 0`` never escapes and its count
   ``IDLE`` never reaches a limit, so the round needs no test for it;
 * the smooth values from what the batches stored (:func:`finish`).
@@ -119,15 +121,14 @@ def retire_inside(
 @compiled
 def retire_escaped(
     batch: Floats, where: Ints, batched: int, p: Integer, count: Integer, zr: float,
-    zi: float, cr: float, ci: float, m: float, counts: Counts, smooth: Floats,
-    magnitude: Floats,
+    zi: float, cr: float, ci: float, m: float, counts: Counts,
 ) -> int:  # fmt: skip
     """Pixel p escaped with `count`, at z_m = zr + i zi, for c = cr + i ci: its count
     now, its smoothing with the batch's. Returns the number of points now batched;
     the caller flushes a full batch (BATCH points).
 
     No call in here: numba would count references to the arrays passed on, for
-    every pixel retired."""
+    every pixel retired (hence the caller's flush)."""
     counts[p] = count
     batch[BZR + batched] = zr
     batch[BZI + batched] = zi
