@@ -65,8 +65,8 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from fractalq.fractal.fast import _compiled
 from fractalq.fractal.intrinsics import prefer_512
+from fractalq.fractal.jit import compiled
 from fractalq.fractal.palettes import Gradient
 
 Floats = npt.NDArray[np.float64]
@@ -88,7 +88,7 @@ def segment_table(chosen: Gradient) -> tuple[float, ...]:
     )
 
 
-@_compiled
+@compiled
 def _colour(
     counts: Counts,
     smooth: Floats,

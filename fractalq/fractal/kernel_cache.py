@@ -125,11 +125,11 @@ def _requests() -> Iterator[object]:
 def _dispatchers() -> list[Any]:
     import numba.core.dispatcher
 
-    from fractalq.fractal import bla, fast, fast_colour, fixedpoint, perturb, precise
+    from fractalq.fractal import bla, fast, fast_colour, fixedpoint, perturb, precise, scheduler
 
     return [bla.compiled_build()] + [
         value
-        for module in (fast, fast_colour, perturb, precise, fixedpoint)
+        for module in (fast, fast_colour, perturb, precise, fixedpoint, scheduler)
         for value in vars(module).values()
         if isinstance(value, numba.core.dispatcher.Dispatcher)
     ]

@@ -39,7 +39,7 @@ Counts follow the float64 kernels' definition (fractal/kernels.py): an escaped p
 count is the number of iterations it stayed within radius 2. Smooth values are
 computed as theirs (the orbit carried on to ``|z|^2 > 2**32``, then
 ``m + 1 - log2(log2 |z_m|^2)``), from the pixel's full ``z`` once it has escaped,
-by their own vector loop over a batch of escaped pixels.
+by the lane scheduler's vector loop over a batch of escaped pixels (:mod:`.scheduler`).
 Each pixel's values depend only on its own offset, the reference and the
 request: any band split gives the same bytes.
 """
@@ -47,18 +47,15 @@ request: any band split gives the same bytes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, TypeVar, cast
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
-from fractalq.fractal import bla, depth, precise
+from fractalq.fractal import bla, depth, precise, scheduler
 from fractalq.fractal.depth import PLAIN_FROM, RESCALE, SCALED_BELOW
-from fractalq.fractal.fast import BATCH, _aligned, _finish, _smooth_batch
 from fractalq.fractal.intrinsics import fma, trailing_zeros
+from fractalq.fractal.jit import compiled, inlined
 from fractalq.fractal.lanes import (
     DCI,
     DCR,
@@ -76,8 +73,8 @@ from fractalq.fractal.lanes import (
 )  # fmt: skip
 from fractalq.fractal.reference import Reference
 from fractalq.fractal.request import RenderRequest
+from fractalq.fractal.scheduler import BATCH, IDLE_PIXEL, NO_PIXEL
 
-F = TypeVar("F", bound=Callable[..., Any])
 Floats = npt.NDArray[np.float64]
 Counts = npt.NDArray[np.int32]
 Ints = npt.NDArray[np.int64]
@@ -88,10 +85,6 @@ SENSITIVE = 2.0**-4
 # What a pixel's scalar iterations ended with: it goes on (in the lanes), it
 # escaped, or it is inside.
 GO_ON, ESCAPED, INSIDE = 0, 1, 2
-# A lane's pixel: none yet, or none left.
-NO_PIXEL = -1
-IDLE_PIXEL = -2
-IDLE = -1.0e18  # the count of a lane with no pixel
 # A skip is worth leaving the lanes for when it covers at least a round of
 # iterations (lanes.ROUND = 2**WORTH_LEVEL): a lane asks for one of that length,
 # and a pixel whose plain steps and shorter skips in a row reach PATIENCE (enough
@@ -103,15 +96,7 @@ WORTH_LEVEL = 3
 PATIENCE = 2**WORTH_LEVEL - 1
 
 
-def _compiled(function: F) -> F:
-    return cast(F, numba.njit(cache=True, nogil=True)(function))
-
-
-def _inlined(function: F) -> F:
-    return cast(F, numba.njit(cache=True, nogil=True, inline="always")(function))
-
-
-@_inlined
+@inlined
 def _node(
     anchors: Ints, ends: Ints, levels: Ints, min_level: int, m: int, k: int, max_iter: int,
     d2: float, exponent: int, column: int, nodes: Floats,
@@ -136,7 +121,7 @@ def _node(
     return -1, 0
 
 
-@_inlined
+@inlined
 def _apply(
     nodes: Floats, row: int, xr: float, xi: float, yr: float, yi: float
 ) -> tuple[float, float]:
@@ -149,7 +134,7 @@ def _apply(
     )
 
 
-@_compiled
+@compiled
 def _advance(
     orbit_re: Floats, orbit_im: Floats, start_end: int, base_start: int, base_end: int,
     anchors: Ints, ends: Ints, levels: Ints, min_level: int, nodes: Floats, column: int,
@@ -209,7 +194,7 @@ def _advance(
         steps += 1
 
 
-@_compiled
+@compiled
 def _start_scaled(
     orbit_re: Floats, orbit_im: Floats, start_end: int, base_start: int, base_end: int,
     anchors: Ints, ends: Ints, levels: Ints, min_level: int, nodes: Floats, column: int,
@@ -299,7 +284,7 @@ def _start_scaled(
     )  # fmt: skip
 
 
-@_inlined
+@inlined
 def _rescale(
     exponent: int, wr: float, wi: float, dr: float, di: float, vr: float, vi: float, h: float
 ) -> tuple[int, float, float, float, float, float, float, float, float, float]:
@@ -313,7 +298,7 @@ def _rescale(
     )  # fmt: skip
 
 
-@_compiled
+@compiled
 def _hints(
     anchors: Ints, ends: Ints, levels: Ints, min_level: int, nodes: Floats, column: int,
     size: int,
@@ -334,7 +319,7 @@ def _hints(
     return hint
 
 
-@_inlined
+@inlined
 def _begin(
     orbit_re: Floats, orbit_im: Floats, start_end: int, base_start: int, base_end: int,
     anchors: Ints, ends: Ints, levels: Ints, min_level: int, nodes: Floats, column: int,
@@ -351,7 +336,7 @@ def _begin(
     return GO_ON, 0, 0, 0.0, 0.0, x, y, 0.0, 0.0, math.hypot(x, y)
 
 
-@_compiled
+@compiled
 def _escape(
     orbit_re: Floats, orbit_im: Floats, start_end: int, base_start: int, base_end: int,
     anchors: Ints, ends: Ints, levels: Ints, min_level: int, nodes: Floats, column: int,
@@ -363,8 +348,8 @@ def _escape(
     pixels ``pixels`` (flat indices into the grid ox x oy).
 
     Pixels go through LANES at a time: the lanes' rounds (lanes.py, vector code)
-    take the plain steps; between rounds the finished lanes are recorded and
-    refilled, and the lanes that could skip are skipped here, so a slow pixel
+    take the plain steps; between rounds the finished lanes are retired and
+    refilled (scheduler.py), and the lanes that could skip are skipped here, so a slow pixel
     never holds up the fast ones. Where a pixel's rounds fall depends only on
     the pixel (a round is always ROUND iterations, and every lane is looked at
     after every round), so its values do not depend on its neighbours.
@@ -376,25 +361,17 @@ def _escape(
     orbit[1::2] = orbit_im
     hint = _hints(anchors, ends, levels, max(min_level, WORTH_LEVEL), nodes, column, orbit_re.size)
     patience = max(PATIENCE, (1 << min_level) - 1)
-    state = _aligned(FIELDS * LANES)
+    state = scheduler.aligned(FIELDS * LANES)
     pixel = np.full(LANES, NO_PIXEL, np.int64)
-    # Escaped points waiting for their smoothing iterations, done BATCH at a
-    # time by the float64 kernel's vector loop.
-    bzr = np.empty(BATCH)
-    bzi = np.empty(BATCH)
-    bcr = np.empty(BATCH)
-    bci = np.empty(BATCH)
-    bk = np.empty(BATCH)
-    where = np.empty(BATCH, np.int64)
+    batch, where = scheduler.new_batch()
     batched = 0
     nxt = 0
     idle = 0
-    todo = (np.uint64(1) << np.uint64(LANES)) - np.uint64(1)
+    todo = scheduler.every_lane(LANES)
     done = todo
     while True:
         while todo:
-            lane = np.int64(trailing_zeros(todo))
-            todo &= todo - np.uint64(1)
+            lane, todo = scheduler.take_lane(todo)
             p = pixel[lane]
             what = GO_ON
             if p >= 0:
@@ -410,27 +387,18 @@ def _escape(
                     state[G + lane], m, k, max_iter,
                     0 if done & (np.uint64(1) << np.uint64(lane)) else patience,
                 )  # fmt: skip
-            while what != GO_ON or p < 0:  # record the pixel, give the lane the next
+            while what != GO_ON or p < 0:  # retire the pixel, refill the lane
                 if p >= 0:
                     sensitivity[p] = math.hypot(derr, deri)
                     if what == INSIDE:
-                        counts[p] = max_iter
-                        smooth[p] = limit
-                        magnitude[p] = 16.0
+                        scheduler.retire_inside(p, max_iter, counts, smooth, magnitude)
                     else:
-                        counts[p] = k - 1
-                        bzr[batched] = dzr
-                        bzi[batched] = dzi
-                        if julia:
-                            bcr[batched], bci[batched] = c_re, c_im
-                        else:
-                            bcr[batched], bci[batched] = c_re + dcr, c_im + dci
-                        bk[batched] = k
-                        where[batched] = p
-                        batched += 1
+                        cr, ci = (c_re, c_im) if julia else (c_re + dcr, c_im + dci)
+                        batched = scheduler.retire_escaped(
+                            batch, where, batched, p, k - 1, dzr, dzi, cr, ci, float(k), counts
+                        )
                         if batched == BATCH:
-                            _smooth_batch(batched, bzr, bzi, bcr, bci, bk, where, smooth, magnitude)
-                            batched = 0
+                            batched = scheduler.flush(batch, where, batched, smooth, magnitude)
                 if nxt == pixels.size:
                     if p != IDLE_PIXEL:
                         idle += 1
@@ -455,17 +423,15 @@ def _escape(
                 # dz = dc = 0: the lane follows the reference's own orbit (rebasing
                 # at its end, so its reads stay within the orbit); its count,
                 # below 0, never reaches the limit nor lets it skip.
-                for field in range(FIELDS):
-                    state[field * LANES + lane] = 0.0
+                scheduler.park(state, LANES, FIELDS, K, lane)
                 state[M + lane] = 1.0
-                state[K + lane] = IDLE
                 continue
             state[DZR + lane], state[DZI + lane] = dzr, dzi
             state[DCR + lane], state[DCI + lane] = dcr, dci
             state[DERR + lane], state[DERI + lane] = derr, deri
             state[M + lane], state[K + lane] = m, k
         if idle == LANES:
-            _smooth_batch(batched, bzr, bzi, bcr, bci, bk, where, smooth, magnitude)
+            scheduler.flush(batch, where, batched, smooth, magnitude)
             break
         result = perturbation_round(
             state, orbit, hint, float(base_start), float(base_end), limit, float(start_end)
@@ -546,8 +512,5 @@ def escape(
             size_hi, size_lo, exponent, reference.julia, c_re, c_im, request.max_iter,
             counts, smooth, magnitude,
         )  # fmt: skip
-    with np.errstate(divide="ignore", invalid="ignore"):
-        np.log2(magnitude, out=magnitude)
-        np.log2(magnitude, out=magnitude)
-    _finish(counts, smooth, magnitude, request.max_iter)
+    scheduler.finish(counts, smooth, magnitude, request.max_iter)
     return counts.reshape(rows, request.width), smooth.reshape(rows, request.width)

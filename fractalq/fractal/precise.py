@@ -26,8 +26,8 @@ import numpy as np
 import numpy.typing as npt
 
 from fractalq.fractal.depth import PLAIN_FROM, RESCALE
-from fractalq.fractal.fast import SMOOTH_PASSES, SMOOTH_RADIUS_SQUARED
 from fractalq.fractal.intrinsics import fma
+from fractalq.fractal.scheduler import SMOOTH_PASSES, SMOOTH_RADIUS_SQUARED
 
 F = TypeVar("F", bound=Callable[..., Any])
 Floats = npt.NDArray[np.float64]
@@ -235,7 +235,7 @@ def escape_pixels(
 @numba.njit(cache=True, nogil=True)
 def _smooth(fr: float, fi: float, k: int, cr: float, ci: float) -> tuple[float, float]:
     """An escaped z_k carried on to the smoothing radius: (m, |z_m|^2), as the
-    float64 kernel's batch loop carries it (fast._smooth_batch)."""
+    lane scheduler's batch loop carries it (scheduler.smooth_batch)."""
     mag = fr * fr + fi * fi
     smooth = float(k)
     for _ in range(SMOOTH_EXTRA_ITERATIONS):
