@@ -197,7 +197,7 @@ PREVIEW_MEMORY = 32 * 1024 * 1024
 DEFAULT_CONCURRENCY = 1
 # A read-only folder of kernels compiled ahead (the image sets it): copied into
 # numba's writable NUMBA_CACHE_DIR before the first kernel loads
-# (fractalq/fractal/kernel_cache.py).
+# (fractalq/fractal/kernel_cache.py makes it, fractalq/fractal/numba_cache.py reads it).
 KERNEL_CACHE_VARIABLE = "FRACTALQ_KERNEL_CACHE"
 # Tasks a worker leases beyond those it runs, so that the next one is at hand
 # when a task ends (no round trip between two tasks); handed back at once when

@@ -20,7 +20,7 @@ from chart_tools import REPO, DockerIgnore, dockerfile_instructions
 from fractalq import config
 from fractalq.cli import main
 from fractalq.cli.operator import MISSING_EXTRA
-from fractalq.fractal import kernel_cache
+from fractalq.fractal import numba_cache
 
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 BUILD_SCRIPT = REPO / "deploy" / "build_image.py"
@@ -268,7 +268,7 @@ def test_the_build_script_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) 
 
 @pytest.fixture
 def fresh_seed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kernel_cache, "_seeded", False)
+    monkeypatch.setattr(numba_cache, "_seeded", False)
 
 
 def shipped_cache(folder: Path) -> Path:
@@ -287,7 +287,7 @@ def test_seeding_copies_what_the_writable_cache_lacks_and_nothing_else(tmp_path:
     # An index numba already rewrote here (an entry for this CPU added): kept.
     (writable / "fractal_ab" / "fast._escape-1.py311.nbi").write_bytes(b"newer index")
     environ = {config.KERNEL_CACHE_VARIABLE: str(shipped)}
-    assert kernel_cache.seed(str(writable), environ) == 1
+    assert numba_cache.seed(str(writable), environ) == 1
     assert (writable / "fractal_ab" / "fast._escape-1.py311.nbi").read_bytes() == b"newer index"
     assert (writable / "fractal_ab" / "fast._escape-1.py311.1.nbc").read_bytes() == b"code"
     assert sorted(p.name for p in (writable / "fractal_ab").iterdir()) == [
@@ -295,14 +295,14 @@ def test_seeding_copies_what_the_writable_cache_lacks_and_nothing_else(tmp_path:
         "fast._escape-1.py311.nbi",
     ]  # no partial file left behind
     (writable / "fractal_ab" / "fast._escape-1.py311.1.nbc").unlink()
-    assert kernel_cache.seed(str(writable), environ) == 0  # once per process
+    assert numba_cache.seed(str(writable), environ) == 0  # once per process
 
 
 @pytest.mark.usefixtures("fresh_seed")
 def test_seeding_without_a_shipped_cache_does_nothing(tmp_path: Path) -> None:
-    assert kernel_cache.seed(str(tmp_path / "numba"), {}) == 0
+    assert numba_cache.seed(str(tmp_path / "numba"), {}) == 0
     environ = {config.KERNEL_CACHE_VARIABLE: str(tmp_path / "absent")}
-    assert kernel_cache.seed(str(tmp_path / "numba"), environ) == 0
+    assert numba_cache.seed(str(tmp_path / "numba"), environ) == 0
     assert not (tmp_path / "numba").exists()
 
 
@@ -313,8 +313,8 @@ def test_seeding_that_fails_is_logged_and_numba_compiles(
     shipped = shipped_cache(tmp_path / "shipped")
     blocked = tmp_path / "file-not-folder"
     blocked.write_text("")
-    with caplog.at_level(logging.WARNING, logger=kernel_cache.__name__):
-        copied = kernel_cache.seed(str(blocked), {config.KERNEL_CACHE_VARIABLE: str(shipped)})
+    with caplog.at_level(logging.WARNING, logger=numba_cache.__name__):
+        copied = numba_cache.seed(str(blocked), {config.KERNEL_CACHE_VARIABLE: str(shipped)})
     assert copied == 0
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [
         f"compiled kernels not copied from {shipped} to {blocked}"

@@ -185,9 +185,9 @@ def compiled_build() -> Callable[..., None]:
     (the coordinator, clients) never load numba."""
     import numba
 
-    from fractalq.fractal import kernel_cache
+    from fractalq.fractal import numba_cache
 
-    kernel_cache.seed(kernel_cache.numba_cache_dir())  # before numba picks its folder
+    numba_cache.seed(numba_cache.numba_cache_dir())  # before numba picks its folder
 
     inline = numba.njit(cache=True, nogil=True, inline="always")
     globals()["_merged_radius"] = inline(_merged_radius)

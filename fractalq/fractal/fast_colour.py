@@ -61,13 +61,16 @@ two give the same bits.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from fractalq.fractal.intrinsics import prefer_512
 from fractalq.fractal.jit import compiled
-from fractalq.fractal.palettes import Gradient
+
+if TYPE_CHECKING:  # palettes imports this module (lazily) to colour with it
+    from fractalq.fractal.palettes import Gradient
 
 Floats = npt.NDArray[np.float64]
 Counts = npt.NDArray[np.int32]

@@ -17,9 +17,9 @@ from typing import Any, TypeVar, cast
 
 import numba
 
-from fractalq.fractal import kernel_cache
+from fractalq.fractal import numba_cache
 
-kernel_cache.seed(kernel_cache.numba_cache_dir())
+numba_cache.seed(numba_cache.numba_cache_dir())
 
 F = TypeVar("F", bound=Callable[..., Any])
 

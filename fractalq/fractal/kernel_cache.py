@@ -1,17 +1,11 @@
 """The kernels' machine code, compiled once when the image is built.
 
-numba keeps each compiled kernel (``cache=True``) in ``NUMBA_CACHE_DIR``, keyed by
-the hash of its source file, its argument types and the CPU it was compiled for
-(name and features). It only uses a directory it can write to: it checks by
-creating a file there, and it adds entries (another signature, another CPU) to
-the files already there. So a read-only cache cannot be the cache directory.
-
 The image runs ``python -m fractalq.fractal.kernel_cache`` at build time with
 ``NUMBA_CACHE_DIR`` inside the image, which compiles every kernel for every
 signature a render uses (:func:`compile_all`), and names that directory, read-only
 at run time, in ``FRACTALQ_KERNEL_CACHE``. Before the first kernel is defined,
-:func:`seed` copies what the writable ``NUMBA_CACHE_DIR`` (the pod's /tmp) lacks
-out of it. On a CPU like the build machine's, numba then loads every kernel
+:mod:`fractalq.fractal.numba_cache` copies what the writable ``NUMBA_CACHE_DIR``
+(the pod's /tmp) lacks out of it. On a CPU like the build machine's, numba then loads every kernel
 instead of compiling it: a worker's first band starts a fraction of a second
 after it registers, instead of 5-10 s. On any other CPU numba finds no entry for
 that CPU, compiles and saves into the writable directory, as without the copy.
@@ -21,72 +15,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from fractalq import config
+from fractalq.fractal import numba_cache
 
 log = logging.getLogger(__name__)
-
-_seeded = False
-
-
-def numba_cache_dir() -> str:
-    """numba's ``NUMBA_CACHE_DIR`` as numba read it ("" when unset)."""
-    import numba
-
-    return str(getattr(numba.config, "CACHE_DIR", "") or "")
-
-
-def seed(cache_dir: str, environ: Mapping[str, str] = os.environ) -> int:
-    """Copy the kernels of ``$FRACTALQ_KERNEL_CACHE`` that ``cache_dir`` lacks into it.
-
-    Once per process; returns the number of files copied. A copy that fails is
-    logged and skipped: numba then compiles what it does not find.
-    """
-    global _seeded
-    source = environ.get(config.KERNEL_CACHE_VARIABLE, "")
-    if _seeded or not source or not cache_dir:
-        return 0
-    _seeded = True
-    origin, target = Path(source), Path(cache_dir)
-    try:
-        if not origin.is_dir() or (target.exists() and target.samefile(origin)):
-            return 0
-        return _copy_missing(origin, target)
-    except OSError as error:
-        log.warning("compiled kernels not copied from %s to %s: %s", origin, target, error)
-        return 0
-
-
-def _copy_missing(origin: Path, target: Path) -> int:
-    copied = 0
-    for path in sorted(origin.rglob("*")):
-        if not path.is_file():
-            continue
-        destination = target / path.relative_to(origin)
-        if destination.exists():
-            continue  # numba's own file, or one copied before: never overwritten
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        # Written under a private name, then linked into place: another process of
-        # the same pod seeding at the same moment never reads half a file.
-        partial = destination.with_name(f".{destination.name}.{os.getpid()}.part")
-        partial.write_bytes(path.read_bytes())
-        try:
-            os.link(partial, destination)
-            copied += 1
-        except FileExistsError:
-            pass
-        finally:
-            partial.unlink()
-    return copied
-
-
-# ---- compiling every kernel (at build time) ----------------------------------
 
 
 @dataclass(frozen=True)
@@ -189,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        cache_dir = numba_cache_dir()
+        cache_dir = numba_cache.numba_cache_dir()
     except ImportError:
         print("numba is not installed: there is nothing to compile", file=sys.stderr)
         return 1 if args.require_cached else 0
