@@ -22,7 +22,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -83,6 +83,7 @@ _COUNTED: dict[type[BrokerError], str] = {
 
 R = TypeVar("R")
 M = TypeVar("M")
+Report = TypeVar("Report", pb.TaskResult, pb.TaskError, pb.TaskRef)
 
 
 def _parsed(request: M | Malformed) -> M:
@@ -440,51 +441,65 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     async def CompleteTask(
         self, request: pb.CompleteTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ReportResponse:
-        worker = self._session(request.worker_id, request.session)
-        now = self.clock()
         complete = self.broker.complete
-        accepted = sum(
-            complete(worker, r.task.job_id, r.task.index, r.task.attempt, r.result, now, r.seconds)
-            for r in request.results
-        )
-        # The worker's next tasks (a stage these reports released, say) in the same answer.
-        leased = []
-        if request.max_tasks:
-            leased = self.broker.lease(
-                worker, min(request.max_tasks, config.MAX_TASKS_PER_LEASE), now
-            )
-        if accepted:
-            await self._durable()
-        return pb.ReportResponse(
-            accepted=accepted, ignored=len(request.results) - accepted, tasks=_tasks(leased)
+
+        def apply(worker: WorkerRecord, r: pb.TaskResult, now: float) -> bool:
+            task = r.task
+            return complete(worker, task.job_id, task.index, task.attempt, r.result, now, r.seconds)
+
+        return await self._report(
+            request.worker_id, request.session, request.results, apply, max_tasks=request.max_tasks
         )
 
     @_unary
     async def FailTask(
         self, request: pb.FailTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ReportResponse:
-        worker = self._session(request.worker_id, request.session)
-        now = self.clock()
-        accepted = sum(
-            self.broker.fail(
-                worker, e.task.job_id, e.task.index, e.task.attempt, e.message, now, e.seconds
-            )
-            for e in request.errors
-        )
-        if accepted:
-            await self._durable()
-        return pb.ReportResponse(accepted=accepted, ignored=len(request.errors) - accepted)
+        fail = self.broker.fail
+
+        def apply(worker: WorkerRecord, e: pb.TaskError, now: float) -> bool:
+            task = e.task
+            return fail(worker, task.job_id, task.index, task.attempt, e.message, now, e.seconds)
+
+        return await self._report(request.worker_id, request.session, request.errors, apply)
 
     @_unary
     async def ReleaseTasks(
         self, request: pb.ReleaseTasksRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ReportResponse:
-        worker = self._session(request.worker_id, request.session)
-        now = self.clock()
-        accepted = sum(
-            self.broker.release(worker, t.job_id, t.index, t.attempt, now) for t in request.tasks
+        release = self.broker.release
+
+        def apply(worker: WorkerRecord, t: pb.TaskRef, now: float) -> bool:
+            return release(worker, t.job_id, t.index, t.attempt, now)
+
+        # Not waited for: a release lost in a crash is a lease the restart takes back anyway.
+        return await self._report(
+            request.worker_id, request.session, request.tasks, apply, durable=False
         )
-        return pb.ReportResponse(accepted=accepted, ignored=len(request.tasks) - accepted)
+
+    async def _report(
+        self,
+        worker_id: str,
+        session: str,
+        reports: Sequence[Report],
+        apply: Callable[[WorkerRecord, Report, float], bool],
+        durable: bool = True,
+        max_tasks: int = 0,
+    ) -> pb.ReportResponse:
+        """The path of every report RPC: each report applied under the worker's
+        session, the answer once the accepted ones are durable, with the worker's
+        next tasks when it asks (a stage these reports released, say)."""
+        worker = self._session(worker_id, session)
+        now = self.clock()
+        accepted = sum(apply(worker, report, now) for report in reports)
+        leased = []
+        if max_tasks:
+            leased = self.broker.lease(worker, min(max_tasks, config.MAX_TASKS_PER_LEASE), now)
+        if accepted and durable:
+            await self._durable()
+        return pb.ReportResponse(
+            accepted=accepted, ignored=len(reports) - accepted, tasks=_tasks(leased)
+        )
 
     @_unary
     async def UnregisterWorker(
