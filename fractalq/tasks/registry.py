@@ -60,6 +60,8 @@ _PROVIDERS = (
     "fractalq.tasks.assemble",
     "fractalq.tasks.sweep",
     "fractalq.tasks.tile",
+    "fractalq.tasks.zoom",
+    "fractalq.tasks.encode",
 )
 _loaded = False
 
