@@ -17,7 +17,7 @@ import sys
 # coordinator's log that anyone who connects can cause. Set before gRPC loads.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from fractalq.cli import certs, jobs, manage, operator, render, serve
+from fractalq.cli import certs, jobs, manage, operator, render, serve, zoom
 from fractalq.cli.common import CommandError, OneLineParser
 
 EXIT_USAGE = 2
@@ -29,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="A distributed task queue that renders Mandelbrot and Julia images.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (render, serve, jobs, manage, operator, certs):
+    for module in (render, zoom, serve, jobs, manage, operator, certs):
         module.add_parsers(commands)
+    zoom.add_demo_parser(commands.choices["demo"])
     return parser
 
 

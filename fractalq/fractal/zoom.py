@@ -109,11 +109,14 @@ class ZoomRequest:
         (as a render's do). ValueError with a one-line message naming the bad field."""
         # The deepest view, checked as a render checks it: fractal, palette,
         # size, centre, Julia constant and to_width all in one place.
-        deepest = RenderRequest.create(
-            fractal, width=width, height=height, max_iter=max_iter, center_x=center_x,
-            center_y=center_y, view_width=to_width, c_re=c_re, c_im=c_im, palette=palette,
-            colour_scale=colour_scale,
-        )  # fmt: skip
+        try:
+            deepest = RenderRequest.create(
+                fractal, width=width, height=height, max_iter=max_iter, center_x=center_x,
+                center_y=center_y, view_width=to_width, c_re=c_re, c_im=c_im, palette=palette,
+                colour_scale=colour_scale,
+            )  # fmt: skip
+        except ValueError as error:
+            raise ValueError(str(error).replace("view_width", "to_width")) from None
         if from_width is None:
             from_width = RenderRequest.create(fractal).view_width
         zoom = cls(
