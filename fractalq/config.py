@@ -340,8 +340,6 @@ ZOOM_MAX_ITER = 10_000
 ZOOM_COLOUR_SCALE = "auto"
 ZOOM_MAX_SECONDS = 3600.0
 ZOOM_MAX_FPS = 120
-# Keyframes are a factor 2 apart in depth: 33,220 of them reach the deepest view.
-ZOOM_MAX_KEYFRAMES = 40_000
 # --max-iter-growth: each shallower keyframe iterates up to the next one's
 # limit divided by the growth, never below ZOOM_MIN_ITER.
 ZOOM_GROWTH_RANGE = (1.0, 4.0)

@@ -185,11 +185,6 @@ class ZoomRequest:
         top = config.VIDEO_MAX_CRF[self.container]
         if isinstance(self.crf, bool) or not isinstance(self.crf, int) or not 0 <= self.crf <= top:
             raise ValueError(f"crf must be a whole number from 0 to {top} (got {_show(self.crf)})")
-        if self.top_level >= config.ZOOM_MAX_KEYFRAMES:
-            raise ValueError(
-                f"a zoom from {self.from_width} to {self.to_width} needs {self.top_level + 1}"
-                f" keyframes, more than the {config.ZOOM_MAX_KEYFRAMES} allowed"
-            )
 
     # ---- the geometry -------------------------------------------------------
 
