@@ -7,7 +7,8 @@ status), so an operator restart simply resumes, and the coordinator job id is
 derived from the uid and the generation, so no step ever submits twice:
 
 - no job for this generation yet: check the spec (a bad one ends ``Failed``
-  with the reason), submit the bands, ``Queued``;
+  with the reason), submit the bands (or, with ``spec.zoom``, a zoom movie's
+  keyframes, which the status then counts), ``Queued``;
 - then follow the job's ``WatchJob`` stream: each message the coordinator
   sends becomes status fields, written only when they differ from what is
   written, progress alone at most once per ``PROGRESS_INTERVAL``

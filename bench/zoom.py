@@ -1,0 +1,117 @@
+"""A zoom movie: the issue's 30 s, 1280x720, 30 fps zoom from 3.5 to 1e-30 into the seahorse valley.
+
+Runs ``fractalq demo zoom`` (a coordinator, workers, a storage folder, all
+local processes), prints its split (reference orbits, keyframes, encoding,
+download) as the command reports it, the load of the machine before and after,
+and every process's peak resident memory (``VmHWM``, read from ``/proc`` while
+it runs). ``--scaling`` also times a smaller zoom with 1 and with 2 workers:
+the keyframes are independent, so their stage should take about half as long.
+
+    python bench/zoom.py [--workers 2] [--size 1280x720] [--seconds 30] [--fps 30]
+                         [--to 1e-30] [--max-iter 100000] [--growth 1.03] [--scaling]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gigapixel import descendants, peak_kib
+
+SEAHORSE = ("-0.743643887037158704752191506114774", "0.131825904205311970493132056385139")
+SPLIT = re.compile(
+    r"in (?P<total>[\d.]+)s \(reference orbits after (?P<orbits>[\d.]+)s, keyframes "
+    r"(?P<keyframes_time>[\d.]+)s, encoding (?P<encoding>[\d.]+)s, download (?P<download>[\d.]+)s\)"
+)
+
+
+def zoom(args: argparse.Namespace, workers: int, size: str, seconds: float, fps: int) -> dict:
+    width, height = size.split("x")
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "zoom.mp4"
+        command = [
+            sys.executable, "-m", "fractalq", "demo", "zoom", "--center-x", SEAHORSE[0],
+            "--center-y", SEAHORSE[1], "--to", args.to, "--width", width, "--height", height,
+            "--seconds", str(seconds), "--fps", str(fps), "--max-iter", str(args.max_iter),
+            "--max-iter-growth", str(args.growth), "--workers", str(workers), "--out", str(out),
+        ]  # fmt: skip
+        began = time.monotonic()
+        demo = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        peaks: dict[int, tuple[str, int]] = {}
+        while demo.poll() is None:
+            for pid in descendants(demo.pid):
+                found = peak_kib(pid)
+                if found is not None and found[1] >= peaks.get(pid, ("", 0))[1]:
+                    peaks[pid] = found
+            time.sleep(0.2)
+        elapsed = time.monotonic() - began
+        stderr = demo.stderr.read().decode() if demo.stderr else ""
+        if demo.returncode != 0:
+            raise SystemExit(f"demo zoom failed: {stderr.strip().splitlines()[-1:]}")
+        split = SPLIT.search(stderr)
+        if split is None:
+            raise SystemExit(f"no summary in the demo's output:\n{stderr}")
+        memory: dict[str, int] = {}
+        for pid, (role, kib) in peaks.items():
+            role = "client (demo)" if pid == demo.pid else role
+            memory[role] = max(memory.get(role, 0), kib)
+        return {
+            "wall": elapsed,
+            "bytes": out.stat().st_size,
+            "keyframes": int(re.findall(r"(\d+) keyframes", stderr)[-1]),
+            **{name: float(value) for name, value in split.groupdict().items()},
+            "memory": memory,
+        }
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--size", default="1280x720")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--to", default="1e-30")
+    parser.add_argument("--max-iter", type=int, default=100_000)
+    parser.add_argument("--growth", type=float, default=1.03)
+    parser.add_argument("--scaling", action="store_true", help="also 1 vs 2 workers, smaller")
+    args = parser.parse_args()
+
+    print(f"before: {load()}", flush=True)
+    got = zoom(args, args.workers, args.size, args.seconds, args.fps)
+    print(
+        f"{args.size}, {args.seconds:g} s at {args.fps} fps, 3.5 to {args.to}, max-iter"
+        f" {args.max_iter} (growth {args.growth:g}), {args.workers} workers:"
+        f" {got['keyframes']} keyframes, {got['bytes'] / 2**20:.1f} MiB of video"
+    )
+    print(
+        f"  wall {got['wall']:.1f} s (the command's own {got['total']:.1f} s):"
+        f" reference orbits after {got['orbits']:.1f} s (start-up included),"
+        f" keyframes {got['keyframes_time']:.1f} s, encoding {got['encoding']:.1f} s,"
+        f" download {got['download']:.1f} s"
+    )
+    for role, kib in sorted(got["memory"].items()):
+        print(f"  peak resident memory, {role}: {kib / 1024:.0f} MiB")
+    print(f"after: {load()}", flush=True)
+    if args.scaling:
+        small = "640x360"
+        times = {}
+        for workers in (1, 2):
+            times[workers] = zoom(args, workers, small, 6.0, 10)["keyframes_time"]
+            print(f"{small}, 6 s at 10 fps, {workers} worker(s): keyframes {times[workers]:.1f} s")
+        print(f"  2 workers vs 1: {times[1] / times[2]:.2f}x ({load()})")
+
+
+if __name__ == "__main__":
+    main()
