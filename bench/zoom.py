@@ -3,9 +3,11 @@
 Runs ``fractalq demo zoom`` (a coordinator, workers, a storage folder, all
 local processes), prints its split (reference orbits, keyframes, encoding,
 download) as the command reports it, the load of the machine before and after,
-and every process's peak resident memory (``VmHWM``, read from ``/proc`` while
-it runs). ``--scaling`` also times a smaller zoom with 1 and with 2 workers:
-the keyframes are independent, so their stage should take about half as long.
+every process's peak resident memory (``VmHWM``, read from ``/proc`` while it
+runs) and the CPU time each kind of process used (which, unlike the wall time,
+does not depend on what else the machine is running). ``--scaling`` also
+times a smaller zoom (320x180 to 1e-16) with 1 and with 2 workers: the
+keyframes are independent, so their stage should take about half as long.
 
     python bench/zoom.py [--workers 2] [--size 1280x720] [--seconds 30] [--fps 30]
                          [--to 1e-30] [--max-iter 100000] [--growth 1.03] [--scaling]
@@ -45,11 +47,13 @@ def zoom(args: argparse.Namespace, workers: int, size: str, seconds: float, fps:
         began = time.monotonic()
         demo = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         peaks: dict[int, tuple[str, int]] = {}
+        cpu: dict[int, float] = {}
         while demo.poll() is None:
             for pid in descendants(demo.pid):
                 found = peak_kib(pid)
                 if found is not None and found[1] >= peaks.get(pid, ("", 0))[1]:
                     peaks[pid] = found
+                cpu[pid] = max(cpu.get(pid, 0.0), cpu_seconds(pid))
             time.sleep(0.2)
         elapsed = time.monotonic() - began
         stderr = demo.stderr.read().decode() if demo.stderr else ""
@@ -59,16 +63,28 @@ def zoom(args: argparse.Namespace, workers: int, size: str, seconds: float, fps:
         if split is None:
             raise SystemExit(f"no summary in the demo's output:\n{stderr}")
         memory: dict[str, int] = {}
+        used: dict[str, float] = {}
         for pid, (role, kib) in peaks.items():
             role = "client (demo)" if pid == demo.pid else role
             memory[role] = max(memory.get(role, 0), kib)
+            used[role] = used.get(role, 0.0) + cpu.get(pid, 0.0)
         return {
             "wall": elapsed,
             "bytes": out.stat().st_size,
             "keyframes": int(re.findall(r"(\d+) keyframes", stderr)[-1]),
             **{name: float(value) for name, value in split.groupdict().items()},
             "memory": memory,
+            "cpu": used,
         }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load() -> str:
@@ -103,13 +119,19 @@ def main() -> None:
     )
     for role, kib in sorted(got["memory"].items()):
         print(f"  peak resident memory, {role}: {kib / 1024:.0f} MiB")
+    # CPU time does not depend on what else the machine runs: on a quiet machine the
+    # workers' share is what their cores would take, shared between them.
+    for role, seconds in sorted(got["cpu"].items()):
+        print(f"  CPU time, {role} (all of them): {seconds:.0f} s")
     print(f"after: {load()}", flush=True)
     if args.scaling:
-        small = "640x360"
+        # A smaller zoom (to 1e-16, 320x180, 10 s at 10 fps): the keyframes' stage with
+        # one worker and with two.
+        small = argparse.Namespace(**{**vars(args), "to": "1e-16"})
         times = {}
         for workers in (1, 2):
-            times[workers] = zoom(args, workers, small, 6.0, 10)["keyframes_time"]
-            print(f"{small}, 6 s at 10 fps, {workers} worker(s): keyframes {times[workers]:.1f} s")
+            times[workers] = zoom(small, workers, "320x180", 10.0, 10)["keyframes_time"]
+            print(f"320x180 to 1e-16, {workers} worker(s): keyframes {times[workers]:.1f} s")
         print(f"  2 workers vs 1: {times[1] / times[2]:.2f}x ({load()})")
 
 

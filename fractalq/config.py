@@ -354,8 +354,9 @@ KEYFRAME_PIECE_PIXELS = 1 << 20
 # A keyframe task's result carries a thumbnail for the dashboard, at most this
 # many pixels on its longer side.
 KEYFRAME_PREVIEW_SIZE = 192
-# The zoom's keyframes, encoding included, get the default time limit (an
-# hour each); a job may set another.
+# A keyframe gets the default time limit (an hour); the encoding, which makes
+# every frame of the movie, this one (a job may set another for all its tasks).
+ENCODE_TIME_LIMIT = 6 * 3600.0
 # Encoding (PyAV, FFmpeg's libraries): H.264 in MP4 (libx264, yuv420p, or
 # lossless RGB at crf 0) or VP9 in WebM. A fixed thread count: x264's and
 # libvpx's bytes depend on it, and the same request must give the same video.

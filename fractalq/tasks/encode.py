@@ -135,7 +135,9 @@ def remove_zoom_objects(storage: Storage, job_id: str, zoom: ZoomRequest) -> Non
     storage.delete(keys)
 
 
-@task_type(ENCODE, check=_check, cpu_bound=True, needs_storage=True)
+@task_type(
+    ENCODE, check=_check, cpu_bound=True, needs_storage=True, time_limit=config.ENCODE_TIME_LIMIT
+)
 def encode(payload: bytes, context: TaskContext) -> bytes:
     if not context.storage_url:
         raise RuntimeError("this worker has no --storage to read keyframes from")

@@ -230,7 +230,7 @@ def preview_scale(zoom: ZoomRequest, level: int, stats: movie.KeyframeStats) -> 
 
 
 @task_type(KEYFRAME, check=_check, cpu_bound=True, needs_storage=True, warm=_warm)
-def keyframe(payload: bytes, context: TaskContext) -> bytes:
+def make_keyframe(payload: bytes, context: TaskContext) -> bytes:
     if not context.storage_url:
         raise RuntimeError("this worker has no --storage to put keyframes in")
     zoom, _ = parse_payload(payload)
@@ -247,8 +247,8 @@ def keyframe(payload: bytes, context: TaskContext) -> bytes:
     storage.put(key, values.astype("<f8").tobytes())  # last: the encoder reads both
     result: dict[str, object] = {"key": key, "level": level}
     try:
-        keyframe_ = movie.Keyframe.of(values, request.max_iter)
-        rgb = movie.colour(keyframe_, zoom.palette, preview_scale(zoom, level, stats))
+        coloured = movie.Keyframe.of(values, request.max_iter)
+        rgb = movie.colour(coloured, zoom.palette, preview_scale(zoom, level, stats))
         result["preview"] = keyframe_preview(rgb, context.index, len(zoom.levels), level)
     except Exception as error:  # a thumbnail is a nicety: never worth failing a keyframe for
         log.warning("no thumbnail for keyframe %d of job %s: %s", level, context.job_id, error)
