@@ -1,4 +1,4 @@
-"""Every benchmark, one after another: the figures of the README's performance section.
+"""Every benchmark, one after another: the figures of docs/performance.md.
 
     python bench/all.py [--quick]
 

@@ -6,7 +6,7 @@ Previews, side by side in one run: a band task's work (kernel, colouring,
 encoding, storing in a local folder) with and without its preview piece
 (:func:`fractalq.preview.band_preview`: sampling the band's pixels and JPEG
 coding them), alternated run by run, medians of ``--runs``, for a cheap view
-(1200x800, max-iter 256, where a preview weighs most), the README's 4800x3200
+(1200x800, max-iter 256, where a preview weighs most), docs/performance.md's 4800x3200
 render, a one-band render (the whole preview in one piece) and one band of a
 32768-square image.
 

@@ -6,6 +6,10 @@ make this call is PERMISSION_DENIED (403). The standard gRPC health service,
 ``/healthz`` and ``/metrics`` answer without a token. Tokens are never logged
 and never sent back; refusals are counted and logged at most every few
 seconds (:mod:`.refusals`).
+
+Which jobs a caller may read or change is decided past these doors, by
+:mod:`.policy`: the HTTP middleware leaves the :class:`~.policy.Caller` in the
+request (:func:`caller_of`), the gRPC service finds it from the call's token.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import grpc
 from aiohttp import web
 
 from fractalq import config
+from fractalq.coordinator.policy import ANYONE, Caller
 from fractalq.coordinator.refusals import PERMISSION_DENIED, UNAUTHENTICATED, Refusals
 from fractalq.coordinator.web.session import Sessions
 from fractalq.security.tokens import (
@@ -30,6 +35,14 @@ from fractalq.security.tokens import (
 )
 
 NEEDS_TOKEN = "a valid token is required (authorization: Bearer TOKEN)"
+CALLER = web.RequestKey("fractalq.caller", Caller)
+
+
+def caller_of(request: web.Request) -> Caller:
+    """Who makes an HTTP request, as :func:`http_middleware` found out."""
+    if CALLER not in request:  # a route the middleware let through unchecked: no data for it
+        raise web.HTTPUnauthorized(text=NEEDS_TOKEN + "\n")
+    return request[CALLER]
 
 
 def _denied(role: str) -> str:
@@ -88,26 +101,32 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 def http_middleware(
-    tokens: TokenTable, refusals: Refusals, sessions: Sessions | None = None
+    tokens: TokenTable | None, refusals: Refusals, sessions: Sessions | None = None
 ) -> Any:
-    """aiohttp middleware: reads need a reader or client token, writes a client token.
+    """aiohttp middleware: reads need a reader, client or admin token, writes a
+    client or admin token; the caller is left in the request (:func:`caller_of`).
 
     The token comes in an ``Authorization: Bearer`` header or, from a browser,
     as the session cookie that ``/api/session`` gave it for a token
-    (:mod:`.web.session`), with that token's role.
+    (:mod:`.web.session`), with that token's role and holder. Without
+    ``tokens`` everybody may do everything.
     """
 
     @web.middleware
     async def check_token(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        if tokens is None:
+            request[CALLER] = ANYONE
+            return await handler(request)
         if is_open_path(request.path):
             return await handler(request)
         header = request.headers.get("Authorization")
         if header is None and sessions is not None:
-            role = sessions.role(request.cookies.get(config.SESSION_COOKIE))
+            identity = sessions.identity(request.cookies.get(config.SESSION_COOKIE))
         else:
-            role = tokens.role(bearer(header))
+            identity = tokens.identify(bearer(header))
+        role = identity.role if identity is not None else None
         # The path comes from the client: escaped and cut before it reaches the log.
         method = request.method if request.method.isalpha() and len(request.method) <= 10 else "?"
         where = f"{method} {request.path[:100]!a}"
@@ -121,6 +140,8 @@ def http_middleware(
         if role not in (HTTP_READ_ROLES if reading else HTTP_WRITE_ROLES):
             refusals.refused(PERMISSION_DENIED, f"{where} with a {role.value} token")
             raise web.HTTPForbidden(text=_denied(role.value) + "\n")
+        assert identity is not None
+        request[CALLER] = Caller.of(identity)
         return await handler(request)
 
     return check_token

@@ -26,6 +26,20 @@ A lease ends when the task completes, fails, is released (handed back unrun:
 the attempt is not counted), or when its worker is lost (missed heartbeats or
 a broken heartbeat stream: the attempt counts, so a task that kills its
 workers is dead-lettered like one that raises).
+
+Dead letters: each failed attempt's error is kept with its task (bounded:
+``MAX_ATTEMPT_ERRORS`` a task, ``MAX_ERRORS_IN_MEMORY`` in all). A task that
+fails its last attempt is dead-lettered and its job FAILED, but the job is
+*held* (:attr:`Job.dead_letters_held`): its payloads, task states and dead
+tasks' errors stay, its cleanup waits, until :meth:`Broker.requeue` puts it
+back on the queue (the dead tasks with their attempts reset, the job as it
+was: what succeeded stays done), :meth:`Broker.purge` lets it go (then its
+cleanup runs), or the retention forgets it (a purge first). A held job's
+payloads count in ``max_queued_bytes`` like an unfinished job's.
+
+Quotas: a job records its owner (the holder of the submitting token, see
+:mod:`.policy`), and :meth:`Broker.submit` and :meth:`Broker.requeue` check a
+:class:`~fractalq.config.HolderQuota` when given one.
 """
 
 from __future__ import annotations
@@ -42,8 +56,9 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from fractalq import config, tasks
-from fractalq.config import QueueLimits, RetryPolicy
+from fractalq.config import HolderQuota, QueueLimits, RetryPolicy
 from fractalq.coordinator.jobs import (
+    AttemptError,
     Job,
     JobState,
     Stage,
@@ -77,6 +92,18 @@ class UnknownWorker(NotFound):
 
 class ResourceExhausted(BrokerError):
     """A limit on what the coordinator holds at once (workers, jobs, bytes) is reached."""
+
+
+class OverQuota(ResourceExhausted):
+    """A holder's quota (:class:`~fractalq.config.HolderQuota`) would be exceeded."""
+
+
+class WrongState(BrokerError):
+    """The job is not in a state that allows this (FAILED_PRECONDITION)."""
+
+
+class PermissionDenied(BrokerError):
+    """The caller may not do this to this job (another holder's, see :mod:`.policy`)."""
 
 
 def _same_secret(known: str, given: str) -> bool:
@@ -158,6 +185,8 @@ class JobSpec:
     # Not journaled, forgotten as soon as it finished and nothing of it runs,
     # its results only handed to on_task_result (the explorer's tiles).
     transient: bool = False
+    # Pixels its parallel tasks render, for a holder's quota (0: not a render).
+    pixels: int = 0
 
     @property
     def total(self) -> int:
@@ -256,16 +285,28 @@ class Broker:
         self.succeeded = 0
         self.failed = 0
         self.dead = 0
+        self.requeued = 0
+        self.purged = 0
         self.reports_ignored = 0
         self.requests_refused = 0
-        # Unfinished jobs, and the payload bytes they hold (both bounded by limits).
+        # Unfinished jobs, and the payload bytes they and the held jobs hold
+        # (both bounded by limits).
         self.active = 0
         self.queued_bytes = 0
+        # Failed jobs holding dead letters (oldest first), and their dead tasks.
+        self.held: OrderedDict[str, None] = OrderedDict()
+        self.dead_letters = 0
+        self.errors_kept = 0  # AttemptErrors in memory, all jobs together
+        self._owned: dict[str, set[str]] = {}  # owner -> its unfinished jobs' ids
         # Hooks for the transport layer: wake long polls, push job watches.
         self.on_ready: Callable[[], None] = lambda: None
         self.on_job_change: Callable[[Job], None] = lambda job: None
         # Every accepted result: (job, task index, result bytes).
         self.on_task_result: Callable[[Job, int, bytes], None] = lambda job, index, result: None
+        # For /metrics: each lease (task type, seconds it waited ready), each
+        # accepted report (task type, "succeeded" or "failed", seconds it ran).
+        self.on_leased: Callable[[str, float], None] = lambda task_type, waited: None
+        self.on_ran: Callable[[str, str, float], None] = lambda task_type, outcome, ran: None
 
     # ---- restoring -------------------------------------------------------
 
@@ -274,27 +315,47 @@ class Broker:
         for job in sorted(jobs, key=lambda job: job.seq):
             self.jobs[job.job_id] = job
             self._next_seq = max(self._next_seq, job.seq + 1)
-            if job.state.finished:
+            self.errors_kept += sum(map(len, job.errors.values()))
+            if job.dead_letters_held:
+                self.queued_bytes += job.payload_bytes()
+                self._hold(job)
+            elif job.state.finished:
                 self._remember_finished(job)
             else:
                 job.rebuild_ready()
+                job.ready_at = now  # queue waits count from this start
                 self._ready.push(job)
                 self.active += 1
                 self.queued_bytes += job.payload_bytes()
+                self._owned.setdefault(job.owner, set()).add(job.job_id)
         # A cleanup the last process decided on but did not get to submit.
         for job in [job for job in self.jobs.values() if job.state.finished]:
             self._clean_up(job, now)
 
     # ---- jobs ------------------------------------------------------------
 
-    def submit(self, spec: JobSpec, now: float, job_id: str) -> tuple[Job, bool]:
-        """Queue a validated job; returns it and whether it was created."""
+    def submit(
+        self,
+        spec: JobSpec,
+        now: float,
+        job_id: str,
+        owner: str = "",
+        quota: HolderQuota | None = None,
+    ) -> tuple[Job, bool]:
+        """Queue a validated job of ``owner``; returns it and whether it was created.
+
+        ``quota``: the owner's, checked before anything changes (OverQuota).
+        """
         fingerprint = spec.fingerprint()
         existing = self.jobs.get(job_id)
         if existing is not None:
+            if existing.owner != owner:
+                raise AlreadyExists(f"job {job_id!r} already exists (another holder's)")
             if existing.fingerprint != fingerprint:
                 raise AlreadyExists(f"job {job_id!r} already exists with different tasks")
             return existing, False
+        if quota is not None:
+            self._check_quota(owner, quota, spec.total + len(spec._stages()), spec.pixels)
         if self.active >= self.limits.max_active_jobs:
             raise ResourceExhausted(
                 f"the queue holds {self.active} unfinished jobs, its limit; retry when some finish"
@@ -322,17 +383,45 @@ class Broker:
             time_limit=spec.time_limit,
             cleanup=spec.cleanup,
             transient=spec.transient,
+            owner=owner,
         )
         job.start()
         self._next_seq += 1
         self.jobs[job_id] = job
         self.active += 1
         self.queued_bytes += size
+        self._owned.setdefault(owner, set()).add(job_id)
         self.journal.job_added(job)
         self._ready.push(job)
         self.on_ready()
         self.on_job_change(job)
         return job, True
+
+    def _check_quota(self, owner: str, quota: HolderQuota, tasks: int, pixels: int) -> None:
+        """OverQuota, naming the limit, if ``owner`` may not queue one more job of
+        ``tasks`` tasks and ``pixels`` pixels."""
+        who = f"holder {owner!r}"
+        if quota.job_pixels and pixels > quota.job_pixels:
+            raise OverQuota(
+                f"a job of {pixels} pixels is over the quota of {who}: at most"
+                f" {quota.job_pixels} pixels a job (--quota-job-pixels)"
+            )
+        owned = [self.jobs[job_id] for job_id in self._owned.get(owner, ())]
+        if quota.active_jobs and len(owned) + 1 > quota.active_jobs:
+            raise OverQuota(
+                f"{who} has {len(owned)} unfinished jobs, its quota"
+                f" (--quota-active-jobs {quota.active_jobs}); retry when some finish"
+            )
+        queued = sum(job.unfinished_tasks() for job in owned)
+        if quota.queued_tasks and queued + tasks > quota.queued_tasks:
+            raise OverQuota(
+                f"{who} has {queued} tasks to run; {tasks} more would pass its quota"
+                f" (--quota-queued-tasks {quota.queued_tasks}); retry when some finish"
+            )
+
+    def owned_by(self, owner: str) -> int:
+        """How many unfinished jobs ``owner`` has."""
+        return len(self._owned.get(owner, ()))
 
     def get_job(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
@@ -345,11 +434,15 @@ class Broker:
             self._finish(job, JobState.CANCELLED, reason or "cancelled", now)
         return job
 
-    def recent_jobs(self, limit: int, active_only: bool = False) -> list[Job]:
-        """The newest jobs in memory first, at most ``limit``."""
+    def recent_jobs(
+        self, limit: int, active_only: bool = False, owner: str | None = None
+    ) -> list[Job]:
+        """The newest jobs in memory first, at most ``limit``; ``owner``: only theirs."""
         jobs = sorted(self.jobs.values(), key=lambda job: job.seq, reverse=True)
         if active_only:
             jobs = [job for job in jobs if not job.state.finished]
+        if owner is not None:
+            jobs = [job for job in jobs if job.owner == owner]
         return jobs[: max(limit, 0)]
 
     def active_jobs(self) -> Iterator[Job]:
@@ -372,13 +465,34 @@ class Broker:
         job.state = state
         job.reason = reason[: config.MAX_REASON_LENGTH]
         job.finished_at = now
-        self.journal.job_changed(job)
         self.active -= 1
-        self.queued_bytes -= job.payload_bytes()
-        job.drop_payloads()
-        self._remember_finished(job)
+        self._owned_job_ended(job)
+        dead = set(job.dead_tasks()) if state is JobState.FAILED else set()
+        for index in [i for i in job.errors if i not in dead]:
+            self._drop_errors(job, index)
+        if dead and not job.transient:
+            job.dead_letters_held = True  # its payloads stay, counted, for a requeue
+            self.journal.job_changed(job)
+            self._hold(job)
+        else:
+            self.journal.job_changed(job)
+            self.queued_bytes -= job.payload_bytes()
+            job.drop_payloads()
+            self._remember_finished(job)
         self.on_job_change(job)
         self._clean_up(job, now)
+
+    def _owned_job_ended(self, job: Job) -> None:
+        owned = self._owned.get(job.owner)
+        if owned is not None:
+            owned.discard(job.job_id)
+            if not owned:
+                del self._owned[job.owner]
+
+    def _hold(self, job: Job) -> None:
+        """Keep a failed job and its dead letters (until requeued, purged or forgotten)."""
+        self.held[job.job_id] = None
+        self.dead_letters += len(job.dead_tasks())
 
     def _remember_finished(self, job: Job) -> None:
         if job.transient:  # nobody looks it up later: gone once nothing of it runs
@@ -392,12 +506,15 @@ class Broker:
                 continue  # still running somewhere; remembered again when it settles
             self.jobs.pop(old, None)
 
-    def forget_finished(self, before: float) -> int:
+    def forget_finished(self, before: float, now: float | None = None) -> int:
         """Forget the jobs that finished before ``before`` (retention); returns how many.
 
         A finished job whose leases are still out (a cancelled job with running
-        tasks) is kept until they settle.
+        tasks) is kept until they settle. A job holding dead letters is purged
+        first (its cleanup job, submitted at ``now``, outlives it).
         """
+        for job_id in [job_id for job_id in self.held if self.jobs[job_id].finished_at < before]:
+            self.purge(job_id, before if now is None else now)
         forgotten = 0
         for job_id in list(self._finished):
             job = self.jobs[job_id]
@@ -414,7 +531,7 @@ class Broker:
         """A leased task of a finished job has reported or lost its worker: discard it."""
         self._drop_lease(job, index)
         job.set_state(index, TaskState.CANCELLED)
-        if job.settled():
+        if job.settled() and not job.dead_letters_held:
             job.drop_payloads()  # now also its task states
             self._remember_finished(job)
         self.on_job_change(job)
@@ -430,6 +547,7 @@ class Broker:
             job.cleanup is None
             or job.cleanup_job
             or job.state is JobState.SUCCEEDED
+            or job.dead_letters_held  # a requeue would need what it removes
             or not job.settled()
         ):
             return
@@ -444,7 +562,7 @@ class Broker:
         )
         job.cleanup_job = job.job_id + config.CLEANUP_SUFFIX
         with contextlib.suppress(AlreadyExists, ResourceExhausted):  # already, or no room now
-            self.submit(spec, now, job.cleanup_job)
+            self.submit(spec, now, job.cleanup_job, owner=job.owner)
         self.journal.job_changed(job)
 
     # ---- workers ---------------------------------------------------------
@@ -543,10 +661,11 @@ class Broker:
             del self._owners[(job_id, index)]
             attempt = job.attempts_of(index)
             message = f"worker {worker.worker_id} lost ({why}) during attempt {attempt}"
+            self._record_error(job, index, AttemptError(attempt, now, worker.worker_id, message))
             if attempt >= job.max_attempts:
                 self._dead_letter(job, index, message, now)
             else:
-                job.push_ready(index)
+                job.push_ready(index, now)
                 self.journal.task_changed(job, index, error=message)
                 self._ready.push(job)
         if worker.leases:
@@ -564,7 +683,7 @@ class Broker:
                 self._settle(job, index, now)
                 continue
             del self._owners[(job_id, index)]
-            self._release(job, index)
+            self._release(job, index, now)
         if worker.leases:
             self.on_ready()
         return len(worker.leases)
@@ -578,6 +697,8 @@ class Broker:
         self.promote_due(now)
         leased: list[LeasedTask] = []
         for job, index in self._ready.lease(worker.task_types, max_tasks):
+            task_type = job.task_type_of(index)
+            self.on_leased(task_type, job.waited(index, now))
             if job.state is JobState.QUEUED:
                 job.state = JobState.PREPARING if job.stage is Stage.FIRST else JobState.RUNNING
                 job.started_at = now
@@ -589,7 +710,7 @@ class Broker:
                 LeasedTask(
                     job.job_id,
                     index,
-                    job.task_type_of(index),
+                    task_type,
                     job.payload(index),
                     job.attempts_of(index),
                     # A job's limit is for its parallel tasks; its first and
@@ -637,19 +758,27 @@ class Broker:
         attempt: int,
         result: bytes,
         now: float,
+        seconds: float = 0.0,
     ) -> bool:
-        """Record a result; False when it is not ``worker``'s live lease (changes nothing)."""
+        """Record a result; False when it is not ``worker``'s live lease (changes nothing).
+
+        ``seconds``: how long the attempt ran, as its worker says (0: not said).
+        """
         worker.last_seen = now
         job = self._live_lease(worker, job_id, index, attempt, now)
         if job is None:
             return False
-        limit = max(self.limits.max_result_bytes, _result_limit(job.task_type_of(index)))
+        task_type = job.task_type_of(index)
+        limit = max(self.limits.max_result_bytes, _result_limit(task_type))
         if len(result) > limit:
+            self.on_ran(task_type, "failed", seconds)
             message = f"its result is {len(result)} bytes, more than the limit of {limit}"
             self._failed_attempt(worker, job, index, attempt, message, now)
             return True
+        self.on_ran(task_type, "succeeded", seconds)
         self._drop_lease(job, index)
         job.set_state(index, TaskState.SUCCEEDED)
+        self._drop_errors(job, index)
         if job.final is not None and index == job.final_index:
             job.final.result = result
         self.journal.task_changed(job, index, result=result)
@@ -659,6 +788,7 @@ class Broker:
         if not job.stage_done():
             self.on_job_change(job)
         elif job.advance():  # the next stage's tasks are ready now
+            job.ready_at = now
             job.state = JobState.FINISHING if job.stage is Stage.FINAL else JobState.RUNNING
             self.journal.job_changed(job)
             self._ready.push(job)
@@ -676,12 +806,17 @@ class Broker:
         attempt: int,
         message: str,
         now: float,
+        seconds: float = 0.0,
     ) -> bool:
-        """Record a failed attempt: retry after a backoff, or dead-letter."""
+        """Record a failed attempt: retry after a backoff, or dead-letter.
+
+        ``seconds``: how long the attempt ran, as its worker says (0: not said).
+        """
         worker.last_seen = now
         job = self._live_lease(worker, job_id, index, attempt, now)
         if job is None:
             return False
+        self.on_ran(job.task_type_of(index), "failed", seconds)
         self._failed_attempt(worker, job, index, attempt, message, now)
         return True
 
@@ -692,6 +827,7 @@ class Broker:
         self.failed += 1
         worker.failed += 1
         message = message[: config.MAX_REASON_LENGTH] or "task failed"
+        self._record_error(job, index, AttemptError(attempt, now, worker.worker_id, message))
         if attempt >= job.max_attempts:
             self._dead_letter(job, index, message, now)
         else:
@@ -708,13 +844,13 @@ class Broker:
         if job is None:
             return False
         self._drop_lease(job, index)
-        self._release(job, index)
+        self._release(job, index, now)
         self.on_ready()
         return True
 
-    def _release(self, job: Job, index: int) -> None:
+    def _release(self, job: Job, index: int, now: float) -> None:
         job.uncount_attempt(index)
-        job.push_ready(index)
+        job.push_ready(index, now)
         self._ready.push(job)
         self.on_job_change(job)
 
@@ -729,6 +865,113 @@ class Broker:
         reason = f"{which} dead-lettered after {attempts} attempt(s): {message}"
         self._finish(job, JobState.FAILED, reason, now)
 
+    # ---- attempt errors and dead letters ---------------------------------
+
+    def _record_error(self, job: Job, index: int, error: AttemptError) -> None:
+        """Keep why an attempt failed: the task's latest few, within the global bound."""
+        if job.transient:
+            return
+        error = dataclasses.replace(error, message=error.message[: config.MAX_ATTEMPT_ERROR_LENGTH])
+        kept = job.errors.get(index)
+        if self.errors_kept >= config.MAX_ERRORS_IN_MEMORY:
+            # Full: a task keeps its latest error only, or none (then its dead
+            # letter still says why, in the job's reason and the journal).
+            if kept:
+                self.errors_kept -= len(kept) - 1
+                kept[:] = [error]
+            return
+        kept = job.errors.setdefault(index, [])
+        kept.append(error)
+        self.errors_kept += 1
+        if len(kept) > config.MAX_ATTEMPT_ERRORS:
+            kept.pop(0)
+            self.errors_kept -= 1
+
+    def _drop_errors(self, job: Job, index: int) -> None:
+        self.errors_kept -= len(job.errors.pop(index, ()))
+
+    def _held_job(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        if not job.dead_letters_held:
+            if job.state is JobState.FAILED:
+                raise WrongState(
+                    f"job {job_id!r} holds no dead letters any more (purged, or failed"
+                    " before this version of the coordinator)"
+                )
+            state = job.state.name
+            raise WrongState(f"job {job_id!r} is {state}: it holds no dead letters")
+        return job
+
+    def requeue(
+        self,
+        job_id: str,
+        tasks: list[int],
+        now: float,
+        quota: HolderQuota | None = None,
+    ) -> tuple[Job, int]:
+        """Put a held job's dead tasks back on the queue (all, or ``tasks``, which must
+        then name every one), attempts reset; the job runs again from where it failed.
+        Returns the job and how many tasks were requeued."""
+        job = self._held_job(job_id)
+        dead = job.dead_tasks()
+        chosen = set(tasks) if tasks else set(dead)
+        for index in sorted(chosen):
+            if index not in dead:
+                raise InvalidRequest(f"task {index} of job {job_id!r} is not dead-lettered")
+        if left := sorted(set(dead) - chosen):
+            raise WrongState(
+                f"job {job_id!r} cannot run again while task(s) {left} stay dead-lettered:"
+                " requeue them too"
+            )
+        if quota is not None:
+            self._check_quota(job.owner, quota, job.unfinished_tasks(), 0)
+        if self.active >= self.limits.max_active_jobs:
+            raise ResourceExhausted(
+                f"the queue holds {self.active} unfinished jobs, its limit; retry when some finish"
+            )
+        del self.held[job_id]
+        self.dead_letters -= len(dead)
+        self.requeued += len(chosen)
+        job.reopen(chosen)
+        job.ready_at, job.returned_at = now, {}
+        self.active += 1
+        self._owned.setdefault(job.owner, set()).add(job_id)
+        self.journal.job_changed(job)
+        for index in sorted(chosen):
+            self.journal.task_changed(job, index)
+        self._ready.push(job)
+        self.on_ready()
+        self.on_job_change(job)
+        return job, len(chosen)
+
+    def purge(self, job_id: str, now: float) -> tuple[Job, int]:
+        """Drop a held job's dead letters: it is an ordinary failed job from now on,
+        and its cleanup (if it has one) runs. Returns it and how many were dropped."""
+        job = self._held_job(job_id)
+        dead = len(job.dead_tasks())
+        del self.held[job_id]
+        self.dead_letters -= dead
+        self.purged += dead
+        job.dead_letters_held = False
+        for index in list(job.errors):
+            self._drop_errors(job, index)
+        self.journal.job_changed(job)
+        self.queued_bytes -= job.payload_bytes()
+        job.drop_payloads()
+        if not job.leased_out():
+            self._remember_finished(job)
+        self.on_job_change(job)
+        self._clean_up(job, now)
+        return job, dead
+
+    def held_jobs(self, owner: str | None = None) -> list[Job]:
+        """The jobs holding dead letters, the latest failed first; ``owner``: theirs."""
+        jobs = [self.jobs[job_id] for job_id in self.held]
+        jobs = [job for job in jobs if owner is None or job.owner == owner]
+        return sorted(jobs, key=lambda job: (job.finished_at, job.seq), reverse=True)
+
     def promote_due(self, now: float) -> int:
         """Move tasks whose backoff is over back into the ready queue."""
         promoted = 0
@@ -736,7 +979,7 @@ class Broker:
             job = self.jobs.get(job_id)
             if job is None or job.state.finished or job.state_of(index) != TaskState.DELAYED:
                 continue
-            job.push_ready(index)
+            job.push_ready(index, now)
             self._ready.push(job)
             promoted += 1
         if promoted:

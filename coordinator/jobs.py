@@ -14,6 +14,11 @@ journal treat every task alike through :meth:`Job.state_of`,
 :meth:`Job.set_state` and :meth:`Job.attempts_of`. Only the tasks of the
 current stage are ever ready, so a job's ready tasks are always of one type
 (:attr:`Job.ready_type`); ``counts`` and ``total`` are the parallel tasks'.
+
+Dead letters: a job whose task was dead-lettered is FAILED but *holds* its
+dead letters (:attr:`Job.dead_letters_held`): it keeps its payloads, its task
+states and its dead tasks' errors, so that :meth:`Job.reopen` can put it back
+on the queue as it was, or until a purge lets it go like any finished job.
 """
 
 from __future__ import annotations
@@ -68,6 +73,16 @@ class StageSpec:
     payload: bytes
 
 
+@dataclasses.dataclass(frozen=True)
+class AttemptError:
+    """Why one attempt of a task failed."""
+
+    attempt: int
+    at: float  # Unix seconds
+    worker: str  # the worker that ran it
+    message: str
+
+
 @dataclasses.dataclass(eq=False)
 class StageTask:
     """A job's first or final task: one task of its own type and payload."""
@@ -110,8 +125,21 @@ class Job:
     cleanup: StageSpec | None = None
     cleanup_job: str = ""
     transient: bool = False  # never journaled (see Broker): the explorer's tiles
+    # The holder of the token that submitted it ("": tokens are off, or the
+    # coordinator's own job); a cleanup job has its job's.
+    owner: str = ""
+    # Failed attempts by task index, oldest first (bounded, see Broker); kept
+    # while the task may still run or is dead-lettered and held.
+    errors: dict[int, list[AttemptError]] = dataclasses.field(default_factory=dict)
+    dead_letters_held: bool = False  # FAILED, held for a requeue or a purge
+    # Since when the current stage's tasks are ready (its release, or the
+    # coordinator's start), and since when each task that came back is (a retry
+    # due, a lease lost or handed back): a lease's queue wait, for /metrics.
+    ready_at: float = 0.0
+    returned_at: dict[int, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.ready_at = self.ready_at or self.created_at
         if not self.states:
             self.states = bytearray(self.total)  # all QUEUED
             self.attempts = bytearray(self.total)
@@ -261,11 +289,17 @@ class Job:
             return self.counts[TaskState.QUEUED] > 0
         return running[1].state is TaskState.QUEUED
 
-    def push_ready(self, index: int) -> None:
-        """Mark a task ready again (a parallel one must be below next_fresh)."""
+    def push_ready(self, index: int, now: float | None = None) -> None:
+        """Mark a task ready again (a parallel one must be below next_fresh), since ``now``."""
+        if now is not None:
+            self.returned_at[index] = now
         self.set_state(index, TaskState.QUEUED)
         if self.stage_task(index) is None:
             heapq.heappush(self.returned, index)
+
+    def waited(self, index: int, now: float) -> float:
+        """How long task ``index``, leased ``now``, was ready and waiting."""
+        return max(now - self.returned_at.pop(index, self.ready_at), 0.0)
 
     def lease_next(self) -> int | None:
         """Lease the current stage's lowest ready index (attempts + 1), or None."""
@@ -314,6 +348,55 @@ class Job:
         if not self.counts[TaskState.LEASED]:
             self.states = bytearray()
             self.attempts = bytearray()
+
+    def dead_tasks(self) -> list[int]:
+        """The indices of its dead-lettered tasks, stage tasks included."""
+        if not self.states:  # a finished job whose task states are gone
+            return []
+        found = [i for i, value in enumerate(self.states) if value == TaskState.DEAD]
+        return found + [i for i, task in self.stage_tasks() if task.state is TaskState.DEAD]
+
+    def unfinished_tasks(self) -> int:
+        """Tasks not done yet, stage tasks included (what a holder's quota counts)."""
+        stages = sum(1 for _, task in self.stage_tasks() if task.state is not TaskState.SUCCEEDED)
+        return self.total - self.counts[TaskState.SUCCEEDED] + stages
+
+    def reopen(self, requeued: set[int]) -> None:
+        """A FAILED job runs again: its dead tasks in ``requeued`` go back to the
+        queue with their attempts reset, and so does every task its failure dropped
+        (cancelled); those still leased stay leased. The stage is the first one
+        not done, as after a restart (:meth:`resume`)."""
+        for index in range(self.size):
+            value = self.state_of(index)
+            if value is TaskState.DEAD and index in requeued:
+                task = self.stage_task(index)
+                if task is not None:
+                    task.attempts = 0
+                else:
+                    self.attempts[index] = 0
+            elif value is not TaskState.CANCELLED:
+                continue
+            self.set_state(index, TaskState.QUEUED)
+        self.stage = Stage.PARALLEL
+        if self.first is not None and self.first.state is not TaskState.SUCCEEDED:
+            self.stage = Stage.FIRST
+        elif self.final is not None and self.counts[TaskState.SUCCEEDED] == self.total:
+            self.stage = Stage.FINAL
+        # A stage task waits for its stage; the current stage's is ready (or still out).
+        for index, task in self.stage_tasks():
+            if task.state is TaskState.QUEUED and self._running_stage_task() != (index, task):
+                task.state = TaskState.WAITING
+            elif task.state is TaskState.WAITING and self._running_stage_task() == (index, task):
+                task.state = TaskState.QUEUED
+        self.rebuild_ready()
+        self.state = {
+            Stage.FIRST: JobState.PREPARING,
+            Stage.PARALLEL: JobState.RUNNING,
+            Stage.FINAL: JobState.FINISHING,
+        }[self.stage]
+        self.reason = ""
+        self.finished_at = 0.0
+        self.dead_letters_held = False
 
     def settled(self) -> bool:
         """Finished, and no worker still holds one of its tasks."""

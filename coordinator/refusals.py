@@ -23,7 +23,8 @@ log = logging.getLogger("fractalq.coordinator")
 
 INVALID = "invalid"  # malformed or out of bounds: INVALID_ARGUMENT
 UNAUTHENTICATED = "unauthenticated"  # no token or an unknown one
-PERMISSION_DENIED = "permission denied"  # a token of a role that may not make the call
+PERMISSION_DENIED = "permission denied"  # a role that may not, or another holder's job
+OVER_QUOTA = "over quota"  # a holder's quota would be exceeded
 
 
 class Refusals:
@@ -31,9 +32,11 @@ class Refusals:
         self,
         interval: float = config.REFUSED_LOG_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        logger: logging.Logger = log,
     ) -> None:
         self.interval = interval
         self.clock = clock
+        self.log = logger
         self.counts: collections.Counter[str] = collections.Counter()
         self._since: collections.Counter[str] = collections.Counter()
         self._logged = -math.inf
@@ -44,6 +47,6 @@ class Refusals:
         now = self.clock()
         if now - self._logged >= self.interval:
             counts = ", ".join(f"{count} {name}" for name, count in sorted(self._since.items()))
-            log.warning("refused %s request(s) (latest: %s)", counts, what)
+            self.log.warning("refused %s request(s) (latest: %s)", counts, what)
             self._since.clear()
             self._logged = now

@@ -13,17 +13,20 @@ from collections.abc import Callable
 
 import grpc
 from aiohttp import web
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 
-from fractalq import config
+from fractalq import config, tasks
 from fractalq.config import CoordinatorConfig
 from fractalq.coordinator.auth import TokenInterceptor
 from fractalq.coordinator.broker import Broker
 from fractalq.coordinator.housekeeping import can_sweep, queue_sweep
 from fractalq.coordinator.http import make_app
 from fractalq.coordinator.lock import DataFolderLock, StartupError, check_listen, show_address
-from fractalq.coordinator.service import CoordinatorService, add_to_server
+from fractalq.coordinator.reflection import add_reflection
+from fractalq.coordinator.refusals import INVALID
+from fractalq.coordinator.service import CoordinatorService, add_health, add_to_server
 from fractalq.coordinator.store import GroupCommit, SqliteJournal
+from fractalq.weblog import ServerLog
 
 log = logging.getLogger("fractalq.coordinator")
 
@@ -43,7 +46,7 @@ async def _timers(service: CoordinatorService, settings: CoordinatorConfig) -> N
         service.broker.promote_due(now)
         if retention and now - swept >= sweep:
             swept = now
-            if forgotten := service.broker.forget_finished(now - retention):
+            if forgotten := service.broker.forget_finished(now - retention, now):
                 log.info("forgot %d job(s) finished over %gs ago", forgotten, retention)
         if orphans and now - orphans_swept >= orphans and can_sweep(service.broker):
             orphans_swept = now
@@ -117,7 +120,8 @@ async def _serve(
     server = grpc.aio.server(options=options, interceptors=interceptors)
     add_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    add_health(service, health_servicer, server)
+    add_reflection(server, service.refusals)
     listen = show_address(settings.host, settings.port)
     try:
         if settings.tls is not None:
@@ -135,7 +139,12 @@ async def _serve(
     runner: web.AppRunner | None = None
     http_port: int | None = None
     if settings.http_port is not None:
-        runner = web.AppRunner(make_app(service, settings.tokens), access_log=None)
+        runner = web.AppRunner(
+            make_app(service, settings.tokens),
+            access_log=None,
+            # No tracebacks for malformed requests: counted with the other refusals.
+            logger=ServerLog(lambda what: service.refusals.refused(INVALID, what)),
+        )
         await runner.setup()
         try:
             tls_context = settings.tls.http_context() if settings.tls else None
@@ -169,6 +178,7 @@ async def _serve(
         else "no TLS",
         f"{len(settings.tokens)} token(s)" if settings.tokens else "no tokens",
     )
+    log.info("task types: %s", ", ".join(tasks.names()))
     if started is not None:
         started(port, http_port)
     try:

@@ -18,6 +18,11 @@ on a thread, at most every few milliseconds, so a burst of ten thousand
 completions is a handful of transactions; an RPC that promises durability
 (SubmitJob, CompleteTask) waits for the commit that holds its change.
 
+Dead letters: a failed job that holds its dead letters is written like an
+unfinished one (``dead_letters_held``) and loaded whole, payloads and task
+states, so that it can be requeued after a restart; each task row keeps the
+errors of its failed attempts (``errors``, JSON).
+
 Retention: finished jobs older than the coordinator's ``--retention`` are
 deleted with their task rows, in the same group commit as the broker forgets
 them (:meth:`Broker.forget_finished`); jobs the broker still needs (unfinished,
@@ -37,6 +42,7 @@ from typing import Any
 
 from fractalq.coordinator.jobs import (
     TERMINAL_TASK_STATES,
+    AttemptError,
     Job,
     JobState,
     StageSpec,
@@ -118,7 +124,19 @@ JOB_COLUMNS = (
     Column("cleanup_type", "TEXT", save=lambda job: _stage(job.cleanup, "task_type"), load=None),
     Column("cleanup_payload", "BLOB", save=lambda job: _stage(job.cleanup, "payload"), load=None),
     Column("cleanup_job", "TEXT NOT NULL DEFAULT ''", updated=True),
+    # Who submitted it (the token's holder), and whether it holds dead letters.
+    Column("owner", "TEXT NOT NULL DEFAULT ''"),
+    Column(
+        "dead_letters_held",
+        "INTEGER NOT NULL DEFAULT 0",
+        save=lambda job: int(job.dead_letters_held),
+        load=bool,
+        updated=True,
+    ),
 )
+# Columns of the tasks table added since its first version (added when a
+# database written by an older version is opened).
+TASK_COLUMNS_ADDED = (("errors", "TEXT"),)
 _NAMES = ", ".join(column.name for column in JOB_COLUMNS)
 _UPDATED = tuple(column for column in JOB_COLUMNS if column.updated)
 INSERT_JOB = f"INSERT INTO jobs ({_NAMES}) VALUES ({','.join('?' * len(JOB_COLUMNS))})"
@@ -144,6 +162,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     attempts INTEGER NOT NULL DEFAULT 0,
     result BLOB,
     error TEXT,
+    errors TEXT,
     PRIMARY KEY (job_seq, idx)
 ) WITHOUT ROWID;
 """
@@ -152,7 +171,24 @@ CREATE TABLE IF NOT EXISTS tasks (
 # commit waits out the interval to gather a larger one.
 BUSY_BATCH = 8
 _FINISHED = tuple(int(state) for state in JobState if state.finished)
-_TaskRow = tuple[int, int, int, int, bytes | None, str | None]
+_TaskRow = tuple[int, int, int, int, bytes | None, str | None, str | None]
+# Jobs loaded whole: unfinished, or failed and holding dead letters.
+_LIVE = f"(state NOT IN ({','.join('?' * len(_FINISHED))}) OR dead_letters_held)"
+
+
+def _errors_json(errors: list[AttemptError] | None) -> str | None:
+    if not errors:
+        return None
+    return json.dumps([[e.attempt, e.at, e.worker, e.message] for e in errors])
+
+
+def _errors_loaded(text: str | None) -> list[AttemptError]:
+    if not text:
+        return []
+    try:
+        return [AttemptError(int(a), float(t), str(w), str(m)) for a, t, w, m in json.loads(text)]
+    except (ValueError, TypeError):  # not ours to fail a restart over
+        return []
 
 
 class Batch:
@@ -196,6 +232,10 @@ class SqliteJournal:
         for column in JOB_COLUMNS:
             if column.name not in known:
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column.name} {column.decl}")
+        known = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
+        for name, decl in TASK_COLUMNS_ADDED:
+            if name not in known:
+                self._db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {decl}")
 
     def close(self) -> None:
         self._reader.close()
@@ -223,6 +263,7 @@ class SqliteJournal:
             job.attempts_of(index),
             result,
             error,
+            _errors_json(job.errors.get(index)),
         )
         self.on_change()
 
@@ -250,10 +291,10 @@ class SqliteJournal:
                     )
             db.executemany(UPDATE_JOB, batch.job_updates.values())
             db.executemany(
-                "INSERT INTO tasks (job_seq, idx, state, attempts, result, error)"
-                " VALUES (?,?,?,?,?,?) ON CONFLICT (job_seq, idx) DO UPDATE SET"
+                "INSERT INTO tasks (job_seq, idx, state, attempts, result, error, errors)"
+                " VALUES (?,?,?,?,?,?,?) ON CONFLICT (job_seq, idx) DO UPDATE SET"
                 " state=excluded.state, attempts=excluded.attempts,"
-                " result=excluded.result, error=excluded.error",
+                " result=excluded.result, error=excluded.error, errors=excluded.errors",
                 batch.task_updates.values(),
             )
             if batch.forget is not None:
@@ -279,18 +320,18 @@ class SqliteJournal:
     # ---- reading ----------------------------------------------------------
 
     def load(self, finished_limit: int) -> list[Job]:
-        """Every unfinished job, and the latest ``finished_limit`` finished ones."""
-        marks = ",".join("?" * len(_FINISHED))
-        rows = self._db.execute(f"{SELECT_JOBS} WHERE state NOT IN ({marks})", _FINISHED).fetchall()
+        """Every unfinished job and every one holding dead letters, whole, and the
+        latest ``finished_limit`` other finished ones."""
+        rows = self._db.execute(f"{SELECT_JOBS} WHERE {_LIVE}", _FINISHED).fetchall()
         rows += self._db.execute(
-            f"{SELECT_JOBS} WHERE state IN ({marks}) ORDER BY seq DESC LIMIT ?",
+            f"{SELECT_JOBS} WHERE NOT {_LIVE} ORDER BY seq DESC LIMIT ?",
             (*_FINISHED, finished_limit),
         ).fetchall()
-        return [self._job(row) for row in rows]
+        return [self._job(row, self._db) for row in rows]
 
     def load_job(self, job_id: str) -> Job | None:
         row = self._reader.execute(f"{SELECT_JOBS} WHERE job_id=?", (job_id,)).fetchone()
-        return None if row is None else self._job(row)
+        return None if row is None else self._job(row, self._reader)
 
     def job_ids_created_before(self, before: float) -> list[str]:
         rows = self._reader.execute("SELECT job_id FROM jobs WHERE created_at<?", (before,))
@@ -302,24 +343,32 @@ class SqliteJournal:
         ).fetchall()
         return [row[0] or b"" for row in rows]
 
-    def _job(self, row: tuple[Any, ...]) -> Job:
+    def _job(self, row: tuple[Any, ...], db: sqlite3.Connection) -> Job:
         stored = {column.name: value for column, value in zip(JOB_COLUMNS, row, strict=True)}
         fields = {c.name: c.load(stored[c.name]) for c in JOB_COLUMNS if c.load is not None}
         seq, total, shared = stored["seq"], stored["total"], stored["shared_payload"]
-        finished = JobState(stored["state"]).finished
-        if finished:  # counts only: a finished job keeps no per-task data in memory
-            states = attempts = bytearray(1)
+        held = bool(stored["dead_letters_held"])
+        # A finished job keeps no per-task data in memory (counts only), unless it
+        # holds dead letters: then all of it, to run again on a requeue.
+        whole = not JobState(stored["state"]).finished or held
+        if whole:
+            # What a failed job dropped (queued, leased: lost with the process) is cancelled.
+            waiting = TaskState.CANCELLED if held else TaskState.QUEUED
+            states, attempts = bytearray([waiting]) * total, bytearray(total)
         else:
-            states, attempts = bytearray(total), bytearray(total)
-        payloads: list[bytes] | None = None if shared is not None or finished else [b""] * total
+            states = attempts = bytearray(1)
+        payloads: list[bytes] | None = None if shared is not None or not whole else [b""] * total
+        errors: dict[int, list[AttemptError]] = {}
         task_rows = (
-            ()
-            if finished
-            else self._db.execute(
-                "SELECT idx, payload, state, attempts FROM tasks WHERE job_seq=?", (seq,)
+            db.execute(
+                "SELECT idx, payload, state, attempts, errors FROM tasks WHERE job_seq=?", (seq,)
             )
+            if whole
+            else ()
         )
-        for idx, payload, task_state, task_attempts in task_rows:
+        for idx, payload, task_state, task_attempts, task_errors in task_rows:
+            if task_errors and (found := _errors_loaded(task_errors)):
+                errors[idx] = found
             if idx >= total:
                 continue  # a stage task's: below
             if task_state in TERMINAL_TASK_STATES:
@@ -337,10 +386,12 @@ class SqliteJournal:
         for name in ("first", "final"):
             if stored[f"{name}_type"] is not None:
                 task = StageTask(stored[f"{name}_type"], stored[f"{name}_payload"] or b"")
+                if held:
+                    task.state = TaskState.CANCELLED
                 setattr(job, name, task)
         if stored["cleanup_type"] is not None:
             job.cleanup = StageSpec(stored["cleanup_type"], stored["cleanup_payload"] or b"")
-        stage_rows = self._reader.execute(
+        stage_rows = db.execute(
             "SELECT idx, state, attempts, result FROM tasks WHERE job_seq=? AND idx>=?",
             (seq, total),
         )
@@ -350,12 +401,16 @@ class SqliteJournal:
                 if task_state in TERMINAL_TASK_STATES:
                     loaded.state = TaskState(task_state)
                     loaded.result = result or b""
-        if finished:
+        if held:
+            # Only the dead tasks' errors are kept by a held job.
+            job.errors = {i: e for i, e in errors.items() if job.state_of(i) is TaskState.DEAD}
+        elif whole:
+            job.errors = errors
+            job.resume()
+        else:
             job.drop_payloads()
             counts = json.loads(stored["counts"]) if stored["counts"] else {}
             job.counts = {s: int(counts.get(str(int(s)), 0)) for s in TaskState}
-        else:
-            job.resume()
         return job
 
 

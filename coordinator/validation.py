@@ -79,11 +79,11 @@ def check_task_types(names: list[str]) -> tuple[str, ...]:
     if len(names) > config.MAX_TASK_TYPES:
         raise InvalidRequest(f"task_types lists more than {config.MAX_TASK_TYPES} types")
     for name in names:
-        _check_task_type(name)
+        _check_task_type(name, offered=True)
     return tuple(dict.fromkeys(names))
 
 
-def _check_task_type(name: str) -> tasks.TaskType:
+def _check_task_type(name: str, offered: bool = False) -> tasks.TaskType:
     if len(name) > config.MAX_TASK_TYPE_LENGTH or not name.isprintable():
         raise InvalidRequest(
             f"task type names are at most {config.MAX_TASK_TYPE_LENGTH} printable characters"
@@ -91,7 +91,14 @@ def _check_task_type(name: str) -> tasks.TaskType:
     try:
         return tasks.get(name)
     except KeyError as error:
-        raise InvalidRequest(str(error.args[0])) from None
+        # A worker's type from a package or --tasks module that this coordinator lacks.
+        hint = (
+            ": the coordinator needs the task types its workers run (install their package"
+            " where it runs too, or give it the same --tasks)"
+            if offered
+            else ""
+        )
+        raise InvalidRequest(f"{error.args[0]}{hint}") from None
 
 
 def check_hostname(hostname: str) -> str:
@@ -193,7 +200,7 @@ def job_spec(
         raise InvalidRequest(
             f"the job's payloads are {size} bytes, more than the limit of {limits.max_job_bytes}"
         )
-    checked: set[bytes] = set()
+    checked: dict[bytes, int] = {}  # payload -> the pixels it renders
     for index, one in enumerate(payloads or [payload]):
         if len(one) > limits.max_payload_bytes:
             raise InvalidRequest(
@@ -205,7 +212,8 @@ def job_spec(
             kind.check(one)
         except tasks.InvalidPayload as error:
             raise InvalidRequest(f"payload {index} for {task_type!r}: {error}") from None
-        checked.add(one)
+        checked[one] = kind.pixels_of(one)
+    pixels = sum(checked[one] for one in payloads) if payloads else checked[payload] * total
     return JobSpec(
         task_type=task_type,
         payloads=list(payloads) if payloads else None,
@@ -219,6 +227,7 @@ def job_spec(
         final=stages["final"],
         time_limit=time_limit,
         cleanup=stages["cleanup"],
+        pixels=pixels,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 
 import grpc
@@ -201,6 +201,35 @@ class Client:
         except grpc.RpcError as error:
             raise self._error(error) from None
         return list(response.jobs)
+
+    def dead_letters(self, job_id: str = "", limit: int = 0) -> list[pb.DeadLetter]:
+        """The dead letters the token may read (of ``job_id``, or every job's), latest first."""
+        try:
+            request = pb.ListDeadLettersRequest(job_id=job_id, limit=limit)
+            response: pb.ListDeadLettersResponse = self._stub.ListDeadLetters(
+                request, timeout=self.timeout
+            )
+        except grpc.RpcError as error:
+            raise self._error(error) from None
+        return list(response.dead_letters)
+
+    def requeue(self, job_id: str, tasks: Sequence[int] = ()) -> pb.Job:
+        """Put a failed job's dead tasks (all, or ``tasks``) back on the queue."""
+        try:
+            request = pb.RequeueJobRequest(job_id=job_id, tasks=list(tasks))
+            job: pb.Job = self._stub.RequeueJob(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise self._error(error) from None
+        return job
+
+    def purge(self, job_id: str) -> pb.PurgeJobResponse:
+        """Drop a failed job's dead letters (its cleanup, if any, runs)."""
+        try:
+            request = pb.PurgeJobRequest(job_id=job_id)
+            response: pb.PurgeJobResponse = self._stub.PurgeJob(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise self._error(error) from None
+        return response
 
     def stats(self) -> pb.Stats:
         try:

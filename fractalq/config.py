@@ -43,6 +43,10 @@ KEEPALIVE_MIN_INTERVAL = 10.0
 # Role tokens (--auth-tokens, --token-file): long enough not to be guessed.
 MIN_TOKEN_LENGTH = 16
 MAX_TOKEN_LENGTH = 1024
+# A token line's holder name (ROLE TOKEN [NAME]): who owns the jobs it submits.
+# A line without one gets "token-" and this many hex digits of a digest of the token.
+MAX_HOLDER_NAME_LENGTH = 64
+HOLDER_DIGEST_DIGITS = 8
 # `fractalq certs`: days a generated certificate is valid; the CA outlives them.
 CERT_DAYS = 365
 CA_DAYS = 10 * 365
@@ -85,6 +89,23 @@ MAX_LIST_LIMIT = 1000
 PRIORITY_RANGE = (-1_000_000, 1_000_000)
 # A failed or cancelled job's cleanup task runs as the job "<job_id>.cleanup".
 CLEANUP_SUFFIX = ".cleanup"
+
+# Dead letters: a task's failed attempts are kept with their errors (the last
+# MAX_ATTEMPT_ERRORS of each task, each cut to MAX_ATTEMPT_ERROR_LENGTH; at most
+# MAX_ERRORS_IN_MEMORY in all, beyond which a task keeps its last error only).
+# A failed job keeps its payloads and its dead tasks' errors until it is
+# requeued, purged or forgotten (the retention); they count in MAX_QUEUED_BYTES.
+MAX_ATTEMPT_ERRORS = 10
+MAX_ATTEMPT_ERROR_LENGTH = 1000
+MAX_ERRORS_IN_MEMORY = 100_000
+
+# Quotas: what one holder of a token (ROLE TOKEN [NAME]) may have on the queue
+# at once, enforced when tokens are on (an admin token has none); 0: no limit.
+# Unfinished jobs, tasks of its unfinished jobs not yet done, and the pixels of
+# one job (a 16384-square image: a PNG of some 100-500 MB).
+QUOTA_ACTIVE_JOBS = 1000
+QUOTA_QUEUED_TASKS = 1_000_000
+QUOTA_JOB_PIXELS = 16384 * 16384
 
 # Time limits: seconds one attempt of a task may run before its worker stops it
 # and reports it failed. A task type without a limit of its own gets the
@@ -129,6 +150,16 @@ SWEEP_JOB_PREFIX = "sweep-"
 SWEEP_PRIORITY = 1000
 DEFAULT_LIST_LIMIT = 100
 
+# /metrics: the buckets (seconds) of the histograms of how long task attempts
+# ran on their workers, by task type and outcome (a noop in a millisecond, a
+# deep band for minutes), and how long tasks waited ready in the queue before a
+# worker leased them, by task type (nothing on an idle queue, hours behind a
+# large render).
+RUNTIME_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                   30.0, 60.0, 300.0, 900.0, 3600.0)  # fmt: skip
+QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                      30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0)  # fmt: skip
+
 # ---- dashboard (the coordinator's HTTP port, coordinator/web/) -------------
 
 # Browser sessions: a token entered once becomes a random session cookie of the
@@ -156,6 +187,10 @@ PREVIEW_MEMORY = 32 * 1024 * 1024
 # ---- worker --------------------------------------------------------------
 
 DEFAULT_CONCURRENCY = 1
+# A read-only folder of kernels compiled ahead (the image sets it): copied into
+# numba's writable NUMBA_CACHE_DIR before the first kernel loads
+# (fractalq/fractal/kernel_cache.py).
+KERNEL_CACHE_VARIABLE = "FRACTALQ_KERNEL_CACHE"
 # Tasks a worker leases beyond those it runs, so that the next one is at hand
 # when a task ends (no round trip between two tasks); handed back at once when
 # the worker stops. Other workers cannot take a prefetched task meanwhile.
@@ -199,6 +234,15 @@ class QueueLimits:
 
 
 @dataclasses.dataclass(frozen=True)
+class HolderQuota:
+    """What one holder of a token may have on the queue at once (0: no limit)."""
+
+    active_jobs: int = QUOTA_ACTIVE_JOBS
+    queued_tasks: int = QUOTA_QUEUED_TASKS
+    job_pixels: int = QUOTA_JOB_PIXELS
+
+
+@dataclasses.dataclass(frozen=True)
 class RetryPolicy:
     """Capped exponential backoff: attempt n waits up to base * 2**(n-1), at most cap.
 
@@ -225,6 +269,7 @@ class CoordinatorConfig:
     retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
     tls: ServerTLS | None = None  # None: plaintext gRPC and HTTP
     tokens: TokenTable | None = None  # None: every call is allowed
+    quota: HolderQuota = dataclasses.field(default_factory=HolderQuota)  # with tokens only
     # Where workers store images, for the dashboard's downloads; None: not served.
     storage: str | None = None
 
@@ -393,5 +438,8 @@ SCALE_TASKS_PER_WORKER = 4
 SCALE_INTERVAL = 5.0
 SCALE_DOWN_WINDOW = 60.0  # Kubernetes' HPA uses 300 s
 PROGRESS_INTERVAL = 1.0  # least seconds between two writes of a FractalJob's progress alone
+# A FractalJob Failed with its job's dead letters held is asked after this often
+# whether the job was requeued (then it is Running again) or purged (then final).
+REQUEUE_CHECK_INTERVAL = 10.0
 URL_EXPIRY = 7 * 24 * 3600  # presigned links: S3's longest allowed lifetime
 COORDINATOR_RETRY_MAX_DELAY = 30.0

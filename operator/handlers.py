@@ -15,7 +15,11 @@ derived from the uid and the generation, so no step ever submits twice:
   (:class:`~fractalq.operator.status.StatusBuffer`);
 - the job succeeded: ``Assembling``, then the image (:mod:`.image`), its
   ``s3://`` URL and a presigned link, ``Succeeded``; a dead-lettered band:
-  ``Failed`` with why.
+  ``Failed`` with why, and the Ready condition's reason ``DeadLettered`` while
+  the coordinator holds the job's dead letters: the daemon goes on asking every
+  ``requeue_check`` seconds, and a job requeued (``fractalq requeue``) makes
+  the resource Running again and followed to its end; a purged one leaves it
+  Failed for good.
 
 The stream runs on an asyncio channel in kopf's own event loop, not on a
 thread: a stream lasts as long as its render, and a thread per FractalJob
@@ -56,12 +60,14 @@ from fractalq.operator.scaler import ScalerThread
 from fractalq.operator.settings import OperatorSettings
 from fractalq.operator.spec import job_id_for, parse_spec, parse_zoom
 from fractalq.operator.status import (
+    DEAD_LETTERED,
     FAILED,
     PENDING,
     QUEUED,
     SUCCEEDED,
     StatusBuffer,
     condition,
+    dead_lettered,
     finished,
     now_iso,
     progress,
@@ -237,6 +243,9 @@ class Run:
             await self.submit(generation)
             return
         job_id = self.buffer.get("jobId") or job_id_for(self.uid, generation)
+        if dead_lettered(self.buffer.written):
+            await self.await_requeue(job_id)
+            return
         try:
             await self.follow(job_id, generation)
         except NotFound:
@@ -271,17 +280,47 @@ class Run:
         with contextlib.suppress(ApiException, HTTPError):
             await self.write({"conditions": conditions})
 
-    async def fail(self, why: str, fields: Mapping[str, Any] | None = None) -> None:
+    async def fail(
+        self, why: str, fields: Mapping[str, Any] | None = None, held: bool = False
+    ) -> None:
+        """Failed; ``held``: the job's dead letters are held (a requeue may revive it)."""
+        reason = DEAD_LETTERED if held else "Failed"
         await self.write(
             {
                 **(fields or {}),
                 "phase": FAILED,
                 "message": why,
-                "completionTime": now_iso(),
-                "conditions": self.conditions("Ready", False, "Failed", why),
+                "completionTime": self.buffer.get("completionTime") or now_iso(),
+                "conditions": self.conditions("Ready", False, reason, why),
             }
         )
-        kopf.warn(self.body, reason="Failed", message=why)
+        kopf.warn(self.body, reason=reason, message=why)
+
+    async def await_requeue(self, job_id: str) -> None:
+        """One look at a dead-lettered job: still held (wait), purged or forgotten
+        (Failed for good), or requeued (Running again: the next step follows it)."""
+        why = self.buffer.get("message") or "the render job failed"
+        try:
+            job = await asyncio.to_thread(self.operator.client.job, job_id)
+        except NotFound:
+            await self.fail(why)
+            return
+        if job.state == pb.FAILED and job.dead_letters_held:
+            await self.stopped.wait(self.operator.settings.requeue_check)
+            return
+        if job.state in (pb.FAILED, pb.CANCELLED):  # purged
+            await self.fail(job.reason or why)
+            return
+        fields = progress(job)
+        await self.write(
+            {
+                **fields,
+                "message": "",
+                "completionTime": None,
+                "conditions": self.conditions("Ready", False, "Rendering", "requeued"),
+            }
+        )
+        kopf.info(self.body, reason="Requeued", message=f"job {job_id} runs again")
 
     # -- the steps -------------------------------------------------------------
 
@@ -388,7 +427,7 @@ class Run:
         if fields.get("phase") == FAILED:
             why = fields.pop("message")
             fields.pop("phase")
-            await self.fail(why, fields)
+            await self.fail(why, fields, held=job.dead_letters_held)
             return True
         phase = fields.get("phase")
         if phase and phase != self.buffer.get("phase"):
@@ -458,7 +497,8 @@ def _was_unreachable(buffer: StatusBuffer) -> bool:
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, timeout=DELETE_TIMEOUT)
 async def delete(status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
-    """Cancel the resource's job; its cleanup job removes the bands once none is rendering.
+    """Cancel the resource's job (or purge its dead letters, if it failed); its cleanup
+    job removes the bands once none is rendering.
 
     A finished image is kept.
     """
@@ -467,7 +507,9 @@ async def delete(status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
         return
     operator = operator_of(memo)
     try:
-        await asyncio.to_thread(operator.client.cancel, job_id, "FractalJob deleted")
+        job = await asyncio.to_thread(operator.client.cancel, job_id, "FractalJob deleted")
+        if job.dead_letters_held:  # failed: its bands wait for a requeue nobody will make
+            await asyncio.to_thread(operator.client.purge, job_id)
     except ClientError as error:
         if not isinstance(error, NotFound):
             raise kopf.TemporaryError(f"cannot cancel {job_id}: {error}", delay=5) from None

@@ -30,6 +30,9 @@ PENDING, QUEUED, RUNNING, ASSEMBLING, SUCCEEDED, FAILED = (
 )
 FINAL = (SUCCEEDED, FAILED)
 PROGRESS_FIELDS = frozenset({"bandsTotal", "bandsDone", "progress"})
+# The Ready condition's reason while a Failed FractalJob's job holds its dead
+# letters: not final yet, a requeue makes it run again.
+DEAD_LETTERED = "DeadLettered"
 
 # A job in its first stage is Running: its bands wait for it. A job whose
 # bands are done is Assembling, whether a final task assembles it (FINISHING)
@@ -90,9 +93,22 @@ def progress(job: pb.Job) -> dict[str, Any]:
     return fields
 
 
+def dead_lettered(status: Mapping[str, Any]) -> bool:
+    """Failed, with the job's dead letters held at the coordinator (it may be requeued)."""
+    return status.get("phase") == FAILED and any(
+        c.get("type") == "Ready" and c.get("reason") == DEAD_LETTERED
+        for c in status.get("conditions") or []
+    )
+
+
 def finished(status: Mapping[str, Any], generation: int) -> bool:
-    """True when this generation of the resource has reached its final phase."""
-    return status.get("observedGeneration") == generation and status.get("phase") in FINAL
+    """True when this generation of the resource has reached its final phase (a
+    dead-lettered one has not: its job may be requeued)."""
+    return (
+        status.get("observedGeneration") == generation
+        and status.get("phase") in FINAL
+        and not dead_lettered(status)
+    )
 
 
 def changes(current: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,20 @@ except by that session (a reconnect, which keeps its leases).
 
 Clients submit, watch, inspect and cancel jobs, and read queue statistics.
 
+Dead letters: a task that failed its last attempt is dead-lettered and its
+job FAILED, and the job is *held* with its payloads and the error of each
+attempt until it is requeued (its dead tasks go back to the queue with their
+attempts reset and the job runs again) or purged (its dead letters are
+dropped, its cleanup job, if any, runs), or forgotten after the retention.
+
+Ownership: with role tokens, a job belongs to the holder of the token that
+submitted it (Job.owner). A client token reads, cancels, requeues and
+purges its own jobs only (PERMISSION_DENIED for another's) and lists its
+own; a reader reads every job; an admin does everything a client does, to
+any job. Per-holder quotas (unfinished jobs, unfinished tasks, pixels of a
+job) refuse a submission or requeue over them with RESOURCE_EXHAUSTED
+naming the limit. Without tokens there are no owners and no quotas.
+
 A job runs in up to three stages: an optional first task, then its
 parallel tasks, then an optional final task. The coordinator releases each
 stage when the one before has succeeded; the job's state says which stage
@@ -357,7 +371,10 @@ class TaskResult(_message.Message):
 
     TASK_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
     result: _builtins.bytes
+    seconds: _builtins.float
+    """how long the attempt ran on its worker (for /metrics)"""
     @_builtins.property
     def task(self) -> Global___TaskRef: ...
     def __init__(
@@ -365,10 +382,11 @@ class TaskResult(_message.Message):
         *,
         task: Global___TaskRef | None = ...,
         result: _builtins.bytes = ...,
+        seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "seconds", b"seconds", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -380,7 +398,10 @@ class TaskError(_message.Message):
 
     TASK_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
     message: _builtins.str
+    seconds: _builtins.float
+    """how long the attempt ran, when it ran (0: it did not start)"""
     @_builtins.property
     def task(self) -> Global___TaskRef: ...
     def __init__(
@@ -388,10 +409,11 @@ class TaskError(_message.Message):
         *,
         task: Global___TaskRef | None = ...,
         message: _builtins.str = ...,
+        seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "seconds", b"seconds", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -752,6 +774,8 @@ class Job(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     TIME_LIMIT_FIELD_NUMBER: _builtins.int
     CLEANUP_JOB_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    DEAD_LETTERS_HELD_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     task_type: _builtins.str
     priority: _builtins.int
@@ -778,6 +802,10 @@ class Job(_message.Message):
     """seconds per attempt; 0: each task type's default"""
     cleanup_job: _builtins.str
     """the id of its cleanup job, once that was submitted"""
+    owner: _builtins.str
+    """the holder of the token that submitted it ("": no tokens)"""
+    dead_letters_held: _builtins.bool
+    """FAILED, its dead letters held for a requeue or a purge"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -816,10 +844,12 @@ class Job(_message.Message):
         result: _builtins.bytes = ...,
         time_limit: _builtins.float = ...,
         cleanup_job: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        dead_letters_held: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["final", b"final", "first", b"first"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleanup_job", b"cleanup_job", "created_at", b"created_at", "dead", b"dead", "final", b"final", "finished_at", b"finished_at", "first", b"first", "job_id", b"job_id", "labels", b"labels", "leased", b"leased", "max_attempts", b"max_attempts", "priority", b"priority", "queued", b"queued", "reason", b"reason", "result", b"result", "results", b"results", "started_at", b"started_at", "state", b"state", "succeeded", b"succeeded", "task_type", b"task_type", "time_limit", b"time_limit", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleanup_job", b"cleanup_job", "created_at", b"created_at", "dead", b"dead", "dead_letters_held", b"dead_letters_held", "final", b"final", "finished_at", b"finished_at", "first", b"first", "job_id", b"job_id", "labels", b"labels", "leased", b"leased", "max_attempts", b"max_attempts", "owner", b"owner", "priority", b"priority", "queued", b"queued", "reason", b"reason", "result", b"result", "results", b"results", "started_at", b"started_at", "state", b"state", "succeeded", b"succeeded", "task_type", b"task_type", "time_limit", b"time_limit", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -930,6 +960,203 @@ class CancelJobRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelJobRequest: _TypeAlias = CancelJobRequest  # noqa: Y015
+
+@_typing.final
+class AttemptError(_message.Message):
+    """---- dead letters --------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    attempt: _builtins.int
+    at: _builtins.float
+    """Unix seconds"""
+    worker_id: _builtins.str
+    """the worker that ran the attempt"""
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        attempt: _builtins.int = ...,
+        at: _builtins.float = ...,
+        worker_id: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "attempt", b"attempt", "message", b"message", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttemptError: _TypeAlias = AttemptError  # noqa: Y015
+
+@_typing.final
+class DeadLetter(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    TASK_TYPE_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    FAILED_AT_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PAYLOAD_BYTES_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    index: _builtins.int
+    """the task's; the first and final tasks follow the parallel ones"""
+    task_type: _builtins.str
+    stage: _builtins.str
+    """"first" or "final" for those tasks, "" for a parallel one"""
+    attempts: _builtins.int
+    failed_at: _builtins.float
+    """Unix seconds"""
+    owner: _builtins.str
+    reason: _builtins.str
+    """the job's"""
+    payload_bytes: _builtins.int
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttemptError]:
+        """oldest first; the latest few, each cut short"""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        index: _builtins.int = ...,
+        task_type: _builtins.str = ...,
+        stage: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        errors: _abc.Iterable[Global___AttemptError] | None = ...,
+        failed_at: _builtins.float = ...,
+        owner: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        payload_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "errors", b"errors", "failed_at", b"failed_at", "index", b"index", "job_id", b"job_id", "owner", b"owner", "payload_bytes", b"payload_bytes", "reason", b"reason", "stage", b"stage", "task_type", b"task_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeadLetter: _TypeAlias = DeadLetter  # noqa: Y015
+
+@_typing.final
+class ListDeadLettersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """"": every job's (those the caller may read)"""
+    limit: _builtins.int
+    """0: the coordinator's default; newest first"""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeadLettersRequest: _TypeAlias = ListDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class ListDeadLettersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dead_letters(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeadLetter]: ...
+    def __init__(
+        self,
+        *,
+        dead_letters: _abc.Iterable[Global___DeadLetter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letters", b"dead_letters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeadLettersResponse: _TypeAlias = ListDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class RequeueJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """dead-lettered tasks to put back; none: all of them"""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        tasks: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequeueJobRequest: _TypeAlias = RequeueJobRequest  # noqa: Y015
+
+@_typing.final
+class PurgeJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeJobRequest: _TypeAlias = PurgeJobRequest  # noqa: Y015
+
+@_typing.final
+class PurgeJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    PURGED_FIELD_NUMBER: _builtins.int
+    purged: _builtins.int
+    """dead letters dropped"""
+    @_builtins.property
+    def job(self) -> Global___Job: ...
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+        purged: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "purged", b"purged"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeJobResponse: _TypeAlias = PurgeJobResponse  # noqa: Y015
 
 @_typing.final
 class GetStatsRequest(_message.Message):
@@ -1043,6 +1270,10 @@ class Stats(_message.Message):
     REQUESTS_INVALID_FIELD_NUMBER: _builtins.int
     REQUESTS_UNAUTHENTICATED_FIELD_NUMBER: _builtins.int
     REQUESTS_DENIED_FIELD_NUMBER: _builtins.int
+    DEAD_LETTERS_FIELD_NUMBER: _builtins.int
+    TASKS_REQUEUED_FIELD_NUMBER: _builtins.int
+    TASKS_PURGED_FIELD_NUMBER: _builtins.int
+    REQUESTS_OVER_QUOTA_FIELD_NUMBER: _builtins.int
     queued: _builtins.int
     """ready to lease now"""
     delayed: _builtins.int
@@ -1065,6 +1296,16 @@ class Stats(_message.Message):
     """calls without a valid token (gRPC and HTTP)"""
     requests_denied: _builtins.int
     """calls with a token of a role that may not make them"""
+    dead_letters: _builtins.int
+    """(or a client's on another's job)
+    dead-lettered tasks held now (for a requeue or a purge)
+    """
+    tasks_requeued: _builtins.int
+    """dead letters requeued since the coordinator started"""
+    tasks_purged: _builtins.int
+    """dead letters purged (or forgotten) since it started"""
+    requests_over_quota: _builtins.int
+    """refused as over a holder's quota"""
     @_builtins.property
     def by_priority(self) -> _containers.RepeatedCompositeFieldContainer[Global___PriorityDepth]: ...
     @_builtins.property
@@ -1086,10 +1327,14 @@ class Stats(_message.Message):
         requests_invalid: _builtins.int = ...,
         requests_unauthenticated: _builtins.int = ...,
         requests_denied: _builtins.int = ...,
+        dead_letters: _builtins.int = ...,
+        tasks_requeued: _builtins.int = ...,
+        tasks_purged: _builtins.int = ...,
+        requests_over_quota: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_priority", b"by_priority", "delayed", b"delayed", "jobs_active", b"jobs_active", "leased", b"leased", "queued", b"queued", "reports_ignored", b"reports_ignored", "requests_denied", b"requests_denied", "requests_invalid", b"requests_invalid", "requests_refused", b"requests_refused", "requests_unauthenticated", b"requests_unauthenticated", "tasks_dead", b"tasks_dead", "tasks_failed", b"tasks_failed", "tasks_succeeded", b"tasks_succeeded", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_priority", b"by_priority", "dead_letters", b"dead_letters", "delayed", b"delayed", "jobs_active", b"jobs_active", "leased", b"leased", "queued", b"queued", "reports_ignored", b"reports_ignored", "requests_denied", b"requests_denied", "requests_invalid", b"requests_invalid", "requests_over_quota", b"requests_over_quota", "requests_refused", b"requests_refused", "requests_unauthenticated", b"requests_unauthenticated", "tasks_dead", b"tasks_dead", "tasks_failed", b"tasks_failed", "tasks_purged", b"tasks_purged", "tasks_requeued", b"tasks_requeued", "tasks_succeeded", b"tasks_succeeded", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -99,6 +99,21 @@ class CoordinatorStub:
                 request_serializer=fractalq_dot_proto_dot_fractalq__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=fractalq_dot_proto_dot_fractalq__pb2.Stats.FromString,
                 _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/fractalq.v1.Coordinator/ListDeadLetters',
+                request_serializer=fractalq_dot_proto_dot_fractalq__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=fractalq_dot_proto_dot_fractalq__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.RequeueJob = channel.unary_unary(
+                '/fractalq.v1.Coordinator/RequeueJob',
+                request_serializer=fractalq_dot_proto_dot_fractalq__pb2.RequeueJobRequest.SerializeToString,
+                response_deserializer=fractalq_dot_proto_dot_fractalq__pb2.Job.FromString,
+                _registered_method=True)
+        self.PurgeJob = channel.unary_unary(
+                '/fractalq.v1.Coordinator/PurgeJob',
+                request_serializer=fractalq_dot_proto_dot_fractalq__pb2.PurgeJobRequest.SerializeToString,
+                response_deserializer=fractalq_dot_proto_dot_fractalq__pb2.PurgeJobResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -184,6 +199,25 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDeadLetters(self, request, context):
+        """Dead letters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequeueJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -251,6 +285,21 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=fractalq_dot_proto_dot_fractalq__pb2.GetStatsRequest.FromString,
                     response_serializer=fractalq_dot_proto_dot_fractalq__pb2.Stats.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=fractalq_dot_proto_dot_fractalq__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=fractalq_dot_proto_dot_fractalq__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'RequeueJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequeueJob,
+                    request_deserializer=fractalq_dot_proto_dot_fractalq__pb2.RequeueJobRequest.FromString,
+                    response_serializer=fractalq_dot_proto_dot_fractalq__pb2.Job.SerializeToString,
+            ),
+            'PurgeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeJob,
+                    request_deserializer=fractalq_dot_proto_dot_fractalq__pb2.PurgeJobRequest.FromString,
+                    response_serializer=fractalq_dot_proto_dot_fractalq__pb2.PurgeJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -604,6 +653,87 @@ class Coordinator:
             '/fractalq.v1.Coordinator/GetStats',
             fractalq_dot_proto_dot_fractalq__pb2.GetStatsRequest.SerializeToString,
             fractalq_dot_proto_dot_fractalq__pb2.Stats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fractalq.v1.Coordinator/ListDeadLetters',
+            fractalq_dot_proto_dot_fractalq__pb2.ListDeadLettersRequest.SerializeToString,
+            fractalq_dot_proto_dot_fractalq__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequeueJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fractalq.v1.Coordinator/RequeueJob',
+            fractalq_dot_proto_dot_fractalq__pb2.RequeueJobRequest.SerializeToString,
+            fractalq_dot_proto_dot_fractalq__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fractalq.v1.Coordinator/PurgeJob',
+            fractalq_dot_proto_dot_fractalq__pb2.PurgeJobRequest.SerializeToString,
+            fractalq_dot_proto_dot_fractalq__pb2.PurgeJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

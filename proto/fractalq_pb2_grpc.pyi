@@ -23,6 +23,20 @@ except by that session (a reconnect, which keeps its leases).
 
 Clients submit, watch, inspect and cancel jobs, and read queue statistics.
 
+Dead letters: a task that failed its last attempt is dead-lettered and its
+job FAILED, and the job is *held* with its payloads and the error of each
+attempt until it is requeued (its dead tasks go back to the queue with their
+attempts reset and the job runs again) or purged (its dead letters are
+dropped, its cleanup job, if any, runs), or forgotten after the retention.
+
+Ownership: with role tokens, a job belongs to the holder of the token that
+submitted it (Job.owner). A client token reads, cancels, requeues and
+purges its own jobs only (PERMISSION_DENIED for another's) and lists its
+own; a reader reads every job; an admin does everything a client does, to
+any job. Per-holder quotas (unfinished jobs, unfinished tasks, pixels of a
+job) refuse a submission or requeue over them with RESOURCE_EXHAUSTED
+naming the limit. Without tokens there are no owners and no quotas.
+
 A job runs in up to three stages: an optional first task, then its
 parallel tasks, then an optional final task. The coordinator releases each
 stage when the one before has succeeded; the job's state says which stage
@@ -74,6 +88,10 @@ class CoordinatorStub:
     ListJobs: _grpc.UnaryUnaryMultiCallable[_fractalq_pb2.ListJobsRequest, _fractalq_pb2.ListJobsResponse]
     CancelJob: _grpc.UnaryUnaryMultiCallable[_fractalq_pb2.CancelJobRequest, _fractalq_pb2.Job]
     GetStats: _grpc.UnaryUnaryMultiCallable[_fractalq_pb2.GetStatsRequest, _fractalq_pb2.Stats]
+    ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_fractalq_pb2.ListDeadLettersRequest, _fractalq_pb2.ListDeadLettersResponse]
+    """Dead letters."""
+    RequeueJob: _grpc.UnaryUnaryMultiCallable[_fractalq_pb2.RequeueJobRequest, _fractalq_pb2.Job]
+    PurgeJob: _grpc.UnaryUnaryMultiCallable[_fractalq_pb2.PurgeJobRequest, _fractalq_pb2.PurgeJobResponse]
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -93,6 +111,10 @@ class CoordinatorAsyncStub(CoordinatorStub):
     ListJobs: _aio.UnaryUnaryMultiCallable[_fractalq_pb2.ListJobsRequest, _fractalq_pb2.ListJobsResponse]  # type: ignore[assignment]
     CancelJob: _aio.UnaryUnaryMultiCallable[_fractalq_pb2.CancelJobRequest, _fractalq_pb2.Job]  # type: ignore[assignment]
     GetStats: _aio.UnaryUnaryMultiCallable[_fractalq_pb2.GetStatsRequest, _fractalq_pb2.Stats]  # type: ignore[assignment]
+    ListDeadLetters: _aio.UnaryUnaryMultiCallable[_fractalq_pb2.ListDeadLettersRequest, _fractalq_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
+    """Dead letters."""
+    RequeueJob: _aio.UnaryUnaryMultiCallable[_fractalq_pb2.RequeueJobRequest, _fractalq_pb2.Job]  # type: ignore[assignment]
+    PurgeJob: _aio.UnaryUnaryMultiCallable[_fractalq_pb2.PurgeJobRequest, _fractalq_pb2.PurgeJobResponse]  # type: ignore[assignment]
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -187,5 +209,27 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         request: _fractalq_pb2.GetStatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fractalq_pb2.Stats, _abc.Awaitable[_fractalq_pb2.Stats]]: ...
+
+    @_abc_1.abstractmethod
+    def ListDeadLetters(
+        self,
+        request: _fractalq_pb2.ListDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fractalq_pb2.ListDeadLettersResponse, _abc.Awaitable[_fractalq_pb2.ListDeadLettersResponse]]:
+        """Dead letters."""
+
+    @_abc_1.abstractmethod
+    def RequeueJob(
+        self,
+        request: _fractalq_pb2.RequeueJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fractalq_pb2.Job, _abc.Awaitable[_fractalq_pb2.Job]]: ...
+
+    @_abc_1.abstractmethod
+    def PurgeJob(
+        self,
+        request: _fractalq_pb2.PurgeJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fractalq_pb2.PurgeJobResponse, _abc.Awaitable[_fractalq_pb2.PurgeJobResponse]]: ...
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -13,8 +13,9 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -144,17 +145,24 @@ class Trust:
     Processes get them as files: the coordinator by flags, workers and
     commands through FRACTALQ_* variables (:meth:`env`), so no token is ever
     in a command line. ``mutual``: the coordinator requires client certificates.
+    ``holders``: more tokens, each of a named holder, name -> role (used as the
+    role elsewhere: ``env("alice")``); the role tokens have no name.
     """
 
-    ROLES = ("worker", "client", "reader")
+    ROLES = ("worker", "client", "reader", "admin")
 
-    def __init__(self, folder: Path, mutual: bool = False) -> None:
+    def __init__(
+        self, folder: Path, mutual: bool = False, holders: dict[str, str] | None = None
+    ) -> None:
         self.folder = folder
         self.mutual = mutual
         write_bundle(folder)
         self.tokens = {role: secrets.token_urlsafe(24) for role in self.ROLES}
         lines = [f"{role} {token}" for role, token in self.tokens.items()]
-        (folder / "tokens").write_text("\n".join(["# role token", *lines, ""]))
+        for name, role in (holders or {}).items():
+            self.tokens[name] = secrets.token_urlsafe(24)
+            lines.append(f"{role} {self.tokens[name]} {name}")
+        (folder / "tokens").write_text("\n".join(["# role token [name]", *lines, ""]))
         for role, token in self.tokens.items():
             self.token_file(role).write_text(token + "\n")
 
@@ -195,6 +203,7 @@ class Coordinator(Process):
         name: str = "coordinator",
         extra: tuple[str, ...] = (),
         trust: Trust | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.trust = trust
@@ -209,7 +218,7 @@ class Coordinator(Process):
             *extra,
             *(trust.coordinator_args() if trust else ()),
         )  # fmt: skip
-        super().__init__(args, tmp / f"{name}.log")
+        super().__init__(args, tmp / f"{name}.log", env={**os.environ, **env} if env else None)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()  # printed once serving
         if not line.startswith("coordinator listening"):
@@ -276,3 +285,79 @@ class ProcessGroup:
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+
+
+class FailingWorker:
+    """A worker of the test's own, over gRPC, that fails every task it leases.
+
+    It makes dead letters on demand (a task type that fails for real would
+    fail again once requeued): :meth:`fail_until` leases and fails tasks,
+    each with ``message``, until a condition holds. It registers, keeps its
+    heartbeat stream open meanwhile, and unregisters on :meth:`close`.
+    """
+
+    def __init__(
+        self, endpoint: Endpoint, task_types: list[str], worker_id: str = "failing"
+    ) -> None:
+        from fractalq.proto import fractalq_pb2 as pb
+        from fractalq.proto import fractalq_pb2_grpc as pb_grpc
+
+        self.pb = pb
+        self.worker_id = worker_id
+        self.channel = endpoint.channel()
+        self.stub = pb_grpc.CoordinatorStub(self.channel)
+        request = pb.RegisterWorkerRequest(
+            worker_id=worker_id, task_types=task_types, concurrency=8
+        )
+        self.session = self.stub.RegisterWorker(request, timeout=10).session
+        self._stopped = threading.Event()
+        self._beats = self.stub.Heartbeat(self._beat())
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _beat(self) -> Iterator[Any]:
+        while not self._stopped.is_set():
+            yield self.pb.HeartbeatRequest(worker_id=self.worker_id, session=self.session)
+            self._stopped.wait(0.3)
+
+    def _read(self) -> None:
+        with contextlib.suppress(Exception):  # the stream ends when we close
+            for _ in self._beats:
+                pass
+
+    def fail_until(
+        self, done: Callable[[], object], message: str = "boom", timeout: float = 60
+    ) -> None:
+        pb = self.pb
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, "timed out failing tasks"
+            leased = self.stub.GetTask(
+                pb.GetTaskRequest(
+                    worker_id=self.worker_id, session=self.session, max_tasks=8, wait_seconds=0.5
+                ),
+                timeout=10,
+            ).tasks
+            errors = [
+                pb.TaskError(
+                    task=pb.TaskRef(job_id=t.job_id, index=t.index, attempt=t.attempt),
+                    message=f"{message} (attempt {t.attempt})",
+                )
+                for t in leased
+            ]
+            if errors:
+                request = pb.FailTaskRequest(
+                    worker_id=self.worker_id, session=self.session, errors=errors
+                )
+                self.stub.FailTask(request, timeout=10)
+
+    def close(self) -> None:
+        pb = self.pb
+        with contextlib.suppress(Exception):
+            self.stub.UnregisterWorker(
+                pb.UnregisterWorkerRequest(worker_id=self.worker_id, session=self.session),
+                timeout=10,
+            )
+        self._stopped.set()
+        self._beats.cancel()
+        self.channel.close()

@@ -236,6 +236,38 @@ class SeaweedS3:
             self.stop()
             raise
 
+    def pause(self) -> None:
+        """Freeze weed (SIGSTOP): connections are still accepted by the kernel, never
+        answered, as by a server that hangs. :meth:`unpause` or :meth:`crash` follow."""
+        assert self._proc is not None, "not running"
+        os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def unpause(self) -> None:
+        assert self._proc is not None, "not running"
+        os.kill(self._proc.pid, signal.SIGCONT)
+
+    def crash(self) -> None:
+        """Kill weed at once (SIGKILL): the requests it holds have their connections
+        reset, not answered. An outage like :meth:`halt`'s, ended by :meth:`resume`."""
+        proc = self._proc
+        assert proc is not None, "not running"
+        proc.kill()
+        proc.wait(timeout=STOP_TIMEOUT)
+        self._reap()
+
+    def waiting_requests(self) -> int:
+        """Connections to the S3 port holding bytes weed has not read: requests in
+        flight while it is paused (from the kernel's socket table)."""
+        count = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(OSError):
+                for line in Path(table).read_text().splitlines()[1:]:
+                    local, state, queues = line.split()[1], line.split()[3], line.split()[4]
+                    unread = int(queues.split(":")[1], 16)
+                    if state == "01" and int(local.rsplit(":", 1)[1], 16) == self.port and unread:
+                        count += 1
+        return count
+
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

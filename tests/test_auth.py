@@ -196,7 +196,7 @@ def test_tokens_work_without_tls_and_never_reach_a_log(tmp_path: Path) -> None:
     [
         (
             "worker secret-token-0123456789\nroot secret-token-abcdefghij\n",
-            "line 2: unknown role (one of worker, client, reader)",
+            "line 2: unknown role (one of worker, client, reader, admin)",
         ),
         ("client short\n", "line 1: a token must have at least 16 characters"),
     ],

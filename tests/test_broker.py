@@ -541,7 +541,7 @@ def test_a_cancelled_job_is_cleaned_up_once_its_running_tasks_have_reported() ->
     assert (run.job_id, run.task_type, run.payload) == ("j.cleanup", "sleep", b'{"seconds": 0}')
 
 
-def test_a_failed_job_is_cleaned_up_and_a_succeeded_one_is_not() -> None:
+def test_a_failed_job_is_cleaned_up_once_purged_and_a_succeeded_one_is_not() -> None:
     b = broker()
     w1 = b.workers["w1"]
     b.submit(with_cleanup(1), 0, "ok")
@@ -549,6 +549,9 @@ def test_a_failed_job_is_cleaned_up_and_a_succeeded_one_is_not() -> None:
     [ok, bad] = b.lease(w1, 2, 0.0)
     assert b.complete(w1, ok.job_id, ok.index, ok.attempt, b"", 1.0)
     assert b.fail(w1, bad.job_id, bad.index, bad.attempt, "boom", 1.0)
+    # Held with its dead letter: a requeue would need what the cleanup removes.
+    assert set(b.jobs) == {"ok", "bad"}
+    b.purge("bad", 2.0)
     assert set(b.jobs) == {"ok", "bad", "bad.cleanup"}
 
 
@@ -590,3 +593,35 @@ def test_a_heartbeat_says_how_many_of_its_leases_a_worker_runs() -> None:
     assert worker.running == 2
     broker.heartbeat(worker, False, 3.0)
     assert worker.running == 0
+
+
+def test_queue_waits_and_runtimes_reach_the_metrics_hooks() -> None:
+    """A lease's wait runs from when its task was last made ready: the job's
+    submission, its stage's release, its retry falling due, its hand-back."""
+    b = broker(retry=RetryPolicy(base_delay=1.0, max_delay=1.0))
+    waits: list[tuple[str, float]] = []
+    runs: list[tuple[str, str, float]] = []
+    b.on_leased = lambda kind, waited: waits.append((kind, waited))
+    b.on_ran = lambda kind, outcome, ran: runs.append((kind, outcome, ran))
+    worker = b.workers["w1"]
+    b.submit(replace(spec(2), final=StageSpec("sleep", b"")), 100.0, "j")
+    first, second = b.lease(worker, 2, 103.0)
+    assert waits == [("noop", 3.0), ("noop", 3.0)]
+    assert b.fail(worker, "j", first.index, first.attempt, "boom", 104.0, seconds=0.5)
+    assert b.release(worker, "j", second.index, second.attempt, 105.0)
+    assert b.promote_due(106.0) == 1  # the retry is due (its backoff: 0.5-1 s)
+    waits.clear()
+    leased = {task.index: task for task in b.lease(worker, 2, 109.0)}
+    assert sorted(waits) == [("noop", 3.0), ("noop", 4.0)]  # since 106 and since 105
+    for task in leased.values():
+        assert b.complete(worker, "j", task.index, task.attempt, b"", 110.0, seconds=0.25)
+    waits.clear()
+    [final] = b.lease(worker, 1, 112.5)  # the final stage was released at 110
+    assert waits == [("sleep", 2.5)]
+    assert b.complete(worker, "j", final.index, final.attempt, b"", 113.0)  # no seconds said
+    assert runs == [
+        ("noop", "failed", 0.5),
+        ("noop", "succeeded", 0.25),
+        ("noop", "succeeded", 0.25),
+        ("sleep", "succeeded", 0.0),
+    ]

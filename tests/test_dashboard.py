@@ -197,6 +197,31 @@ def test_cancel_from_the_page(page: browser.Page, dash: Dash) -> None:
     assert job.state == pb.CANCELLED and job.succeeded < 200
 
 
+def test_dead_letters_are_shown_with_their_error_requeued_and_purged_from_the_page(
+    page: browser.Page, dash: Dash
+) -> None:
+    submitted = run_cli("submit", "--coordinator", dash.coordinator.address, "--task", "fail",
+                        "--max-attempts", "1")  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.split()[-1]
+    page.page.goto(dash.url)
+    letter = page.page.locator(f'[data-testid="dead-letter"][data-job-id="{job_id}"]')
+    expect(letter).to_contain_text("task 0 (fail), 1 attempt(s)", timeout=TIMEOUT)
+    expect(letter.locator(".note")).to_contain_text("always fails (attempt 1)", timeout=TIMEOUT)
+    client = dash.coordinator.client()
+    requeued = client.stats().tasks_requeued
+    letter.get_by_test_id("requeue").click()
+    wait_until(lambda: client.stats().tasks_requeued == requeued + 1, message="the requeue")
+    # The `fail` task fails again: dead-lettered again, shown again.
+    wait_until(lambda: client.job(job_id).dead_letters_held, message="dead again")
+    purged = client.stats().tasks_purged
+    letter.get_by_test_id("purge").click(timeout=TIMEOUT)
+    expect(letter).to_have_count(0, timeout=TIMEOUT)
+    assert client.stats().tasks_purged == purged + 1
+    assert not client.job(job_id).dead_letters_held
+    assert page.errors == []
+
+
 def test_with_tokens_the_page_asks_for_one_and_refuses_a_wrong_one(
     chromium: Browser, cluster: ProcessGroup, tmp_path: Path
 ) -> None:

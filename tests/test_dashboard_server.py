@@ -14,6 +14,7 @@ import itertools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from fractalq.config import CoordinatorConfig
 from fractalq.coordinator import validation
 from fractalq.coordinator.broker import Broker
 from fractalq.coordinator.http import make_app
+from fractalq.coordinator.policy import Caller
 from fractalq.coordinator.service import CoordinatorService
 from fractalq.coordinator.web import actions
 from fractalq.coordinator.web.app import TICKER
@@ -37,7 +39,8 @@ from fractalq.fractal.render import render_rows
 from fractalq.fractal.request import RenderRequest
 from fractalq.images import render_job
 from fractalq.preview import band_preview, band_result, preview_size
-from fractalq.security.tokens import Role, TokenTable
+from fractalq.proto import fractalq_pb2 as pb
+from fractalq.security.tokens import Identity, Role, TokenTable, default_holder
 
 TestClient = BaseClient[web.Request, web.Application]
 READER, CLIENT, WORKER = "r" * 20, "c" * 20, "w" * 20
@@ -146,6 +149,60 @@ async def _the_stream_carries_stats_workers_jobs_and_labels() -> None:
         assert http.app is not None and http.app[TICKER].snapshots >= 1
 
 
+async def _first_snapshot(http: TestClient) -> dict[str, Any]:
+    response = await http.get("/api/events")
+    try:
+        while True:
+            kind = (await response.content.readline()).decode().strip().removeprefix("event: ")
+            data = (await response.content.readline()).decode().removeprefix("data: ")
+            await response.content.readline()
+            if kind == "snapshot":
+                found: dict[str, Any] = json.loads(data)
+                return found
+    finally:
+        response.close()
+
+
+def test_a_session_sees_and_changes_what_its_token_may_as_over_grpc() -> None:
+    _run(_a_session_sees_and_changes_what_its_token_may_as_over_grpc)
+
+
+async def _a_session_sees_and_changes_what_its_token_may_as_over_grpc() -> None:
+    tokens = TokenTable(
+        [(Role.CLIENT, "a" * 20, "alice"), (Role.CLIENT, "b" * 20, "bob"), (Role.READER, READER)]
+    )
+    service = CoordinatorService(Broker(), CoordinatorConfig(tokens=tokens))
+    http = TestClient(TestServer(make_app(service, tokens)))
+    await http.start_server()
+    try:
+        mine = await service.submit_job(pb.SubmitJobRequest(task_type="noop", count=1),
+                                        Caller(Role.CLIENT, "alice"))  # fmt: skip
+        theirs = await service.submit_job(pb.SubmitJobRequest(task_type="noop", count=1),
+                                          Caller(Role.CLIENT, "bob"))  # fmt: skip
+        alice, bob = mine.job.job_id, theirs.job.job_id
+        assert (await http.post("/api/session", json={"token": "b" * 20})).status == 200
+        session = await (await http.get("/api/session")).json()
+        assert session == {"auth": True, "role": "client", "holder": "bob"}
+        listed = await (await http.get("/api/jobs")).json()
+        assert [job["jobId"] for job in listed["jobs"]] == [bob]
+        assert (await http.get(f"/api/jobs/{alice}")).status == 403
+        assert (await http.get(f"/api/jobs/{alice}/image.png")).status == 403
+        assert (await http.post(f"/api/jobs/{alice}/cancel", json={})).status == 403
+        assert (await http.post(f"/api/jobs/{bob}/cancel", json={})).status == 200
+        # The live overview is bob's view: his jobs only, not alice's ids anywhere.
+        snapshot = await _first_snapshot(http)
+        assert [row["id"] for row in snapshot["jobs"]] == [bob]
+        assert alice not in json.dumps(snapshot)
+        # A reader's session watches every holder's jobs.
+        assert (await http.post("/api/session", json={"token": READER})).status == 200
+        snapshot = await _first_snapshot(http)
+        assert {row["id"] for row in snapshot["jobs"]} == {alice, bob}
+        assert (await http.post(f"/api/jobs/{alice}/cancel", json={})).status == 403
+        assert service.refusals.counts["permission denied"] == 4
+    finally:
+        await http.close()
+
+
 # ---- previews ----------------------------------------------------------------------
 
 
@@ -236,7 +293,11 @@ async def _a_token_becomes_a_session_cookie_of_its_role() -> None:
         assert (await secured.get("/")).status == 200  # the page loads without a token
         assert (await secured.get("/static/main.js")).status == 200
         assert (await secured.get("/api/stats")).status == 401
-        assert await (await secured.get("/api/session")).json() == {"auth": True, "role": None}
+        assert await (await secured.get("/api/session")).json() == {
+            "auth": True,
+            "role": None,
+            "holder": None,
+        }
         refused = service.refusals.counts["unauthenticated"]
         wrong = await secured.post("/api/session", json={"token": "x" * 20})
         assert wrong.status == 401 and (await wrong.json())["error"] == "that token is not valid"
@@ -250,7 +311,11 @@ async def _a_token_becomes_a_session_cookie_of_its_role() -> None:
         assert cookie["httponly"] and cookie["samesite"] == "Strict"
         assert READER not in cookie.value and int(cookie["max-age"]) == config.SESSION_LIFETIME
         assert (await secured.get("/api/stats")).status == 200
-        assert await (await secured.get("/api/session")).json() == {"auth": True, "role": "reader"}
+        assert await (await secured.get("/api/session")).json() == {
+            "auth": True,
+            "role": "reader",
+            "holder": default_holder(READER),
+        }
         # A reader watches; it may not submit or cancel.
         assert (await secured.post("/api/render", json={})).status == 403
         assert (await secured.post("/api/jobs/x/cancel", json={})).status == 403
@@ -265,10 +330,11 @@ async def _a_token_becomes_a_session_cookie_of_its_role() -> None:
 def test_sessions_expire_and_are_bounded() -> None:
     now = [0.0]
     sessions = Sessions(lifetime=10, limit=2, clock=lambda: now[0])
-    first = sessions.create(Role.READER)
-    second = sessions.create(Role.CLIENT)
+    first = sessions.create(Identity(Role.READER, "r"))
+    second = sessions.create(Identity(Role.CLIENT, "alice"))
     assert sessions.role(first) is Role.READER and sessions.role(second) is Role.CLIENT
-    sessions.create(Role.READER)
+    assert sessions.identity(second) == Identity(Role.CLIENT, "alice")
+    sessions.create(Identity(Role.READER, "r"))
     assert sessions.role(first) is None and len(sessions) == 2  # the oldest made room
     now[0] = 10.0
     assert sessions.role(second) is None

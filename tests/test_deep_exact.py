@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from test_deep import direct_count
 
+from fractalq.fractal import depth
 from fractalq.fractal.kernels import escape
 from fractalq.fractal.request import RenderRequest
 
@@ -95,3 +96,41 @@ def test_a_view_that_is_all_inside() -> None:
     counts, _ = escape(request, 0, request.height)
     assert (counts == request.max_iter).all()
     assert direct_count(request, 0, 0) == request.max_iter  # a corner, farthest out
+
+
+@pytest.mark.parametrize("fractal", ["mandelbrot", "julia"])
+def test_double_double_past_float64s_exponent_range(fractal: str) -> None:
+    # The path the most sensitive pixels take, here for every pixel of a 1e-300
+    # view, whose differences start below float64's range (scaled).
+    from fractalq.fractal import perturb, precise
+    from fractalq.fractal import reference as orbits
+
+    view = {"center_x": "0", "center_y": "1"} if fractal == "mandelbrot" else {
+        "center_x": "0", "center_y": "0", "c_re": 0.0, "c_im": 1.0}  # fmt: skip
+    request = RenderRequest.create(
+        fractal,
+        width=32,
+        height=20,
+        view_width="1e-300",
+        max_iter=4000,
+        **view,
+    )
+    reference = orbits.compute(request)
+    _, exponent = perturb.pixel_scale(request)
+    assert exponent < depth.SCALED_BELOW
+    size_hi, size_lo = perturb._pixel_size(request, exponent)
+    n = request.width * request.height
+    counts, smooth, magnitude = np.empty(n, np.int32), np.empty(n), np.empty(n)
+    start, base = reference.start, reference.base
+    base_start, base_end = (start.size, start.size + base.size - 1) if reference.julia else (
+        0, start.size - 1)  # fmt: skip
+    c = (request.c_re, request.c_im) if reference.julia else (request.cx, request.cy)
+    precise.escape_pixels(
+        perturb._pairs(reference.orbit), perturb._pairs(reference.orbit_lo), start.size - 1,
+        base_start, base_end, np.arange(32.0) + 0.5 - 16, -(np.arange(20.0) + 0.5 - 10),
+        np.arange(n), size_hi, size_lo, exponent, reference.julia, *c, request.max_iter,
+        counts, smooth, magnitude,
+    )  # fmt: skip
+    for i, j in [(0, 0), (31, 19), (16, 10), (5, 13)]:
+        assert abs(int(counts[j * 32 + i]) - direct_count(request, i, j)) <= 1
+    assert np.unique(counts).size > 5

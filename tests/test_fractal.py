@@ -1,4 +1,4 @@
-"""The image contract (DESIGN.md, "The image"), checked against an independent reference.
+"""The image contract (docs/images.md, "The image"), checked against an independent reference.
 
 The reference below is plain Python complex arithmetic, written from the contract's
 words, not from the kernel: if the two agree on which pixels are inside, the pixel

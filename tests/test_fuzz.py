@@ -12,19 +12,33 @@ memory bound.
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
+import os
+import random
+import re
+import socket
+import ssl
+import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from procs import Coordinator, ProcessGroup
+from kube import Emulator
+from procs import Coordinator, Process, ProcessGroup, Trust, fractalq, free_port, wait_until
 
 from fractalq import config
 from fractalq.proto import fractalq_pb2 as pb
+from fractalq.security.tokens import METHOD_ROLES, Role
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Coordinator"]
 METHODS = list(SERVICE.methods)
@@ -217,3 +231,233 @@ def test_any_request_to_any_rpc_gets_a_documented_answer(cluster: ProcessGroup) 
     assert rss < MEMORY_BOUND_KB, f"the coordinator uses {rss} kB"
     with coordinator.client() as client:
         assert client.stats().requests_invalid > 0
+
+
+# ---- bytes that are no message at all, to every method on the gRPC port -----
+
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
+REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
+# Corrupt for every message type: a truncated varint, an invalid wire type,
+# a length past the end, an unterminated group, an overlong varint.
+NOT_MESSAGES = [b"\xff", b"\x08", b"\x07", b"\x0a\x05ab", b"\x0b" * 200,
+                b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"]  # fmt: skip
+HEALTH_CALLS = 500
+
+
+def _role_for(service: str, method: str) -> str:
+    if service in (HEALTH.full_name, REFLECTION.full_name):
+        return "reader"  # any: these answer without a token
+    roles = METHOD_ROLES[method]
+    return str(
+        next(role.value for role in (Role.CLIENT, Role.WORKER, Role.READER) if role in roles)
+    )
+
+
+def _raw_call(channel: grpc.Channel, service: Any, method: Any, body: bytes) -> grpc.RpcError:
+    path = f"/{service.full_name}/{method.name}"
+    try:
+        if method.client_streaming:
+            list(channel.stream_stream(path)(iter([body]), timeout=CALL_TIMEOUT))
+        elif method.server_streaming:
+            list(channel.unary_stream(path)(body, timeout=CALL_TIMEOUT))
+        else:
+            channel.unary_unary(path)(body, timeout=CALL_TIMEOUT)
+    except grpc.RpcError as error:
+        return error
+    raise AssertionError(f"{method.name} accepted {body!r}")
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["open", "tls-and-tokens"])
+def test_bytes_that_are_no_message_are_refused_on_every_method_without_a_traceback(
+    cluster: ProcessGroup, tmp_path: Path, secure: bool
+) -> None:
+    trust = Trust(tmp_path / "trust") if secure else None
+    coordinator = cluster.start_coordinator(trust=trust)
+    channels: dict[str, grpc.Channel] = {}
+
+    def channel(role: str) -> grpc.Channel:
+        if role not in channels:
+            endpoint = trust.endpoint(coordinator.address, role) if trust else coordinator.endpoint
+            channels[role] = endpoint.channel()
+        return channels[role]
+
+    calls = 0
+    try:
+        for service in (SERVICE, HEALTH, REFLECTION):
+            for method in service.methods:
+                for body in NOT_MESSAGES:
+                    error = _raw_call(channel(_role_for(service.full_name, method.name)),
+                                      service, method, body)  # fmt: skip
+                    calls += 1
+                    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (
+                        method.name, body, error.code(), error.details())  # fmt: skip
+                    details = error.details() or ""
+                    assert details.startswith("not a valid "), details
+                    assert "<class" not in details and "Error" not in details.split(":")[0]
+        # Many malformed health checks, as anyone can send them without a token:
+        # answered at once, and one log line at most every few seconds.
+        before = len(coordinator.log())
+        began = time.monotonic()
+        health = HEALTH.methods_by_name["Check"]
+        for _ in range(HEALTH_CALLS):
+            assert _raw_call(channel("reader"), HEALTH, health, b"\xff").code() == (
+                grpc.StatusCode.INVALID_ARGUMENT
+            )
+        calls += HEALTH_CALLS
+        elapsed = time.monotonic() - began
+        grown = len(coordinator.log()) - before
+        assert grown < 2000, f"{HEALTH_CALLS} malformed health checks added {grown} bytes of log"
+        print(f"{HEALTH_CALLS} malformed health checks: {elapsed:.2f} s, {grown} bytes of log")
+        with coordinator.client() as client:
+            assert client.stats().requests_invalid == calls
+        assert coordinator.alive()
+        assert "Traceback" not in coordinator.log()
+    finally:
+        for opened in channels.values():
+            opened.close()
+
+
+# ---- malformed HTTP to the HTTP port -----------------------------------------
+
+HTTP_REQUESTS = 1500
+HTTPS_REQUESTS = 600  # a TLS handshake each: fewer, for the suite's time
+# The HTTP API's routes, with ids and parameters no valid request has (a tile
+# that exists would wait for a worker: none is asked for).
+PATHS = ["/", "/healthz", "/metrics", "/api/stats", "/api/workers", "/api/jobs",
+         "/api/jobs?limit=x", "/api/jobs?limit=-5&active=maybe", "/api/jobs/nope",
+         "/api/jobs/..%2F..", "/api/jobs/%ff%fe", "/api/jobs/a%00b/cancel", "/api/session",
+         "/api/render", "/api/tasks", "/api/render/options", "/api/jobs/x/preview?since=a",
+         "/api/jobs/x/preview?since=99999999999999999999999", "/api/jobs/x/image.png",
+         "/api/events", "/explore", "/api/explore/config", "/api/explore/stats",
+         "/api/explore/tiles?tiles=99/0/0", "/api/explore/tiles?tiles=a/b/c&max_iter=-1",
+         "/api/explore/tile/1/5/5.png", "/api/explore/tile/0/0/0.png?max_iter=1e999",
+         "/static/../fractalq.db", "/static/%2e%2e/x", "/nope", "/%", "/a?%zz=%"]  # fmt: skip
+METHODS_HTTP = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE"]
+BODIES = [b"{", b"[]", b"null", b'{"token": 1}', b'{"token": "' + b"x" * 5000 + b'"}',
+          b"\xff\xfe\x00", b'{"width": "1e999", "fractal": "\\ud800"}', b'{"a":' * 3000,
+          b'{"task": "noop", "count": "-1"}', b'{"fractal": "mandelbrot", "width": 0}']  # fmt: skip
+# Broken at the protocol level: the request line, a header, the framing.
+BROKEN: list[Callable[[random.Random], bytes]] = [
+    lambda r: b"GET /\x00\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+    lambda r: b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+    lambda r: b"G\x01T / HTTP/1.1\r\n\r\n",
+    lambda r: b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+    lambda r: b"GET / HTTP/1.1\r\nX: \x01\x02\r\n\r\n",
+    lambda r: b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\n\r\n",
+    lambda r: b"GET / HTTP/1.1\r\nX: " + b"a" * 10000 + b"\r\n\r\n",
+    lambda r: b"POST /api/tasks HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+    lambda r: b"POST /api/tasks HTTP/1.1\r\nContent-Length: 1x\r\n\r\n",
+    lambda r: b"POST /api/tasks HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
+    lambda r: (
+        b"POST /api/render HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n"
+    ),
+    lambda r: b"POST /api/render HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+    lambda r: bytes(r.randrange(256) for _ in range(r.randrange(1, 300))),
+]
+HEADERS = ["Content-Type: application/json", "Content-Type: text/plain", "Expect: 100-continue",
+           "Cookie: fractalq_session=" + "x" * 300, "Cookie: =;;;", "Authorization: Bearer \x7f",
+           "Authorization: Basic Zm9vOmJhcg==", "Authorization: Bearer " + "a" * 2000,
+           "Range: bytes=9-1", "If-Modified-Since: yesterday", "Accept-Encoding: br;q=x",
+           "Content-Encoding: gzip", "Content-Encoding: deflate", "Connection: upgrade",
+           "Upgrade: websocket", "Origin: http://evil.example"]  # fmt: skip
+
+
+def fuzzed_request(rng: random.Random, token: str | None) -> tuple[bytes, bool]:
+    """A request and whether it is broken at the protocol level (then: 400).
+
+    With ``token``, half the others carry it, to reach past the token check.
+    """
+    if rng.random() < 0.3:
+        return rng.choice(BROKEN)(rng), True
+    method, path = rng.choice(METHODS_HTTP), rng.choice(PATHS)
+    if rng.random() < 0.1:
+        path += "".join(chr(rng.randrange(0x21, 0x7F)) for _ in range(rng.randrange(1, 8)))
+    headers = ["Host: fuzz", *rng.sample(HEADERS, rng.randrange(0, 4))]
+    if token and rng.random() < 0.5:
+        headers = [h for h in headers if not h.startswith("Authorization")]
+        headers.append(f"Authorization: Bearer {token}")
+    body = rng.choice(BODIES) if rng.random() < 0.5 else b""
+    if body:
+        headers.append(f"Content-Length: {len(body)}")
+    head = f"{method} {path} HTTP/1.1\r\n" + "\r\n".join(headers) + "\r\nConnection: close\r\n\r\n"
+    return head.encode("latin-1") + body, False
+
+
+_STATUS_LINE = re.compile(rb"(?:^|\r\n\r\n)HTTP/1\.[01] (\d{3}) ")
+
+
+def http_status(port: int, request: bytes, tls: ssl.SSLContext | None) -> int | None:
+    """The status the server answered ``request`` with (past a 100 Continue); None if
+    it closed the connection without one."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        sock = tls.wrap_socket(raw, server_hostname="localhost") if tls else raw
+        with contextlib.suppress(OSError):  # it may close before reading it all
+            sock.sendall(request)
+        received = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(4096):
+                received += chunk
+                statuses = [int(code) for code in _STATUS_LINE.findall(received)]
+                if any(code != 100 for code in statuses):
+                    break
+    return next((code for code in map(int, _STATUS_LINE.findall(received)) if code != 100), None)
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["open", "tls-and-tokens"])
+def test_malformed_http_requests_get_a_4xx_and_no_traceback(
+    cluster: ProcessGroup, tmp_path: Path, secure: bool
+) -> None:
+    trust = Trust(tmp_path / "trust") if secure else None
+    coordinator = cluster.start_coordinator(trust=trust)
+    tls = ssl.create_default_context(cafile=trust.path("ca.crt")) if trust else None
+    rng = random.Random(19)
+    statuses: collections.Counter[int | None] = collections.Counter()
+    count = HTTPS_REQUESTS if trust else HTTP_REQUESTS
+    for _ in range(count):
+        request, broken = fuzzed_request(rng, trust.tokens["client"] if trust else None)
+        status = http_status(coordinator.http_port, request, tls)
+        statuses[status] += 1
+        if broken:
+            assert status in (400, None), (request[:200], status)
+        else:
+            assert status is not None and status < 500, (request[:200], status)
+    print("HTTP statuses:", dict(statuses))
+    assert statuses[400] > count / 4
+    assert coordinator.alive()
+    log = coordinator.log()
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+    with urllib.request.urlopen(
+        f"{'https' if tls else 'http'}://127.0.0.1:{coordinator.http_port}/healthz",
+        context=tls,
+        timeout=10,
+    ) as ok:
+        assert ok.status == 200  # fmt: skip
+
+
+def test_malformed_http_to_the_operators_liveness_port_logs_no_traceback(
+    cluster: ProcessGroup, tmp_path: Path
+) -> None:
+    """The operator's port (kopf's liveness probe, as the chart runs it) too."""
+    emulator = Emulator()
+    try:
+        coordinator = cluster.start_coordinator()
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FRACTALQ_")}
+        env["KUBECONFIG"] = str(emulator.kubeconfig(tmp_path))
+        healthz = f"http://127.0.0.1:{port}/healthz"
+        args = fractalq("operator", "--coordinator", coordinator.address,
+                        "--storage", (tmp_path / "store").as_uri(), "--scale-enabled", "false",
+                        "-A", "--standalone", "--liveness", healthz)  # fmt: skip
+        operator = Process(args, tmp_path / "operator.log", env=env)
+        cluster.processes.append(operator)
+        wait_until(lambda: urllib.request.urlopen(healthz, timeout=2).status == 200, 60, "kopf")
+        rng = random.Random(7)
+        for _ in range(100):
+            assert http_status(port, rng.choice(BROKEN)(rng), None) in (400, None)
+        with urllib.request.urlopen(healthz, timeout=10) as ok:
+            assert ok.status == 200
+        log = operator.log()
+        assert "Traceback" not in log and "[ERROR" not in log, log[-3000:]
+        assert "refused" in log and "invalid request(s)" in log
+    finally:
+        emulator.close()

@@ -20,7 +20,7 @@ import kopf
 import pytest
 from kopf.testing import KopfRunner
 from kube import DEPLOYMENTS, FRACTALJOBS, Emulator
-from procs import Process, ProcessGroup, Trust, run_cli, wait_until
+from procs import FailingWorker, Process, ProcessGroup, Trust, run_cli, wait_until
 from procs import fractalq as fractalq_command
 from reference import reference_png
 from s3server import SeaweedS3
@@ -312,7 +312,7 @@ def test_fractalq_operator_renders_with_its_settings_given_as_flags(
     ("variable", "value", "message"),
     [
         ("FRACTALQ_S3_PUBLIC_ENDPOINT", "localhost:9000", "public endpoint must be http"),
-        ("FRACTALQ_SCALE_MIN", "many", "is not a number"),
+        ("FRACTALQ_SCALE_MIN", "many", "is not a whole number"),
     ],
 )
 def test_bad_operator_settings_are_one_line(variable: str, value: str, message: str) -> None:
@@ -329,6 +329,58 @@ def test_an_invalid_spec_ends_failed_with_a_message(setup: Setup) -> None:
     assert "width must be" in failed["message"]
     setup_ok = setup.phases("bad")
     assert setup_ok[-1] == "Failed"
+
+
+def _dead_lettered(setup: Setup, name: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A FractalJob whose bands a worker of the test's own fails until the job is FAILED."""
+    monkeypatch.setenv("FRACTALQ_REQUEUE_CHECK", "0.2")
+    setup.fractaljob(name, **SMALL)
+    queued = wait_until(lambda: setup.phase_is(name, "Queued"), 30, "Queued")
+    failing = FailingWorker(setup.coordinator.endpoint, ["fractal.band"])
+    try:
+        with setup.coordinator.client() as client:
+            failing.fail_until(lambda: client.job(queued["jobId"]).state == pb.FAILED, "no disk")
+    finally:
+        failing.close()
+    failed = wait_until(lambda: setup.phase_is(name, "Failed"), 30, "Failed")
+    assert "dead-lettered after 3 attempt(s): no disk" in failed["message"]
+    ready = {c["type"]: c for c in failed["conditions"]}["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "DeadLettered")
+    return failed
+
+
+def test_a_dead_lettered_fractaljob_runs_again_once_its_job_is_requeued(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with setup.operator():
+        failed = _dead_lettered(setup, "flaky", monkeypatch)
+        requeued = run_cli("requeue", failed["jobId"], "--coordinator", setup.coordinator.address)
+        assert requeued.returncode == 0, requeued.stderr
+        setup.workers(2)
+        done = wait_until(lambda: setup.phase_is("flaky", "Succeeded"), 90, "the render")
+    assert done["jobId"] == failed["jobId"] and done["message"] == ""
+    assert done["url"] == f"{setup.storage}/jobs/{done['jobId']}/image.png"
+    ready = {c["type"]: c for c in done["conditions"]}["Ready"]
+    assert (ready["status"], ready["reason"]) == ("True", "Succeeded")
+    phases = setup.phases("flaky")
+    revived = phases[phases.index("Failed") + 1 :]
+    assert revived[0] in ("Running", "Assembling") and revived[-1] == "Succeeded", phases
+
+
+def test_deleting_a_dead_lettered_fractaljob_purges_its_job(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with setup.operator():
+        failed = _dead_lettered(setup, "given-up", monkeypatch)
+        setup.emulator.delete(FRACTALJOBS, NAMESPACE, "given-up")
+        wait_until(
+            lambda: setup.emulator.get(FRACTALJOBS, NAMESPACE, "given-up") is None, 60, "gone"
+        )
+    with setup.coordinator.client() as client:
+        job = client.job(failed["jobId"])
+        assert job.state == pb.FAILED and not job.dead_letters_held
+        assert job.cleanup_job == f"{failed['jobId']}.cleanup"  # its bands are removed
+        assert client.dead_letters() == []
 
 
 def test_a_job_the_coordinator_lost_is_submitted_again(setup: Setup) -> None:

@@ -338,3 +338,36 @@ def test_fractalq_operator_refuses_a_bad_kopf_option_in_one_line(
     assert main(["operator", "--storage", "s3://b", "--no-such-option"]) != 0
     said = capsys.readouterr().err.strip()
     assert "No such option" in said and len(said.splitlines()) == 1
+
+
+def test_fractalq_operator_logs_json_lines_with_the_kubernetes_object(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import logging
+
+    import kopf
+
+    from fractalq.cli import main
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    monkeypatch.setattr(kopf, "run", lambda **options: None)
+    try:
+        code = main(["operator", "--storage", "s3://b", "--log-format", "json",
+                     "--log-level", "warning", "-A", "--standalone"])  # fmt: skip
+        assert code == 0 and root.level == logging.WARNING
+        reference = {"kind": "FractalJob", "name": "m", "namespace": "ns"}
+        # As kopf's object loggers log: the object, and its settings (not for a log line).
+        extra = {"k8s_ref": reference, "k8s_skip": False, "settings": object()}
+        # A logger of its own: other tests set levels on the operator's loggers.
+        logger = logging.getLogger("fractalq.tests.operator")
+        logger.warning("phase %s", "Failed", extra=extra)
+        logger.info("not at warning")
+    finally:
+        root.handlers[:], root.level = handlers, level
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    fields = json.loads(line)
+    assert (fields["level"], fields["logger"]) == ("WARNING", "fractalq.tests.operator")
+    assert fields["message"] == "phase Failed" and fields["object"] == reference
+    assert not {"settings", "k8s_ref", "k8s_skip"} & set(fields)

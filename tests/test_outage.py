@@ -2,21 +2,30 @@
 
 A task that meets a transient storage error keeps its lease and its attempt
 while its worker waits for storage, says so in its heartbeats and takes no new
-task; errors of the task itself still fail the attempt. End to end: a real S3
-server stopped for a minute in the middle of a render, then started again.
+task; errors of the task itself still fail the attempt. Every way the
+connection to S3 can break is such an error: refused, reset or closed
+mid-request, timed out (botocore's classes, and a real S3 server frozen or
+killed while it holds a request). End to end: a real S3 server killed in the
+middle of a render, holding the workers' requests, and started again a minute
+later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import dataclasses
 import os
 import re
+import ssl
+import string
 import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import botocore.exceptions
 import pytest
 from boto3.exceptions import RetriesExceededError, S3UploadFailedError
 from botocore.exceptions import ClientError
@@ -168,6 +177,137 @@ def test_managed_transfers_fail_transiently_when_their_cause_is(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image.png"]
 
 
+# ---- every way the connection to S3 can fail is an outage -------------------
+
+
+def _subclasses(kind: type[Exception]) -> list[type[Exception]]:
+    found = [kind]
+    for sub in kind.__subclasses__():
+        found += _subclasses(sub)
+    return found
+
+
+# botocore's classes for "the store is unreachable or the connection broke":
+# refused, reset, closed before the answer, timeouts, proxies, TLS cut off, and
+# whatever else its HTTP client raised.
+CONNECTION_FAILURES = sorted(
+    set(_subclasses(botocore.exceptions.ConnectionError))
+    | set(_subclasses(botocore.exceptions.HTTPClientError))
+    | {botocore.exceptions.IncompleteReadError},
+    key=lambda kind: kind.__name__,
+)
+
+
+def _botocore_error(kind: type[Exception], cause: Exception) -> Exception:
+    """An instance of ``kind`` as botocore raises it: every field of its message filled."""
+    fmt = getattr(kind, "fmt", "")
+    fields = {name for _, name, _, _ in string.Formatter().parse(fmt) if name}
+    values: dict[str, object] = {name: "x" for name in fields}
+    values |= {"error": cause, "endpoint_url": "http://127.0.0.1:9"}
+    return kind(**values)
+
+
+@pytest.mark.parametrize("kind", CONNECTION_FAILURES, ids=lambda kind: kind.__name__)
+def test_every_kind_of_broken_connection_to_s3_is_an_outage(kind: type[Exception]) -> None:
+    storage = S3Storage("bucket")
+    reset = ConnectionResetError(104, "Connection reset by peer")
+    error = storage._translate(_botocore_error(kind, reset), "jobs/j/k")  # type: ignore[arg-type]
+    assert error.transient, (kind.__name__, str(error))
+    assert "\n" not in str(error)
+
+
+def test_an_untrusted_certificate_is_not_an_outage() -> None:
+    verify = ssl.SSLCertVerificationError(1, "certificate verify failed: self-signed certificate")
+    error = S3Storage("bucket")._translate(
+        botocore.exceptions.SSLError(endpoint_url="https://s3", error=verify), None
+    )
+    assert not error.transient and "TLS error" in str(error)
+    cut = ssl.SSLEOFError(8, "EOF occurred in violation of protocol")
+    assert (
+        S3Storage("bucket")
+        ._translate(botocore.exceptions.SSLError(endpoint_url="https://s3", error=cut), None)
+        .transient
+    )
+
+
+class SocketErrors:
+    """A boto3 client whose calls fail with a bare socket error (none of botocore's)."""
+
+    def put_object(self, **kwargs: object) -> None:
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    def upload_file(self, *args: object, **kwargs: object) -> None:
+        try:
+            raise BrokenPipeError(32, "Broken pipe")
+        except BrokenPipeError:
+            raise S3UploadFailedError("Failed to upload")  # noqa: B904 - as boto3 does
+
+
+def test_a_socket_error_no_botocore_class_wrapped_is_an_outage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = S3Storage("bucket", options=StorageOptions(attempts=1))
+    monkeypatch.setattr(storage, "_get_client", lambda: SocketErrors())
+    with pytest.raises(StorageError, match="connection reset by peer") as put:
+        storage.put("jobs/j/k", b"x")
+    assert put.value.transient
+    image = tmp_path / "image.png"
+    image.write_bytes(b"png")
+    with pytest.raises(StorageError, match="broken pipe") as upload:
+        storage.put_file("jobs/j/image.png", str(image))
+    assert upload.value.transient
+
+
+# One try each, so that what the store did is what the caller sees.
+ONE_TRY = StorageOptions(attempts=1, s3_max_attempts=1, connect_timeout=2, read_timeout=60)
+
+
+def _storage_of(
+    server: SeaweedS3, monkeypatch: pytest.MonkeyPatch, options: StorageOptions
+) -> S3Storage:
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    return S3Storage(server.make_bucket("broken"), options=options)
+
+
+def test_a_store_killed_mid_request_is_an_outage(
+    own_s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = _storage_of(own_s3, monkeypatch, ONE_TRY)
+    storage.put("jobs/j/before", b"x")  # a connection in the client's pool, as in a worker
+    own_s3.pause()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        put = pool.submit(storage.put, "jobs/j/band", b"x" * 100_000)
+        wait_until(own_s3.waiting_requests, 30, "the request to reach the frozen store")
+        own_s3.crash()  # it dies holding the request: the connection is reset, unanswered
+        with pytest.raises(StorageError) as failed:
+            put.result(timeout=30)
+    assert failed.value.transient, str(failed.value)
+    assert own_s3.endpoint in str(failed.value)
+    # Down now: refused connections, an outage too.
+    with pytest.raises(StorageError, match="cannot reach") as refused:
+        storage.get("jobs/j/before")
+    assert refused.value.transient
+    own_s3.resume()
+    assert storage.get("jobs/j/before") == b"x"  # the same client, once it is back
+
+
+def test_a_store_that_stops_answering_is_an_outage(
+    own_s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = dataclasses.replace(ONE_TRY, read_timeout=1.0)
+    storage = _storage_of(own_s3, monkeypatch, options)
+    storage.put("jobs/j/k", b"x")
+    own_s3.pause()
+    try:
+        with pytest.raises(StorageError, match="did not answer within 1s") as timed_out:
+            storage.get("jobs/j/k")
+        assert timed_out.value.transient
+    finally:
+        own_s3.unpause()
+    assert storage.get("jobs/j/k") == b"x"
+
+
 def test_the_coordinator_keeps_a_workers_storage_error_as_one_short_line() -> None:
     broker = Broker()
     worker = broker.register_worker("w1", ("noop",), 1, "host", 0.0)
@@ -220,7 +360,11 @@ def test_a_render_survives_a_storage_outage_without_spending_attempts(
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
             wait_until(lambda: client.stats().tasks_succeeded >= 3, 120, "the render under way")
-            own_s3.halt()
+            # The store dies holding requests: connections reset mid-request, the
+            # nastiest way to go (a clean stop would answer or close them first).
+            own_s3.pause()
+            wait_until(own_s3.waiting_requests, 60, "a worker's request in flight")
+            own_s3.crash()
             began = time.monotonic()
 
             def reporting() -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -201,6 +202,17 @@ def test_wait_times_out_with_its_own_exit_code(cluster: ProcessGroup) -> None:
     job_id = submit(coordinator, "noop").job_id  # no worker: it never runs
     result = run_cli("wait", job_id, "--coordinator", coordinator.address, "--timeout", "0.5")
     assert result.returncode == 3 and "still QUEUED" in result.stderr
+    # 0 does not wait: it says how the job stands, whatever time is left for a first answer.
+    for timeout in ("0", "0.000001"):
+        now = run_cli("wait", job_id, "--coordinator", coordinator.address, "--timeout", timeout)
+        assert now.returncode == 3, now.stderr
+        assert f"job {job_id} still QUEUED" in now.stderr and "0/1 tasks done" in now.stderr
+        assert "cannot reach" not in now.stderr
+    finished = submit(coordinator, "noop").job_id
+    with coordinator.client() as client:
+        client.cancel(finished, "not wanted")
+    ended = run_cli("wait", finished, "--coordinator", coordinator.address, "--timeout", "0")
+    assert ended.returncode == 1 and "CANCELLED: not wanted" in ended.stderr
 
 
 def test_finished_jobs_are_forgotten_after_the_retention(cluster: ProcessGroup) -> None:
@@ -358,6 +370,60 @@ def test_prometheus_metrics(cluster: ProcessGroup) -> None:
     assert metrics[("fractalq_tasks_failed_total", ())] == 1
     assert metrics[("fractalq_workers", (("draining", "false"),))] == 1
     assert metrics[("fractalq_worker_slots", ())] == 2
+
+
+def test_metrics_time_tasks_by_type_and_show_the_process(cluster: ProcessGroup) -> None:
+    """Runtime (as the worker measured it) and queue wait (ready to leased) per task
+    type, as Prometheus histograms; and the process's own figures beside them."""
+    coordinator = cluster.start_coordinator()
+    noops = submit(coordinator, "noop", count=5).job_id
+    sleeps = submit(coordinator, "sleep", count=2, payload={"seconds": 0.3}).job_id
+    queued = time.monotonic()
+    time.sleep(0.5)  # the tasks wait this long in the queue at least: nobody serves it
+    cluster.start_worker(concurrency=2)
+    for job_id in (noops, sleeps):
+        wait_until(finished(coordinator, job_id))
+    waited_at_most = time.monotonic() - queued
+    submit(coordinator, "fail", max_attempts=1)
+    url = f"http://127.0.0.1:{coordinator.http_port}/metrics"
+
+    Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+    def scrape() -> Samples | None:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        samples: Samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+        return samples if samples.get(("fractalq_tasks_dead_total", ())) == 1 else None
+
+    found = wait_until(scrape, message="the failing task dead-lettered")
+
+    def runtime(kind: str, outcome: str, what: str, le: str = "") -> float:
+        labels = {"task_type": kind, "outcome": outcome} | ({"le": le} if le else {})
+        return found[(f"fractalq_task_runtime_seconds_{what}", tuple(sorted(labels.items())))]
+
+    def wait(kind: str, what: str, le: str = "") -> float:
+        labels = {"task_type": kind} | ({"le": le} if le else {})
+        return found[(f"fractalq_task_queue_wait_seconds_{what}", tuple(sorted(labels.items())))]
+
+    assert runtime("noop", "succeeded", "count") == 5
+    assert runtime("noop", "succeeded", "sum") < 5 * 0.25
+    assert runtime("sleep", "succeeded", "count") == 2
+    assert runtime("sleep", "succeeded", "bucket", "0.25") == 0  # each slept 0.3 s
+    assert 0.6 <= runtime("sleep", "succeeded", "sum") < 2 * 5
+    assert runtime("fail", "failed", "count") == 1
+    succeeded_fail = (("outcome", "succeeded"), ("task_type", "fail"))
+    assert ("fractalq_task_runtime_seconds_count", succeeded_fail) not in found
+    assert wait("noop", "count") == 5 and wait("sleep", "count") == 2
+    assert wait("noop", "bucket", "0.5") == 0  # all waited past the half second
+    assert 5 * 0.5 <= wait("noop", "sum") <= 5 * waited_at_most
+    assert wait("fail", "count") == 1
+    assert found[("process_resident_memory_bytes", ())] > 0
+    assert found[("process_cpu_seconds_total", ())] > 0
+    assert any(name == "python_info" for name, _ in found)
 
 
 def test_a_job_with_a_first_and_a_final_task_runs_them_on_real_workers(

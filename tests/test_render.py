@@ -60,9 +60,14 @@ def renderers(tmp_path: Path) -> Iterator[Renderers]:
 
 
 def test_demo_as_the_readme_runs_it(tmp_path: Path) -> None:
+    # Its temporary folder under a folder of this test's own, so that the processes
+    # it leaves behind (none) are told from other demos running on the machine.
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
     result = subprocess.run(
         [sys.executable, "-m", "fractalq", "demo"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TMPDIR": str(temporary)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     out = tmp_path / "mandelbrot.png"
@@ -70,8 +75,9 @@ def test_demo_as_the_readme_runs_it(tmp_path: Path) -> None:
     assert out.read_bytes() == reference_png(RenderRequest.create("mandelbrot"))
     with Image.open(out) as image:
         assert (image.mode, image.size) == ("RGB", (1200, 800))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mandelbrot.png"]  # nothing left over
-    leftover = subprocess.run(["pgrep", "-f", "fractalq-demo-"], capture_output=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mandelbrot.png", "tmp"]
+    assert list(temporary.iterdir()) == []  # nothing left over
+    leftover = subprocess.run(["pgrep", "-f", f"{temporary}/fractalq-demo-"], capture_output=True)
     assert leftover.stdout == b""
 
 

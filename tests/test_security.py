@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import stat
@@ -15,7 +16,13 @@ from procs import run_cli
 from fractalq.endpoint import Endpoint
 from fractalq.security import ClientTLS, Role, TokenTable, read_token_file
 from fractalq.security.certs import write_bundle
-from fractalq.security.tokens import bearer, is_open_method, method_allowed
+from fractalq.security.tokens import (
+    Identity,
+    bearer,
+    default_holder,
+    is_open_method,
+    method_allowed,
+)
 
 W = "w" * 24
 C = "c" * 24
@@ -41,9 +48,12 @@ def test_token_file_roles_comments_and_several_tokens_per_role() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (f"worker {W}\nadmin {C}\n", "line 2: unknown role"),
+        (f"worker {W}\nboss {C}\n", "line 2: unknown role"),
         (f"worker {W}\n\nclient\n", "line 3: expected ROLE TOKEN"),
-        (f"worker {W} extra\n", "line 1: expected ROLE TOKEN"),
+        (f"worker {W} alice extra\n", r"line 1: expected ROLE TOKEN \[NAME\]"),
+        (f"client {C} al/ice\n", "line 1: a NAME is 1-64 letters"),
+        (f"client {C} {'a' * 65}\n", "line 1: a NAME is 1-64 letters"),
+        (f"client {C} token-12345678\n", "line 1: a NAME may not begin with 'token-'"),
         ("worker short\n", "line 1: a token must have at least 16 characters"),
         (f"worker {W}\nclient {W}\n", "the same token is given twice"),
         ("# nothing\n", "no ROLE TOKEN line"),
@@ -56,6 +66,23 @@ def test_a_bad_token_file_names_the_line_never_the_token(text: str, expected: st
         assert token not in str(caught.value)
 
 
+def test_a_token_line_names_its_holder_or_gets_a_digest_that_hides_the_token() -> None:
+    C2, A = "d" * 24, "a" * 24
+    table = TokenTable.parse(
+        f"client {C} alice\nclient {C2} alice  # rotated\nadmin {A} ops\nreader {R}\nworker {W}\n"
+    )
+    assert table.identify(C) == Identity(Role.CLIENT, "alice") == table.identify(C2)
+    assert table.identify(A) == Identity(Role.ADMIN, "ops")
+    unnamed = table.identify(R)
+    assert unnamed is not None and unnamed.holder == default_holder(R)
+    assert re.fullmatch(r"token-[0-9a-f]{8}", unnamed.holder)
+    assert R not in unnamed.holder and R[:8] not in unnamed.holder
+    # Stable (a restart keeps ownership), and different for another token.
+    assert default_holder(R) == TokenTable.parse(f"reader {R}\n").identify(R).holder  # type: ignore[union-attr]
+    assert default_holder(R) != default_holder(R2)
+    assert table.identify("x" * 24) is None and table.identify(None) is None
+
+
 def test_token_file_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"cannot read .*missing: No such file"):
         TokenTable.load(tmp_path / "missing")
@@ -64,12 +91,13 @@ def test_token_file_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
 def test_roles_may_call_what_the_policy_says() -> None:
     worker_calls = {"RegisterWorker", "Heartbeat", "GetTask", "CompleteTask", "FailTask",
                     "ReleaseTasks", "UnregisterWorker"}  # fmt: skip
-    reads = {"GetJob", "WatchJob", "ListJobs", "GetStats"}
-    writes = {"SubmitJob", "CancelJob"}
+    reads = {"GetJob", "WatchJob", "ListJobs", "GetStats", "ListDeadLetters"}
+    writes = {"SubmitJob", "CancelJob", "RequeueJob", "PurgeJob"}
     allowed = {
         Role.WORKER: worker_calls,
         Role.READER: reads,
         Role.CLIENT: reads | writes,
+        Role.ADMIN: reads | writes,
     }
     for role, methods in allowed.items():
         for method in worker_calls | reads | writes | {"NewMethod"}:

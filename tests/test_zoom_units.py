@@ -402,5 +402,9 @@ def test_zoom_refuses_bad_options_in_one_line(
 def test_demo_alone_is_still_a_render(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--width", "0"]) == 1
     assert "width must be an integer" in capsys.readouterr().err
-    assert main(["demo", "zoom", "--to", "1e-9", "--fps", "0"]) == 1
-    assert "fps must be from 1 to" in capsys.readouterr().err
+    assert main(["demo", "zoom", "--to", "1e-9", "--width", "161"]) == 1
+    assert "even" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # out of the option's range: a usage error
+        main(["demo", "zoom", "--to", "1e-9", "--fps", "0"])
+    assert usage.value.code == 2
+    assert "argument --fps: 0 is below the minimum 1" in capsys.readouterr().err

@@ -25,6 +25,7 @@ import logging
 import multiprocessing
 import queue
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures.process import BrokenProcessPool
@@ -77,6 +78,43 @@ def _log_warm_failure(future: concurrent.futures.Future[None]) -> None:
     error = None if future.cancelled() else future.exception()
     if error is not None:
         log.warning("warming up failed: %s", describe(error))
+
+
+class _WarmUp:
+    """The warm-ups of one TaskRunner.warm() call, and one line once every one has ended.
+
+    How long they took says whether the compiled kernels were loaded (a fraction of a
+    second) or compiled (seconds): what a new worker's first task waits for. The line
+    waits for announce() (logging may not be set up while they run).
+    """
+
+    def __init__(self, names: list[str], futures: list[concurrent.futures.Future[None]]) -> None:
+        self._names = names
+        self._began = time.monotonic()
+        self._lock = threading.Lock()
+        self._pending = len(futures)
+        self._seconds: float | None = None
+        self._announced = False
+        for future in futures:
+            future.add_done_callback(self._done)
+
+    def _done(self, future: concurrent.futures.Future[None]) -> None:
+        _log_warm_failure(future)
+        with self._lock:
+            self._pending -= 1
+            if self._pending == 0:
+                self._seconds = time.monotonic() - self._began
+            self._log()
+
+    def announce(self) -> None:
+        with self._lock:
+            self._announced = True
+            self._log()
+
+    def _log(self) -> None:
+        if self._announced and self._seconds is not None and self._names:
+            log.info("warmed up in %.2f s (%s)", self._seconds, ", ".join(self._names))
+            self._names = []  # once
 
 
 def timed_out(limit: float, killed: bool) -> str:
@@ -198,9 +236,16 @@ class TaskRunner:
         self._pools: list[ProcessPool] = []
         self._idle: list[ProcessPool] = []
         self._warmed: list[str] = []  # the CPU-bound types a new process is warmed for
+        self._warm_up: _WarmUp | None = None
 
     def _new_pool(self) -> ProcessPool:
-        pool = ProcessPool(1, mp_context=multiprocessing.get_context("spawn"))
+        # A spawned process starts afresh: it loads the --tasks modules this one did.
+        pool = ProcessPool(
+            1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=tasks.load,
+            initargs=(tasks.loaded_modules(),),
+        )
         for name in self._warmed:
             pool.submit(warm_task, name).add_done_callback(_log_warm_failure)
         self._pools.append(pool)
@@ -218,17 +263,21 @@ class TaskRunner:
 
         A task that arrives meanwhile simply waits for the imports it needs.
         """
-        for name in task_types:
-            kind = tasks.get(name)
-            if kind.warm is None:
-                continue
-            if self._in_process(kind):
+        names = [name for name in task_types if tasks.get(name).warm is not None]
+        futures: list[concurrent.futures.Future[None]] = []
+        for name in names:
+            if self._in_process(tasks.get(name)):
                 self._start_pools()
                 self._warmed.append(name)
-                for pool in self._pools:
-                    pool.submit(warm_task, name).add_done_callback(_log_warm_failure)
+                futures += [pool.submit(warm_task, name) for pool in self._pools]
             else:
-                self._threads.submit(warm_task, name).add_done_callback(_log_warm_failure)
+                futures.append(self._threads.submit(warm_task, name))
+        self._warm_up = _WarmUp(names, futures)
+
+    def announce_warm_up(self) -> None:
+        """Log how long warm() took, now or when it is over."""
+        if self._warm_up is not None:
+            self._warm_up.announce()
 
     async def run(
         self, task_type: str, payload: bytes, context: TaskContext, time_limit: float = 0.0

@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
@@ -113,15 +114,31 @@ class Worker:
         # The token, sent with each call (cheaper than a channel interceptor).
         self._metadata = settings.endpoint.metadata
         self._reconnects = 0  # failed connections in a row
+        self._warmed = False
 
     def stop(self) -> None:
         """Begin draining: take nothing new, finish or hand back, then return from run()."""
         self._stop.set()
 
+    def start_in_outage(self, storage_error: str) -> None:
+        """As ``storage_error`` of the constructor: begin as in a storage outage (if any)."""
+        self._storage_error_at_start = storage_error
+
+    def warm(self) -> None:
+        """Load what the task types need, in the background (once; run() does it too)."""
+        if not self._warmed:
+            self._warmed = True
+            self._runner.warm(self.task_types)
+
+    def close(self) -> None:
+        """Stop what warm() started, for a worker that will not run()."""
+        self._runner.shutdown(wait=False)
+
     # ---- the outer loop ----------------------------------------------------
 
     async def run(self) -> None:
-        self._runner.warm(self.task_types)
+        self.warm()
+        self._runner.announce_warm_up()
         if self._storage_error_at_start:
             self._outage.report(self._storage_error_at_start)
         loop = asyncio.get_running_loop()
@@ -273,21 +290,25 @@ class Worker:
     async def _execute(self, task: pb.Task, context: TaskContext) -> None:
         ref = pb.TaskRef(job_id=task.job_id, index=task.index, attempt=task.attempt)
         key = (task.job_id, task.index, task.attempt)
+        started = 0.0  # when it began to run (its wait for a slot is not its runtime)
         try:
             async with self._slots:
                 if self._stop.is_set():
                     return  # never started: handed back when the worker unregisters
                 self._running.add(key)
+                started = time.perf_counter()
                 result = await self._run(task, context)
         except (TaskFailed, Exception) as error:  # whatever happens, the task is reported
             self.failed += 1
             log.warning(
                 "task %s/%d attempt %d failed: %s", task.job_id, task.index, task.attempt, error
             )
-            self._errors.append(pb.TaskError(task=ref, message=str(error)))
+            ran = time.perf_counter() - started if started else 0.0
+            self._errors.append(pb.TaskError(task=ref, message=str(error), seconds=ran))
         else:
             self.completed += 1
-            self._results.append(pb.TaskResult(task=ref, result=result))
+            ran = time.perf_counter() - started
+            self._results.append(pb.TaskResult(task=ref, result=result, seconds=ran))
         finally:
             del self._inflight[key]
             self._running.discard(key)

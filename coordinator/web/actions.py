@@ -1,12 +1,13 @@
-"""Submit and cancel from the dashboard: the command line's checks, errors by field.
+"""Submit, cancel, requeue and purge from the dashboard: the command line's checks.
 
 The render form's fields are named like ``fractalq render``'s options without
 the dashes. :func:`render_request` checks them with the same code the command
 line uses (:meth:`RenderRequest.create`, :func:`split_rows`, the priority's
 range) and says which field is wrong; the job is the one ``fractalq render``
 submits (:func:`fractalq.images.render_job`), submitted in-process through the
-service's own checks. A refusal is ``400 {"error", "field"}`` and changes
-nothing.
+service's own checks. A refusal is ``{"error", "field"}`` with the status
+of :mod:`.errors` (400 for a bad field) and changes nothing. Which jobs a
+session may change is the policy's (:mod:`..policy`), as over gRPC.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from aiohttp import web
 
 from fractalq import config
 from fractalq import tasks as task_types
-from fractalq.coordinator.broker import BrokerError, NotFound
+from fractalq.coordinator.auth import caller_of
+from fractalq.coordinator.broker import BrokerError
 from fractalq.coordinator.service import CoordinatorService
+from fractalq.coordinator.web import errors
 from fractalq.fractal.palettes import COLOUR_SCALES, PALETTES
 from fractalq.fractal.request import FRACTALS, RenderRequest, split_rows
 from fractalq.images import render_job
@@ -180,11 +183,15 @@ async def _form(request: web.Request) -> dict[str, Any]:
 def routes(service: CoordinatorService) -> web.RouteTableDef:
     table = web.RouteTableDef()
 
-    async def submit(job: pb.SubmitJobRequest) -> web.Response:
+    def refused(request: web.Request, error: BrokerError, field: str = "") -> web.Response:
+        errors.count(service, request, error)
+        return _refusal(field, str(error), errors.status_of(error))
+
+    async def submit(request: web.Request, job: pb.SubmitJobRequest) -> web.Response:
         try:
-            response = await service.submit_job(job)
+            response = await service.submit_job(job, caller_of(request))
         except BrokerError as error:
-            return _refusal(_broker_field(str(error)), str(error))
+            return refused(request, error, _broker_field(str(error)))
         return web.json_response({"job_id": response.job.job_id, "total": response.job.total})
 
     @table.get("/api/render/options")
@@ -220,7 +227,8 @@ def routes(service: CoordinatorService) -> web.RouteTableDef:
             render, regions, priority = render_request(await _form(request))
         except FieldError as error:
             return _refusal(error.field, str(error))
-        return await submit(render_job(render, regions, priority, labels={"via": "dashboard"}))
+        job = render_job(render, regions, priority, labels={"via": "dashboard"})
+        return await submit(request, job)
 
     @table.post("/api/tasks")
     async def tasks(request: web.Request) -> web.Response:
@@ -228,7 +236,7 @@ def routes(service: CoordinatorService) -> web.RouteTableDef:
             job = task_job(await _form(request))
         except FieldError as error:
             return _refusal(error.field, str(error))
-        return await submit(job)
+        return await submit(request, job)
 
     @table.post("/api/jobs/{job_id}/cancel")
     async def cancel(request: web.Request) -> web.Response:
@@ -236,13 +244,41 @@ def routes(service: CoordinatorService) -> web.RouteTableDef:
         job_id = request.match_info["job_id"]
         try:
             job = await service.cancel_job(
-                pb.CancelJobRequest(job_id=job_id, reason="cancelled from the dashboard")
+                pb.CancelJobRequest(job_id=job_id, reason="cancelled from the dashboard"),
+                caller_of(request),
             )
-        except NotFound as error:
-            return _refusal("", str(error), 404)
         except BrokerError as error:
-            return _refusal("", str(error))
+            return refused(request, error)
         return web.json_response({"job_id": job.job_id, "state": job_message_state(job)})
+
+    @table.post("/api/jobs/{job_id}/requeue")
+    async def requeue(request: web.Request) -> web.Response:
+        """Body: ``{}`` for every dead task of the job, or ``{"tasks": [N, ...]}``."""
+        form = await _form(request)
+        tasks = form.get("tasks", [])
+        if not isinstance(tasks, list) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**32 for n in tasks
+        ):
+            return _refusal("tasks", "tasks must be a list of task numbers")
+        try:
+            job = await service.requeue_job(
+                pb.RequeueJobRequest(job_id=request.match_info["job_id"], tasks=tasks),
+                caller_of(request),
+            )
+        except BrokerError as error:
+            return refused(request, error)
+        return web.json_response({"job_id": job.job_id, "state": job_message_state(job)})
+
+    @table.post("/api/jobs/{job_id}/purge")
+    async def purge(request: web.Request) -> web.Response:
+        _json_only(request)
+        try:
+            done = await service.purge_job(
+                pb.PurgeJobRequest(job_id=request.match_info["job_id"]), caller_of(request)
+            )
+        except BrokerError as error:
+            return refused(request, error)
+        return web.json_response({"job_id": done.job.job_id, "purged": done.purged})
 
     return table
 

@@ -9,10 +9,13 @@ from pathlib import Path
 
 from aiohttp import web
 
+from fractalq.coordinator.auth import caller_of
 from fractalq.coordinator.broker import BrokerError
 from fractalq.coordinator.jobs import Job
+from fractalq.coordinator.policy import check_read
 from fractalq.coordinator.service import CoordinatorService
 from fractalq.coordinator.web import actions, download, events, preview, session
+from fractalq.coordinator.web.errors import http_error
 from fractalq.coordinator.web.preview import Previews
 from fractalq.coordinator.web.session import Sessions
 from fractalq.security.tokens import TokenTable
@@ -43,12 +46,13 @@ def add_dashboard(
     )
     app[TICKER] = ticker
 
-    def known(job_id: str) -> bool:
+    def readable(request: web.Request, job_id: str) -> Job:
+        """The job if the caller may read it; 404 or 403 (counted) otherwise."""
+        caller = caller_of(request)
         try:
-            service.find_job(job_id)
-        except BrokerError:
-            return False
-        return True
+            return check_read(caller, service.find_job(job_id))
+        except BrokerError as error:
+            raise http_error(service, request, error) from None
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")
@@ -65,9 +69,9 @@ def add_dashboard(
     for table in (
         session.routes(tokens, sessions, service.refusals, secure=settings.tls is not None),
         events.routes(ticker),
-        preview.routes(previews, known),
+        preview.routes(previews, readable),
         actions.routes(service),
-        download.routes(service, storage),
+        download.routes(service, storage, readable),
     ):
         app.add_routes(table)
 

@@ -14,25 +14,28 @@ import asyncio
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
 from aiohttp import web
 
-from fractalq.coordinator.broker import BrokerError
+from fractalq.coordinator.jobs import Job
 from fractalq.coordinator.service import CoordinatorService, job_message
 from fractalq.images import image_of
 from fractalq.storage import Storage, StorageError
 from fractalq.video import MEDIA_TYPES
 
 
-def routes(service: CoordinatorService, storage: Storage | None) -> web.RouteTableDef:
+def routes(
+    service: CoordinatorService,
+    storage: Storage | None,
+    readable: Callable[[web.Request, str], Job],
+) -> web.RouteTableDef:
+    """``readable(request, job_id)``: the job, if known and the caller may read it."""
     table = web.RouteTableDef()
 
-    def stored(job_id: str) -> str:
-        """The key the job's result names; 404 when there is none to read."""
-        try:
-            job = service.find_job(job_id)
-        except BrokerError as error:
-            raise web.HTTPNotFound(text=str(error)) from None
+    def stored(request: web.Request) -> str:
+        """The key the job's result names; 404 when there is none the caller may read."""
+        job = readable(request, request.match_info["job_id"])
         try:
             key, _ = image_of(job_message(job))
         except ValueError as error:
@@ -59,14 +62,14 @@ def routes(service: CoordinatorService, storage: Storage | None) -> web.RouteTab
 
     @table.get("/api/jobs/{job_id}/image.png")
     async def image(request: web.Request) -> web.StreamResponse:
-        key = stored(request.match_info["job_id"])
+        key = stored(request)
         if not key.endswith(".png"):
             raise web.HTTPNotFound(text="this job's result is not an image")
         return await send(request, key, "image/png", "image")
 
     @table.get("/api/jobs/{job_id}/video")
     async def video(request: web.Request) -> web.StreamResponse:
-        key = stored(request.match_info["job_id"])
+        key = stored(request)
         media = MEDIA_TYPES.get(key.rsplit(".", 1)[-1])
         if media is None:
             raise web.HTTPNotFound(text="this job's result is not a video")

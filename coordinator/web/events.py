@@ -3,9 +3,11 @@
 A :class:`Ticker` samples the broker once a tick (``config.DASHBOARD_TICK``):
 it keeps a bounded history of throughput and queue depth and, while anyone
 watches, builds one snapshot (stat cards, workers and what they run, recent
-jobs, dead letters), serialises it once and wakes every watcher, each of which
-writes the same bytes to its stream. So the server's work per tick is the same
-for 1 or 50 browsers; each more costs one write. A new watcher gets the
+jobs, dead letters) per view watched, serialises it once and wakes every
+watcher, each of which writes its view's bytes to its stream. So the server's
+work per tick is the same for 1 or 50 browsers of a view; each more costs one
+write. A view is everyone's jobs, or one holder's for a client's session
+(:mod:`..policy`). A new watcher gets the
 history and the latest snapshot at once. Nothing is polled by the page.
 """
 
@@ -22,9 +24,12 @@ from typing import Any
 from aiohttp import web
 
 from fractalq import config
+from fractalq.coordinator.auth import caller_of
 from fractalq.coordinator.broker import Broker
+from fractalq.coordinator.deadletters import dead_letters
 from fractalq.coordinator.jobs import Job, JobState, TaskState
 from fractalq.coordinator.web.preview import Previews
+from fractalq.proto import fractalq_pb2 as pb
 
 STATE_NAMES = {state: state.name.lower() for state in JobState}
 # How many of a worker's leased jobs the worker panel names.
@@ -57,6 +62,8 @@ def job_row(job: Job, previews: Previews, now: float) -> dict[str, Any]:
         "leased": counts[TaskState.LEASED],
         "queued": counts[TaskState.QUEUED] + counts[TaskState.DELAYED] + counts[TaskState.WAITING],
         "dead": counts[TaskState.DEAD],
+        "held": job.dead_letters_held,
+        "owner": job.owner,
         "age": round(max(now - job.created_at, 0.0), 1),
         "labels": job.labels,
         "reason": job.reason,
@@ -67,8 +74,33 @@ def job_row(job: Job, previews: Previews, now: float) -> dict[str, Any]:
     return row
 
 
+def dead_row(letter: pb.DeadLetter) -> dict[str, Any]:
+    """A row of the dead letters: the task, its attempts and its last error."""
+    last = letter.errors[-1].message if letter.errors else letter.reason
+    return {
+        "id": letter.job_id,
+        "index": letter.index,
+        "type": letter.task_type,
+        "stage": letter.stage,
+        "attempts": letter.attempts,
+        "errors": len(letter.errors),
+        "error": last,
+        "owner": letter.owner,
+        "reason": letter.reason,
+    }
+
+
+# A view of the overview: whose jobs it shows (None: everyone's, see policy.Caller).
+View = str | None
+
+
 class Ticker:
-    """Samples the broker each tick; builds the shared snapshot while someone watches."""
+    """Samples the broker each tick; builds the shared snapshots while someone watches.
+
+    One snapshot a tick per *view* being watched: everyone's jobs (readers,
+    admins, no tokens) or one holder's (a client sees its own jobs, and only
+    their ids among what the workers run). Watchers of the same view share it.
+    """
 
     def __init__(
         self,
@@ -84,17 +116,21 @@ class Ticker:
         self.tls = tls
         self.images = images
         self.clock = clock
-        self.watchers = 0
-        self.snapshots = 0  # built so far: one a tick while anyone watches
+        self.watching: collections.Counter[View] = collections.Counter()
+        self.snapshots = 0  # built so far: one a tick per view watched
         self.history: collections.deque[list[float]] = collections.deque(maxlen=history)
-        self.latest: bytes | None = None
+        self.latest: dict[View, bytes] = {}
         self._changed = asyncio.Event()
         self.closed = False
         self._last: tuple[float, int] | None = None
         self._rate = 0.0
 
+    @property
+    def watchers(self) -> int:
+        return sum(self.watching.values())
+
     def sample(self) -> None:
-        """One tick: the history's next point, and the snapshot if anyone watches."""
+        """One tick: the history's next point, and a snapshot per view watched."""
         now = self.clock()
         done = self.broker.succeeded
         if self._last is not None and now > self._last[0]:
@@ -104,27 +140,32 @@ class Ticker:
         depth = totals[TaskState.QUEUED] + totals[TaskState.DELAYED] + totals[TaskState.LEASED]
         point = [round(now, 3), round(self._rate, 2), depth]
         self.history.append(point)
-        if self.watchers:
-            self.latest = _sse("snapshot", self.snapshot(now, totals, point))
+        views = [view for view, count in self.watching.items() if count]
+        for view in views:
+            self.latest[view] = _sse("snapshot", self.snapshot(now, totals, point, view))
             self.snapshots += 1
+        if views:
             self._changed.set()
             self._changed = asyncio.Event()
 
-    def snapshot(self, now: float, totals: dict[TaskState, int], point: list[float]) -> Any:
+    def snapshot(
+        self, now: float, totals: dict[TaskState, int], point: list[float], view: View = None
+    ) -> Any:
         broker = self.broker
         workers = []
         busy = 0
         for worker in broker.workers.values():
             running = sorted({job_id for job_id, _ in worker.leases})
             busy += bool(worker.leases)
+            shown = [job_id for job_id in running if view is None or _owner(broker, job_id) == view]
             workers.append(
                 {
                     "id": worker.worker_id,
                     "host": worker.hostname,
                     "slots": worker.concurrency,
                     "leased": len(worker.leases),
-                    "jobs": running[:SHOWN_LEASES],
-                    "more": max(len(running) - SHOWN_LEASES, 0),
+                    "jobs": shown[:SHOWN_LEASES],
+                    "more": max(len(shown) - SHOWN_LEASES, 0),
                     "completed": worker.completed,
                     "failed": worker.failed,
                     "draining": worker.draining,
@@ -132,14 +173,11 @@ class Ticker:
                     "seen": round(max(now - worker.last_seen, 0.0), 1),
                 }
             )
-        jobs = broker.recent_jobs(config.DASHBOARD_JOBS)
+        jobs = broker.recent_jobs(config.DASHBOARD_JOBS, owner=view)
         rows = [job_row(job, self.previews, now) for job in jobs]
         running_jobs = sum(1 for job in broker.active_jobs() if job.counts[TaskState.LEASED])
-        dead = [
-            {"id": job.job_id, "reason": job.reason, "dead": job.counts[TaskState.DEAD]}
-            for job in jobs
-            if job.counts[TaskState.DEAD] or (job.state is JobState.FAILED and job.reason)
-        ]
+        held = broker.held_jobs(view)
+        dead = [dead_row(letter) for letter in dead_letters(held, config.DASHBOARD_JOBS)]
         return {
             "time": now,
             "tls": self.tls,
@@ -156,6 +194,7 @@ class Ticker:
                 "succeeded": broker.succeeded,
                 "failed": broker.failed,
                 "dead": broker.dead,
+                "held": broker.dead_letters,
                 "rate": point[1],
             },
             "workers": workers,
@@ -173,26 +212,35 @@ class Ticker:
             self.sample()
             await asyncio.sleep(interval)
 
-    async def watch(self) -> AsyncGenerator[bytes, None]:
-        """What one watcher's stream carries: the history, then each tick's snapshot."""
-        self.watchers += 1
+    async def watch(self, view: View = None) -> AsyncGenerator[bytes, None]:
+        """What one watcher's stream carries: the history, then each tick's snapshot
+        of its ``view``."""
+        self.watching[view] += 1
         try:
-            if self.latest is None:
-                self.sample()  # the first watcher need not wait for a tick
+            if view not in self.latest:
+                self.sample()  # the view's first watcher need not wait for a tick
             yield _sse("history", list(self.history))
-            sent = self.latest
+            sent = self.latest.get(view)
             if sent is not None:
                 yield sent
             while not self.closed:
                 changed = self._changed
                 await changed.wait()
-                if self.latest is not None and self.latest is not sent:
-                    sent = self.latest
+                latest = self.latest.get(view)
+                if latest is not None and latest is not sent:
+                    sent = latest
                     yield sent
         finally:
-            self.watchers -= 1
-            if not self.watchers:
-                self.latest = None  # stale once nobody watches: rebuilt for the next one
+            self.watching[view] -= 1
+            if not self.watching[view]:
+                del self.watching[view]
+                # Stale once nobody watches: rebuilt for the next one.
+                self.latest.pop(view, None)
+
+
+def _owner(broker: Broker, job_id: str) -> str | None:
+    job = broker.get_job(job_id)
+    return job.owner if job is not None else None
 
 
 def routes(ticker: Ticker) -> web.RouteTableDef:
@@ -200,6 +248,7 @@ def routes(ticker: Ticker) -> web.RouteTableDef:
 
     @table.get("/api/events")
     async def events(request: web.Request) -> web.StreamResponse:
+        view = caller_of(request).listing_owner
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -207,9 +256,9 @@ def routes(ticker: Ticker) -> web.RouteTableDef:
                 "X-Accel-Buffering": "no",  # a proxy in front must not hold events back
             }
         )
-        await response.prepare(request)
-        stream = ticker.watch()
-        with contextlib.suppress(ConnectionResetError):
+        stream = ticker.watch(view)
+        with contextlib.suppress(ConnectionResetError):  # the browser went away
+            await response.prepare(request)
             try:
                 async for chunk in stream:
                     await response.write(chunk)

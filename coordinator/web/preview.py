@@ -12,6 +12,7 @@ it has not drawn yet.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -82,8 +83,9 @@ class Previews:
         return {"size": kept.size, "next": len(kept.pieces), "pieces": kept.pieces[start:]}
 
 
-def routes(previews: Previews, known: Any) -> web.RouteTableDef:
-    """``known(job_id)`` says whether the coordinator knows the job (404 otherwise)."""
+def routes(previews: Previews, readable: Callable[[web.Request, str], Job]) -> web.RouteTableDef:
+    """``readable(request, job_id)``: the job, if it is known and the caller may
+    read it (an HTTP error otherwise)."""
     table = web.RouteTableDef()
 
     @table.get("/api/jobs/{job_id}/preview")
@@ -96,11 +98,8 @@ def routes(previews: Previews, known: Any) -> web.RouteTableDef:
             raise web.HTTPBadRequest(text="a job id and a whole number since=N, please") from None
         except BrokerError as error:  # a malformed job id
             raise web.HTTPBadRequest(text=str(error)) from None
-        found = previews.since(job_id, since)
-        if found is None:
-            if not known(job_id):
-                raise web.HTTPNotFound(text="no such job")
-            found = {"size": None, "next": 0, "pieces": []}
+        readable(request, job_id)
+        found = previews.since(job_id, since) or {"size": None, "next": 0, "pieces": []}
         return web.json_response(found)
 
     return table

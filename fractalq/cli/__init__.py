@@ -1,14 +1,16 @@
 """The ``fractalq`` command: one sub-command per module, one-line errors.
 
-Every sub-command module offers ``add_parser(subparsers)`` and a ``run(args)``
-stored as the parser's default. A :class:`~fractalq.cli.common.CommandError`
-(or a bad flag) ends the program with one line on stderr and a non-zero exit,
-never a traceback.
+Every sub-command module offers ``add_parsers(subparsers)``, which adds its
+commands, each with a ``run(args)`` stored as the parser's default and its
+options from the table (:mod:`fractalq.cli.table`). A
+:class:`~fractalq.cli.common.CommandError` (or a bad flag or variable) ends the
+program with one line on stderr and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 
@@ -17,22 +19,46 @@ import sys
 # coordinator's log that anyone who connects can cause. Set before gRPC loads.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from fractalq.cli import certs, jobs, manage, operator, render, serve, zoom
+from fractalq.cli import certs, dead, jobs, manage, operator, render, serve, zoom
 from fractalq.cli.common import CommandError, OneLineParser
 
 EXIT_USAGE = 2
 
 
+def version() -> str:
+    """The installed package's version."""
+    try:
+        return importlib.metadata.version("fractalq")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        from fractalq import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="fractalq",
-        description="A distributed task queue that renders Mandelbrot and Julia images.",
+        description="A distributed task queue that renders Mandelbrot and Julia images."
+        " Every option also reads its FRACTALQ_* variable (a flag wins); each"
+        " command's --help shows them with their defaults.",
     )
+    parser.add_argument("--version", action="version", version=f"fractalq {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (render, zoom, serve, jobs, manage, operator, certs):
+    for module in (render, zoom, serve, jobs, manage, dead, operator, certs):
         module.add_parsers(commands)
     zoom.add_demo_parser(commands.choices["demo"])
     return parser
+
+
+def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The sub-commands of ``parser``, by name, and theirs (``demo zoom``)."""
+    found: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, command in action.choices.items():
+                found[name] = command
+                found.update({f"{name} {sub}": inner for sub, inner in commands(command).items()})
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

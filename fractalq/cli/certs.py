@@ -6,45 +6,23 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from fractalq import config
-from fractalq.cli.common import CommandError, integer
-
-
-def _host(value: str) -> str:
-    from fractalq.security.certs import check_host
-
-    try:
-        return check_host(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+from fractalq import options
+from fractalq.cli import table as t
+from fractalq.cli.common import CommandError, command
 
 
 def add_parsers(commands: Any) -> None:
-    certs = commands.add_parser(
+    certs = command(
+        commands,
         "certs",
+        run_certs,
         help="write a new CA, a server and a client certificate into a folder",
         description="Writes DIR/ca.crt, server.crt, server.key, client.crt and client.key."
         " The server certificate is valid for localhost, 127.0.0.1 and every --host;"
         " keys are written readable by their owner only. The CA's own key is not kept.",
     )
     certs.add_argument("dir", metavar="DIR")
-    certs.add_argument(
-        "--host",
-        action="append",
-        default=[],
-        type=_host,
-        metavar="NAME",
-        help="another DNS name or IP address of the coordinator (repeatable)",
-    )
-    certs.add_argument(
-        "--days",
-        type=integer(1, 100 * 365),
-        default=config.CERT_DAYS,
-        metavar="N",
-        help="days the server and client certificates are valid",
-    )
-    certs.add_argument("--force", action="store_true", help="replace files already there")
-    certs.set_defaults(run=run_certs)
+    options.add(certs, t.CERT_HOSTS, t.CERT_DAYS, t.CERT_FORCE)
 
 
 def run_certs(args: argparse.Namespace) -> int:

@@ -1,16 +1,15 @@
-"""What the sub-commands share: errors, argument types, logging, a free port."""
+"""What the sub-commands share: errors, the parser, argument types, a free port."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import math
 import os
 import socket
-import sys
-from typing import TYPE_CHECKING, NoReturn
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from fractalq.client import check_address
+from fractalq.options import resolve
 
 if TYPE_CHECKING:
     from fractalq.endpoint import Endpoint
@@ -33,10 +32,29 @@ class CommandError(Exception):
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line naming the problem."""
+    """argparse, but a usage error is one line naming the problem, and options the
+    command line leaves out come from their variables or defaults (:mod:`fractalq.options`)."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extra = super().parse_known_args(args, namespace)
+        if not getattr(parsed, "resolve_late", False):
+            resolve(parsed, self.error)
+        return parsed, extra
+
+
+def resolve_now(args: argparse.Namespace) -> None:
+    """Resolve the options of a command that asked to (``resolve_late``): it checks
+    its prerequisites first, so a missing one is named before a missing option."""
+
+    def error(message: str) -> NoReturn:
+        raise CommandError(f"{message} (see --help)", exit_code=2)
+
+    resolve(args, error)
 
 
 def address(value: str) -> str:
@@ -58,78 +76,35 @@ def listen_host(value: str) -> str:
     return host
 
 
-def _number(kind: type[int] | type[float], low: float | None, high: float | None):  # type: ignore[no-untyped-def]
-    def parse(value: str) -> int | float:
-        try:
-            number = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{value!r} is not a {'whole ' if kind is int else ''}number"
-            ) from None
-        # float() takes "nan" and "inf": a NaN passes every range check below
-        # (each comparison is False) and an infinity defeats timeouts.
-        if not math.isfinite(number):
-            raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
-        if low is not None and number < low:
-            raise argparse.ArgumentTypeError(f"{value} is below the minimum {low:g}")
-        if high is not None and number > high:
-            raise argparse.ArgumentTypeError(f"{value} is above the maximum {high:g}")
-        return number
+def cert_host(value: str) -> str:
+    """A DNS name or IP address a certificate can name."""
+    from fractalq.security.certs import check_host
 
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def integer(low: int | None = None, high: int | None = None) -> argparse._ActionType:
-    return _number(int, low, high)  # type: ignore[no-any-return]
-
-
-def real(low: float | None = None, high: float | None = None) -> argparse._ActionType:
-    return _number(float, low, high)  # type: ignore[no-any-return]
-
-
-def add_endpoint_options(parser: argparse.ArgumentParser) -> None:
-    """A client's TLS and token flags; each defaults to its FRACTALQ_* variable."""
-    from fractalq import endpoint as e
-
-    group = parser.add_argument_group("TLS and token (each flag defaults to its variable)")
-    group.add_argument(
-        "--tls-ca",
-        metavar="FILE",
-        help=f"CA of the coordinator's certificate (${e.ENV_TLS_CA})",
-    )
-    group.add_argument(
-        "--tls-cert", metavar="FILE", help=f"client certificate, for mutual TLS (${e.ENV_TLS_CERT})"
-    )
-    group.add_argument("--tls-key", metavar="FILE", help=f"its key (${e.ENV_TLS_KEY})")
-    group.add_argument(
-        "--token-file",
-        metavar="FILE",
-        help=f"file holding the token (${e.ENV_TOKEN_FILE}; or the token itself in ${e.ENV_TOKEN})",
-    )
+    try:
+        return check_host(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def endpoint_from(args: argparse.Namespace, address: str | None = None) -> Endpoint:
-    """The coordinator endpoint the flags (or the environment) describe, checked."""
+    """The coordinator endpoint the options (flags or variables) describe, checked."""
     from fractalq import endpoint as e
 
-    env = os.environ
     try:
         return e.Endpoint.create(
             address or args.coordinator,
-            tls_ca=args.tls_ca or env.get(e.ENV_TLS_CA),
-            tls_cert=args.tls_cert or env.get(e.ENV_TLS_CERT),
-            tls_key=args.tls_key or env.get(e.ENV_TLS_KEY),
-            token_file=args.token_file or env.get(e.ENV_TOKEN_FILE),
-            token=env.get(e.ENV_TOKEN),
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            token_file=args.token_file,
+            token=os.environ.get(e.ENV_TOKEN),
         )
     except ValueError as error:
         raise CommandError(str(error)) from None
 
 
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def command(commands: Any, name: str, run: Any, **kwargs: Any) -> argparse.ArgumentParser:
+    """A sub-command that runs ``run(args)``."""
+    parser: argparse.ArgumentParser = commands.add_parser(name, **kwargs)
+    parser.set_defaults(run=run)
+    return parser

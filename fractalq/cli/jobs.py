@@ -8,15 +8,9 @@ import sys
 import time
 from typing import Any
 
-from fractalq import config
-from fractalq.cli.common import (
-    CommandError,
-    add_endpoint_options,
-    address,
-    endpoint_from,
-    integer,
-    real,
-)
+from fractalq import options
+from fractalq.cli import table as t
+from fractalq.cli.common import CommandError, command, endpoint_from
 from fractalq.cli.progress import Progress
 from fractalq.client import Client, ClientError, DeadlineExceeded
 from fractalq.proto import fractalq_pb2 as pb
@@ -28,54 +22,24 @@ UNITS = {"fractal.band": "bands", "fractal.keyframe": "keyframes"}
 
 
 def add_parsers(commands: Any) -> None:
-    submit = commands.add_parser("submit", help="submit a job of generic tasks")
-    submit.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
-    add_endpoint_options(submit)
-    submit.add_argument(
-        "--task", required=True, metavar="NAME", help="task type (noop, sleep, fail, ...)"
-    )
-    submit.add_argument("--payload", default="", metavar="JSON", help="the payload of every task")
-    submit.add_argument(
-        "--count", type=integer(1, config.MAX_TASKS_PER_JOB), default=1, metavar="N"
-    )
-    submit.add_argument(
-        "--priority",
-        type=integer(*config.PRIORITY_RANGE),
-        default=config.DEFAULT_PRIORITY,
-        metavar="P",
-        help="lower runs first",
-    )
-    submit.add_argument(
-        "--max-attempts",
-        type=integer(1, config.MAX_ATTEMPTS_LIMIT),
-        default=config.DEFAULT_MAX_ATTEMPTS,
-        metavar="K",
-    )
-    submit.add_argument(
-        "--time-limit",
-        type=real(0, config.MAX_TIME_LIMIT),
-        default=0.0,
-        metavar="S",
-        help="seconds an attempt of a task may run before it is stopped and failed"
-        " (default: 0, the task type's own limit)",
-    )
-    submit.add_argument("--job-id", default="", help="idempotency key (default: generated)")
-    submit.add_argument("--wait", action="store_true", help="show progress until the job ends")
-    submit.set_defaults(run=run_submit)
+    submit = command(commands, "submit", run_submit, help="submit a job of generic tasks")
+    options.add(
+        submit, t.COORDINATOR, t.TASK, t.PAYLOAD, t.COUNT, t.PRIORITY, t.MAX_ATTEMPTS,
+        t.TIME_LIMIT, t.JOB_ID, t.WAIT,
+    )  # fmt: skip
+    options.add(submit, *t.CLIENT_TLS, title=t.CLIENT_TLS_TITLE)
 
-    wait = commands.add_parser("wait", help="wait for a job to end")
+    wait = command(commands, "wait", run_wait, help="wait for a job to end")
     wait.add_argument("job_id", metavar="JOB")
-    wait.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
-    add_endpoint_options(wait)
-    wait.add_argument("--timeout", type=real(0), default=None, metavar="S")
-    wait.set_defaults(run=run_wait)
+    options.add(wait, t.COORDINATOR, t.WAIT_TIMEOUT)
+    options.add(wait, *t.CLIENT_TLS, title=t.CLIENT_TLS_TITLE)
 
-    status = commands.add_parser("status", help="a job's state, or the queue and its workers")
+    status = command(
+        commands, "status", run_status, help="a job's state, or the queue and its workers"
+    )
     status.add_argument("job_id", nargs="?", metavar="JOB")
-    status.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
-    add_endpoint_options(status)
-    status.add_argument("--json", action="store_true", help="print JSON")
-    status.set_defaults(run=run_status)
+    options.add(status, t.COORDINATOR, t.JSON)
+    options.add(status, *t.CLIENT_TLS, title=t.CLIENT_TLS_TITLE)
 
 
 def run_submit(args: argparse.Namespace) -> int:
@@ -110,22 +74,36 @@ def run_submit(args: argparse.Namespace) -> int:
 
 
 def follow(client: Client, job_id: str, timeout: float | None) -> int:
-    """Show a job's progress until it ends; the exit code says how it ended."""
+    """Show a job's progress until it ends; the exit code says how it ended.
+
+    ``timeout``: seconds to wait for the end (exit 3 if it has not come); 0
+    does not wait, it says how the job stands now.
+    """
     progress: Progress | None = None
     job: pb.Job | None = None
     try:
-        for job in client.watch(job_id, timeout=timeout):
-            progress = progress or Progress(job.total, "tasks")
-            final = job.state in FINISHED
-            progress.update(job.succeeded, job.leased, final=final)
+        if timeout == 0:
+            job = client.job(job_id)
+        else:
+            for job in client.watch(job_id, timeout=timeout):
+                progress = progress or Progress(job.total, "tasks")
+                final = job.state in FINISHED
+                progress.update(job.succeeded, job.leased, final=final)
     except ClientError as error:
-        if isinstance(error, DeadlineExceeded) and job:
-            raise CommandError(
-                f"job {job_id} still {STATE_NAMES[job.state]} after {timeout:g}s", 3
-            ) from None
-        raise CommandError(str(error)) from None
+        if not isinstance(error, DeadlineExceeded) or timeout is None:
+            raise CommandError(str(error)) from None
+        if job is None:  # the time was up before the first answer: ask once more
+            try:
+                job = client.job(job_id)
+            except ClientError as again:
+                raise CommandError(str(again)) from None
     assert job is not None
     state = STATE_NAMES[job.state]
+    if job.state not in FINISHED:
+        waited = f"after {timeout:g}s" if timeout else "(--timeout 0: not waiting)"
+        raise CommandError(
+            f"job {job_id} still {state} {waited}: {job.succeeded}/{job.total} tasks done", 3
+        )
     if job.state == pb.SUCCEEDED:
         print(f"job {job_id} SUCCEEDED: {job.succeeded}/{job.total} tasks")
         return 0
@@ -181,6 +159,13 @@ def run_status(args: argparse.Namespace) -> int:
             print(f"  reason: {job.reason}")
         if job.state == pb.SUCCEEDED and _url(job.result):
             print(f"  result: {_url(job.result)}")  # a render's image, a zoom's video
+        if job.owner:
+            print(f"  owner: {job.owner}")
+        if job.dead_letters_held:
+            print(
+                f"  its dead letters are held: fractalq dead --job {job.job_id};"
+                f" then requeue or purge {job.job_id}"
+            )
         return 0
     stats = message
     print(

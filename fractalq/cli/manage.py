@@ -2,7 +2,9 @@
 
 A render's image is assembled by its job's final task and stored under a key
 its result names, so any client can collect it later with ``fetch``, whatever
-happened to the process that submitted it.
+happened to the process that submitted it: from storage with ``--storage``,
+else from the coordinator's HTTP port, which reads storage itself
+(:mod:`fractalq.download`), so the client needs no storage credentials.
 """
 
 from __future__ import annotations
@@ -12,56 +14,52 @@ import json
 import time
 from typing import Any
 
-from fractalq import config
-from fractalq.cli.common import (
-    CommandError,
-    add_endpoint_options,
-    address,
-    endpoint_from,
-    integer,
-)
+from fractalq import images, options
+from fractalq.cli import table as t
+from fractalq.cli.common import CommandError, command, endpoint_from
 from fractalq.client import Client, ClientError
-from fractalq.images import download_image
+from fractalq.images import image_of
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.storage import StorageError
 
 
 def add_parsers(commands: Any) -> None:
-    fetch = commands.add_parser("fetch", help="download the image of a finished render")
+    fetch = command(commands, "fetch", run_fetch, help="download the image of a finished render")
     fetch.add_argument("job_id", metavar="JOB")
-    fetch.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
-    fetch.add_argument("--storage", required=True, metavar="URL")
-    fetch.add_argument("--out", required=True, metavar="PATH")
-    add_endpoint_options(fetch)
-    fetch.set_defaults(run=run_fetch)
-
-    cancel = commands.add_parser("cancel", help="cancel a job")
-    cancel.add_argument("job_id", metavar="JOB")
-    cancel.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
-    cancel.add_argument("--reason", default="", help="recorded as the job's reason")
-    add_endpoint_options(cancel)
-    cancel.set_defaults(run=run_cancel)
-
-    jobs = commands.add_parser("jobs", help="the newest jobs, one line each")
-    jobs.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
-    jobs.add_argument("--active", action="store_true", help="only jobs not finished")
-    jobs.add_argument(
-        "--limit",
-        type=integer(1, config.MAX_LIST_LIMIT),
-        default=config.DEFAULT_LIST_LIMIT,
-        metavar="N",
+    options.add(
+        fetch,
+        t.COORDINATOR,
+        t.STORAGE.but(shown="none: through the coordinator's HTTP port (--http-url)"),
+        t.HTTP_URL,
+        t.OUT,
     )
-    jobs.add_argument("--json", action="store_true", help="print JSON")
-    add_endpoint_options(jobs)
-    jobs.set_defaults(run=run_jobs)
+    options.add(fetch, *t.CLIENT_TLS, title=t.CLIENT_TLS_TITLE)
+
+    cancel = command(commands, "cancel", run_cancel, help="cancel a job")
+    cancel.add_argument("job_id", metavar="JOB")
+    options.add(cancel, t.COORDINATOR, t.REASON)
+    options.add(cancel, *t.CLIENT_TLS, title=t.CLIENT_TLS_TITLE)
+
+    jobs = command(commands, "jobs", run_jobs, help="the newest jobs, one line each")
+    options.add(jobs, t.COORDINATOR, t.ACTIVE, t.LIMIT, t.JSON)
+    options.add(jobs, *t.CLIENT_TLS, title=t.CLIENT_TLS_TITLE)
 
 
 def run_fetch(args: argparse.Namespace) -> int:
+    """Without --storage the image comes from the coordinator's HTTP port (which reads
+    storage itself), with the token and CA the gRPC calls use."""
     from fractalq.cli.render import check_output, open_checked_storage
+    from fractalq.download import DownloadError, check_url, download_image, http_url
 
     out = check_output(args.out)
-    storage = open_checked_storage(args.storage)
-    with Client(endpoint_from(args)) as client:
+    storage = open_checked_storage(args.storage) if args.storage else None
+    endpoint = endpoint_from(args)
+    base_url = args.http_url or http_url(endpoint)
+    try:
+        check_url(base_url)
+    except ValueError as error:
+        raise CommandError(f"--http-url: {error}") from None
+    with Client(endpoint) as client:
         try:
             job = client.job(args.job_id)
         except ClientError as error:
@@ -71,8 +69,13 @@ def run_fetch(args: argparse.Namespace) -> int:
         detail = f": {job.reason}" if job.reason else f" ({job.succeeded}/{job.total} done)"
         raise CommandError(f"job {job.job_id} is {state}{detail}")
     try:
-        download_image(storage, job, out)
-    except (StorageError, ValueError, OSError) as error:
+        if storage is not None:
+            images.download_image(storage, job, out)
+        else:
+            key, _ = image_of(job)  # a job that made no image: said before any request
+            resource = "image.png" if key.endswith(".png") else "video"  # a zoom's
+            download_image(base_url, endpoint, job.job_id, out, resource)
+    except (StorageError, DownloadError, ValueError, OSError) as error:
         raise CommandError(f"fetching {out}: {error}") from None
     print(out)
     return 0

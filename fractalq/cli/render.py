@@ -15,20 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fractalq import config
-from fractalq.cli.common import (
-    CommandError,
-    add_endpoint_options,
-    address,
-    endpoint_from,
-    free_port,
-    integer,
-    real,
-)
+from fractalq import config, options
+from fractalq.cli import table as t
+from fractalq.cli.common import CommandError, command, endpoint_from, free_port
 from fractalq.cli.progress import Progress
 from fractalq.client import Client, ClientError
 from fractalq.endpoint import ENV_TLS_CA, ENV_TOKEN_FILE, Endpoint
-from fractalq.fractal.palettes import COLOUR_SCALES, PALETTES
 from fractalq.fractal.request import RenderRequest, split_rows
 from fractalq.images import download_counts, download_image, submit_render
 from fractalq.proto import fractalq_pb2 as pb
@@ -38,77 +30,29 @@ from fractalq.storage import Storage, StorageError, check_storage, open_storage
 
 
 def add_render_options(parser: argparse.ArgumentParser) -> None:
-    kind = parser.add_mutually_exclusive_group()
-    kind.add_argument("--mandelbrot", dest="fractal", action="store_const", const="mandelbrot")
-    kind.add_argument("--julia", dest="fractal", action="store_const", const="julia")
-    options = parser.add_argument_group("render options")
-    options.add_argument("--width", type=int, default=config.DEFAULT_WIDTH)
-    options.add_argument("--height", type=int, default=config.DEFAULT_HEIGHT)
-    options.add_argument(
-        "--regions", type=int, default=config.DEFAULT_REGIONS, help="bands (one task each)"
-    )
-    options.add_argument("--max-iter", type=int, default=config.DEFAULT_MAX_ITER)
-    # Decimal strings of any length (deep views keep every digit); checked by RenderRequest.
-    options.add_argument("--center-x", metavar="DECIMAL")
-    options.add_argument("--center-y", metavar="DECIMAL")
-    options.add_argument(
-        "--view-width",
-        metavar="DECIMAL",
-        help="width of the view in the plane (any depth: 1e-300 renders by perturbation)",
-    )
-    options.add_argument("--c-re", type=float, help="Julia constant, real part")
-    options.add_argument("--c-im", type=float, help="Julia constant, imaginary part")
-    options.add_argument(
-        "--palette", default=config.DEFAULT_PALETTE, help=f"one of {', '.join(sorted(PALETTES))}"
-    )
-    options.add_argument(
-        "--colour-scale",
-        default=config.DEFAULT_COLOUR_SCALE,
-        help=f"how iteration counts lie on the palette: {', '.join(COLOUR_SCALES)} "
-        "(auto: over the view's own range, smooth at any depth; default: %(default)s)",
-    )
-    options.add_argument(
-        "--counts-out",
-        metavar="PATH",
-        help="also write each pixel's smooth iteration count (NumPy .npy, float32, inside: inf)",
-    )
-    options.add_argument(
-        "--priority",
-        type=integer(*config.PRIORITY_RANGE),
-        default=config.DEFAULT_PRIORITY,
-        help="lower runs first",
-    )
-    options.add_argument("--keep-bands", action="store_true", help="keep band objects afterwards")
+    options.add(parser, t.FRACTAL, *t.RENDER, t.PRIORITY, t.KEEP_BANDS, title=t.RENDER_TITLE)
 
 
 def add_parsers(commands: Any) -> None:
-    render = commands.add_parser("render", help="render an image with a running coordinator")
-    add_render_options(render)
-    render.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
-    add_endpoint_options(render)
-    render.add_argument("--storage", required=True, metavar="URL")
-    render.add_argument("--out", required=True, metavar="PATH")
-    render.add_argument(
-        "--reconnect-timeout",
-        type=real(0, 24 * 3600),
-        default=config.RENDER_RECONNECT_TIMEOUT,
-        metavar="S",
-        help="how long to keep reconnecting to a lost coordinator",
+    render = command(
+        commands, "render", run_render, help="render an image with a running coordinator"
     )
-    render.set_defaults(run=run_render)
+    add_render_options(render)
+    options.add(render, t.COORDINATOR, t.STORAGE.but(required=True), t.OUT, t.RECONNECT_TIMEOUT)
+    options.add(render, *t.CLIENT_TLS, title=t.CLIENT_TLS_TITLE)
 
-    demo = commands.add_parser("demo", help="render with local processes, nothing to start first")
+    demo = command(
+        commands, "demo", run_demo, help="render with local processes, nothing to start first"
+    )
     add_render_options(demo)
-    demo.add_argument("--workers", type=integer(1, 256), default=os.cpu_count() or 1, metavar="N")
-    demo.add_argument("--out", metavar="PATH", help="default: ./mandelbrot.png or ./julia.png")
-    demo.set_defaults(run=run_demo)
+    options.add(demo, t.WORKERS, t.DEMO_OUT)
 
 
 def request_from(args: argparse.Namespace) -> tuple[RenderRequest, int]:
     """The validated request and band count, or a one-line CommandError."""
     try:
         request = RenderRequest.create(
-            args.fractal or config.DEFAULT_FRACTAL,
+            args.fractal,
             width=args.width,
             height=args.height,
             max_iter=args.max_iter,
@@ -268,13 +212,18 @@ def _secure_path(folder: Path, address: str) -> tuple[list[str], dict[str, str],
     write_file(folder / "worker.token", tokens["worker"].encode(), private=True, force=False)
     coordinator = ["--tls-cert", str(folder / "server.crt"), "--tls-key",
                    str(folder / "server.key"), "--auth-tokens", str(folder / "tokens")]  # fmt: skip
-    # The caller's own FRACTALQ_TLS_*/TOKEN* settings are for another coordinator.
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("FRACTALQ_TLS_", "FRACTALQ_TOKEN"))
+    env = own_environment() | {
+        ENV_TLS_CA: str(folder / "ca.crt"),
+        ENV_TOKEN_FILE: str(folder / "worker.token"),
     }
-    env |= {ENV_TLS_CA: str(folder / "ca.crt"), ENV_TOKEN_FILE: str(folder / "worker.token")}
     endpoint = Endpoint(address, ClientTLS(str(folder / "ca.crt")), tokens["client"])
     return coordinator, env, endpoint
+
+
+def own_environment() -> dict[str, str]:
+    """The environment without the caller's FRACTALQ_* settings: those are for
+    another coordinator (its address, data folder, TLS files, token), not the demo's."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("FRACTALQ_")}
 
 
 def _last_line(log: Path) -> str:
@@ -307,6 +256,7 @@ def local_cluster(workers: int) -> Iterator[tuple[Endpoint, Storage]]:
                 ["coordinator", "--host", "127.0.0.1", "--port", str(port), "--no-http",
                  "--storage", storage_url, *secure_flags],
                 tmp / "coordinator.log",
+                own_environment(),
             )  # fmt: skip
             processes.append(coordinator)
             for n in range(workers):

@@ -10,120 +10,40 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from fractalq import config, tasks
-from fractalq.cli.common import (
-    CommandError,
-    add_endpoint_options,
-    address,
-    endpoint_from,
-    integer,
-    listen_host,
-    real,
-    setup_logging,
-)
-from fractalq.config import CoordinatorConfig, WorkerConfig
+from fractalq import logs, options, tasks
+from fractalq.cli import table as t
+from fractalq.cli.common import CommandError, command, endpoint_from
+from fractalq.config import CoordinatorConfig, HolderQuota, WorkerConfig
 
 if TYPE_CHECKING:
     from fractalq.security import ServerTLS, TokenTable
 
 
 def add_parsers(commands: Any) -> None:
-    coordinator = commands.add_parser("coordinator", help="run the gRPC coordinator")
-    coordinator.add_argument(
-        "--host", type=listen_host, default=config.DEFAULT_HOST, help="address to listen on"
-    )
-    coordinator.add_argument(
-        "--port", type=integer(0, 65535), default=config.DEFAULT_PORT, help="gRPC port (0: any)"
-    )
-    coordinator.add_argument(
-        "--http-port",
-        type=integer(0, 65535),
-        default=config.DEFAULT_HTTP_PORT,
-        help="HTTP API port (0: any)",
-    )
-    coordinator.add_argument("--no-http", action="store_true", help="serve no HTTP API")
-    coordinator.add_argument(
-        "--data", metavar="DIR", help="folder for the database (default: memory only)"
-    )
-    coordinator.add_argument(
-        "--storage",
-        metavar="URL",
-        help="the workers' storage, to serve finished images to the dashboard"
-        " ($FRACTALQ_STORAGE; default: none, the page says where each image is)",
-    )
-    coordinator.add_argument(
-        "--worker-timeout",
-        type=real(0.1, 3600),
-        default=config.DEFAULT_WORKER_TIMEOUT,
-        metavar="S",
-        help="seconds without a heartbeat before a worker is declared dead",
-    )
-    coordinator.add_argument(
-        "--retention",
-        type=real(0, config.MAX_RETENTION),
-        default=config.DEFAULT_RETENTION,
-        metavar="S",
-        help="seconds a finished job is kept after it finished (0: forever)",
-    )
-    coordinator.add_argument(
-        "--orphan-sweep",
-        type=real(0, config.MAX_RETENTION),
-        default=config.ORPHAN_SWEEP_INTERVAL,
-        metavar="S",
-        help="seconds between sweeps of storage for objects of jobs this coordinator "
-        "does not know, older than the retention (0: never)",
-    )
-    security = coordinator.add_argument_group("TLS and tokens (each flag defaults to its variable)")
-    security.add_argument(
-        "--tls-cert", metavar="FILE", help="serve TLS with this certificate ($FRACTALQ_TLS_CERT)"
-    )
-    security.add_argument("--tls-key", metavar="FILE", help="its key ($FRACTALQ_TLS_KEY)")
-    security.add_argument(
-        "--tls-client-ca",
-        metavar="FILE",
-        help="require gRPC clients to show a certificate this CA signed ($FRACTALQ_TLS_CLIENT_CA)",
-    )
-    security.add_argument(
-        "--auth-tokens",
-        metavar="FILE",
-        help="lines ROLE TOKEN (roles worker, client, reader) ($FRACTALQ_AUTH_TOKENS)",
-    )
-    coordinator.add_argument("-v", "--verbose", action="store_true")
-    coordinator.set_defaults(run=run_coordinator)
+    coordinator = command(commands, "coordinator", run_coordinator, help="run the gRPC coordinator")
+    options.add(
+        coordinator, t.HOST, t.PORT, t.HTTP_PORT, t.NO_HTTP, t.DATA, t.SERVED_STORAGE,
+        t.WORKER_TIMEOUT, t.RETENTION, t.ORPHAN_SWEEP, t.TASK_MODULES,
+    )  # fmt: skip
+    options.add(coordinator, *t.QUOTAS, title=t.QUOTAS_TITLE)
+    options.add(coordinator, *t.SERVER_TLS, title=t.SERVER_TLS_TITLE)
+    options.add(coordinator, *t.LOGS, title=t.LOGS_TITLE)
 
-    worker = commands.add_parser("worker", help="run a worker")
-    worker.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
-    worker.add_argument("--storage", metavar="URL", help="file:///path or s3://bucket/prefix")
-    worker.add_argument(
-        "--concurrency", type=integer(1, 1024), default=config.DEFAULT_CONCURRENCY, metavar="N"
-    )
-    worker.add_argument(
-        "--prefetch",
-        type=integer(0, 1024),
-        default=config.DEFAULT_PREFETCH,
-        metavar="N",
-        help="tasks leased ahead of those running, so the next one is at hand",
-    )
-    worker.add_argument(
-        "--grace-period",
-        type=real(0, 3600),
-        default=config.DEFAULT_GRACE_PERIOD,
-        metavar="S",
-        help="on SIGTERM, how long running tasks may take before they are handed back",
-    )
-    worker.add_argument(
-        "--storage-outage-limit",
-        type=real(1, config.MAX_STORAGE_OUTAGE_LIMIT),
-        default=config.STORAGE_OUTAGE_LIMIT,
-        metavar="S",
-        help="how long a task waits for unreachable storage, keeping its attempt, before it fails",
-    )
-    worker.add_argument(
-        "--task-types", metavar="NAMES", help="comma-separated types to run (default: all)"
-    )
-    add_endpoint_options(worker)
-    worker.add_argument("-v", "--verbose", action="store_true")
-    worker.set_defaults(run=run_worker)
+    worker = command(commands, "worker", run_worker, help="run a worker")
+    options.add(
+        worker, t.COORDINATOR, t.WORKER_STORAGE, t.CONCURRENCY, t.PREFETCH, t.GRACE_PERIOD,
+        t.STORAGE_OUTAGE_LIMIT, t.TASK_TYPES, t.TASK_MODULES,
+    )  # fmt: skip
+    options.add(worker, *t.CLIENT_TLS, title=t.CLIENT_TLS_TITLE)
+    options.add(worker, *t.LOGS, title=t.LOGS_TITLE)
+
+
+def load_task_types(modules: list[str]) -> None:
+    """The task types of the entry points and of ``--tasks`` modules; one line if one fails."""
+    try:
+        tasks.load(modules)
+    except tasks.TaskLoadError as error:
+        raise CommandError(str(error)) from None
 
 
 def run_coordinator(args: argparse.Namespace) -> int:
@@ -140,7 +60,8 @@ def run_coordinator(args: argparse.Namespace) -> int:
         if not os.access(args.data, os.W_OK):
             raise CommandError(f"data folder {args.data} is not writable")
     tls, tokens = _server_security(args)
-    storage = args.storage or os.environ.get("FRACTALQ_STORAGE") or None
+    load_task_types(args.tasks)
+    storage = args.storage or None
     if storage:
         from fractalq.storage import open_storage
 
@@ -158,9 +79,10 @@ def run_coordinator(args: argparse.Namespace) -> int:
         orphan_sweep=args.orphan_sweep,
         tls=tls,
         tokens=tokens,
+        quota=HolderQuota(args.quota_active_jobs, args.quota_queued_tasks, args.quota_job_pixels),
         storage=storage,
     )
-    setup_logging(args.verbose)
+    logs.setup(args.log_level, args.log_format)
 
     def started(port: int, http_port: int | None) -> None:
         # One machine-readable line on stdout, for scripts that asked for port 0.
@@ -178,11 +100,12 @@ def _server_security(args: argparse.Namespace) -> tuple[ServerTLS | None, TokenT
     """The coordinator's TLS files and token table, checked; a CommandError in one line."""
     from fractalq.security import ServerTLS, TokenTable
 
-    env = os.environ
-    cert = args.tls_cert or env.get("FRACTALQ_TLS_CERT")
-    key = args.tls_key or env.get("FRACTALQ_TLS_KEY")
-    client_ca = args.tls_client_ca or env.get("FRACTALQ_TLS_CLIENT_CA")
-    tokens_file = args.auth_tokens or env.get("FRACTALQ_AUTH_TOKENS")
+    cert, key, client_ca, tokens_file = (
+        args.tls_cert,
+        args.tls_key,
+        args.tls_client_ca,
+        args.auth_tokens,
+    )
     try:
         tls = None
         if cert or key or client_ca:
@@ -198,6 +121,7 @@ def _server_security(args: argparse.Namespace) -> tuple[ServerTLS | None, TokenT
 def run_worker(args: argparse.Namespace) -> int:
     from fractalq.worker.runtime import Worker, WorkerError
 
+    load_task_types(args.tasks)
     names = (
         tuple(n.strip() for n in args.task_types.split(",") if n.strip())
         if args.task_types
@@ -208,12 +132,7 @@ def run_worker(args: argparse.Namespace) -> int:
             tasks.get(name)
     except KeyError as error:
         raise CommandError(str(error.args[0])) from None
-    storage_error = check_worker_storage(args.storage) if args.storage else ""
     endpoint = endpoint_from(args)
-    # A TLS mistake is not transient: say which, once, rather than reconnect
-    # forever with gRPC's "handshake failed". (Nothing listening yet: None.)
-    if why := endpoint.diagnose():
-        raise CommandError(why)
     settings = WorkerConfig(
         coordinator=args.coordinator,
         storage=args.storage,
@@ -225,8 +144,22 @@ def run_worker(args: argparse.Namespace) -> int:
         tls=endpoint.tls,
         token=endpoint.token,
     )
-    setup_logging(args.verbose)
-    worker = Worker(settings, storage_error=storage_error)
+    worker = Worker(settings)
+    # The task types' imports and compiled kernels load in the background while
+    # storage and TLS are checked, so that the first task finds them loaded.
+    worker.warm()
+    try:
+        if args.storage:
+            worker.start_in_outage(check_worker_storage(args.storage))
+        # A TLS mistake is not transient: say which, once, rather than reconnect
+        # forever with gRPC's "handshake failed". (Nothing listening yet: None.)
+        if why := endpoint.diagnose():
+            raise CommandError(why)
+    except BaseException:
+        worker.close()
+        raise
+    # After the checks (a failed one is one line, nothing more); no secret in a log.
+    logs.setup(args.log_level, args.log_format, secrets=[endpoint.token])
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -255,10 +188,11 @@ def check_worker_storage(url: str) -> str:
     for now (a transient error) is returned instead: the worker starts as in
     an outage, taking no task until the storage answers.
     """
-    from fractalq.storage import StorageError, check_storage, open_storage
+    from fractalq.storage import StorageError, check_storage, shared_storage
 
     try:
-        check_storage(open_storage(url))
+        # The object the worker's tasks use too (shared_storage): its client is ready.
+        check_storage(shared_storage(url))
     except StorageError as error:
         if error.transient:
             return str(error)

@@ -15,19 +15,12 @@ import sys
 import time
 from typing import Any
 
-from fractalq import config
-from fractalq.cli.common import (
-    CommandError,
-    add_endpoint_options,
-    address,
-    endpoint_from,
-    integer,
-    real,
-)
+from fractalq import config, options
+from fractalq.cli import table as t
+from fractalq.cli.common import CommandError, command, endpoint_from
 from fractalq.cli.progress import Progress
 from fractalq.cli.render import _say_lost, check_output, local_cluster, open_checked_storage
 from fractalq.client import Client, ClientError
-from fractalq.fractal.palettes import COLOUR_SCALES, PALETTES
 from fractalq.fractal.zoom import CONTAINERS, ZoomRequest
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.states import FINISHED
@@ -36,115 +29,27 @@ from fractalq.zooms import download_video, submit_zoom
 
 
 def add_zoom_options(parser: argparse.ArgumentParser) -> None:
-    kind = parser.add_mutually_exclusive_group()
-    kind.add_argument("--mandelbrot", dest="fractal", action="store_const", const="mandelbrot")
-    kind.add_argument("--julia", dest="fractal", action="store_const", const="julia")
-    options = parser.add_argument_group("zoom options")
-    options.add_argument("--center-x", metavar="DECIMAL", help="the point zoomed into")
-    options.add_argument("--center-y", metavar="DECIMAL")
-    options.add_argument(
-        "--to",
-        required=True,
-        metavar="WIDTH",
-        help="view width of the last frame, a decimal of any depth (1e-30)",
-    )
-    options.add_argument(
-        "--from",
-        dest="from_width",
-        metavar="WIDTH",
-        help="view width of the first frame (default: the fractal's whole view, 3.5 or 3)",
-    )
-    options.add_argument(
-        "--width", type=int, default=config.ZOOM_WIDTH, help="frame width (default: %(default)s)"
-    )
-    options.add_argument(
-        "--height", type=int, default=config.ZOOM_HEIGHT, help="frame height (default: %(default)s)"
-    )
-    options.add_argument(
-        "--max-iter",
-        type=int,
-        default=config.ZOOM_MAX_ITER,
-        help="iteration limit of the deepest keyframe (default: %(default)s)",
-    )
-    options.add_argument(
-        "--max-iter-growth",
-        type=real(*config.ZOOM_GROWTH_RANGE),
-        default=1.0,
-        metavar="G",
-        help="each shallower keyframe's limit is the next deeper one's divided by G"
-        f" (at least {config.ZOOM_MIN_ITER}); default 1: the same limit everywhere",
-    )
-    options.add_argument(
-        "--seconds",
-        type=real(0),
-        default=config.ZOOM_SECONDS,
-        metavar="S",
-        help="the movie's length (default: %(default)g)",
-    )
-    options.add_argument(
-        "--fps",
-        type=int,
-        default=config.ZOOM_FPS,
-        metavar="F",
-        help="frames per second (default: %(default)s)",
-    )
-    options.add_argument("--c-re", type=float, help="Julia constant, real part")
-    options.add_argument("--c-im", type=float, help="Julia constant, imaginary part")
-    options.add_argument(
-        "--palette", default=config.DEFAULT_PALETTE, help=f"one of {', '.join(sorted(PALETTES))}"
-    )
-    options.add_argument(
-        "--colour-scale",
-        default=config.ZOOM_COLOUR_SCALE,
-        help=f"how iteration counts lie on the palette: {', '.join(COLOUR_SCALES)} (auto: over"
-        " the keyframes' own ranges, smoothed over depth; default: %(default)s)",
-    )
-    options.add_argument(
-        "--crf",
-        type=int,
-        default=config.VIDEO_CRF,
-        metavar="N",
-        help="video quality, lower is better: 0-51 for MP4 (H.264), 0-63 for WebM (VP9);"
-        " 0 is lossless (MP4: RGB, which few players take); default %(default)s",
-    )
-    options.add_argument(
-        "--priority",
-        type=integer(*config.PRIORITY_RANGE),
-        default=config.DEFAULT_PRIORITY,
-        help="lower runs first (default: %(default)s)",
-    )
-    options.add_argument(
-        "--keep-keyframes", action="store_true", help="keep the keyframes in storage afterwards"
-    )
+    options.add(parser, t.FRACTAL, *t.ZOOM, title=t.ZOOM_TITLE)
 
 
 def add_parsers(commands: Any) -> None:
-    zoom = commands.add_parser(
-        "zoom", help="render a zoom movie (MP4 or WebM) with a running coordinator"
+    zoom = command(
+        commands,
+        "zoom",
+        run_zoom,
+        help="render a zoom movie (MP4 or WebM) with a running coordinator",
     )
     add_zoom_options(zoom)
-    zoom.add_argument("--coordinator", type=address, required=True, metavar="HOST:PORT")
-    add_endpoint_options(zoom)
-    zoom.add_argument("--storage", required=True, metavar="URL")
-    zoom.add_argument("--out", required=True, metavar="PATH", help="the video: .mp4 or .webm")
-    zoom.add_argument(
-        "--reconnect-timeout",
-        type=real(0, 24 * 3600),
-        default=config.RENDER_RECONNECT_TIMEOUT,
-        metavar="S",
-        help="how long to keep reconnecting to a lost coordinator",
-    )
-    zoom.set_defaults(run=run_zoom)
+    options.add(zoom, t.COORDINATOR, t.STORAGE.but(required=True), t.VIDEO_OUT, t.RECONNECT_TIMEOUT)
+    options.add(zoom, *t.CLIENT_TLS, title=t.CLIENT_TLS_TITLE)
 
 
 def add_demo_parser(demo: argparse.ArgumentParser) -> None:
     """``demo zoom``: the demo's local processes, making a zoom movie."""
     kinds = demo.add_subparsers(dest="demo", metavar="[zoom]", required=False)
-    zoom = kinds.add_parser("zoom", help="a zoom movie with local processes")
+    zoom = command(kinds, "zoom", run_demo_zoom, help="a zoom movie with local processes")
     add_zoom_options(zoom)
-    zoom.add_argument("--workers", type=integer(1, 256), default=os.cpu_count() or 1, metavar="N")
-    zoom.add_argument("--out", default="zoom.mp4", metavar="PATH", help="default: %(default)s")
-    zoom.set_defaults(run=run_demo_zoom)
+    options.add(zoom, t.WORKERS, t.DEMO_VIDEO_OUT)
 
 
 def zoom_from(args: argparse.Namespace) -> ZoomRequest:
@@ -154,9 +59,9 @@ def zoom_from(args: argparse.Namespace) -> ZoomRequest:
         raise CommandError(f"--out {args.out} must end in .mp4 or .webm")
     try:
         return ZoomRequest.create(
-            args.fractal or config.DEFAULT_FRACTAL,
+            args.fractal,
             to_width=args.to,
-            from_width=args.from_width,
+            from_width=getattr(args, "from"),  # a keyword: --from's dest
             width=args.width,
             height=args.height,
             center_x=args.center_x,

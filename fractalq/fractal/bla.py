@@ -180,10 +180,14 @@ def _store(
 
 
 @functools.cache
-def _compiled_build() -> Callable[..., None]:
+def compiled_build() -> Callable[..., None]:
     """_build, compiled by numba on first use: processes that only read tables
     (the coordinator, clients) never load numba."""
     import numba
+
+    from fractalq.fractal import kernel_cache
+
+    kernel_cache.seed(kernel_cache.numba_cache_dir())  # before numba picks its folder
 
     inline = numba.njit(cache=True, nogil=True, inline="always")
     globals()["_merged_radius"] = inline(_merged_radius)
@@ -228,7 +232,7 @@ def build(
     exponent = math.floor(max_dc_log2) + 1
     mantissa = 2.0 ** (max_dc_log2 - exponent)  # in [0.5, 1): the bound rounds up below
     nodes = np.zeros((int(levels[:, -1].max()), COLUMNS), dtype=np.float64)
-    _compiled_build()(
+    compiled_build()(
         np.ascontiguousarray(orbit, dtype=np.complex128),
         np.array(anchors, dtype=np.int64),
         np.array(ends, dtype=np.int64),

@@ -24,6 +24,15 @@ from fractions import Fraction
 
 from fractalq import config
 
+# Past float64's exponent range (the perturbation kernels, perturb.py and
+# precise.py): a pixel narrower than 2**SCALED_BELOW starts *scaled*, its
+# difference carried as w 2**E, until E reaches PLAIN_FROM (the difference then
+# above about 2**-800, far from underflow); w is renormalised by 2**-RESCALE
+# whenever it passes 2**RESCALE.
+SCALED_BELOW = -900
+PLAIN_FROM = -800
+RESCALE = 64
+
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,9})?")
 # Enough digits for comparisons and logarithms of any allowed value.
 _CONTEXT = decimal.Context(prec=40, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)

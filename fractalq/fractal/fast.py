@@ -4,7 +4,8 @@
 :func:`fractalq.fractal.kernels.numpy_escape`, bit for bit, so the two kernels
 make byte-identical images and may be mixed freely across bands and workers. It
 is numba code, compiled once per machine (``cache=True``: the machine code is
-kept next to this file, or under ``NUMBA_CACHE_DIR``) and run without the
+kept next to this file, or under ``NUMBA_CACHE_DIR``; the image ships it compiled,
+see :mod:`.kernel_cache`) and run without the
 interpreter lock (``nogil=True``), so threads render bands side by side.
 
 How it goes fast
@@ -44,7 +45,12 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
+from fractalq.fractal import kernel_cache
 from fractalq.fractal.intrinsics import prefer_512, trailing_zeros
+
+# Before the first kernel below is defined (numba picks its cache folder then):
+# the kernels compiled ahead into the image, if any (see kernel_cache).
+kernel_cache.seed(kernel_cache.numba_cache_dir())
 
 F = TypeVar("F", bound=Callable[..., Any])
 Floats = npt.NDArray[np.float64]

@@ -32,6 +32,11 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
+from fractalq.fractal import kernel_cache
+
+# Before the first kernel below is defined: the kernels compiled into the image.
+kernel_cache.seed(kernel_cache.numba_cache_dir())
+
 Limbs = npt.NDArray[np.uint64]
 Orbit = npt.NDArray[np.complex128]
 

@@ -14,7 +14,7 @@ bit, counts and smooth values alike, so the PNG bytes never depend on which
 kernel, or which mix of kernels across workers, rendered the bands.
 :data:`DEFAULT_KERNEL` is the fastest one available.
 
-The contract (DESIGN.md, "The image") is followed literally:
+The contract (docs/images.md, "The image") is followed literally:
 
 * pixel ``(i, j)`` samples ``x = cx + (i + 0.5 - W/2) * s``,
   ``y = cy - (j + 0.5 - H/2) * s`` with ``s = view_width / W``, evaluated per

@@ -35,7 +35,7 @@ enough to be a plain float64 (it grows by about ``|2 Z|`` per iteration, or a
 skip's ``|A|``), after which the plain loop goes on. Views down to 1e-10000
 render this way.
 
-Counts follow the float64 kernels' definition (DESIGN.md): an escaped pixel's
+Counts follow the float64 kernels' definition (fractal/kernels.py): an escaped pixel's
 count is the number of iterations it stayed within radius 2. Smooth values are
 computed as theirs (the orbit carried on to ``|z|^2 > 2**32``, then
 ``m + 1 - log2(log2 |z_m|^2)``), from the pixel's full ``z`` once it has escaped,
@@ -56,7 +56,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fractalq.fractal import bla, depth, precise
-from fractalq.fractal import lanes as lanes_module
+from fractalq.fractal.depth import PLAIN_FROM, RESCALE, SCALED_BELOW
 from fractalq.fractal.fast import BATCH, _aligned, _finish, _smooth_batch
 from fractalq.fractal.intrinsics import fma, trailing_zeros
 from fractalq.fractal.lanes import (
@@ -66,7 +66,9 @@ from fractalq.fractal.lanes import (
     DERR,
     DZI,
     DZR,
+    FIELDS,
     LANES,
+    ROUND,
     G,
     K,
     M,
@@ -80,16 +82,6 @@ Floats = npt.NDArray[np.float64]
 Counts = npt.NDArray[np.int32]
 Ints = npt.NDArray[np.int64]
 
-# Pixels narrower than 2**SCALED_BELOW start scaled (their offsets, times the
-# image's half-width, would come within reach of float64's smallest numbers).
-SCALED_BELOW = -900
-# A scaled pixel goes plain once its exponent E reaches PLAIN_FROM (|dz| then
-# above about 2**-800, far from underflow); its w is renormalised by 2**-RESCALE
-# whenever it passes 2**RESCALE.
-PLAIN_FROM = -800
-RESCALE = 64
-SMOOTH_RADIUS_SQUARED = 2.0**32
-SMOOTH_EXTRA_ITERATIONS = 64
 # A pixel whose sensitivity times the relative error of its render is above
 # this is rendered again more finely (see the module's docstring).
 SENSITIVE = 2.0**-4
@@ -100,8 +92,15 @@ GO_ON, ESCAPED, INSIDE = 0, 1, 2
 NO_PIXEL = -1
 IDLE_PIXEL = -2
 IDLE = -1.0e18  # the count of a lane with no pixel
-# Plain steps in a row after which a pixel that cannot skip goes back to the lanes.
-PATIENCE = 2
+# A skip is worth leaving the lanes for when it covers at least a round of
+# iterations (lanes.ROUND = 2**WORTH_LEVEL): a lane asks for one of that length,
+# and a pixel whose plain steps and shorter skips in a row reach PATIENCE (enough
+# to reach the next index a long skip can start from) goes back to the lanes.
+# Without that, the orbit of an inside pixel passing near 0 every few iterations
+# (which cuts every skip short there) is skipped 2-4 iterations at a time in
+# scalar code, twice as slow as the lanes.
+WORTH_LEVEL = 3
+PATIENCE = 2**WORTH_LEVEL - 1
 
 
 def _compiled(function: F) -> F:
@@ -160,7 +159,7 @@ def _advance(
     """A plain pixel's iterations from z_k = Z_m + dz, skipping where it can.
 
     Returns (what, m, k, dz or z_k at escape, derivative): GO_ON once it has
-    taken ``patience`` plain steps in a row with no skip (the lanes then take
+    taken ``patience`` plain steps or short skips in a row (the lanes then take
     it on), ESCAPED or INSIDE. The derivative (see the module's docstring) goes
     ``der <- 2 z der + g``, ``g = |dc|`` (Mandelbrot) or 0 (Julia), and
     ``der <- A der + B g`` in a skip. The plain step is the lanes' (lanes.py),
@@ -193,7 +192,9 @@ def _advance(
                 derr, deri = _apply(nodes, row, derr, deri, g, 0.0)
                 m += length
                 k += length
-                steps = 0
+                steps = 0 if length >= ROUND else steps + 1
+                if steps > patience:
+                    return GO_ON, m, k, dzr, dzi, derr, deri
                 continue
         if steps == patience and k > 0:
             return GO_ON, m, k, dzr, dzi, derr, deri
@@ -313,27 +314,13 @@ def _rescale(
 
 
 @_compiled
-def _smooth(fr: float, fi: float, k: int, cr: float, ci: float) -> tuple[float, float]:
-    """An escaped z_k carried on to the smoothing radius: (m, |z_m|^2) for _finish."""
-    mag = fr * fr + fi * fi
-    smooth = float(k)
-    for _ in range(SMOOTH_EXTRA_ITERATIONS):
-        if not mag <= SMOOTH_RADIUS_SQUARED:
-            break
-        fr, fi = (fr * fr - fi * fi) + cr, (fr + fr) * fi + ci
-        mag = fr * fr + fi * fi
-        smooth += 1.0
-    return smooth, mag
-
-
-@_compiled
 def _hints(
     anchors: Ints, ends: Ints, levels: Ints, min_level: int, nodes: Floats, column: int,
     size: int,
 ) -> Floats:  # fmt: skip
-    """For every orbit index m, the squared radius of the table's shortest stored
-    skip at m or at the next index that has one: a lane whose |dz|^2 is below it
-    goes to _advance (lanes.py)."""
+    """For every orbit index m, the squared radius of the table's skip of level
+    ``min_level`` at m or at the next index that has one: a lane whose |dz|^2 is
+    below it goes to _advance (lanes.py)."""
     hint = np.zeros(size)
     if nodes.shape[0] == 0:
         return hint
@@ -387,12 +374,12 @@ def _escape(
     orbit = np.empty(2 * orbit_re.size)  # (re, im) pairs, for the lanes
     orbit[0::2] = orbit_re
     orbit[1::2] = orbit_im
-    hint = _hints(anchors, ends, levels, min_level, nodes, column, orbit_re.size)
+    hint = _hints(anchors, ends, levels, max(min_level, WORTH_LEVEL), nodes, column, orbit_re.size)
     patience = max(PATIENCE, (1 << min_level) - 1)
-    lanes = _aligned(lanes_module.FIELDS * LANES)
+    state = _aligned(FIELDS * LANES)
     pixel = np.full(LANES, NO_PIXEL, np.int64)
     # Escaped points waiting for their smoothing iterations, done BATCH at a
-    # time by the float64 kernel's vector loop (the same arithmetic as _smooth).
+    # time by the float64 kernel's vector loop.
     bzr = np.empty(BATCH)
     bzi = np.empty(BATCH)
     bcr = np.empty(BATCH)
@@ -411,16 +398,16 @@ def _escape(
             p = pixel[lane]
             what = GO_ON
             if p >= 0:
-                m = int(lanes[M + lane])
-                k = int(lanes[K + lane])
-                dzr, dzi = lanes[DZR + lane], lanes[DZI + lane]
-                derr, deri = lanes[DERR + lane], lanes[DERI + lane]
-                dcr, dci = lanes[DCR + lane], lanes[DCI + lane]
+                m = int(state[M + lane])
+                k = int(state[K + lane])
+                dzr, dzi = state[DZR + lane], state[DZI + lane]
+                derr, deri = state[DERR + lane], state[DERI + lane]
+                dcr, dci = state[DCR + lane], state[DCI + lane]
                 # A finished lane's state is its end; a skipping lane's goes on here.
                 what, m, k, dzr, dzi, derr, deri = _advance(
                     orbit_re, orbit_im, start_end, base_start, base_end, anchors, ends,
                     levels, min_level, nodes, column, dzr, dzi, dcr, dci, derr, deri,
-                    lanes[G + lane], m, k, max_iter,
+                    state[G + lane], m, k, max_iter,
                     0 if done & (np.uint64(1) << np.uint64(lane)) else patience,
                 )  # fmt: skip
             while what != GO_ON or p < 0:  # record the pixel, give the lane the next
@@ -456,7 +443,7 @@ def _escape(
                     min_level, nodes, column, ox[p % width], oy[p // width], exponent, julia,
                     max_iter,
                 )  # fmt: skip
-                lanes[G + lane] = g
+                state[G + lane] = g
                 if what == GO_ON:
                     what, m, k, dzr, dzi, derr, deri = _advance(
                         orbit_re, orbit_im, start_end, base_start, base_end, anchors, ends,
@@ -468,20 +455,20 @@ def _escape(
                 # dz = dc = 0: the lane follows the reference's own orbit (rebasing
                 # at its end, so its reads stay within the orbit); its count,
                 # below 0, never reaches the limit nor lets it skip.
-                for field in range(lanes_module.FIELDS):
-                    lanes[field * LANES + lane] = 0.0
-                lanes[M + lane] = 1.0
-                lanes[K + lane] = IDLE
+                for field in range(FIELDS):
+                    state[field * LANES + lane] = 0.0
+                state[M + lane] = 1.0
+                state[K + lane] = IDLE
                 continue
-            lanes[DZR + lane], lanes[DZI + lane] = dzr, dzi
-            lanes[DCR + lane], lanes[DCI + lane] = dcr, dci
-            lanes[DERR + lane], lanes[DERI + lane] = derr, deri
-            lanes[M + lane], lanes[K + lane] = m, k
+            state[DZR + lane], state[DZI + lane] = dzr, dzi
+            state[DCR + lane], state[DCI + lane] = dcr, dci
+            state[DERR + lane], state[DERI + lane] = derr, deri
+            state[M + lane], state[K + lane] = m, k
         if idle == LANES:
             _smooth_batch(batched, bzr, bzi, bcr, bci, bk, where, smooth, magnitude)
             break
         result = perturbation_round(
-            lanes, orbit, hint, float(base_start), float(base_end), limit, float(start_end)
+            state, orbit, hint, float(base_start), float(base_end), limit, float(start_end)
         )
         done = result & np.uint64(0xFFFFFFFF)
         todo = done | (result >> np.uint64(32))
@@ -499,10 +486,11 @@ def pixel_scale(request: RenderRequest) -> tuple[float, int]:
     return mantissa, exponent
 
 
-def _pixel_size(request: RenderRequest) -> tuple[float, float]:
-    """The pixel's width as a double-double (float64 + what it leaves out)."""
+def _pixel_size(request: RenderRequest, exponent: int) -> tuple[float, float]:
+    """The pixel's width in units of 2**exponent, as a double-double (float64 and
+    what it leaves out)."""
     with depth.decimal_context():
-        size = Decimal(request.view_width) / request.width
+        size = Decimal(request.view_width) / request.width / Decimal(2) ** exponent
         high = float(size)
         return high, float(size - Decimal(high))
 
@@ -550,12 +538,12 @@ def escape(
         pixels = pixels[sensitivity[pixels] * eps > SENSITIVE]
         if pixels.size == 0:
             break
-    if pixels.size and exponent == 0:  # too sensitive for float64: double-double
-        size_hi, size_lo = _pixel_size(request)
+    if pixels.size:  # too sensitive for float64: double-double
+        size_hi, size_lo = _pixel_size(request, exponent)
         precise.escape_pixels(
             _pairs(reference.orbit), _pairs(reference.orbit_lo), start.size - 1, base_start,
             base_end, i + 0.5 - request.width / 2, -(j + 0.5 - request.height / 2), pixels,
-            size_hi, size_lo, reference.julia, c_re, c_im, request.max_iter,
+            size_hi, size_lo, exponent, reference.julia, c_re, c_im, request.max_iter,
             counts, smooth, magnitude,
         )  # fmt: skip
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -17,6 +17,7 @@ cost every iteration, a few dozen nanoseconds each.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -24,6 +25,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
+from fractalq.fractal.depth import PLAIN_FROM, RESCALE
 from fractalq.fractal.fast import SMOOTH_PASSES, SMOOTH_RADIUS_SQUARED
 from fractalq.fractal.intrinsics import fma
 
@@ -100,16 +102,14 @@ def _dot(
 def escape(
     orbit_hi: Floats, orbit_lo: Floats, start_end: int, base_start: int, base_end: int,
     dzr: float, dzrl: float, dzi: float, dzil: float,
-    dcr: float, dcrl: float, dci: float, dcil: float, max_iter: int,
+    dcr: float, dcrl: float, dci: float, dcil: float, m: int, k: int, max_iter: int,
 ) -> tuple[int, int, float, float]:  # fmt: skip
-    """One pixel's iterations from z_0 = Z_0 + dz (both in hi + lo parts; the
+    """One pixel's iterations from z_k = Z_m + dz (both in hi + lo parts; the
     orbit as (re, im) pairs), as :mod:`.perturb` iterates them, in double-double.
 
     Returns (ESCAPED or INSIDE, k, z_k at escape as float64).
     """
-    m = 0
-    k = 0
-    end = start_end
+    end = start_end if m <= start_end else base_end
     while True:
         zr, zrl = orbit_hi[2 * m], orbit_lo[2 * m]
         zi, zil = orbit_hi[2 * m + 1], orbit_lo[2 * m + 1]
@@ -137,31 +137,92 @@ def escape(
 
 
 @numba.njit(cache=True, nogil=True)
+def _start_scaled(
+    orbit_hi: Floats, orbit_lo: Floats, start_end: int, base_start: int, base_end: int,
+    wr: float, wrl: float, wi: float, wil: float,
+    dr: float, drl: float, di: float, dil: float, exponent: int, max_iter: int,
+) -> tuple[int, int, int, float, float, float, float, float, float, float, float]:  # fmt: skip
+    """A pixel's first iterations while its difference is below float64's range:
+    ``dz = w 2**exponent`` and ``dc = d 2**exponent``, as perturb._start_scaled
+    (no skips). Returns (what, m, k, dz, dc in plain units, or z_k at escape)."""
+    m = 0
+    k = 0
+    end = start_end
+    near = math.ldexp(1.0, exponent + RESCALE + 2)
+    while exponent < PLAIN_FROM:
+        zr, zrl = orbit_hi[2 * m], orbit_lo[2 * m]
+        zi, zil = orbit_hi[2 * m + 1], orbit_lo[2 * m + 1]
+        if k > 0:
+            if not zr * zr + zi * zi <= 4.0:  # |dz| < 2**-800 changes nothing here
+                return ESCAPED, m, k, zr, 0.0, zi, 0.0, 0.0, 0.0, 0.0, 0.0
+            if k >= max_iter:
+                return INSIDE, m, k, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+        rebase = m == end
+        if not rebase and k > 0 and abs(zr) < near and abs(zi) < near:
+            sr = math.ldexp(zr, -exponent) + wr
+            si = math.ldexp(zi, -exponent) + wi
+            rebase = sr * sr + si * si < wr * wr + wi * wi
+        if rebase:
+            wr, wrl = _add(math.ldexp(zr, -exponent), math.ldexp(zrl, -exponent), wr, wrl)
+            wi, wil = _add(math.ldexp(zi, -exponent), math.ldexp(zil, -exponent), wi, wil)
+            m, end = base_start, base_end
+            zr = zrl = zi = zil = 0.0
+        # w <- 2 Z w + w^2 2**E + d, the square in plain units (far below the rest)
+        sr = math.ldexp(wr * wr - wi * wi, exponent)
+        si = math.ldexp(2.0 * wr * wi, exponent)
+        nr, nrl = _dot(2.0 * zr, 2.0 * zrl, wr, wrl, 2.0 * zi, 2.0 * zil, wi, wil, dr, drl)
+        ni, nil = _dot(2.0 * zr, 2.0 * zrl, wi, wil, -2.0 * zi, -2.0 * zil, wr, wrl, di, dil)
+        wr, wrl = _add(nr, nrl, sr, 0.0)
+        wi, wil = _add(ni, nil, si, 0.0)
+        m += 1
+        k += 1
+        while max(abs(wr), abs(wi)) > 2.0**RESCALE:
+            wr, wrl, wi, wil = _scale(wr, wrl, wi, wil, -RESCALE)
+            dr, drl, di, dil = _scale(dr, drl, di, dil, -RESCALE)
+            exponent += RESCALE
+            near = math.ldexp(1.0, exponent + RESCALE + 2)
+    wr, wrl, wi, wil = _scale(wr, wrl, wi, wil, exponent)
+    dr, drl, di, dil = _scale(dr, drl, di, dil, exponent)
+    return GO_ON, m, k, wr, wrl, wi, wil, dr, drl, di, dil
+
+
+@_inlined
+def _scale(a: float, b: float, c: float, d: float, by: int) -> tuple[float, float, float, float]:
+    """A complex double-double times 2**by."""
+    return math.ldexp(a, by), math.ldexp(b, by), math.ldexp(c, by), math.ldexp(d, by)
+
+
+@numba.njit(cache=True, nogil=True)
 def escape_pixels(
     orbit_hi: Floats, orbit_lo: Floats, start_end: int, base_start: int, base_end: int,
-    ox: Floats, oy: Floats, pixels: Ints, size_hi: float, size_lo: float, julia: bool,
-    c_re: float, c_im: float, max_iter: int,
+    ox: Floats, oy: Floats, pixels: Ints, size_hi: float, size_lo: float, exponent: int,
+    julia: bool, c_re: float, c_im: float, max_iter: int,
     counts: Counts, smooth: Floats, magnitude: Floats,
 ) -> None:  # fmt: skip
     """Counts, m and |z_m|^2 for the smooth values of the pixels ``pixels`` (flat
     indices into the grid ox x oy of offsets in pixels; a pixel is
-    ``size_hi + size_lo`` wide), by :func:`escape`."""
+    ``(size_hi + size_lo) 2**exponent`` wide), by :func:`escape`."""
     width = ox.size
     for p in pixels:
         xr, xrl = _mul(ox[p % width], 0.0, size_hi, size_lo)
         yi, yil = _mul(oy[p // width], 0.0, size_hi, size_lo)
-        if julia:
+        # The offset is the pixel's dz_0 (Julia) or its dc (Mandelbrot).
+        wr, wrl, wi, wil = (xr, xrl, yi, yil) if julia else (0.0, 0.0, 0.0, 0.0)
+        dr, drl, di, dil = (0.0, 0.0, 0.0, 0.0) if julia else (xr, xrl, yi, yil)
+        m = k = 0
+        what = GO_ON
+        if exponent != 0:
+            what, m, k, wr, wrl, wi, wil, dr, drl, di, dil = _start_scaled(
+                orbit_hi, orbit_lo, start_end, base_start, base_end,
+                wr, wrl, wi, wil, dr, drl, di, dil, exponent, max_iter,
+            )  # fmt: skip
+        fr, fi = wr, wi  # z_k, if the scaled start escaped
+        if what == GO_ON:
             what, k, fr, fi = escape(
                 orbit_hi, orbit_lo, start_end, base_start, base_end,
-                xr, xrl, yi, yil, 0.0, 0.0, 0.0, 0.0, max_iter,
+                wr, wrl, wi, wil, dr, drl, di, dil, m, k, max_iter,
             )  # fmt: skip
-            cr, ci = c_re, c_im
-        else:
-            what, k, fr, fi = escape(
-                orbit_hi, orbit_lo, start_end, base_start, base_end,
-                0.0, 0.0, 0.0, 0.0, xr, xrl, yi, yil, max_iter,
-            )  # fmt: skip
-            cr, ci = c_re + xr, c_im + yi
+        cr, ci = (c_re, c_im) if julia else (c_re + dr, c_im + di)
         if what == INSIDE:
             counts[p] = max_iter
             smooth[p] = float(max_iter)

@@ -1,9 +1,15 @@
 """Role tokens: the ``--auth-tokens`` file, the lookup, and who may call what.
 
-The file has one ``ROLE TOKEN`` pair a line; a word that starts with ``#``
-begins a comment, blank lines are skipped, a role may have several tokens (to rotate one without a
-gap: add the new one, restart, hand it out, remove the old one). A bad line
-is a :class:`ValueError` that names the line number and never the token.
+The file has one ``ROLE TOKEN [NAME]`` line a token; a word that starts with
+``#`` begins a comment, blank lines are skipped, a role may have several tokens
+(to rotate one without a gap: add the new one, restart, hand it out, remove
+the old one). A bad line is a :class:`ValueError` that names the line number
+and never the token.
+
+NAME is the token's *holder*: who owns the jobs it submits. Several tokens
+may name the same holder (a rotation keeps its jobs), also with different
+roles. A line without one gets a holder of its own, ``token-`` and a short
+digest of the token (stable across restarts, telling nothing of the token).
 
 Looking a presented token up compares it with *every* known token using
 :func:`hmac.compare_digest` on their SHA-256 digests, so the time taken says
@@ -12,9 +18,11 @@ nothing about how much of a token was right, nor which token matched.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,8 +30,9 @@ from fractalq import config
 
 SERVICE = "fractalq.v1.Coordinator"
 # The standard gRPC health service answers everybody: the kubelet's gRPC probe
-# carries no token (see the README's "Security" section).
-OPEN_SERVICES = ("grpc.health.v1.Health",)
+# carries no token (see docs/security.md). So does server
+# reflection: it tells the services' schema, which proto/fractalq.proto publishes.
+OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")
 # HTTP paths that answer without a token: the kubelet's HTTP probe and
 # Prometheus' scraper carry none. /metrics holds counts only, no job ids.
 OPEN_PATHS = ("/healthz", "/metrics")
@@ -37,6 +46,18 @@ class Role(enum.Enum):
     WORKER = "worker"
     CLIENT = "client"
     READER = "reader"
+    ADMIN = "admin"  # a client of every holder's jobs
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """Who presented a token: its role and its holder."""
+
+    role: Role
+    holder: str
+
+    def __repr__(self) -> str:
+        return f"Identity({self.role.value}, {self.holder})"
 
 
 _WORKER_METHODS = frozenset(
@@ -50,20 +71,23 @@ _WORKER_METHODS = frozenset(
         "UnregisterWorker",
     }
 )
-_READER_METHODS = frozenset({"GetJob", "WatchJob", "ListJobs", "GetStats"})
-_CLIENT_METHODS = _READER_METHODS | {"SubmitJob", "CancelJob"}
+_READER_METHODS = frozenset({"GetJob", "WatchJob", "ListJobs", "GetStats", "ListDeadLetters"})
+_CLIENT_METHODS = _READER_METHODS | {"SubmitJob", "CancelJob", "RequeueJob", "PurgeJob"}
 
 # Which roles may call each method of the Coordinator service. A method not
-# listed here (a newer client's, say) is refused to every role.
+# listed here (a newer client's, say) is refused to every role. Which *jobs*
+# a client may read or change is the policy's (coordinator/policy.py).
 METHOD_ROLES: dict[str, frozenset[Role]] = {
     **{name: frozenset({Role.WORKER}) for name in _WORKER_METHODS},
-    **{name: frozenset({Role.CLIENT, Role.READER}) for name in _READER_METHODS},
-    **{name: frozenset({Role.CLIENT}) for name in _CLIENT_METHODS - _READER_METHODS},
+    **{name: frozenset({Role.CLIENT, Role.READER, Role.ADMIN}) for name in _READER_METHODS},
+    **{name: frozenset({Role.CLIENT, Role.ADMIN}) for name in _CLIENT_METHODS - _READER_METHODS},
 }
 # The HTTP API's reads (everything under /api/), and its writes (the dashboard's
-# submit and cancel: what a client token may do over gRPC).
-HTTP_READ_ROLES = frozenset({Role.CLIENT, Role.READER})
-HTTP_WRITE_ROLES = frozenset({Role.CLIENT})
+# submit, cancel, requeue and purge: what a client token may do over gRPC).
+HTTP_READ_ROLES = frozenset({Role.CLIENT, Role.READER, Role.ADMIN})
+HTTP_WRITE_ROLES = frozenset({Role.CLIENT, Role.ADMIN})
+_HOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]*$")
+DIGEST_PREFIX = "token-"
 
 
 def method_allowed(full_method: str, role: Role) -> bool:
@@ -105,11 +129,36 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
-class TokenTable:
-    """Known tokens and their roles; :meth:`role` finds a presented token's."""
+def default_holder(token: str) -> str:
+    """The holder of a token line without a NAME: a short digest, never the token.
 
-    def __init__(self, entries: Iterable[tuple[Role, str]]) -> None:
-        self._entries = [(_digest(token), role) for role, token in entries]
+    A hash of its own (not the table's lookup digest), cut to a few hex digits.
+    """
+    digest = hashlib.sha256(b"fractalq holder\0" + token.encode("utf-8", "surrogateescape"))
+    return DIGEST_PREFIX + digest.hexdigest()[: config.HOLDER_DIGEST_DIGITS]
+
+
+def check_holder(name: str) -> str:
+    """``name`` if it can name a holder (safe in logs, ids and labels), else a ValueError."""
+    if len(name) > config.MAX_HOLDER_NAME_LENGTH or not _HOLDER.match(name):
+        raise ValueError(
+            f"a NAME is 1-{config.MAX_HOLDER_NAME_LENGTH} letters, digits and . _ @ : -"
+            " (starting with a letter or digit)"
+        )
+    if name.startswith(DIGEST_PREFIX):
+        raise ValueError(f"a NAME may not begin with {DIGEST_PREFIX!r} (kept for unnamed tokens)")
+    return name
+
+
+class TokenTable:
+    """Known tokens, their roles and holders; :meth:`identify` finds a presented token's."""
+
+    def __init__(self, entries: Iterable[tuple[Role, str] | tuple[Role, str, str]]) -> None:
+        self._entries: list[tuple[bytes, Identity]] = []
+        for entry in entries:
+            role, token = entry[0], entry[1]
+            holder = entry[2] if len(entry) > 2 else default_holder(token)
+            self._entries.append((_digest(token), Identity(role, holder)))
         if not self._entries:
             raise ValueError("no tokens")
         digests = [digest for digest, _ in self._entries]
@@ -122,27 +171,32 @@ class TokenTable:
     def __repr__(self) -> str:  # never the tokens
         return f"TokenTable({len(self._entries)} token(s))"
 
-    def role(self, presented: str | None) -> Role | None:
-        """The role of ``presented``, or None; in time independent of the token."""
+    def identify(self, presented: str | None) -> Identity | None:
+        """Who ``presented`` is, or None; in time independent of the token."""
         if presented is None:
             return None
         digest = _digest(presented)
-        found: Role | None = None
-        for known, role in self._entries:  # no early exit: every entry is compared
+        found: Identity | None = None
+        for known, identity in self._entries:  # no early exit: every entry is compared
             if hmac.compare_digest(known, digest):
-                found = role
+                found = identity
         return found
+
+    def role(self, presented: str | None) -> Role | None:
+        """The role of ``presented``, or None; in time independent of the token."""
+        identity = self.identify(presented)
+        return identity.role if identity is not None else None
 
     @classmethod
     def parse(cls, text: str) -> TokenTable:
-        entries: list[tuple[Role, str]] = []
+        entries: list[tuple[Role, str, str]] = []
         for number, line in enumerate(text.splitlines(), start=1):
             fields = _fields(line)
             if not fields:
                 continue
-            if len(fields) != 2:
-                raise ValueError(f"line {number}: expected ROLE TOKEN")
-            name, token = fields
+            if len(fields) not in (2, 3):
+                raise ValueError(f"line {number}: expected ROLE TOKEN [NAME]")
+            name, token = fields[:2]
             try:
                 role = Role(name.lower())
             except ValueError:
@@ -150,9 +204,10 @@ class TokenTable:
                 raise ValueError(f"line {number}: unknown role (one of {roles})") from None
             try:
                 check_token(token)
+                holder = check_holder(fields[2]) if len(fields) == 3 else default_holder(token)
             except ValueError as error:
                 raise ValueError(f"line {number}: {error}") from None
-            entries.append((role, token))
+            entries.append((role, token, holder))
         if not entries:
             raise ValueError("no ROLE TOKEN line")
         try:

@@ -37,6 +37,7 @@ import functools
 import hashlib
 import os
 import re
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -49,8 +50,10 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    HTTPClientError,
     IncompleteReadError,
     NoCredentialsError,
     PartialCredentialsError,
@@ -59,6 +62,7 @@ from botocore.exceptions import (
     SSLError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from urllib3.exceptions import HTTPError as Urllib3Error
 
 from fractalq.config import S3_DEFAULT_REGION
 from fractalq.storage.base import (
@@ -386,7 +390,12 @@ class S3Storage(Storage):
                 cause = error.__context__
                 if isinstance(cause, BotoCoreError | ClientError):
                     raise self._translate(cause, key) from error
+                if isinstance(cause, _CONNECTION_ERRORS):
+                    raise self._broken(cause) from error
                 raise StorageError(f"S3 upload to {self.location} failed: {error}") from error
+            except _CONNECTION_ERRORS as error:
+                # A socket error that no botocore class wrapped on its way out.
+                raise self._broken(error) from error
             except RetriesExceededError as error:
                 # boto3's managed download gave up on a stream that kept breaking.
                 raise StorageError(
@@ -397,6 +406,11 @@ class S3Storage(Storage):
         if not retry:
             return attempt()
         return call_with_retry(attempt, self.options, what=f"S3 {what} at {self.location}")
+
+    def _broken(self, error: BaseException) -> StorageError:
+        return StorageError(
+            f"cannot reach S3 endpoint {self._endpoint()}: {_reason(error)}", transient=True
+        )
 
     def _delete_batch(self, client: S3Client, names: list[str]) -> None:
         response = client.delete_objects(
@@ -437,7 +451,8 @@ class S3Storage(Storage):
                 f"no usable S3 credentials for {self.location}: "
                 "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
             )
-        if isinstance(error, SSLError):
+        if isinstance(error, SSLError) and _is_certificate_error(error):
+            # A certificate the client does not trust: waiting cannot fix it.
             return StorageError(f"TLS error talking to S3 endpoint {endpoint}: {_reason(error)}")
         if isinstance(error, ReadTimeoutError):
             return StorageError(
@@ -450,13 +465,19 @@ class S3Storage(Storage):
                 f"{self.options.connect_timeout:g}s",
                 transient=True,
             )
-        if isinstance(error, EndpointConnectionError | BotoConnectionError):
+        if isinstance(error, ConnectionClosedError):
             return StorageError(
-                f"cannot reach S3 endpoint {endpoint}: {_reason(error)}", transient=True
+                f"S3 endpoint {endpoint} closed the connection before it answered", transient=True
             )
         if isinstance(error, ResponseStreamingError | IncompleteReadError):
             return StorageError(
                 f"S3 endpoint {endpoint} broke off sending object {key!r}", transient=True
+            )
+        if isinstance(error, BotoConnectionError | HTTPClientError):
+            # Every other way the connection can fail (refused, reset, a proxy's,
+            # a TLS handshake cut off, whatever the HTTP client raised): an outage.
+            return StorageError(
+                f"cannot reach S3 endpoint {endpoint}: {_reason(error)}", transient=True
             )
         return StorageError(f"S3 request to {endpoint} failed: {error}")
 
@@ -491,7 +512,21 @@ def _status(error: ClientError) -> int:
     return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
-def _reason(error: BotoCoreError) -> str:
+# Connection failures that may reach us unwrapped (from a socket, or urllib3
+# underneath botocore): the store is unreachable or the connection broke.
+_CONNECTION_ERRORS = (ConnectionError, TimeoutError, Urllib3Error)
+
+
+def _is_certificate_error(error: SSLError) -> bool:
+    """A TLS failure of trust (an unknown CA, a name mismatch, an expired
+    certificate) rather than of the connection (cut off mid-handshake)."""
+    cause = getattr(error, "kwargs", {}).get("error")
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return True
+    return "CERTIFICATE_VERIFY_FAILED" in str(error) or "certificate verify failed" in str(error)
+
+
+def _reason(error: BaseException) -> str:
     """The short cause inside a botocore connection error ("connection refused")."""
     text = str(getattr(error, "kwargs", {}).get("error", "")) or str(error)
     found = _ERRNO_TEXT.search(text)
@@ -499,4 +534,4 @@ def _reason(error: BotoCoreError) -> str:
         return found.group(1).strip().lower()
     if isinstance(error, EndpointConnectionError):
         return "connection failed"
-    return str(error)
+    return str(error) or type(error).__name__

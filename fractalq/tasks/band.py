@@ -22,7 +22,7 @@ from fractalq.fractal.png import encode_band
 from fractalq.fractal.render import render_rows, render_rows_and_counts
 from fractalq.fractal.request import RenderRequest
 from fractalq.preview import band_preview, band_result
-from fractalq.storage import Storage, open_storage
+from fractalq.storage import shared_storage
 from fractalq.tasks.reference import reference_for, scale_for
 from fractalq.tasks.registry import InvalidPayload, TaskContext, task_type
 
@@ -65,9 +65,9 @@ def _check(payload: bytes) -> None:
     parse_payload(payload)
 
 
-@functools.lru_cache(maxsize=8)
-def _storage(url: str) -> Storage:
-    return open_storage(url)  # one client per process and URL
+def _pixels(payload: bytes) -> int:
+    request, start, end, _ = parse_payload(payload)
+    return request.width * (end - start)
 
 
 @functools.lru_cache(maxsize=1)
@@ -88,6 +88,7 @@ def _warm() -> None:
     needs_storage=True,
     warm=_warm,
     time_limit=config.BAND_TIME_LIMIT,
+    pixels=_pixels,
 )
 def render_band(payload: bytes, context: TaskContext) -> bytes:
     if not context.storage_url:
@@ -98,7 +99,7 @@ def render_band(payload: bytes, context: TaskContext) -> bytes:
     rgb, values = render_rows_and_counts(
         request, start, end, reference=reference, scale=scale, with_counts=with_counts
     )
-    storage = _storage(context.storage_url)
+    storage = shared_storage(context.storage_url)
     if values is not None:  # before the band: an assembler that finds the band finds these
         storage.put(counts_key(context.job_id, start, end), values.astype("<f4").tobytes())
     data = encode_band(rgb, start)

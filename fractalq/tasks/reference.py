@@ -27,7 +27,7 @@ from fractalq.fractal.kernels import cached_reference
 from fractalq.fractal.palettes import ColourScale
 from fractalq.fractal.reference import Reference
 from fractalq.fractal.request import RenderRequest
-from fractalq.storage import ObjectNotFoundError, Storage, open_storage
+from fractalq.storage import ObjectNotFoundError, shared_storage
 from fractalq.tasks.registry import InvalidPayload, TaskContext, task_type
 
 TASK_TYPE = "fractal.reference"
@@ -76,15 +76,10 @@ def _check(payload: bytes) -> None:
     parse_payload(payload)
 
 
-@functools.lru_cache(maxsize=8)
-def _storage(url: str) -> Storage:
-    return open_storage(url)
-
-
 @functools.lru_cache(maxsize=4)
 def _stored(url: str, key: str) -> Reference:
     # A job's orbit never changes under its key, so the cache needs no expiry.
-    return orbits.from_bytes(_storage(url).get(key))
+    return orbits.from_bytes(shared_storage(url).get(key))
 
 
 def reference_for(request: RenderRequest, context: TaskContext) -> Reference | None:
@@ -107,7 +102,7 @@ def reference_for(request: RenderRequest, context: TaskContext) -> Reference | N
 
 @functools.lru_cache(maxsize=4)
 def _stored_scale(url: str, key: str) -> ColourScale:
-    return probe.from_json(_storage(url).get(key))
+    return probe.from_json(shared_storage(url).get(key))
 
 
 def scale_for(
@@ -141,7 +136,7 @@ def compute_reference(payload: bytes, context: TaskContext) -> bytes:
     if not context.storage_url:
         raise RuntimeError("this worker has no --storage to put the reference orbit in")
     request = parse_payload(payload)
-    storage = _storage(context.storage_url)
+    storage = shared_storage(context.storage_url)
     reference = None
     if request.deep:
         reference = orbits.compute(request)

@@ -1,10 +1,24 @@
-"""The registry of task types and the contract of a task function."""
+"""The registry of task types and the contract of a task function.
+
+The coordinator, the worker and the dashboard know task types only through
+this registry. It is filled from three places (:func:`_load`, :func:`load`):
+the queue's diagnostic types (``noop``, ``sleep``, ``fail``), every module an
+installed package names in the ``fractalq.tasks`` entry-point group (fractalq's
+fractal types are one such package entry, like any other), and ``--tasks``
+modules. The coordinator checks payloads with the same registry, so a type
+must be known where the coordinator runs too (the same package installed, or
+the same ``--tasks``): a worker offering a type it does not know is refused.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable
+import importlib.metadata
+import os
+import sys
+import types
+from collections.abc import Callable, Iterable
 
 from fractalq import config
 
@@ -28,6 +42,7 @@ class TaskContext:
 
 TaskFunction = Callable[[bytes, TaskContext], bytes]
 PayloadCheck = Callable[[bytes], None]
+PixelCount = Callable[[bytes], int]
 WarmUp = Callable[[], None]
 
 
@@ -48,30 +63,99 @@ class TaskType:
     # A result limit above the queue's MAX_RESULT_BYTES (0: the queue's), for a
     # type whose result is its output (a tile's PNG, not a storage key).
     max_result_bytes: int = 0
+    # The pixels a (checked) payload renders, for a holder's pixel quota; None:
+    # a type that renders no image.
+    pixels: PixelCount | None = None
+
+    def pixels_of(self, payload: bytes) -> int:
+        """What ``pixels`` says of an already checked payload; 0 for other types."""
+        if self.pixels is None:
+            return 0
+        try:
+            return max(int(self.pixels(payload)), 0)
+        except (InvalidPayload, ValueError, TypeError, RecursionError):
+            return 0
 
 
 _REGISTRY: dict[str, TaskType] = {}
 
-# Modules that register task types when imported; loaded on first lookup so
+# Where task types come from: the queue's own diagnostic types, always there;
+# the modules the installed packages name in this entry-point group (fractalq's
+# own fractal types among them, ENTRY_POINT_GROUP in pyproject.toml); and the
+# modules a command names with --tasks. They are loaded on first lookup, so
 # that importing the registry stays cheap.
-_PROVIDERS = (
-    "fractalq.tasks.builtin",
-    "fractalq.tasks.band",
-    "fractalq.tasks.assemble",
-    "fractalq.tasks.sweep",
-    "fractalq.tasks.tile",
-    "fractalq.tasks.zoom",
-    "fractalq.tasks.encode",
-)
+ENTRY_POINT_GROUP = "fractalq.tasks"
+_BUILTIN = "fractalq.tasks.builtin"
 _loaded = False
+_modules: list[str] = []  # the --tasks modules loaded, for the worker's child processes
+
+
+class TaskLoadError(Exception):
+    """Task types could not be loaded; the message names the module and why, in one line."""
+
+
+def _register_from(target: object) -> None:
+    """An entry point's or --tasks' target: a module registers as it is imported; a
+    function (MODULE:FUNCTION) registers when called, with no arguments."""
+    if callable(target) and not isinstance(target, types.ModuleType):
+        target()
+
+
+def _describe(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _load() -> None:
     global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in _PROVIDERS:
-            importlib.import_module(module)
+    if _loaded:
+        return
+    _loaded = True
+    importlib.import_module(_BUILTIN)
+    found = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+    if not any(entry.dist is not None and entry.dist.name == "fractalq" for entry in found):
+        # Metadata from before the entry points existed: the fractal types would be missing.
+        raise TaskLoadError(
+            f"fractalq's own {ENTRY_POINT_GROUP!r} entry points are not installed:"
+            " install the package again (pip install -e .)"
+        )
+    for entry in found:
+        package = f", package {entry.dist.name}" if entry.dist is not None else ""
+        try:
+            _register_from(entry.load())
+        except Exception as error:
+            raise TaskLoadError(
+                f"task types of entry point {entry.name!r} ({entry.value}{package}):"
+                f" {_describe(error)}"
+            ) from None
+
+
+def load(modules: Iterable[str] = ()) -> None:
+    """Load the task types of the entry points and of ``modules`` (``MODULE`` or
+    ``MODULE:FUNCTION``, as ``--tasks`` takes them); a :class:`TaskLoadError` if one fails.
+
+    ``MODULE`` is looked for in the current folder too, as ``python -m`` would.
+    """
+    _load()
+    for spec in modules:
+        if spec in _modules:
+            continue
+        module_name, _, function = spec.partition(":")
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())
+        try:
+            target: object = importlib.import_module(module_name)
+            if function:
+                target = getattr(target, function)
+            _register_from(target)
+        except Exception as error:
+            raise TaskLoadError(f"task types of --tasks {spec}: {_describe(error)}") from None
+        _modules.append(spec)
+
+
+def loaded_modules() -> tuple[str, ...]:
+    """The ``--tasks`` modules loaded so far (a new worker process loads them too)."""
+    return tuple(_modules)
 
 
 def _no_check(payload: bytes) -> None:
@@ -108,6 +192,7 @@ def task_type(
     warm: WarmUp | None = None,
     time_limit: float = config.DEFAULT_TIME_LIMIT,
     max_result_bytes: int = 0,
+    pixels: PixelCount | None = None,
 ) -> Callable[[TaskFunction], TaskFunction]:
     """Register the decorated function as the task type ``name``."""
 
@@ -125,6 +210,7 @@ def task_type(
             warm,
             time_limit,
             max_result_bytes,
+            pixels,
         )
         return run
 

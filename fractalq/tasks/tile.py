@@ -119,6 +119,10 @@ def _check(payload: bytes) -> None:
     parse_payload(payload)
 
 
+def _pixels(payload: bytes) -> int:
+    return sum(request.width * request.height for request in parse_payload(payload))
+
+
 def _warm() -> None:
     render_tile(RenderRequest.create("mandelbrot", width=8, height=8))
 
@@ -130,6 +134,7 @@ def _warm() -> None:
     warm=_warm,
     time_limit=config.TILE_TIMEOUT,
     max_result_bytes=config.TILE_RESULT_BYTES,
+    pixels=_pixels,
 )
 def render_tiles(payload: bytes, context: TaskContext) -> bytes:
     return join_result([render_tile(request) for request in parse_payload(payload)])

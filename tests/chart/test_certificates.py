@@ -130,6 +130,7 @@ def test_cert_manager_makes_the_certificates(chart_helm: Helm, option: str) -> N
         "fractalq-worker-token",
         "fractalq-client-token",
         "fractalq-reader-token",
+        "fractalq-admin-token",
     }
     certificates = {c["metadata"]["name"]: c["spec"] for c in objects(docs, "Certificate")}
     issuers = {i["metadata"]["name"]: i["spec"] for i in objects(docs, "Issuer")}

@@ -104,8 +104,11 @@ def test_image_tag_defaults_to_the_app_version(chart_helm: Helm) -> None:
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     for options, tag in (((), app_version), (OPTIONS["everything-else"], "dev")):
         for workload, pod in pod_specs(chart_helm.template(*options)):
-            if workload["metadata"]["labels"]["app.kubernetes.io/component"] != "minio":
-                assert pod["containers"][0]["image"] == f"fractalq:{tag}"
+            component = workload["metadata"]["labels"]["app.kubernetes.io/component"]
+            if component != "minio":
+                # The operator's image is the fractalq image plus its Kubernetes packages.
+                image = "fractalq-operator" if component == "operator" else "fractalq"
+                assert pod["containers"][0]["image"] == f"{image}:{tag}"
                 assert pod["containers"][0]["imagePullPolicy"] == "IfNotPresent"
 
 

@@ -39,6 +39,7 @@ SECURITY_SECRETS = {
     "fractalq-worker-token": ("Opaque", {"token"}),
     "fractalq-client-token": ("Opaque", {"token"}),
     "fractalq-reader-token": ("Opaque", {"token"}),
+    "fractalq-admin-token": ("Opaque", {"token"}),
 }
 
 
@@ -119,7 +120,8 @@ def test_each_component_reads_only_its_own_secrets(chart_helm: Helm, option: str
         seen.add(component)
     assert seen == {"coordinator", "worker", "operator", "minio"}
     for _, pod in pod_specs(docs):
-        assert "fractalq-reader-token" not in secrets_referenced(pod)  # for people only
+        for people in ("fractalq-reader-token", "fractalq-admin-token"):  # for people only
+            assert people not in secrets_referenced(pod)
 
 
 @pytest.mark.parametrize("option", SECURITY_VARIANTS)

@@ -124,7 +124,7 @@ def test_upgrades_keep_certificates_and_tokens(chart_helm: Helm, tmp_path: Path)
         assert tokens["fractalq-reader-token"] == before["fractalq-reader-token"]
         worker_token = base64.b64decode(tokens["fractalq-worker-token"]["token"]).decode()
         assert (
-            f"worker {worker_token}\n"
+            f"worker {worker_token} worker\n"
             in base64.b64decode(tokens["fractalq-auth-tokens"]["tokens"]).decode()
         )
         annotations = pod_annotations(rotated)

@@ -19,6 +19,7 @@ from chart.rendering import (
     VALUES_FILE,
     Helm,
     container_of,
+    env_of,
     env_value,
     flag,
     one,
@@ -130,6 +131,12 @@ def test_values_render_into_the_commands(chart_helm: Helm) -> None:
         "/etc/fractalq/tls/tls.key",
         "--auth-tokens",
         "/etc/fractalq/auth/tokens",
+        "--quota-active-jobs",
+        str(config.QUOTA_ACTIVE_JOBS),
+        "--quota-queued-tasks",
+        str(config.QUOTA_QUEUED_TASKS),
+        "--quota-job-pixels",
+        str(config.QUOTA_JOB_PIXELS),
         # The workers' storage, with their credentials: the dashboard's images.
         "--storage",
         flag(worker["args"], "--storage"),
@@ -160,8 +167,11 @@ def test_values_render_into_the_commands(chart_helm: Helm) -> None:
 
 
 @pytest.mark.parametrize("option", ["defaults", "everything-else", "watch-all-namespaces"])
-def test_containers_run_valid_fractalq_commands(chart_helm: Helm, option: str) -> None:
-    """The chart's command lines parse with fractalq's own parser (and kopf's)."""
+def test_containers_run_valid_fractalq_commands(
+    chart_helm: Helm, option: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart's command lines parse with fractalq's own parser (and kopf's), each
+    with its container's FRACTALQ_* variables (options read them as they are parsed)."""
     docs = chart_helm.template(*OPTIONS[option])
     parser = build_parser()
 
@@ -187,7 +197,12 @@ def test_containers_run_valid_fractalq_commands(chart_helm: Helm, option: str) -
         ]
     )
 
-    operator, extra = parser.parse_known_args(container_of(docs, "Deployment", "operator")["args"])
+    container = container_of(docs, "Deployment", "operator")
+    for name, entry in env_of(container).items():
+        if name.startswith("FRACTALQ_") and "value" in entry:
+            monkeypatch.setenv(name, entry["value"])
+    operator, extra = parser.parse_known_args(container["args"])
+    assert operator.storage == env_value(container, "FRACTALQ_STORAGE")
     assert operator.command == "operator"
     run = kopf.cli.run.make_context("kopf run", ["-m", "fractalq.operator.handlers", *extra])
     assert run.params["standalone"] is True

@@ -54,6 +54,11 @@ app.kubernetes.io/part-of: fractalq
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
 {{- end }}
 
+{{/* The operator's image: the same tag, the repository with its extra packages. */}}
+{{- define "fractalq.operatorImage" -}}
+{{- printf "%s:%s" .Values.operator.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
+{{- end }}
+
 {{/* Object names. */}}
 {{- define "fractalq.coordinator.fullname" -}}
 {{- printf "%s-coordinator" (include "fractalq.fullname" .) }}
@@ -538,7 +543,7 @@ call with (dict "ctx" $ "role" "worker").
 {{/* ---- tokens --------------------------------------------------------------------- */}}
 
 {{- define "fractalq.auth.roles" -}}
-{{- list "worker" "client" "reader" | toJson }}
+{{- list "worker" "client" "reader" "admin" | toJson }}
 {{- end }}
 
 {{/* The Secret holding one role's token (key "token"); call with (dict "ctx" $ "role" "reader"). */}}
@@ -568,13 +573,14 @@ change nothing. To rotate one: delete its Secret and upgrade.
 {{- end }}
 {{- end }}
 
-{{/* The coordinator's --auth-tokens file: one "ROLE TOKEN" line per role. */}}
+{{/* The coordinator's --auth-tokens file: one "ROLE TOKEN NAME" line per role, each
+holder named after its role (what `fractalq jobs` shows as a job's owner). */}}
 {{- define "fractalq.auth.file" -}}
 {{- include "fractalq.auth.generate" . }}
 {{- $tokens := .Values.auth.generatedNow -}}
-# fractalq role tokens (ROLE TOKEN), made by the Helm chart; each role's own
+# fractalq role tokens (ROLE TOKEN NAME), made by the Helm chart; each role's own
 # Secret holds the same token.
 {{- range $role := include "fractalq.auth.roles" . | fromJsonArray }}
-{{ $role }} {{ index $tokens $role }}
+{{ $role }} {{ index $tokens $role }} {{ $role }}
 {{- end }}
 {{ end }}

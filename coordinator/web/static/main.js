@@ -11,6 +11,9 @@ const preview = new Preview($("#preview"), $("#preview-image"), $("#preview-titl
   $("#keyframes"), $("#preview-video"));
 const PREVIEWED = new Set(["fractal.band", "fractal.keyframe"]);  // renders and zoom movies
 const ACTIVE = new Set(["queued", "preparing", "running", "finishing"]);
+// Roles that submit, cancel, requeue and purge (a client its own jobs, an admin any).
+const WRITERS = new Set(["client", "admin"]);
+const writer = () => WRITERS.has(state.role);
 
 function element(tag, props = {}, children = []) {
   const node = document.createElement(tag);
@@ -47,10 +50,10 @@ async function start() {
   });
   state.role = session.role;
   $("#logout").hidden = !session.auth;
-  $("#whoami").textContent = session.auth ? `signed in as ${state.role}` : "";
+  $("#whoami").textContent = session.auth ? `signed in as ${state.role} (${session.holder})` : "";
   $("#connection").textContent = "connecting…";
   $("#dashboard").hidden = false;
-  for (const node of document.querySelectorAll(".writer")) node.hidden = state.role !== "client";
+  for (const node of document.querySelectorAll(".writer")) node.hidden = !writer();
   await loadOptions();
   connect();
 }
@@ -177,7 +180,7 @@ function renderJobs(rows) {
     tr.bar.style.width = `${row.total ? (100 * done) / row.total : 0}%`;
     tr.count.textContent = `${done}/${row.total}${row.leased ? ` · ${row.leased} running` : ""}${row.dead ? ` · ${row.dead} dead` : ""}`;
     tr.parts.age.textContent = age(row.age);
-    tr.cancel.hidden = state.role !== "client" || !ACTIVE.has(row.state);
+    tr.cancel.hidden = !writer() || !ACTIVE.has(row.state);
     tr.classList.toggle("selected", row.id === preview.jobId);
   });
   for (const [id, tr] of state.rows) {
@@ -187,10 +190,31 @@ function renderJobs(rows) {
 
 function renderDead(letters) {
   const list = $("#dead");
-  list.replaceChildren(...letters.map((d) => element("li", {}, [
-    element("span", { class: "id", text: d.id }), " ", element("span", { text: d.reason || `${d.dead} task(s) dead-lettered` }),
-  ])));
+  list.replaceChildren(...letters.map((d) => {
+    const task = `task ${d.index} (${d.type}${d.stage ? `, the ${d.stage} task` : ""})`;
+    const item = element("li", { "data-testid": "dead-letter", "data-job-id": d.id }, [
+      element("span", { class: "id", text: d.id }), ` ${task}, ${d.attempts} attempt(s)`,
+      d.owner ? ` · ${d.owner}` : "", element("div", { class: "note", text: d.error }),
+    ]);
+    if (writer()) {
+      item.append(
+        element("button", { type: "button", text: "requeue", "data-testid": "requeue", onclick: (e) => act(d.id, "requeue", e.target) }),
+        " ",
+        element("button", { type: "button", text: "purge", "data-testid": "purge", onclick: (e) => act(d.id, "purge", e.target) }),
+      );
+    }
+    return item;
+  }));
   if (!letters.length) list.append(element("li", { class: "note", text: "none" }));
+}
+
+async function act(jobId, action, button) {
+  button.disabled = true;
+  const { ok, body } = await api(`/api/jobs/${encodeURIComponent(jobId)}/${action}`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: "{}",
+  });
+  button.disabled = false;
+  if (!ok) alert((body && body.error) || `${action} was refused`);
 }
 
 function selectJob(jobId) {

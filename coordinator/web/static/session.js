@@ -5,8 +5,8 @@
 
 const PANEL = `
   <h2>Token</h2>
-  <p>This coordinator needs a reader or client token. It is sent once and kept by the
-  coordinator as a session for this browser; the page does not store it.</p>
+  <p>This coordinator needs a reader, client or admin token. It is sent once and kept by
+  the coordinator as a session for this browser; the page does not store it.</p>
   <form id="login-form" autocomplete="off">
     <input type="password" name="token" data-testid="token" placeholder="paste a token" required>
     <button type="submit" data-testid="login-submit">Open</button>
@@ -15,7 +15,7 @@ const PANEL = `
 
 export async function whoami() {
   const response = await fetch("/api/session", { credentials: "same-origin" });
-  return response.json(); // {auth: tokens are on, role: this browser's, or null}
+  return response.json(); // {auth: tokens are on, role and holder: this browser's, or null}
 }
 
 // Resolves with the session once the browser has one: at once when tokens are
