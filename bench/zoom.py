@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -45,18 +46,31 @@ def zoom(args: argparse.Namespace, workers: int, size: str, seconds: float, fps:
             "--max-iter-growth", str(args.growth), "--workers", str(workers), "--out", str(out),
         ]  # fmt: skip
         began = time.monotonic()
-        demo = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        demo = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        lines: list[str] = []
+        reader = threading.Thread(target=lines.extend, args=(demo.stderr,), daemon=True)
+        reader.start()
         peaks: dict[int, tuple[str, int]] = {}
         cpu: dict[int, float] = {}
+        said, last_said = 0, 0.0
         while demo.poll() is None:
             for pid in descendants(demo.pid):
                 found = peak_kib(pid)
                 if found is not None and found[1] >= peaks.get(pid, ("", 0))[1]:
                     peaks[pid] = found
                 cpu[pid] = max(cpu.get(pid, 0.0), cpu_seconds(pid))
+            # A long run on a busy machine may not be let finish: say how it goes as it
+            # goes (each new line of the command's, at most once a minute otherwise).
+            now = time.monotonic()
+            if len(lines) > said or now - last_said >= 60:
+                said, last_said = len(lines), now
+                progress(now - began, lines[-1] if lines else "", peaks, cpu, demo.pid)
             time.sleep(0.2)
+        reader.join()
         elapsed = time.monotonic() - began
-        stderr = demo.stderr.read().decode() if demo.stderr else ""
+        stderr = "".join(lines)
         if demo.returncode != 0:
             raise SystemExit(f"demo zoom failed: {stderr.strip().splitlines()[-1:]}")
         split = SPLIT.search(stderr)
@@ -76,6 +90,28 @@ def zoom(args: argparse.Namespace, workers: int, size: str, seconds: float, fps:
             "memory": memory,
             "cpu": used,
         }
+
+
+def progress(
+    elapsed: float,
+    line: str,
+    peaks: dict[int, tuple[str, int]],
+    cpu: dict[int, float],
+    demo: int,
+) -> None:
+    """One line: time so far, the command's last line, CPU time and peak memory so far."""
+    used: dict[str, float] = {}
+    memory: dict[str, int] = {}
+    for pid, (role, kib) in peaks.items():
+        role = "client" if pid == demo else role
+        used[role] = used.get(role, 0.0) + cpu.get(pid, 0.0)
+        memory[role] = max(memory.get(role, 0), kib)
+    spent = ", ".join(f"{role} {seconds:.0f}" for role, seconds in sorted(used.items()))
+    most = ", ".join(f"{role} {kib / 1024:.0f}" for role, kib in sorted(memory.items()))
+    print(
+        f"  [{elapsed:6.0f} s] {line.strip()} | CPU s: {spent} | peak MiB: {most} | {load()}",
+        flush=True,
+    )
 
 
 def cpu_seconds(pid: int) -> float:
