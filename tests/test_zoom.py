@@ -6,7 +6,9 @@ encoded losslessly so that every frame can be held to the pixel: the file
 decodes to its 20 frames; each is the composition of the stored keyframes
 around it, in order; the first and last, at keyframes' depths, are exactly
 ``fractalq render`` of their views. The same zoom again with a worker killed
-mid-job gives the same bytes, and a cancelled zoom leaves nothing in storage.
+mid-job gives the same bytes, a cancelled zoom leaves nothing in storage, and a
+client without storage credentials fetches the video through the coordinator.
+``demo zoom`` makes a small WebM with local processes and leaves none behind.
 """
 
 from __future__ import annotations
@@ -91,7 +93,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3_server: SeaweedS3) -> I
             patch.setenv(name, value)
         url = f"s3://{bucket}/zooms"
         try:
-            group.start_coordinator()
+            # It reads the workers' storage, so that a client without credentials
+            # fetches the video through its HTTP port.
+            group.start_coordinator(extra=("--storage", url), env=s3_server.env())
             cluster = Cluster(group, url, open_storage(url), bucket, env, s3_server)
             for n in range(2):
                 cluster.worker(f"worker{n}")
@@ -187,6 +191,19 @@ def test_a_frame_at_a_keyframes_depth_is_the_render_of_its_view(
     assert np.array_equal(decode(made.path)[frame], image)
 
 
+def test_fetch_without_storage_downloads_the_video_through_the_coordinator(
+    cluster: Cluster, made: Made, tmp_path: Path
+) -> None:
+    assert cluster.group.coordinator is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FRACTALQ_"))}
+    out = tmp_path / "fetched.mp4"
+    url = f"http://127.0.0.1:{cluster.group.coordinator.http_port}"
+    fetched = run_cli("fetch", made.job_id, "--coordinator", cluster.address, "--http-url", url,
+                      "--out", str(out), env=env)  # fmt: skip
+    assert fetched.returncode == 0, fetched.stderr
+    assert out.read_bytes() == made.path.read_bytes()
+
+
 def test_a_worker_killed_mid_job_gives_the_same_video(
     cluster: Cluster, made: Made, tmp_path: Path
 ) -> None:
@@ -233,3 +250,27 @@ def test_a_cancelled_zoom_leaves_nothing_in_storage(cluster: Cluster) -> None:
     # (it waits for them), so nothing is left after it.
     assert cluster.keys(job.job_id) == []
     assert not cluster.storage.exists(keyframe_key(job.job_id, 0))
+
+
+def test_demo_zoom_makes_the_movie_with_local_processes_and_leaves_none(tmp_path: Path) -> None:
+    out = tmp_path / "demo.webm"
+    # Its temporary folder in one of this test's own, to tell its processes from others'.
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRACTALQ_")}
+    env["TMPDIR"] = str(temporary)
+    demo = run_cli("demo", "zoom", "--center-x", X, "--center-y", Y, "--to", "1e-12",
+                   "--width", "64", "--height", "36", "--seconds", "1", "--fps", "6",
+                   "--max-iter", "3000", "--workers", "1", "--out", str(out),
+                   timeout=180, env=env)  # fmt: skip
+    assert demo.returncode == 0, demo.stderr
+    assert demo.stdout.splitlines()[-1] == str(out)
+    assert "encoding 6 frames" in demo.stderr and "64x36 zoom, 6 frames" in demo.stderr
+    with av.open(str(out)) as video:
+        assert video.streams.video[0].codec_context.name == "vp9"
+        frames = [f.to_ndarray(format="rgb24") for f in video.decode(video=0)]
+    assert [frame.shape for frame in frames] == [(36, 64, 3)] * 6
+    # Its coordinator, worker and storage folder went with it.
+    assert list(temporary.iterdir()) == []
+    leftover = subprocess.run(["pgrep", "-f", f"{temporary}/fractalq-demo-"], capture_output=True)
+    assert leftover.stdout == b""
