@@ -9,8 +9,15 @@ does not depend on what else the machine is running). ``--scaling`` also
 times a smaller zoom (320x180 to 1e-16) with 1 and with 2 workers: the
 keyframes are independent, so their stage should take about half as long.
 
+``--sample STEP`` runs no cluster: it renders every STEP-th keyframe of the zoom
+at a quarter of its width and height in this process, times each in CPU seconds,
+and projects the keyframes' total at full size (16 times the pixels) and the
+encoding's (colouring, composing and H.264 of 30 frames at full size), which is
+what the full run costs on a quiet machine whatever the load when it is measured.
+
     python bench/zoom.py [--workers 2] [--size 1280x720] [--seconds 30] [--fps 30]
                          [--to 1e-30] [--max-iter 100000] [--growth 1.03] [--scaling]
+                         [--sample STEP]
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gigapixel import descendants, peak_kib
@@ -35,7 +43,9 @@ SPLIT = re.compile(
 )
 
 
-def zoom(args: argparse.Namespace, workers: int, size: str, seconds: float, fps: int) -> dict:
+def zoom(
+    args: argparse.Namespace, workers: int, size: str, seconds: float, fps: int
+) -> dict[str, Any]:
     width, height = size.split("x")
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "zoom.mp4"
@@ -92,6 +102,70 @@ def zoom(args: argparse.Namespace, workers: int, size: str, seconds: float, fps:
         }
 
 
+def sample(args: argparse.Namespace) -> None:
+    """Every ``args.sample``-th keyframe at a quarter size, in CPU seconds; projections."""
+    import dataclasses
+
+    import numpy as np
+
+    from fractalq import tasks
+    from fractalq.fractal import kernels, movie
+    from fractalq.fractal import reference as orbits
+    from fractalq.fractal.palettes import ColourScale
+    from fractalq.fractal.zoom import ZoomRequest
+    from fractalq.video import VideoWriter
+
+    width, height = (int(n) for n in args.size.split("x"))
+    zoom = ZoomRequest.create(
+        center_x=SEAHORSE[0], center_y=SEAHORSE[1], to_width=args.to, width=width,
+        height=height, seconds=args.seconds, fps=args.fps, max_iter=args.max_iter,
+        max_iter_growth=args.growth,
+    )  # fmt: skip
+    warm = tasks.get("fractal.keyframe").warm  # as a worker does before its first task
+    if warm is not None:
+        warm()
+    levels = list(zoom.levels)
+    print(f"{len(levels)} keyframes, {zoom.frame_count} frames; every {args.sample}th keyframe"
+          f" at {width // 4}x{height // 4}:")  # fmt: skip
+    total = 0.0
+    for i in range(0, len(levels), args.sample):
+        full = zoom.keyframe(levels[i])
+        quarter = dataclasses.replace(full, width=width // 4, height=height // 4)
+        began = time.process_time()
+        reference = orbits.compute(quarter) if quarter.deep else None
+        counts, _ = kernels.escape(quarter, 0, quarter.height, reference=reference)
+        spent = time.process_time() - began
+        total += 16 * spent * min(args.sample, len(levels) - i)
+        print(f"  keyframe {levels[i]:3d}, {float(full.view_width):.2g} wide, max-iter"
+              f" {full.max_iter}: {spent:.2f} CPU s (median count {np.median(counts):.0f})",
+              flush=True)  # fmt: skip
+    # The encoding: 30 frames of two keyframes' values at full size, coloured, composed, H.264.
+    values = np.cumsum(np.random.default_rng(1).random((height, width)), axis=1) + 1000.0
+    inner = movie.Keyframe.of(values, args.max_iter)
+    outer = movie.Keyframe.of(values[::-1].copy(), args.max_iter)
+    scale = ColourScale("log", 500.0, float(args.max_iter))
+    movie.compose(movie.colour(inner, "classic", scale), None, 0.0)  # compiled code loaded
+    began = time.process_time()
+    frames = [
+        movie.compose(movie.colour(inner, "classic", scale), movie.colour(outer, "classic", scale),
+                      (n + 0.5) / 30)
+        for n in range(30)
+    ]  # fmt: skip
+    made = time.process_time()
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        VideoWriter(str(Path(folder) / "x.mp4"), "mp4", width, height, args.fps, 20) as video,
+    ):
+        for frame in frames:
+            video.write(frame)
+    encoded = time.process_time()
+    per_frame = (encoded - began) / 30
+    make, encode = (made - began) / 30 * 1000, (encoded - made) / 30 * 1000
+    print(f"projected at {args.size}: keyframes {total:.0f} CPU s; encoding"
+          f" {per_frame * zoom.frame_count:.0f} CPU s ({make:.0f} ms a frame to make,"
+          f" {encode:.0f} ms to encode); {load()}")  # fmt: skip
+
+
 def progress(
     elapsed: float,
     line: str,
@@ -138,7 +212,14 @@ def main() -> None:
     parser.add_argument("--max-iter", type=int, default=100_000)
     parser.add_argument("--growth", type=float, default=1.03)
     parser.add_argument("--scaling", action="store_true", help="also 1 vs 2 workers, smaller")
+    parser.add_argument(
+        "--sample", type=int, default=0, metavar="STEP",
+        help="no cluster: every STEP-th keyframe at a quarter size, projected",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.sample:
+        sample(args)
+        return
 
     print(f"before: {load()}", flush=True)
     got = zoom(args, args.workers, args.size, args.seconds, args.fps)
