@@ -9,7 +9,8 @@ The bytes are a pure function of the frames and the settings: the thread count
 is fixed (``config.VIDEO_THREADS``; x264's and libvpx's output depends on it),
 nothing is timed, and the muxer writes no creation time. MP4s are written with
 their index first (``+faststart``), so a browser plays one while it downloads.
-Frames go to a file: only the encoder's own look-ahead is held in memory.
+Frames go to a file: only the encoder's own look-ahead is held in memory (x264's
+shortened to ``config.VIDEO_LOOKAHEAD`` frames).
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ MEDIA_TYPES = {"mp4": "video/mp4", "webm": "video/webm"}
 def _settings(container: str, crf: int) -> tuple[str, str, dict[str, str]]:
     """(codec, pixel format, codec options) for a container and quality."""
     if container == "mp4":
+        x264 = {"preset": config.VIDEO_PRESET, "rc-lookahead": str(config.VIDEO_LOOKAHEAD)}
         if crf == 0:
-            return "libx264rgb", "rgb24", {"preset": config.VIDEO_PRESET, "qp": "0"}
-        return "libx264", "yuv420p", {"preset": config.VIDEO_PRESET, "crf": str(crf)}
+            return "libx264rgb", "rgb24", {**x264, "qp": "0"}
+        return "libx264", "yuv420p", {**x264, "crf": str(crf)}
     if container == "webm":
         options = {"deadline": "good", "cpu-used": "4", "row-mt": "1", "b": "0"}
         if crf == 0:
