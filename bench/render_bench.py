@@ -44,8 +44,8 @@ from fractalq.client import Client  # noqa: E402
 from fractalq.fractal import RenderRequest, encode_band, split_rows  # noqa: E402
 from fractalq.fractal.kernels import escape  # noqa: E402
 from fractalq.fractal.palettes import colorize  # noqa: E402
-from fractalq.images import write_png  # noqa: E402
 from fractalq.storage import open_storage  # noqa: E402
+from fractalq.tasks.assemble import write_png  # noqa: E402
 from fractalq.tasks.band import band_key  # noqa: E402
 
 PARTS = ("kernel", "colouring", "encoding", "storing", "assembly")

@@ -21,18 +21,17 @@ import grpc
 from aiohttp import web
 
 from fractalq import config
-from fractalq.coordinator.policy import ANYONE, Caller
-from fractalq.coordinator.refusals import PERMISSION_DENIED, UNAUTHENTICATED, Refusals
-from fractalq.coordinator.web.session import Sessions
-from fractalq.security.tokens import (
+from fractalq.coordinator.access import (
     HTTP_READ_ROLES,
     HTTP_WRITE_ROLES,
-    TokenTable,
-    bearer,
     is_open_method,
     is_open_path,
     method_allowed,
 )
+from fractalq.coordinator.policy import ANYONE, Caller
+from fractalq.coordinator.refusals import PERMISSION_DENIED, UNAUTHENTICATED, Refusals
+from fractalq.coordinator.web.session import Sessions
+from fractalq.security.tokens import TokenTable, bearer
 
 NEEDS_TOKEN = "a valid token is required (authorization: Bearer TOKEN)"
 CALLER = web.RequestKey("fractalq.caller", Caller)

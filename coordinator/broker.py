@@ -47,16 +47,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import hmac
 import itertools
 import random
-import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Protocol
 
 from fractalq import config, tasks
 from fractalq.config import HolderQuota, QueueLimits, RetryPolicy
+from fractalq.coordinator.errors import (
+    AlreadyExists,
+    InvalidRequest,
+    NotFound,
+    OverQuota,
+    ResourceExhausted,
+    WrongState,
+)
 from fractalq.coordinator.jobs import (
     AttemptError,
     Job,
@@ -66,49 +72,10 @@ from fractalq.coordinator.jobs import (
     StageTask,
     TaskState,
 )
+from fractalq.coordinator.listeners import Listeners
 from fractalq.coordinator.queue import DelayQueue, ReadyQueue
+from fractalq.coordinator.workers import WorkerRecord, WorkerRegistry
 from fractalq.retry import retry_delay
-
-
-class BrokerError(Exception):
-    """A request the broker refuses; the message is meant for the client."""
-
-
-class InvalidRequest(BrokerError):
-    pass
-
-
-class NotFound(BrokerError):
-    pass
-
-
-class AlreadyExists(BrokerError):
-    pass
-
-
-class UnknownWorker(NotFound):
-    """No live session with this worker id and secret."""
-
-
-class ResourceExhausted(BrokerError):
-    """A limit on what the coordinator holds at once (workers, jobs, bytes) is reached."""
-
-
-class OverQuota(ResourceExhausted):
-    """A holder's quota (:class:`~fractalq.config.HolderQuota`) would be exceeded."""
-
-
-class WrongState(BrokerError):
-    """The job is not in a state that allows this (FAILED_PRECONDITION)."""
-
-
-class PermissionDenied(BrokerError):
-    """The caller may not do this to this job (another holder's, see :mod:`.policy`)."""
-
-
-def _same_secret(known: str, given: str) -> bool:
-    # Bytes, because compare_digest refuses str with non-ASCII characters.
-    return hmac.compare_digest(known.encode(), given.encode("utf-8", "surrogateescape"))
 
 
 class Journal(Protocol):
@@ -232,27 +199,6 @@ class LeasedTask:
     time_limit: float = 0.0
 
 
-@dataclasses.dataclass(eq=False)
-class WorkerRecord:
-    worker_id: str
-    task_types: tuple[str, ...]
-    concurrency: int
-    hostname: str
-    last_seen: float
-    session: str = dataclasses.field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
-    leases: set[tuple[str, int]] = dataclasses.field(default_factory=set)
-    draining: bool = False
-    # What the worker last said about its storage: "" while it works, one line
-    # while it cannot reach it (then it takes no task, see worker/runtime.py).
-    storage_error: str = ""
-    running: int = 0  # of its leases, those it said it runs (the others are prefetched)
-    completed: int = 0
-    failed: int = 0
-    # Bumped by each heartbeat stream that opens, so that an older stream
-    # ending late (after a reconnect) does not lose the worker.
-    stream: int = 0
-
-
 @dataclasses.dataclass(frozen=True)
 class Counters:
     succeeded: int = 0
@@ -276,7 +222,7 @@ class Broker:
         self.retry = retry or RetryPolicy()
         self._rng = rng or random.Random()
         self.jobs: dict[str, Job] = {}
-        self.workers: dict[str, WorkerRecord] = {}
+        self.registry = WorkerRegistry(self.limits.max_workers, worker_timeout)
         self._ready = ReadyQueue()
         self._delayed = DelayQueue()
         self._finished: OrderedDict[str, None] = OrderedDict()
@@ -288,7 +234,6 @@ class Broker:
         self.requeued = 0
         self.purged = 0
         self.reports_ignored = 0
-        self.requests_refused = 0
         # Unfinished jobs, and the payload bytes they and the held jobs hold
         # (both bounded by limits).
         self.active = 0
@@ -298,15 +243,8 @@ class Broker:
         self.dead_letters = 0
         self.errors_kept = 0  # AttemptErrors in memory, all jobs together
         self._owned: dict[str, set[str]] = {}  # owner -> its unfinished jobs' ids
-        # Hooks for the transport layer: wake long polls, push job watches.
-        self.on_ready: Callable[[], None] = lambda: None
-        self.on_job_change: Callable[[Job], None] = lambda job: None
-        # Every accepted result: (job, task index, result bytes).
-        self.on_task_result: Callable[[Job, int, bytes], None] = lambda job, index, result: None
-        # For /metrics: each lease (task type, seconds it waited ready), each
-        # accepted report (task type, "succeeded" or "failed", seconds it ran).
-        self.on_leased: Callable[[str, float], None] = lambda task_type, waited: None
-        self.on_ran: Callable[[str, str, float], None] = lambda task_type, outcome, ran: None
+        # What happens here, for the layers around (:mod:`.listeners`).
+        self.listeners = Listeners()
 
     # ---- restoring -------------------------------------------------------
 
@@ -393,8 +331,8 @@ class Broker:
         self._owned.setdefault(owner, set()).add(job_id)
         self.journal.job_added(job)
         self._ready.push(job)
-        self.on_ready()
-        self.on_job_change(job)
+        self.listeners.ready()
+        self.listeners.job_changed(job)
         return job, True
 
     def _check_quota(self, owner: str, quota: HolderQuota, tasks: int, pixels: int) -> None:
@@ -479,7 +417,7 @@ class Broker:
             self.queued_bytes -= job.payload_bytes()
             job.drop_payloads()
             self._remember_finished(job)
-        self.on_job_change(job)
+        self.listeners.job_changed(job)
         self._clean_up(job, now)
 
     def _owned_job_ended(self, job: Job) -> None:
@@ -534,7 +472,7 @@ class Broker:
         if job.settled() and not job.dead_letters_held:
             job.drop_payloads()  # now also its task states
             self._remember_finished(job)
-        self.on_job_change(job)
+        self.listeners.job_changed(job)
         self._clean_up(job, now)
 
     def _clean_up(self, job: Job, now: float) -> None:
@@ -576,52 +514,20 @@ class Broker:
         now: float,
         session: str = "",
     ) -> WorkerRecord:
-        """Open a session, or resume the live one whose secret ``session`` is.
-
-        An id held by a live session is refused to anyone else, so a second
-        process (or a hostile client) cannot take over a worker's name, its
-        leases or its place in the queue.
-        """
-        worker = self.workers.get(worker_id)
-        if worker is not None:
-            if not session or not _same_secret(worker.session, session):
-                self.requests_refused += 1
-                raise AlreadyExists(f"worker id {worker_id!r} is held by a live worker")
-            # A reconnect of the same process: it keeps its session and leases.
-            worker.task_types, worker.concurrency, worker.hostname = (
-                task_types,
-                concurrency,
-                hostname,
-            )
-            worker.last_seen = now
-            return worker
-        if len(self.workers) >= self.limits.max_workers:
-            self.requests_refused += 1
-            raise ResourceExhausted(f"{len(self.workers)} workers are registered, the limit")
-        worker = WorkerRecord(worker_id, task_types, concurrency, hostname, now)
-        self.workers[worker_id] = worker
-        return worker
+        """Open a session, or resume the live one whose secret ``session`` is
+        (:meth:`.WorkerRegistry.register`)."""
+        return self.registry.register(worker_id, task_types, concurrency, hostname, now, session)
 
     def session(self, worker_id: str, session: str, now: float | None = None) -> WorkerRecord:
-        """The live session ``worker_id`` if ``session`` is its secret.
-
-        ``now`` also counts as a sign of life. An unknown id and a wrong secret
-        get the same answer, so the answer tells nothing about other workers.
-        """
-        worker = self.workers.get(worker_id)
-        if worker is None or not _same_secret(worker.session, session):
-            self.requests_refused += 1
-            raise UnknownWorker(f"no session for worker {worker_id!r}: register first")
-        if now is not None:
-            worker.last_seen = now
-        return worker
+        """The live session ``worker_id`` if ``session`` is its secret."""
+        return self.registry.session(worker_id, session, now)
 
     def is_live(self, worker: WorkerRecord) -> bool:
-        return self.workers.get(worker.worker_id) is worker
+        return self.registry.is_live(worker)
 
     def offering(self, task_type: str) -> list[WorkerRecord]:
         """The registered (so live) workers that run ``task_type``."""
-        return [worker for worker in self.workers.values() if task_type in worker.task_types]
+        return self.registry.offering(task_type)
 
     def heartbeat(
         self,
@@ -631,36 +537,48 @@ class Broker:
         storage_error: str = "",
         running: int = 0,
     ) -> None:
-        worker.last_seen = now
-        worker.draining = draining
-        worker.running = min(running, worker.concurrency)
-        # Shown in the worker list: one line of bounded length, whatever was sent.
-        worker.storage_error = " ".join(storage_error.split())[: config.MAX_STORAGE_ERROR_LENGTH]
+        self.registry.heartbeat(worker, draining, now, storage_error, running)
+
+    @property
+    def workers(self) -> dict[str, WorkerRecord]:
+        return self.registry.workers
+
+    @property
+    def requests_refused(self) -> int:
+        """Worker calls refused: an id held by another session, a wrong secret, too many."""
+        return self.registry.refused
 
     def expire_workers(self, now: float) -> list[str]:
         """Declare dead every worker silent for longer than the timeout."""
-        silent = [
-            worker
-            for worker in self.workers.values()
-            if now - worker.last_seen > self.worker_timeout
-        ]
+        silent = self.registry.silent(now)
         for worker in silent:
             self.worker_lost(worker, f"no heartbeat for {self.worker_timeout:g}s", now)
         return [worker.worker_id for worker in silent]
 
     def worker_lost(self, worker: WorkerRecord, why: str, now: float) -> int:
         """End a session; its tasks go back to the queue (the attempt counts)."""
-        if not self.is_live(worker):
+        return self._end_session(worker, now, why)
+
+    def unregister_worker(self, worker: WorkerRecord, now: float) -> int:
+        """A worker leaving on purpose: what it still holds goes back uncounted."""
+        return self._end_session(worker, now, None)
+
+    def _end_session(self, worker: WorkerRecord, now: float, lost: str | None) -> int:
+        """Remove a live session and take its leases back: a lost worker's attempts
+        count (``lost`` says why), a leaving worker's do not. How many it held."""
+        if not self.registry.remove(worker):
             return 0
-        del self.workers[worker.worker_id]
         for job_id, index in sorted(worker.leases):
             job = self.jobs[job_id]
             if job.state.finished:
                 self._settle(job, index, now)
                 continue
             del self._owners[(job_id, index)]
+            if lost is None:
+                self._release(job, index, now)
+                continue
             attempt = job.attempts_of(index)
-            message = f"worker {worker.worker_id} lost ({why}) during attempt {attempt}"
+            message = f"worker {worker.worker_id} lost ({lost}) during attempt {attempt}"
             self._record_error(job, index, AttemptError(attempt, now, worker.worker_id, message))
             if attempt >= job.max_attempts:
                 self._dead_letter(job, index, message, now)
@@ -669,23 +587,7 @@ class Broker:
                 self.journal.task_changed(job, index, error=message)
                 self._ready.push(job)
         if worker.leases:
-            self.on_ready()
-        return len(worker.leases)
-
-    def unregister_worker(self, worker: WorkerRecord, now: float) -> int:
-        """A worker leaving on purpose: what it still holds goes back uncounted."""
-        if not self.is_live(worker):
-            return 0
-        del self.workers[worker.worker_id]
-        for job_id, index in sorted(worker.leases):
-            job = self.jobs[job_id]
-            if job.state.finished:
-                self._settle(job, index, now)
-                continue
-            del self._owners[(job_id, index)]
-            self._release(job, index, now)
-        if worker.leases:
-            self.on_ready()
+            self.listeners.ready()
         return len(worker.leases)
 
     # ---- leasing and reports ---------------------------------------------
@@ -698,12 +600,12 @@ class Broker:
         leased: list[LeasedTask] = []
         for job, index in self._ready.lease(worker.task_types, max_tasks):
             task_type = job.task_type_of(index)
-            self.on_leased(task_type, job.waited(index, now))
+            self.listeners.leased(task_type, job.waited(index, now))
             if job.state is JobState.QUEUED:
                 job.state = JobState.PREPARING if job.stage is Stage.FIRST else JobState.RUNNING
                 job.started_at = now
                 self.journal.job_changed(job)
-                self.on_job_change(job)
+                self.listeners.job_changed(job)
             worker.leases.add((job.job_id, index))
             self._owners[(job.job_id, index)] = worker
             leased.append(
@@ -771,11 +673,11 @@ class Broker:
         task_type = job.task_type_of(index)
         limit = max(self.limits.max_result_bytes, _result_limit(task_type))
         if len(result) > limit:
-            self.on_ran(task_type, "failed", seconds)
+            self.listeners.ran(task_type, "failed", seconds)
             message = f"its result is {len(result)} bytes, more than the limit of {limit}"
             self._failed_attempt(worker, job, index, attempt, message, now)
             return True
-        self.on_ran(task_type, "succeeded", seconds)
+        self.listeners.ran(task_type, "succeeded", seconds)
         self._drop_lease(job, index)
         job.set_state(index, TaskState.SUCCEEDED)
         self._drop_errors(job, index)
@@ -784,16 +686,16 @@ class Broker:
         self.journal.task_changed(job, index, result=result)
         self.succeeded += 1
         worker.completed += 1
-        self.on_task_result(job, index, result)
+        self.listeners.task_result(job, index, result)
         if not job.stage_done():
-            self.on_job_change(job)
+            self.listeners.job_changed(job)
         elif job.advance():  # the next stage's tasks are ready now
             job.ready_at = now
             job.state = JobState.FINISHING if job.stage is Stage.FINAL else JobState.RUNNING
             self.journal.job_changed(job)
             self._ready.push(job)
-            self.on_ready()
-            self.on_job_change(job)
+            self.listeners.ready()
+            self.listeners.job_changed(job)
         else:
             self._finish(job, JobState.SUCCEEDED, "", now)
         return True
@@ -816,7 +718,7 @@ class Broker:
         job = self._live_lease(worker, job_id, index, attempt, now)
         if job is None:
             return False
-        self.on_ran(job.task_type_of(index), "failed", seconds)
+        self.listeners.ran(job.task_type_of(index), "failed", seconds)
         self._failed_attempt(worker, job, index, attempt, message, now)
         return True
 
@@ -834,7 +736,7 @@ class Broker:
             job.set_state(index, TaskState.DELAYED)
             self._delayed.push(now + retry_delay(self.retry, attempt, self._rng), job, index)
             self.journal.task_changed(job, index, error=message)
-            self.on_job_change(job)
+            self.listeners.job_changed(job)
 
     def release(
         self, worker: WorkerRecord, job_id: str, index: int, attempt: int, now: float
@@ -845,14 +747,14 @@ class Broker:
             return False
         self._drop_lease(job, index)
         self._release(job, index, now)
-        self.on_ready()
+        self.listeners.ready()
         return True
 
     def _release(self, job: Job, index: int, now: float) -> None:
         job.uncount_attempt(index)
         job.push_ready(index, now)
         self._ready.push(job)
-        self.on_job_change(job)
+        self.listeners.job_changed(job)
 
     def _dead_letter(self, job: Job, index: int, message: str, now: float) -> None:
         job.set_state(index, TaskState.DEAD)
@@ -942,8 +844,8 @@ class Broker:
         for index in sorted(chosen):
             self.journal.task_changed(job, index)
         self._ready.push(job)
-        self.on_ready()
-        self.on_job_change(job)
+        self.listeners.ready()
+        self.listeners.job_changed(job)
         return job, len(chosen)
 
     def purge(self, job_id: str, now: float) -> tuple[Job, int]:
@@ -962,7 +864,7 @@ class Broker:
         job.drop_payloads()
         if not job.leased_out():
             self._remember_finished(job)
-        self.on_job_change(job)
+        self.listeners.job_changed(job)
         self._clean_up(job, now)
         return job, dead
 
@@ -983,7 +885,7 @@ class Broker:
             self._ready.push(job)
             promoted += 1
         if promoted:
-            self.on_ready()
+            self.listeners.ready()
         return promoted
 
     def next_due(self) -> float | None:

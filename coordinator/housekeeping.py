@@ -21,7 +21,8 @@ import json
 import logging
 
 from fractalq import config
-from fractalq.coordinator.broker import AlreadyExists, Broker, JobSpec, ResourceExhausted
+from fractalq.coordinator.broker import Broker, JobSpec
+from fractalq.coordinator.errors import AlreadyExists, ResourceExhausted
 from fractalq.coordinator.store import SqliteJournal
 
 log = logging.getLogger("fractalq.coordinator")

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fractalq.coordinator import validation
 from fractalq.coordinator.auth import caller_of, http_middleware
-from fractalq.coordinator.broker import BrokerError
+from fractalq.coordinator.errors import BrokerError
 from fractalq.coordinator.metrics import TaskTimings, registry
 from fractalq.coordinator.refusals import INVALID, Refusals
 from fractalq.coordinator.service import CoordinatorService, job_message

@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from fractalq import config
+from fractalq.coordinator.listeners import Listener
 from fractalq.proto import fractalq_pb2 as pb
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ class StatsCollector(Collector):
         )
 
 
-class TaskTimings(Collector):
+class TaskTimings(Collector, Listener):
     """Histograms of task runtime and queue wait, fed by the broker's hooks.
 
     Runtime is what the worker measured around the task's function (its
@@ -138,7 +139,7 @@ class TaskTimings(Collector):
 
     def attach(self, broker: Broker) -> TaskTimings:
         """Observe ``broker``'s leases and reports from now on."""
-        broker.on_leased, broker.on_ran = self.leased, self.ran
+        broker.listeners.add(self)
         return self
 
     def leased(self, task_type: str, waited: float) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 
 from fractalq.config import HolderQuota
-from fractalq.coordinator.broker import PermissionDenied
+from fractalq.coordinator.errors import PermissionDenied
 from fractalq.coordinator.jobs import Job
 from fractalq.security.tokens import Identity, Role
 

@@ -2,7 +2,7 @@
 
 The reflection service answers about the coordinator's own service, the health
 service and itself, from the descriptors compiled into this process; it is
-open without a token like the health service (:data:`~fractalq.security.tokens.OPEN_SERVICES`):
+open without a token like the health service (:data:`~fractalq.coordinator.access.OPEN_SERVICES`):
 what it tells is ``proto/fractalq.proto``, public in the repository, and no
 call made through what it tells skips the token check. Over TLS it is served
 like everything else on the port (with ``--tls-client-ca``, only to clients

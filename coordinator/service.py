@@ -30,22 +30,21 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
 from fractalq import config
-from fractalq.config import CoordinatorConfig
 from fractalq.coordinator import rpc, validation
-from fractalq.coordinator.broker import (
+from fractalq.coordinator.broker import Broker
+from fractalq.coordinator.deadletters import dead_letters
+from fractalq.coordinator.errors import (
     AlreadyExists,
-    Broker,
     BrokerError,
     InvalidRequest,
     NotFound,
     OverQuota,
     PermissionDenied,
     ResourceExhausted,
-    WorkerRecord,
     WrongState,
 )
-from fractalq.coordinator.deadletters import dead_letters
 from fractalq.coordinator.jobs import Job, JobState, StageTask, TaskState
+from fractalq.coordinator.listeners import Listener
 from fractalq.coordinator.policy import ANYONE, Caller, check_change, check_read, quota_for
 from fractalq.coordinator.refusals import (
     INVALID,
@@ -55,8 +54,10 @@ from fractalq.coordinator.refusals import (
     Refusals,
 )
 from fractalq.coordinator.rpc import Malformed
+from fractalq.coordinator.settings import CoordinatorSettings
 from fractalq.coordinator.store import GroupCommit, SqliteJournal
 from fractalq.coordinator.validation import loggable
+from fractalq.coordinator.workers import WorkerRecord
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
 from fractalq.security.tokens import bearer
@@ -249,11 +250,24 @@ class JobWatches:
             event.set()
 
 
+class _ServiceListener(Listener):
+    """Wakes the workers' long polls and pushes changes to job watches."""
+
+    def __init__(self, service: CoordinatorService) -> None:
+        self._service = service
+
+    def ready(self) -> None:
+        self._service._wake()
+
+    def job_changed(self, job: Job) -> None:
+        self._service._watches.notify(job)
+
+
 class CoordinatorService(pb_grpc.CoordinatorServicer):
     def __init__(
         self,
         broker: Broker,
-        settings: CoordinatorConfig,
+        settings: CoordinatorSettings,
         journal: SqliteJournal | None = None,
         commit: GroupCommit | None = None,
         clock: Callable[[], float] = time.time,
@@ -267,8 +281,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self.refusals = Refusals()
         self._ready = asyncio.Event()
         self._watches = JobWatches()
-        broker.on_ready = self._wake
-        broker.on_job_change = self._watches.notify
+        broker.listeners.add(_ServiceListener(self))
 
     def _wake(self) -> None:
         self._ready.set()

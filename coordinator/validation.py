@@ -17,7 +17,8 @@ import uuid
 
 from fractalq import config, tasks
 from fractalq.config import QueueLimits
-from fractalq.coordinator.broker import InvalidRequest, JobSpec
+from fractalq.coordinator.broker import JobSpec
+from fractalq.coordinator.errors import InvalidRequest
 from fractalq.coordinator.jobs import StageSpec
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
@@ -169,30 +170,8 @@ def job_spec(
     room = config.MAX_JOB_ID_LENGTH - len(config.CLEANUP_SUFFIX)  # for "<job_id>.cleanup"
     if cleanup is not None and len(job_id) > room:
         raise InvalidRequest(f"job_id of a job with a cleanup task is at most {room} characters")
-    if not math.isfinite(time_limit) or not 0 <= time_limit <= config.MAX_TIME_LIMIT:
-        raise InvalidRequest(
-            f"time_limit must be a number of seconds from 0 (the task type's default)"
-            f" to {config.MAX_TIME_LIMIT:g}"
-        )
-    if payloads:
-        if count not in (0, len(payloads)):
-            raise InvalidRequest(f"count is {count} but {len(payloads)} payloads were given")
-        if payload:
-            raise InvalidRequest("give either payloads or payload with count, not both")
-        total = len(payloads)
-    else:
-        total = count
-    if total < 1:
-        raise InvalidRequest("a job needs at least one task (count >= 1 or payloads)")
-    if total > limits.max_tasks_per_job:
-        raise InvalidRequest(f"{total} tasks is more than the limit of {limits.max_tasks_per_job}")
-    low, high = config.PRIORITY_RANGE
-    if not low <= priority <= high:
-        raise InvalidRequest(f"priority must be between {low} and {high}")
-    if max_attempts == 0:
-        max_attempts = limits.default_max_attempts
-    if not 1 <= max_attempts <= limits.max_attempts:
-        raise InvalidRequest(f"max_attempts must be between 1 and {limits.max_attempts}")
+    total = _task_count(payloads, payload, count, limits)
+    max_attempts = _check_numbers(priority, max_attempts, time_limit, limits)
     check_labels(labels)
     size = sum(map(len, payloads)) if payloads else len(payload)
     size += sum(len(stage.payload) for stage in stages.values() if stage is not None)
@@ -200,20 +179,8 @@ def job_spec(
         raise InvalidRequest(
             f"the job's payloads are {size} bytes, more than the limit of {limits.max_job_bytes}"
         )
-    checked: dict[bytes, int] = {}  # payload -> the pixels it renders
-    for index, one in enumerate(payloads or [payload]):
-        if len(one) > limits.max_payload_bytes:
-            raise InvalidRequest(
-                f"payload {index} is {len(one)} bytes, more than {limits.max_payload_bytes}"
-            )
-        if one in checked:
-            continue
-        try:
-            kind.check(one)
-        except tasks.InvalidPayload as error:
-            raise InvalidRequest(f"payload {index} for {task_type!r}: {error}") from None
-        checked[one] = kind.pixels_of(one)
-    pixels = sum(checked[one] for one in payloads) if payloads else checked[payload] * total
+    pixels_of = _check_payloads(kind, payloads or [payload], limits)
+    pixels = sum(map(pixels_of.__getitem__, payloads)) if payloads else pixels_of[payload] * total
     return JobSpec(
         task_type=task_type,
         payloads=list(payloads) if payloads else None,
@@ -229,6 +196,61 @@ def job_spec(
         cleanup=stages["cleanup"],
         pixels=pixels,
     )
+
+
+def _task_count(payloads: list[bytes], payload: bytes, count: int, limits: QueueLimits) -> int:
+    """How many tasks: one per payload, or ``count`` of the one payload."""
+    if payloads:
+        if count not in (0, len(payloads)):
+            raise InvalidRequest(f"count is {count} but {len(payloads)} payloads were given")
+        if payload:
+            raise InvalidRequest("give either payloads or payload with count, not both")
+        total = len(payloads)
+    else:
+        total = count
+    if total < 1:
+        raise InvalidRequest("a job needs at least one task (count >= 1 or payloads)")
+    if total > limits.max_tasks_per_job:
+        raise InvalidRequest(f"{total} tasks is more than the limit of {limits.max_tasks_per_job}")
+    return total
+
+
+def _check_numbers(priority: int, max_attempts: int, time_limit: float, limits: QueueLimits) -> int:
+    """Check the job's priority, attempts and time limit; its attempts (0: the default)."""
+    if not math.isfinite(time_limit) or not 0 <= time_limit <= config.MAX_TIME_LIMIT:
+        raise InvalidRequest(
+            f"time_limit must be a number of seconds from 0 (the task type's default)"
+            f" to {config.MAX_TIME_LIMIT:g}"
+        )
+    low, high = config.PRIORITY_RANGE
+    if not low <= priority <= high:
+        raise InvalidRequest(f"priority must be between {low} and {high}")
+    if max_attempts == 0:
+        max_attempts = limits.default_max_attempts
+    if not 1 <= max_attempts <= limits.max_attempts:
+        raise InvalidRequest(f"max_attempts must be between 1 and {limits.max_attempts}")
+    return max_attempts
+
+
+def _check_payloads(
+    kind: tasks.TaskType, payloads: list[bytes], limits: QueueLimits
+) -> dict[bytes, int]:
+    """Check each distinct payload once, by its task type; the pixels each renders
+    (for the quota)."""
+    checked: dict[bytes, int] = {}  # payload -> the pixels it renders
+    for index, one in enumerate(payloads):
+        if one in checked:
+            continue
+        if len(one) > limits.max_payload_bytes:
+            raise InvalidRequest(
+                f"payload {index} is {len(one)} bytes, more than {limits.max_payload_bytes}"
+            )
+        try:
+            kind.check(one)
+        except tasks.InvalidPayload as error:
+            raise InvalidRequest(f"payload {index} for {kind.name!r}: {error}") from None
+        checked[one] = kind.pixels_of(one)
+    return checked
 
 
 def _stage(name: str, stage: tuple[str, bytes] | None, limits: QueueLimits) -> StageSpec | None:

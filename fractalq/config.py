@@ -1,5 +1,11 @@
 """Defaults and limits, in one place.
 
+Constants and the small frozen records of limits built from them; nothing here
+imports the rest of the project, so every module may import this one. Each
+component's settings (what one process was started with) are its own:
+:mod:`fractalq.coordinator.settings`, :mod:`fractalq.worker.settings`,
+:mod:`fractalq.operator.settings`.
+
 The command line, the operator's environment variables and the Helm chart's
 values are views of the numbers here: change a default here and every one of
 them follows (the chart's ``values.yaml`` mirrors these by hand and a test
@@ -9,11 +15,6 @@ compares the two).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from fractalq.endpoint import Endpoint
-    from fractalq.security import ClientTLS, ServerTLS, TokenTable
 
 # ---- network -------------------------------------------------------------
 
@@ -254,47 +255,6 @@ class RetryPolicy:
 
 
 RECONNECT_BACKOFF = RetryPolicy(RECONNECT_BASE_DELAY, RECONNECT_MAX_DELAY)
-
-
-@dataclasses.dataclass(frozen=True)
-class CoordinatorConfig:
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    http_port: int | None = DEFAULT_HTTP_PORT
-    data_dir: str | None = None  # None: in memory only, nothing survives a restart
-    worker_timeout: float = DEFAULT_WORKER_TIMEOUT
-    retention: float = DEFAULT_RETENTION
-    orphan_sweep: float = ORPHAN_SWEEP_INTERVAL
-    limits: QueueLimits = dataclasses.field(default_factory=QueueLimits)
-    retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
-    tls: ServerTLS | None = None  # None: plaintext gRPC and HTTP
-    tokens: TokenTable | None = None  # None: every call is allowed
-    quota: HolderQuota = dataclasses.field(default_factory=HolderQuota)  # with tokens only
-    # Where workers store images, for the dashboard's downloads; None: not served.
-    storage: str | None = None
-
-    @property
-    def heartbeat_interval(self) -> float:
-        return self.worker_timeout / HEARTBEATS_PER_TIMEOUT
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerConfig:
-    coordinator: str
-    storage: str | None = None
-    concurrency: int = DEFAULT_CONCURRENCY
-    prefetch: int = DEFAULT_PREFETCH
-    grace_period: float = DEFAULT_GRACE_PERIOD
-    storage_outage_limit: float = STORAGE_OUTAGE_LIMIT
-    task_types: tuple[str, ...] | None = None  # None: every registered type
-    tls: ClientTLS | None = None  # None: a plaintext channel
-    token: str | None = dataclasses.field(default=None, repr=False)  # the worker role's
-
-    @property
-    def endpoint(self) -> Endpoint:
-        from fractalq.endpoint import Endpoint
-
-        return Endpoint(self.coordinator, self.tls, self.token)
 
 
 # ---- images --------------------------------------------------------------

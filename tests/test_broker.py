@@ -8,19 +8,21 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from listening import Recorder
 
-from fractalq.config import CoordinatorConfig, QueueLimits, RetryPolicy
+from fractalq.config import QueueLimits, RetryPolicy
 from fractalq.coordinator import validation
-from fractalq.coordinator.broker import (
+from fractalq.coordinator.broker import Broker, JobSpec
+from fractalq.coordinator.errors import (
     AlreadyExists,
-    Broker,
     InvalidRequest,
-    JobSpec,
     ResourceExhausted,
     UnknownWorker,
 )
 from fractalq.coordinator.jobs import Job, JobState, StageSpec, TaskState
+from fractalq.coordinator.listeners import Listener
 from fractalq.coordinator.service import CoordinatorService
+from fractalq.coordinator.settings import CoordinatorSettings
 from fractalq.coordinator.store import SqliteJournal
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.retry import backoff_ceiling, retry_delay
@@ -324,7 +326,7 @@ def test_a_watch_sends_the_final_state_even_if_the_job_finishes_while_a_message_
     # The stream must then go on to send the finished state, not just end.
     async def watch() -> list[pb.Job]:
         b = broker()
-        service = CoordinatorService(b, CoordinatorConfig())
+        service = CoordinatorService(b, CoordinatorSettings())
         b.submit(spec(2), 0.0, "j")
         [first] = b.lease(b.workers["w1"], 1, 0.0)
         assert b.complete(b.workers["w1"], "j", first.index, first.attempt, b"", 0.0)
@@ -595,14 +597,13 @@ def test_a_heartbeat_says_how_many_of_its_leases_a_worker_runs() -> None:
     assert worker.running == 0
 
 
-def test_queue_waits_and_runtimes_reach_the_metrics_hooks() -> None:
+def test_queue_waits_and_runtimes_reach_the_listeners() -> None:
     """A lease's wait runs from when its task was last made ready: the job's
     submission, its stage's release, its retry falling due, its hand-back."""
     b = broker(retry=RetryPolicy(base_delay=1.0, max_delay=1.0))
-    waits: list[tuple[str, float]] = []
-    runs: list[tuple[str, str, float]] = []
-    b.on_leased = lambda kind, waited: waits.append((kind, waited))
-    b.on_ran = lambda kind, outcome, ran: runs.append((kind, outcome, ran))
+    recorder = Recorder()
+    b.listeners.add(recorder)
+    waits, runs = recorder.waits, recorder.runs
     worker = b.workers["w1"]
     b.submit(replace(spec(2), final=StageSpec("sleep", b"")), 100.0, "j")
     first, second = b.lease(worker, 2, 103.0)
@@ -625,3 +626,28 @@ def test_queue_waits_and_runtimes_reach_the_metrics_hooks() -> None:
         ("noop", "succeeded", 0.25),
         ("sleep", "succeeded", 0.0),
     ]
+
+
+def test_every_listener_hears_each_event_in_order_and_a_failing_one_changes_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    b = broker()
+    heard: list[str] = []
+
+    class Failing(Listener):
+        def job_changed(self, job: Job) -> None:
+            heard.append("failing")
+            raise RuntimeError("a bug in a listener")
+
+    class Counting(Listener):
+        def job_changed(self, job: Job) -> None:
+            heard.append(f"counting {job.state.name}")
+
+    b.listeners.add(Failing())
+    b.listeners.add(Counting())
+    b.submit(spec(1), 100.0, "j")
+    (lease,) = b.lease(b.workers["w1"], 1, 101.0)
+    assert b.complete(b.workers["w1"], "j", lease.index, lease.attempt, b"done", 102.0)
+    assert b.jobs["j"].state is JobState.SUCCEEDED  # the failing listener undid nothing
+    assert heard[-2:] == ["failing", "counting SUCCEEDED"]
+    assert "a listener of job_changed failed" in caplog.text

@@ -24,12 +24,12 @@ from aiohttp.test_utils import TestServer
 from PIL import Image
 
 from fractalq import config
-from fractalq.config import CoordinatorConfig
 from fractalq.coordinator import validation
 from fractalq.coordinator.broker import Broker
 from fractalq.coordinator.http import make_app
 from fractalq.coordinator.policy import Caller
 from fractalq.coordinator.service import CoordinatorService
+from fractalq.coordinator.settings import CoordinatorSettings
 from fractalq.coordinator.web import actions
 from fractalq.coordinator.web.app import TICKER
 from fractalq.coordinator.web.events import Ticker
@@ -56,7 +56,7 @@ def _run(test: Callable[[], Awaitable[None]]) -> None:
 @contextlib.asynccontextmanager
 async def served(secure: bool = False) -> AsyncIterator[tuple[CoordinatorService, TestClient]]:
     """A service behind the real app; with ``secure``, role tokens (the names above)."""
-    service = CoordinatorService(Broker(), CoordinatorConfig())
+    service = CoordinatorService(Broker(), CoordinatorSettings())
     tokens = None
     if secure:
         tokens = TokenTable([(Role.READER, READER), (Role.CLIENT, CLIENT), (Role.WORKER, WORKER)])
@@ -171,7 +171,7 @@ async def _a_session_sees_and_changes_what_its_token_may_as_over_grpc() -> None:
     tokens = TokenTable(
         [(Role.CLIENT, "a" * 20, "alice"), (Role.CLIENT, "b" * 20, "bob"), (Role.READER, READER)]
     )
-    service = CoordinatorService(Broker(), CoordinatorConfig(tokens=tokens))
+    service = CoordinatorService(Broker(), CoordinatorSettings(tokens=tokens))
     http = TestClient(TestServer(make_app(service, tokens)))
     await http.start_server()
     try:

@@ -17,19 +17,13 @@ import pytest
 
 from fractalq import config
 from fractalq.config import HolderQuota
-from fractalq.coordinator.broker import (
-    Broker,
-    InvalidRequest,
-    JobSpec,
-    OverQuota,
-    PermissionDenied,
-    WorkerRecord,
-    WrongState,
-)
+from fractalq.coordinator.broker import Broker, JobSpec
 from fractalq.coordinator.deadletters import dead_letters
+from fractalq.coordinator.errors import InvalidRequest, OverQuota, PermissionDenied, WrongState
 from fractalq.coordinator.jobs import Job, JobState, StageSpec, TaskState
 from fractalq.coordinator.policy import ANYONE, Caller, check_change, check_read, quota_for
 from fractalq.coordinator.store import SqliteJournal
+from fractalq.coordinator.workers import WorkerRecord
 from fractalq.security.tokens import Role
 
 ALL = ("noop", "sleep", "fail")

@@ -14,6 +14,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from listening import Recorder
 
 from fractalq import config, tasks
 from fractalq.coordinator.broker import Broker, JobSpec, NullJournal
@@ -315,10 +316,9 @@ def test_a_tile_is_the_png_of_its_request_and_its_result_may_pass_the_queue_limi
 
 def test_the_broker_takes_a_tile_result_past_the_queue_limit_but_no_other() -> None:
     broker, _ = _broker()
-    results: list[tuple[str, int, int]] = []
-    broker.on_task_result = lambda job, index, result: results.append(
-        (job.task_type, index, len(result))
-    )
+    recorder = Recorder()
+    broker.listeners.add(recorder)
+    results = recorder.results
     worker = broker.register_worker("w1", (TASK_TYPE, "noop"), 2, "host", 0.0)
     big = b"x" * (config.MAX_RESULT_BYTES + 1)
     for task_type in (TASK_TYPE, "noop"):

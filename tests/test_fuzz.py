@@ -37,8 +37,9 @@ from kube import Emulator
 from procs import Coordinator, Process, ProcessGroup, Trust, fractalq, free_port, wait_until
 
 from fractalq import config
+from fractalq.coordinator.access import METHOD_ROLES
 from fractalq.proto import fractalq_pb2 as pb
-from fractalq.security.tokens import METHOD_ROLES, Role
+from fractalq.security.tokens import Role
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Coordinator"]
 METHODS = list(SERVICE.methods)

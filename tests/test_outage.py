@@ -33,7 +33,7 @@ from procs import ProcessGroup, fractalq, run_cli, wait_until
 from reference import reference_png
 from s3server import SeaweedS3
 
-from fractalq.config import MAX_STORAGE_ERROR_LENGTH, WorkerConfig
+from fractalq.config import MAX_STORAGE_ERROR_LENGTH
 from fractalq.coordinator.broker import Broker
 from fractalq.fractal.request import RenderRequest
 from fractalq.proto import fractalq_pb2 as pb
@@ -42,6 +42,7 @@ from fractalq.storage.s3 import S3Storage
 from fractalq.tasks import TaskContext, registry
 from fractalq.worker.executor import StorageUnavailable, TaskFailed, TaskRunner
 from fractalq.worker.runtime import Worker
+from fractalq.worker.settings import WorkerSettings
 
 # ---- without a network -------------------------------------------------------
 
@@ -87,7 +88,7 @@ def test_only_a_transient_storage_error_is_an_outage(monkeypatch: pytest.MonkeyP
 
 
 def _worker(storage: str | None, name: str, limit: float) -> Worker:
-    settings = WorkerConfig(
+    settings = WorkerSettings(
         "127.0.0.1:1",  # never contacted: only the task loop runs
         storage=storage,
         task_types=(name,),

@@ -13,16 +13,11 @@ import pytest
 from cryptography import x509
 from procs import run_cli
 
+from fractalq.coordinator.access import is_open_method, method_allowed
 from fractalq.endpoint import Endpoint
 from fractalq.security import ClientTLS, Role, TokenTable, read_token_file
 from fractalq.security.certs import write_bundle
-from fractalq.security.tokens import (
-    Identity,
-    bearer,
-    default_holder,
-    is_open_method,
-    method_allowed,
-)
+from fractalq.security.tokens import Identity, bearer, default_holder
 
 W = "w" * 24
 C = "c" * 24

@@ -24,7 +24,7 @@ from procs import ProcessGroup, run_cli, wait_until
 from fractalq import config, tasks
 from fractalq.config import QueueLimits
 from fractalq.coordinator import validation
-from fractalq.coordinator.broker import InvalidRequest
+from fractalq.coordinator.errors import InvalidRequest
 from fractalq.fractal.request import RenderRequest
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.states import FINISHED

@@ -21,11 +21,11 @@ from procs import SLOW_VIEW, Coordinator, ProcessGroup, Trust, run_cli, start_re
 from prometheus_client.parser import text_string_to_metric_families
 
 from fractalq import config
-from fractalq.config import WorkerConfig
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
 from fractalq.tasks.band import TASK_TYPE as BAND
 from fractalq.worker.runtime import Worker
+from fractalq.worker.settings import WorkerSettings
 
 
 @pytest.fixture
@@ -200,7 +200,7 @@ def test_a_worker_whose_id_is_taken_registers_under_a_new_one(
     # As when the answer to its registration was lost: a session it never
     # learned holds its id.
     stub.RegisterWorker(pb.RegisterWorkerRequest(worker_id="taken", task_types=["noop"]))
-    worker = Worker(WorkerConfig(coordinator=coordinator.address), worker_id="taken")
+    worker = Worker(WorkerSettings(coordinator=coordinator.address), worker_id="taken")
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(worker.run(),))
     thread.start()

@@ -36,13 +36,13 @@ from typing import Any
 import grpc
 
 from fractalq import config, tasks
-from fractalq.config import WorkerConfig
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
 from fractalq.retry import retry_delay
 from fractalq.tasks import TaskContext
 from fractalq.worker.executor import StorageUnavailable, TaskFailed, TaskRunner
 from fractalq.worker.outage import StorageOutage
+from fractalq.worker.settings import WorkerSettings
 
 log = logging.getLogger("fractalq.worker")
 
@@ -81,7 +81,7 @@ def new_worker_id() -> str:
 
 class Worker:
     def __init__(
-        self, settings: WorkerConfig, worker_id: str | None = None, storage_error: str = ""
+        self, settings: WorkerSettings, worker_id: str | None = None, storage_error: str = ""
     ) -> None:
         """``storage_error``: the storage was unreachable when the worker started;
         it begins as in an outage (no task until a probe of the storage answers)."""

@@ -22,7 +22,7 @@ from aiohttp import web
 from fractalq import config
 from fractalq import tasks as task_types
 from fractalq.coordinator.auth import caller_of
-from fractalq.coordinator.broker import BrokerError
+from fractalq.coordinator.errors import BrokerError
 from fractalq.coordinator.service import CoordinatorService
 from fractalq.coordinator.web import errors
 from fractalq.fractal.palettes import COLOUR_SCALES, PALETTES
@@ -180,6 +180,31 @@ async def _form(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def form_options() -> dict[str, Any]:
+    """What the forms offer: fractals, palettes, defaults, limits, task types."""
+    return {
+        "fractals": sorted(FRACTALS),
+        "palettes": sorted(PALETTES),
+        "colour_scales": list(COLOUR_SCALES),
+        "defaults": {
+            "fractal": config.DEFAULT_FRACTAL,
+            "palette": config.DEFAULT_PALETTE,
+            "colour-scale": config.DEFAULT_COLOUR_SCALE,
+            "width": config.DEFAULT_WIDTH,
+            "height": config.DEFAULT_HEIGHT,
+            "regions": config.DEFAULT_REGIONS,
+            "max-iter": config.DEFAULT_MAX_ITER,
+            "priority": config.DEFAULT_PRIORITY,
+        },
+        "limits": {
+            "dimension": config.MAX_DIMENSION,
+            "max-iter": config.MAX_ITERATIONS,
+            "priority": list(config.PRIORITY_RANGE),
+        },
+        "task_types": [t for t in task_types.names() if not t.startswith("fractal.")],
+    }
+
+
 def routes(service: CoordinatorService) -> web.RouteTableDef:
     table = web.RouteTableDef()
 
@@ -196,30 +221,7 @@ def routes(service: CoordinatorService) -> web.RouteTableDef:
 
     @table.get("/api/render/options")
     async def options(request: web.Request) -> web.Response:
-        """What the forms offer: fractals, palettes, defaults, limits, task types."""
-        return web.json_response(
-            {
-                "fractals": sorted(FRACTALS),
-                "palettes": sorted(PALETTES),
-                "colour_scales": list(COLOUR_SCALES),
-                "defaults": {
-                    "fractal": config.DEFAULT_FRACTAL,
-                    "palette": config.DEFAULT_PALETTE,
-                    "colour-scale": config.DEFAULT_COLOUR_SCALE,
-                    "width": config.DEFAULT_WIDTH,
-                    "height": config.DEFAULT_HEIGHT,
-                    "regions": config.DEFAULT_REGIONS,
-                    "max-iter": config.DEFAULT_MAX_ITER,
-                    "priority": config.DEFAULT_PRIORITY,
-                },
-                "limits": {
-                    "dimension": config.MAX_DIMENSION,
-                    "max-iter": config.MAX_ITERATIONS,
-                    "priority": list(config.PRIORITY_RANGE),
-                },
-                "task_types": [t for t in task_types.names() if not t.startswith("fractal.")],
-            }
-        )
+        return web.json_response(form_options())
 
     @table.post("/api/render")
     async def render(request: web.Request) -> web.Response:

@@ -10,7 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from fractalq.coordinator.auth import caller_of
-from fractalq.coordinator.broker import BrokerError
+from fractalq.coordinator.errors import BrokerError
 from fractalq.coordinator.jobs import Job
 from fractalq.coordinator.policy import check_read
 from fractalq.coordinator.service import CoordinatorService
@@ -34,13 +34,7 @@ def add_dashboard(
     settings = service.settings
     storage: Storage | None = open_storage(settings.storage) if settings.storage else None
     previews = Previews()
-    keep_result = service.broker.on_task_result
-
-    def on_task_result(job: Job, index: int, result: bytes) -> None:
-        keep_result(job, index, result)  # whoever else listens (the explorer's tiles)
-        previews.add(job, index, result)
-
-    service.broker.on_task_result = on_task_result
+    service.broker.listeners.add(previews)
     ticker = events.Ticker(
         service.broker, previews, tls=settings.tls is not None, images=storage is not None
     )

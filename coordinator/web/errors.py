@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from fractalq.coordinator.broker import (
+from fractalq.coordinator.errors import (
     AlreadyExists,
     BrokerError,
     InvalidRequest,

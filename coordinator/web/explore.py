@@ -84,22 +84,34 @@ def explore_config() -> dict[str, object]:
 
 def add_routes(app: web.Application, service: CoordinatorService) -> None:
     """Mount the explorer on the coordinator's HTTP app."""
-    renderer = TileRenderer(service.broker, clock=service.clock)
-    app[RENDERER] = renderer
-    served = Served()
+    explorer = Explorer(TileRenderer(service.broker, clock=service.clock))
+    app[RENDERER] = explorer.renderer
+    app.router.add_get("/explore", explorer.page)
+    app.router.add_get("/api/explore/config", explorer.settings)
+    app.router.add_get("/api/explore/tiles", explorer.tiles)
+    app.router.add_get("/api/explore/stats", explorer.stats)
+    app.router.add_get("/api/explore/tile/{z}/{x}/{y}.png", explorer.one_tile)
 
-    async def page(request: web.Request) -> web.FileResponse:
+
+class Explorer:
+    """The explorer's handlers, around one tile renderer shared by every browser."""
+
+    def __init__(self, renderer: TileRenderer) -> None:
+        self.renderer = renderer
+        self.served = Served()
+
+    async def page(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "explore.html")
 
-    async def settings(request: web.Request) -> web.Response:
+    async def settings(self, request: web.Request) -> web.Response:
         return web.json_response(explore_config())
 
-    async def stats(request: web.Request) -> web.Response:
-        cache = renderer.cache
+    async def stats(self, request: web.Request) -> web.Response:
+        renderer, cache = self.renderer, self.renderer.cache
         return web.json_response(
             {
                 **dataclasses.asdict(renderer.stats),
-                **dataclasses.asdict(served),
+                **dataclasses.asdict(self.served),
                 "cache_tiles": len(cache),
                 "cache_bytes": cache.size,
                 "cache_evictions": cache.evictions,
@@ -107,12 +119,12 @@ def add_routes(app: web.Application, service: CoordinatorService) -> None:
             }
         )
 
-    async def tiles(request: web.Request) -> web.StreamResponse:
+    async def tiles(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         try:
             query = parse_query(request.query)
             coords = parse_tile_list(request.query.get("tiles", ""))
-            futures = renderer.tiles([tile_request(query, tile) for tile in coords])
+            futures = self.renderer.tiles([tile_request(query, tile) for tile in coords])
         except TileError as error:
             raise _bad(error) from None
         except Busy as error:
@@ -121,72 +133,77 @@ def add_routes(app: web.Application, service: CoordinatorService) -> None:
             headers={"Content-Type": "application/octet-stream", "Cache-Control": "no-store"}
         )
         await response.prepare(request)
+        try:
+            complete = await self._stream(request, response, futures)
+        except ConnectionError:  # the browser went while a frame was written
+            return response
+        finally:
+            self.renderer.release(futures)
+        if complete:
+            await response.write_eof()
+            self.served.requests += 1
+            self.served.request_us += round((time.perf_counter() - started) * 1e6)
+        return response
+
+    async def _stream(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        futures: list[asyncio.Future[bytes]],
+    ) -> bool:
+        """Write each tile's frame as it is ready; False if the browser went first."""
         places: dict[asyncio.Future[bytes], list[int]] = {}
         for index, future in enumerate(futures):
             places.setdefault(future, []).append(index)
         waiting = set(places)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + renderer.timeout
-        try:
-            while waiting:
-                ready = {future for future in waiting if future.done()}
-                remaining = deadline - loop.time()
-                if not ready and remaining <= 0:  # past the deadline: the rest fail
-                    renderer.expire()
-                    ready = set(waiting)
-                elif not ready:
-                    ready, _ = await asyncio.wait(
-                        waiting,
-                        timeout=min(remaining, DISCONNECT_CHECK),
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                    if not ready:
-                        if request.transport is None or request.transport.is_closing():
-                            return response  # the browser went: nothing more to send
-                        continue
-                waiting -= ready
-                await response.write(
-                    b"".join(_frame(index, future) for future in ready for index in places[future])
+        deadline = loop.time() + self.renderer.timeout
+        while waiting:
+            ready = {future for future in waiting if future.done()}
+            remaining = deadline - loop.time()
+            if not ready and remaining <= 0:  # past the deadline: the rest fail
+                self.renderer.expire()
+                ready = set(waiting)
+            elif not ready:
+                ready, _ = await asyncio.wait(
+                    waiting,
+                    timeout=min(remaining, DISCONNECT_CHECK),
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
-        except ConnectionError:  # the browser went while a frame was written
-            return response
-        finally:
-            renderer.release(futures)
-        await response.write_eof()
-        served.requests += 1
-        served.request_us += round((time.perf_counter() - started) * 1e6)
-        return response
+                if not ready:
+                    if request.transport is None or request.transport.is_closing():
+                        return False  # nothing more to send
+                    continue
+            waiting -= ready
+            await response.write(
+                b"".join(_frame(index, future) for future in ready for index in places[future])
+            )
+        return True
 
-    async def one_tile(request: web.Request) -> web.Response:
+    async def one_tile(self, request: web.Request) -> web.Response:
         info = request.match_info
         try:
             query = parse_query(request.query)
             coords = parse_coords(f"{info['z']}/{info['x']}/{info['y']}")
-            (future,) = renderer.tiles([tile_request(query, coords)])
+            (future,) = self.renderer.tiles([tile_request(query, coords)])
         except TileError as error:
             raise _bad(error) from None
         except Busy as error:
             raise _busy(error) from None
         try:
-            png = await asyncio.wait_for(asyncio.shield(future), renderer.timeout)
+            png = await asyncio.wait_for(asyncio.shield(future), self.renderer.timeout)
         except TimeoutError:
-            renderer.expire()
+            self.renderer.expire()
             raise web.HTTPGatewayTimeout(text="the tile was not rendered in time\n") from None
         except TileFailed as error:
             raise web.HTTPBadGateway(text=f"{error}\n") from None
         finally:
-            renderer.release([future])
+            self.renderer.release([future])
         return web.Response(
             body=png,
             content_type="image/png",
             headers={"Cache-Control": "public, max-age=31536000, immutable"},
         )
-
-    app.router.add_get("/explore", page)
-    app.router.add_get("/api/explore/config", settings)
-    app.router.add_get("/api/explore/tiles", tiles)
-    app.router.add_get("/api/explore/stats", stats)
-    app.router.add_get("/api/explore/tile/{z}/{x}/{y}.png", one_tile)
 
 
 def _frame(index: int, future: asyncio.Future[bytes]) -> bytes:

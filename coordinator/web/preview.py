@@ -18,8 +18,9 @@ from typing import Any
 from aiohttp import web
 
 from fractalq import config
-from fractalq.coordinator.broker import BrokerError
+from fractalq.coordinator.errors import BrokerError
 from fractalq.coordinator.jobs import Job
+from fractalq.coordinator.listeners import Listener
 from fractalq.coordinator.validation import check_job_id
 from fractalq.preview import parse_keyframe, parse_piece
 
@@ -34,7 +35,9 @@ class _JobPreview:
         self.bytes = 0
 
 
-class Previews:
+class Previews(Listener):
+    """The latest preview pieces of recent jobs' bands, in bounded memory."""
+
     def __init__(
         self, max_jobs: int = config.PREVIEW_JOBS, max_bytes: int = config.PREVIEW_MEMORY
     ) -> None:
@@ -42,6 +45,9 @@ class Previews:
         self.max_bytes = max_bytes
         self.bytes = 0
         self._jobs: OrderedDict[str, _JobPreview] = OrderedDict()
+
+    def task_result(self, job: Job, index: int, result: bytes) -> None:
+        self.add(job, index, result)
 
     def add(self, job: Job, index: int, result: bytes) -> None:
         """Keep the preview piece in a band's result, or the thumbnail in a zoom

@@ -23,8 +23,9 @@ from collections.abc import Callable
 from aiohttp import web
 
 from fractalq import config
+from fractalq.coordinator.access import HTTP_READ_ROLES
 from fractalq.coordinator.refusals import PERMISSION_DENIED, UNAUTHENTICATED, Refusals
-from fractalq.security.tokens import HTTP_READ_ROLES, Identity, Role, TokenTable
+from fractalq.security.tokens import Identity, Role, TokenTable
 
 WRONG_TOKEN = "that token is not valid"
 NOT_FOR_BROWSERS = "a worker token cannot open the dashboard: use a reader, client or admin token"

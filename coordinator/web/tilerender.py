@@ -11,8 +11,8 @@
   tiles, as many as spread the batch over about eight tasks per worker slot,
   so the workers share a screen's tiles and one task's overhead is shared by
   several tiles;
-* a task's result (its tiles' PNGs) reaches :meth:`_task_result` through the
-  broker's ``on_task_result`` hook as the worker reports it, with no polling
+* a task's result (its tiles' PNGs) reaches :meth:`TileRenderer.task_result` through the
+  broker's ``task_result`` event (:mod:`..listeners`) as the worker reports it, with no polling
   and no storage round trip: the tiles go into the cache and their futures
   are resolved. A job that fails or is cancelled fails its unfinished tiles.
 
@@ -32,8 +32,10 @@ import uuid
 from collections.abc import Callable
 
 from fractalq import config
-from fractalq.coordinator.broker import Broker, BrokerError, JobSpec
+from fractalq.coordinator.broker import Broker, JobSpec
+from fractalq.coordinator.errors import BrokerError
 from fractalq.coordinator.jobs import Job, JobState
+from fractalq.coordinator.listeners import Listener
 from fractalq.coordinator.web.tilecache import TileCache
 from fractalq.fractal.request import RenderRequest
 from fractalq.tasks.tile import TASK_TYPE, split_result, tile_payload
@@ -80,7 +82,7 @@ def _retrieved(future: asyncio.Future[bytes]) -> None:
         future.exception()  # a failure nobody awaits any more is not an error to log
 
 
-class TileRenderer:
+class TileRenderer(Listener):
     def __init__(
         self,
         broker: Broker,
@@ -110,18 +112,7 @@ class TileRenderer:
         self._flush_at: asyncio.TimerHandle | None = None
         # Job id -> (submitted, by clock and by perf_counter; its tasks' tiles).
         self._jobs: dict[str, tuple[float, float, list[list[Entry]]]] = {}
-        # Chained after the hooks already there (the gRPC service's watches).
-        previous_result, previous_change = broker.on_task_result, broker.on_job_change
-
-        def on_result(job: Job, index: int, result: bytes) -> None:
-            previous_result(job, index, result)
-            self._task_result(job, index, result)
-
-        def on_change(job: Job) -> None:
-            previous_change(job)
-            self._job_changed(job)
-
-        broker.on_task_result, broker.on_job_change = on_result, on_change
+        broker.listeners.add(self)
 
     @property
     def jobs_in_flight(self) -> int:
@@ -198,7 +189,7 @@ class TileRenderer:
         except BrokerError as error:
             self._fail(job_id, f"the queue refused the tiles: {error}")
 
-    def _task_result(self, job: Job, index: int, result: bytes) -> None:
+    def task_result(self, job: Job, index: int, result: bytes) -> None:
         found = self._jobs.get(job.job_id)
         if found is None or not 0 <= index < len(found[2]):
             return
@@ -224,7 +215,7 @@ class TileRenderer:
             if not future.done():
                 future.set_result(tile.png)
 
-    def _job_changed(self, job: Job) -> None:
+    def job_changed(self, job: Job) -> None:
         if job.job_id not in self._jobs or not job.state.finished:
             return
         if job.state is JobState.SUCCEEDED:

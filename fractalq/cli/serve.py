@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 from fractalq import logs, options, tasks
 from fractalq.cli import table as t
 from fractalq.cli.common import CommandError, command, endpoint_from
-from fractalq.config import CoordinatorConfig, HolderQuota, WorkerConfig
+from fractalq.config import HolderQuota
+from fractalq.coordinator.settings import CoordinatorSettings
+from fractalq.worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from fractalq.security import ServerTLS, TokenTable
@@ -69,7 +71,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
             open_storage(storage)  # a bad URL stops it now; an unreachable store does not
         except ValueError as error:
             raise CommandError(f"--storage {storage}: {error}") from None
-    settings = CoordinatorConfig(
+    settings = CoordinatorSettings(
         host=args.host,
         port=args.port,
         http_port=None if args.no_http else args.http_port,
@@ -133,7 +135,7 @@ def run_worker(args: argparse.Namespace) -> int:
     except KeyError as error:
         raise CommandError(str(error.args[0])) from None
     endpoint = endpoint_from(args)
-    settings = WorkerConfig(
+    settings = WorkerSettings(
         coordinator=args.coordinator,
         storage=args.storage,
         concurrency=args.concurrency,

@@ -3,7 +3,7 @@
 Payload: ``{"request": <RenderRequest JSON>, "regions": N, "keep_bands": bool}``,
 and ``"counts": true`` when the smooth counts are wanted too.
 It runs once every band of the job is stored: it stitches them into the PNG
-(one band in memory at a time, :func:`fractalq.images.write_png`) in a
+(one band in memory at a time, :func:`write_png`) in a
 temporary file, stores that under :func:`image_key` (S3: a multipart upload),
 does the same with the bands' counts into a NumPy ``.npy`` file under
 :func:`counts_key` when asked, then removes the bands unless asked to keep
@@ -21,14 +21,22 @@ nothing behind in storage.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+
+import numpy as np
 
 from fractalq import config
-from fractalq.fractal.request import RenderRequest, split_rows
-from fractalq.storage import shared_storage
+from fractalq.fractal.png import assemble as join_bands
+from fractalq.fractal.request import RenderRequest, band_rows, split_rows
+from fractalq.storage import Storage, shared_storage
+from fractalq.tasks.band import band_key
+from fractalq.tasks.band import counts_key as band_counts_key
+from fractalq.tasks.reference import shared_keys
 from fractalq.tasks.registry import InvalidPayload, TaskContext, task_type
 
 TASK_TYPE = "fractal.assemble"
@@ -83,15 +91,69 @@ def parse_payload(payload: bytes) -> Assembly:
     return Assembly(request, regions, keep, counts)
 
 
+# ---- the bands in storage, one in memory at a time ----------------------------
+
+
+def band_keys(job_id: str, request: RenderRequest, regions: int) -> list[str]:
+    return [band_key(job_id, start, end) for start, end in band_rows(request, regions)]
+
+
+def _bands(storage: Storage, keys: list[str]) -> Iterator[bytes]:
+    for key in keys:
+        yield storage.get(key)  # one band in memory at a time
+
+
+def write_png(
+    storage: Storage, job_id: str, request: RenderRequest, regions: int, path: str
+) -> None:
+    """Assemble the stored bands into a PNG at ``path``, atomically (temp file, then rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(prefix=".fractalq-", suffix=".png", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            rows = band_rows(request, regions)
+            join_bands(
+                _bands(storage, band_keys(job_id, request, regions)), request.width, rows, out
+            )
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+
+
+def write_counts(
+    storage: Storage, job_id: str, request: RenderRequest, regions: int, path: str
+) -> None:
+    """The bands' counts as one NumPy ``.npy`` file at ``path`` (float32, height x
+    width), one band in memory at a time."""
+    with open(path, "wb") as out:
+        header = {"descr": "<f4", "fortran_order": False, "shape": (request.height, request.width)}
+        np.lib.format.write_array_header_1_0(out, header)
+        for start, end in band_rows(request, regions):
+            data = storage.get(band_counts_key(job_id, start, end))
+            if len(data) != 4 * (end - start) * request.width:
+                raise ValueError(f"the counts of rows {start}..{end} are cut short")
+            out.write(data)
+
+
+def remove_bands(
+    storage: Storage, job_id: str, request: RenderRequest, regions: int, counts: bool = False
+) -> None:
+    """Remove the bands (and their counts), and what the first task stored for them."""
+    keys = band_keys(job_id, request, regions) + shared_keys(job_id, request)
+    if counts:
+        keys += [band_counts_key(job_id, start, end) for start, end in band_rows(request, regions)]
+    storage.delete(keys)
+
+
 def _check(payload: bytes) -> None:
     parse_payload(payload)
 
 
 @task_type(TASK_TYPE, check=_check, needs_storage=True)
 def assemble_image(payload: bytes, context: TaskContext) -> bytes:
-    # Imported here: fractalq.images imports this package's band module.
-    from fractalq.images import remove_bands, write_counts, write_png
-
     if not context.storage_url:
         raise RuntimeError("this worker has no --storage to read bands from")
     job = parse_payload(payload)
@@ -116,8 +178,6 @@ def assemble_image(payload: bytes, context: TaskContext) -> bytes:
 
 @task_type(CLEANUP_TYPE, check=_check, needs_storage=True)
 def clean_up(payload: bytes, context: TaskContext) -> bytes:
-    from fractalq.images import remove_bands
-
     if not context.storage_url:
         raise RuntimeError("this worker has no --storage to clean up")
     job = parse_payload(payload)

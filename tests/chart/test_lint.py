@@ -1,7 +1,7 @@
 """The helm binary, the chart's metadata, ``helm lint --strict`` and the Kubernetes API
 schemas: every option of values.yaml renders objects that kubernetes-validate accepts
 in strict mode (cert-manager's, Prometheus Operator's and KEDA's objects against their
-CRDs' schemas, see chart/crd_schemas.py)."""
+CRDs' schemas, see tests/chart/crd_schemas.py)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def test_rendered_objects_match_the_kubernetes_api(chart_helm: Helm, option: str
         name = f"{doc['kind']}/{doc['metadata']['name']}"
         custom = validator(doc["apiVersion"], doc["kind"])
         if custom is not None:
-            # Another project's kind: checked against its CRD's schema (chart/crd_schemas.py).
+            # Another project's kind: checked against its CRD's schema (tests/chart/crd_schemas.py).
             for error in custom.iter_errors(doc):
                 path = ".".join(str(part) for part in error.path)
                 pytest.fail(f"{name}: {path}: {error.message}")

@@ -14,7 +14,7 @@ from procs import ProcessGroup
 
 from chart.rendering import NAMESPACE, OPTIONS, Doc, Helm, flag, objects, one
 from chart.security import provided, secret_data, start_coordinator
-from fractalq.security.tokens import OPEN_PATHS
+from fractalq.coordinator.access import OPEN_PATHS
 
 MONITORED = ["service-monitor", "service-monitor-cert-manager", "service-monitor-plaintext"]
 

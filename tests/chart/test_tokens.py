@@ -187,7 +187,7 @@ def test_security_flags_and_variables_name_mounted_files(chart_helm: Helm, optio
 
 @pytest.mark.parametrize("option", ["defaults", "mutual-tls", "cert-manager", "plaintext"])
 def test_probes_reach_what_answers_without_a_token(chart_helm: Helm, option: str) -> None:
-    from fractalq.security.tokens import OPEN_PATHS, OPEN_SERVICES
+    from fractalq.coordinator.access import OPEN_PATHS, OPEN_SERVICES
 
     docs = chart_helm.template(*OPTIONS[option])
     container = container_of(docs, "StatefulSet", "coordinator")

@@ -27,6 +27,7 @@ from chart.rendering import (
 )
 from fractalq import config
 from fractalq.cli import build_parser
+from fractalq.cli.common import resolve_now
 
 
 @pytest.mark.parametrize(
@@ -202,6 +203,7 @@ def test_containers_run_valid_fractalq_commands(
         if name.startswith("FRACTALQ_") and "value" in entry:
             monkeypatch.setenv(name, entry["value"])
     operator, extra = parser.parse_known_args(container["args"])
+    resolve_now(operator)  # as fractalq operator does, once it has found its extra
     assert operator.storage == env_value(container, "FRACTALQ_STORAGE")
     assert operator.command == "operator"
     run = kopf.cli.run.make_context("kopf run", ["-m", "fractalq.operator.handlers", *extra])
