@@ -352,6 +352,47 @@ MAX_ZOOM_DIGITS = 10_000
 DEEP_PIXEL_RELATIVE = 2.0**-40
 REFERENCE_GUARD_BITS = 64
 
+# ---- zoom movies (fractalq zoom) --------------------------------------------
+
+# A zoom's defaults: a 1280x720, 30 s, 30 fps movie, coloured on the auto scale
+# (its range follows the keyframes' counts, see fractalq/fractal/movie.py).
+ZOOM_WIDTH = 1280
+ZOOM_HEIGHT = 720
+ZOOM_SECONDS = 30.0
+ZOOM_FPS = 30
+ZOOM_MAX_ITER = 10_000
+ZOOM_COLOUR_SCALE = "auto"
+ZOOM_MAX_SECONDS = 3600.0
+ZOOM_MAX_FPS = 120
+# --max-iter-growth: each shallower keyframe iterates up to the next one's
+# limit divided by the growth, never below ZOOM_MIN_ITER.
+ZOOM_GROWTH_RANGE = (1.0, 4.0)
+ZOOM_MIN_ITER = 256
+# The auto scale's range per keyframe (quantiles of its outside pixels, as a
+# probe's: PROBE_LOW and PROBE_HIGH) is smoothed over this many keyframes
+# (a Gaussian's standard deviation), so the colours drift with depth, never jump.
+ZOOM_COLOUR_SMOOTHING = 2.0
+# A keyframe is rendered in pieces of at most this many pixels (bounded memory
+# whatever its size; the pixels do not depend on the cut).
+KEYFRAME_PIECE_PIXELS = 1 << 20
+# A keyframe task's result carries a thumbnail for the dashboard, at most this
+# many pixels on its longer side.
+KEYFRAME_PREVIEW_SIZE = 192
+# A keyframe gets the default time limit (an hour); the encoding, which makes
+# every frame of the movie, this one (a job may set another for all its tasks).
+ENCODE_TIME_LIMIT = 6 * 3600.0
+# Encoding (PyAV, FFmpeg's libraries): H.264 in MP4 (libx264, yuv420p, or
+# lossless RGB at crf 0) or VP9 in WebM. A fixed thread count: x264's and
+# libvpx's bytes depend on it, and the same request must give the same video.
+VIDEO_CRF = 20
+VIDEO_MAX_CRF = {"mp4": 51, "webm": 63}
+VIDEO_PRESET = "fast"
+VIDEO_THREADS = 2
+# Frames x264 looks ahead (its "fast" preset: 30). Each held frame of 1280x720
+# costs about 4 MiB with x264's own planes: 10 keeps an encoding worker near
+# 460 MiB at that size instead of 570, for a slightly larger file.
+VIDEO_LOOKAHEAD = 10
+
 # ---- storage -------------------------------------------------------------
 
 # Each storage call: up to STORAGE_ATTEMPTS tries on a transient error, with

@@ -59,9 +59,12 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def download_image(base_url: str, endpoint: Endpoint, job_id: str, path: str) -> int:
-    """Download job ``job_id``'s image to ``path`` (replaced whole); its size in bytes."""
-    url = f"{check_url(base_url)}/api/jobs/{urllib.parse.quote(job_id, safe='')}/image.png"
+def download_image(
+    base_url: str, endpoint: Endpoint, job_id: str, path: str, resource: str = "image.png"
+) -> int:
+    """Download job ``job_id``'s image (``resource`` ``video``: a zoom's video) to
+    ``path`` (replaced whole); its size in bytes."""
+    url = f"{check_url(base_url)}/api/jobs/{urllib.parse.quote(job_id, safe='')}/{resource}"
     request = urllib.request.Request(url, headers=dict(_headers(endpoint)))
     handlers: list[urllib.request.BaseHandler] = [_NoRedirects()]
     if url.startswith("https:"):

@@ -108,3 +108,44 @@ def parse_piece(result: bytes) -> dict[str, Any] | None:
     if not 0 <= first < last <= rows:
         return None
     return {"size": [columns, rows], "rows": [first, last], "jpeg": jpeg}
+
+
+def keyframe_preview(
+    rgb: npt.NDArray[np.uint8],
+    index: int,
+    count: int,
+    level: int,
+    limit: int = config.KEYFRAME_PREVIEW_SIZE,
+) -> dict[str, Any]:
+    """A zoom keyframe's thumbnail for the dashboard: at most ``limit`` pixels on its
+    longer side, JPEG-coded, with the keyframe's place (task ``index`` of ``count``,
+    ``level`` doublings above the deepest)."""
+    image = Image.fromarray(rgb)
+    image.thumbnail((limit, limit), Image.Resampling.BILINEAR)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=config.PREVIEW_QUALITY)
+    return {
+        "index": index,
+        "count": count,
+        "level": level,
+        "size": list(image.size),
+        "jpeg": base64.b64encode(out.getvalue()).decode("ascii"),
+    }
+
+
+def parse_keyframe(result: bytes) -> dict[str, Any] | None:
+    """The thumbnail in a keyframe task's result, checked; None when it has none or
+    it is bad."""
+    try:
+        piece = json.loads(result).get("preview")
+        numbers = (piece["index"], piece["count"], piece["level"], *piece["size"])
+        jpeg = piece["jpeg"]
+    except (ValueError, AttributeError, KeyError, TypeError, RecursionError):
+        return None
+    if len(numbers) != 5 or not all(type(n) is int and n >= 0 for n in numbers):
+        return None
+    index, count, level, columns, rows = numbers
+    limit = config.KEYFRAME_PREVIEW_SIZE
+    if not (isinstance(jpeg, str) and index < count and 0 < columns <= limit and 0 < rows <= limit):
+        return None
+    return {"index": index, "count": count, "level": level, "size": [columns, rows], "jpeg": jpeg}

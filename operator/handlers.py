@@ -7,7 +7,8 @@ status), so an operator restart simply resumes, and the coordinator job id is
 derived from the uid and the generation, so no step ever submits twice:
 
 - no job for this generation yet: check the spec (a bad one ends ``Failed``
-  with the reason), submit the bands, ``Queued``;
+  with the reason), submit the bands (or, with ``spec.zoom``, a zoom movie's
+  keyframes, which the status then counts), ``Queued``;
 - then follow the job's ``WatchJob`` stream: each message the coordinator
   sends becomes status fields, written only when they differ from what is
   written, progress alone at most once per ``PROGRESS_INTERVAL``
@@ -43,7 +44,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -57,7 +58,7 @@ from fractalq.images import submit_render
 from fractalq.operator import image, kube
 from fractalq.operator.scaler import ScalerThread
 from fractalq.operator.settings import OperatorSettings
-from fractalq.operator.spec import job_id_for, parse_spec
+from fractalq.operator.spec import job_id_for, parse_spec, parse_zoom
 from fractalq.operator.status import (
     DEAD_LETTERED,
     FAILED,
@@ -75,6 +76,7 @@ from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
 from fractalq.retry import retry_delay
 from fractalq.storage import Storage, StorageError, StorageOptions, open_storage
+from fractalq.zooms import submit_zoom
 
 GROUP, VERSION, PLURAL = "fractalq.dev", "v1alpha1", "fractaljobs"
 DELETE_TIMEOUT = 60.0
@@ -325,7 +327,7 @@ class Run:
     async def submit(self, generation: int) -> None:
         spec = self.body.spec
         try:
-            request, regions, priority = parse_spec(spec)
+            job = _job_of(spec)
         except ValueError as error:
             await self.fail(str(error), {"observedGeneration": generation})
             return
@@ -343,26 +345,23 @@ class Run:
             "fractaljob.namespace": self.namespace,
         }
         try:
-            await asyncio.to_thread(
-                submit_render, client, request, regions, priority, job_id, labels
-            )
+            await asyncio.to_thread(job.submit, client, job_id, labels)
         except ClientError as error:
             await self.unreachable(error)  # nothing is lost: the same job id is submitted again
             raise
         conditions = self.conditions("CoordinatorReachable", True, "Submitted", f"job {job_id}")
-        ready = condition(
-            conditions, "Ready", False, "Rendering", f"{regions} bands queued", generation
-        )
+        queued = f"{job.total} {job.unit} queued"
+        ready = condition(conditions, "Ready", False, "Rendering", queued, generation)
         await self.write(
             {
                 "observedGeneration": generation,
                 "phase": QUEUED,
                 "message": "",
                 "jobId": job_id,
-                "size": f"{request.width}x{request.height}",
-                "bandsTotal": regions,
+                "size": job.size,
+                "bandsTotal": job.total,
                 "bandsDone": 0,
-                "progress": f"0/{regions}",
+                "progress": f"0/{job.total}",
                 "url": "",
                 "presignedUrl": "",
                 "startTime": now_iso(),
@@ -370,7 +369,9 @@ class Run:
                 "conditions": ready,
             }
         )
-        kopf.info(self.body, reason="Queued", message=f"submitted {regions} bands as job {job_id}")
+        kopf.info(
+            self.body, reason="Queued", message=f"submitted {job.total} {job.unit} as job {job_id}"
+        )
         self.failures = 0
 
     async def follow(self, job_id: str, generation: int) -> None:
@@ -430,7 +431,7 @@ class Run:
             return True
         phase = fields.get("phase")
         if phase and phase != self.buffer.get("phase"):
-            kopf.info(self.body, reason=phase, message=f"{fields['progress']} bands")
+            kopf.info(self.body, reason=phase, message=f"{fields['progress']} done")
         await self.write(fields)  # a new phase at once, progress alone when due
         if job.state != pb.SUCCEEDED:
             return False
@@ -456,6 +457,35 @@ class Run:
             }
         )
         kopf.info(self.body, reason="Succeeded", message=found.url)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What a FractalJob asks for: a render, or a zoom movie (``spec.zoom``)."""
+
+    submit: Callable[[Client, str, dict[str, str]], object]
+    size: str
+    total: int  # its parallel tasks: bands or keyframes
+    unit: str
+
+
+def _job_of(spec: Mapping[str, Any]) -> _Job:
+    """The job a spec describes; ValueError (one line) for a bad spec."""
+    zoom = parse_zoom(spec)
+    if zoom is not None:
+        movie, priority = zoom
+
+        def submit_movie(client: Client, job_id: str, labels: dict[str, str]) -> object:
+            return submit_zoom(client, movie, priority, job_id, labels)
+
+        size = f"{movie.width}x{movie.height}"
+        return _Job(submit_movie, size, len(movie.levels), "keyframes")
+    request, regions, priority = parse_spec(spec)
+
+    def submit_image(client: Client, job_id: str, labels: dict[str, str]) -> object:
+        return submit_render(client, request, regions, priority, job_id, labels)
+
+    return _Job(submit_image, f"{request.width}x{request.height}", regions, "bands")
 
 
 def _was_unreachable(buffer: StatusBuffer) -> bool:

@@ -75,6 +75,25 @@ def start_render(
     )
 
 
+# A small zoom movie, a few seconds on two workers: 160x90, 2 s at 10 fps, into the
+# seahorse valley to 1e-20 (deep keyframes at the end).
+SMALL_ZOOM = ("--center-x", "-0.743643887037158704752191506114774",
+              "--center-y", "0.131825904205311970493132056385139", "--to", "1e-20",
+              "--width", "160", "--height", "90", "--seconds", "2", "--fps", "10",
+              "--max-iter", "12000", "--max-iter-growth", "1.02")  # fmt: skip
+
+
+def start_zoom(
+    address: str, storage: str, out: Path, *options: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """``fractalq zoom`` of :data:`SMALL_ZOOM` (then ``options``) in the background."""
+    command = fractalq("zoom", *SMALL_ZOOM, *options, "--coordinator", address,
+                       "--storage", storage, "--out", str(out))  # fmt: skip
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
 class Process:
     """A child process whose output goes to a log file (shown when a test fails)."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import browser
 import pytest
 from playwright.sync_api import Browser, expect
-from procs import SLOW_VIEW, Coordinator, ProcessGroup, Trust, run_cli, wait_until
+from procs import SLOW_VIEW, Coordinator, ProcessGroup, Trust, run_cli, start_zoom, wait_until
 
 from fractalq.proto import fractalq_pb2 as pb
 
@@ -130,6 +130,45 @@ def test_a_render_from_the_form_previews_band_by_band_and_downloads(
                        "--coordinator", dash.coordinator.address, "--storage", dash.storage,
                        "--out", str(out), timeout=120)  # fmt: skip
     assert rendered.returncode == 0, rendered.stderr
+    assert got.read_bytes() == out.read_bytes()
+    assert page.errors == []
+
+
+def test_a_zoom_shows_its_keyframes_as_they_land_then_plays_its_video(
+    page: browser.Page, dash: Dash, tmp_path: Path
+) -> None:
+    page.page.goto(dash.url)
+    expect(page.page.get_by_test_id("stat-workers").locator(".value")).to_have_text(
+        "2", timeout=TIMEOUT
+    )
+    out = tmp_path / "zoom.mp4"
+    zoom = start_zoom(dash.coordinator.address, dash.storage, out)
+    keyframes = page.page.get_by_test_id("keyframes")
+    # The page picks the running zoom and shows its thumbnails, shallowest first.
+    wait_until(lambda: int(keyframes.get_attribute("data-count") or 0) > 0, 60, "a keyframe")
+    job_id = keyframes.get_attribute("data-job-id")
+    assert job_id
+    _, stderr = zoom.communicate(timeout=120)
+    assert zoom.returncode == 0, stderr
+    total = dash.coordinator.client().job(job_id).total
+    video = page.page.get_by_test_id("preview-video")
+    expect(video).to_be_visible(timeout=TIMEOUT)
+    assert int(keyframes.get_attribute("data-count") or 0) == total
+    levels = [
+        int(n) for n in keyframes.locator("img").evaluate_all("i => i.map(x => x.dataset.level)")
+    ]
+    assert levels == sorted(levels, reverse=True) and len(levels) == total
+    # The browser decodes the stored video: its length, its frame size.
+    wait_until(lambda: video.evaluate("v => v.readyState") >= 2, 30, "the video's first frame")
+    width, height, duration = video.evaluate("v => [v.videoWidth, v.videoHeight, v.duration]")
+    assert (width, height) == (160, 90) and duration == pytest.approx(2.0, abs=0.15)
+    page.screenshot("-zoom")
+    download = page.page.get_by_test_id("download")
+    expect(download).to_have_text("Download video")
+    with page.page.expect_download() as info:
+        download.click()
+    got = tmp_path / "dashboard.mp4"
+    info.value.save_as(got)
     assert got.read_bytes() == out.read_bytes()
     assert page.errors == []
 

@@ -7,6 +7,7 @@ emulator, with a real coordinator, real workers and a real S3 server on
 
 from __future__ import annotations
 
+import io
 import os
 import time
 import urllib.request
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import av
 import kopf
 import pytest
 from kopf.testing import KopfRunner
@@ -26,6 +28,7 @@ from s3server import SeaweedS3
 import fractalq.operator.handlers  # noqa: F401 - registers the handlers
 from fractalq import config
 from fractalq.fractal.request import RenderRequest
+from fractalq.fractal.zoom import ZoomRequest
 from fractalq.images import image_of
 from fractalq.operator.spec import job_id_for
 from fractalq.proto import fractalq_pb2 as pb
@@ -170,6 +173,34 @@ def test_the_url_is_copied_from_the_jobs_result(setup: Setup) -> None:
     assert len(png) == size
     assert png == reference_png(RenderRequest.create("julia", width=240, height=160, max_iter=200))
     assert setup.phases("queued")[-2:] == ["Assembling", "Succeeded"]
+
+
+def test_a_fractaljob_with_a_zoom_section_ends_with_its_videos_url(setup: Setup) -> None:
+    setup.workers(2)
+    spec = {"width": 64, "height": 36, "maxIterations": 300, "colourScale": "auto",
+            "center": {"x": "-0.7436438870371587", "y": "0.1318259042053119"},
+            "zoom": {"to": "1e-6", "seconds": 1, "fps": 6}}  # fmt: skip
+    with setup.operator():
+        setup.fractaljob("movie", **spec)
+        done = wait_until(lambda: setup.phase_is("movie", "Succeeded", "Failed"), 90, "the zoom")
+    assert done["phase"] == "Succeeded", done
+    zoom = ZoomRequest.create(
+        width=64, height=36, max_iter=300, center_x="-0.7436438870371587",
+        center_y="0.1318259042053119", to_width="1e-6", seconds=1, fps=6,
+    )  # fmt: skip
+    keyframes = len(zoom.levels)
+    assert (done["bandsDone"], done["bandsTotal"]) == (keyframes, keyframes)
+    assert done["size"] == "64x36"
+    assert [p for p in setup.phases("movie") if p != "Running"][-2:] == ["Assembling", "Succeeded"]
+    key = f"jobs/{done['jobId']}/zoom.mp4"
+    assert done["url"] == f"{setup.storage}/{key}"
+    with urllib.request.urlopen(done["presignedUrl"], timeout=10) as response:
+        video = response.read()
+    with av.open(io.BytesIO(video), "r") as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert len(frames) == 6 and frames[0].shape == (36, 64, 3)
+    listed = setup.s3.client().list_objects_v2(Bucket=setup.bucket, Prefix="images/jobs/")
+    assert [entry["Key"] for entry in listed.get("Contents", [])] == [f"images/{key}"]
 
 
 def test_the_operator_renders_over_mutual_tls_with_a_client_token(

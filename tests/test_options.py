@@ -67,7 +67,7 @@ def test_every_option_of_every_command_has_a_variable_and_shows_its_default() ->
     clients = [
         name for name, command in found.items() if "coordinator" in map(_dest, flags_of(command))
     ]
-    assert set(clients) == set(found) - {"coordinator", "demo", "certs"}
+    assert set(clients) == set(found) - {"coordinator", "demo", "demo zoom", "certs"}
     assert all(
         any(o.variable == COORDINATOR.variable for o in options_of(found[name])) for name in clients
     )

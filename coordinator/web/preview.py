@@ -1,11 +1,12 @@
 """The previews of recent renders, as bands complete: bounded memory, served as JSON.
 
 The broker hands every accepted task result to :meth:`Previews.add`; a band's
-result carries its piece of the job's preview (:mod:`fractalq.preview`), which
-is kept here in arrival order. At most ``config.PREVIEW_JOBS`` jobs and
-``config.PREVIEW_MEMORY`` bytes are kept, the job changed longest ago going
-first. The page learns from the event stream how many pieces a job has and asks
-``/api/jobs/{id}/preview?since=N`` for the ones it has not drawn yet.
+result carries its piece of the job's preview (:mod:`fractalq.preview`), a zoom
+keyframe's its thumbnail; they are kept here in arrival order. At most
+``config.PREVIEW_JOBS`` jobs and ``config.PREVIEW_MEMORY`` bytes are kept, the
+job changed longest ago going first. The page learns from the event stream how
+many pieces a job has and asks ``/api/jobs/{id}/preview?since=N`` for the ones
+it has not drawn yet.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from fractalq.coordinator.errors import BrokerError
 from fractalq.coordinator.jobs import Job
 from fractalq.coordinator.listeners import Listener
 from fractalq.coordinator.validation import check_job_id
-from fractalq.preview import parse_piece
+from fractalq.preview import parse_keyframe, parse_piece
 
 BAND_TASK = "fractal.band"
+KEYFRAME_TASK = "fractal.keyframe"
 
 
 class _JobPreview:
@@ -48,10 +50,16 @@ class Previews(Listener):
         self.add(job, index, result)
 
     def add(self, job: Job, index: int, result: bytes) -> None:
-        """Keep the preview piece in a band's result (anything else is ignored)."""
-        if job.task_type != BAND_TASK or index >= job.total:  # a stage task's result
+        """Keep the preview piece in a band's result, or the thumbnail in a zoom
+        keyframe's (anything else is ignored)."""
+        if index >= job.total:  # a stage task's result
             return
-        piece = parse_piece(result)
+        if job.task_type == BAND_TASK:
+            piece = parse_piece(result)
+        elif job.task_type == KEYFRAME_TASK:
+            piece = parse_keyframe(result)
+        else:
+            return
         if piece is None:
             return
         kept = self._jobs.get(job.job_id)
@@ -61,7 +69,7 @@ class Previews(Listener):
             kept = self._jobs[job.job_id] = _JobPreview(piece["size"])
         self._jobs.move_to_end(job.job_id)
         size = len(piece["jpeg"])
-        kept.pieces.append({"rows": piece["rows"], "jpeg": piece["jpeg"]})
+        kept.pieces.append({key: value for key, value in piece.items() if key != "size"})
         kept.bytes += size
         self.bytes += size
         while len(self._jobs) > self.max_jobs or self.bytes > self.max_bytes:

@@ -19,7 +19,7 @@ import sys
 # coordinator's log that anyone who connects can cause. Set before gRPC loads.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from fractalq.cli import certs, dead, jobs, manage, operator, render, serve
+from fractalq.cli import certs, dead, jobs, manage, operator, render, serve, zoom
 from fractalq.cli.common import CommandError, OneLineParser
 
 EXIT_USAGE = 2
@@ -44,17 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fractalq {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (render, serve, jobs, manage, dead, operator, certs):
+    for module in (render, zoom, serve, jobs, manage, dead, operator, certs):
         module.add_parsers(commands)
+    zoom.add_demo_parser(commands.choices["demo"])
     return parser
 
 
 def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    """The sub-commands of ``parser``, by name."""
+    """The sub-commands of ``parser``, by name, and theirs (``demo zoom``)."""
+    found: dict[str, argparse.ArgumentParser] = {}
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
+            for name, command in action.choices.items():
+                found[name] = command
+                found.update({f"{name} {sub}": inner for sub, inner in commands(command).items()})
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

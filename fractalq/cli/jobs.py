@@ -17,6 +17,8 @@ from fractalq.proto import fractalq_pb2 as pb
 from fractalq.states import FINISHED
 
 STATE_NAMES = {value: name for name, value in pb.JobState.items()}
+# What a job's parallel tasks are, by their type, for people reading its status.
+UNITS = {"fractal.band": "bands", "fractal.keyframe": "keyframes"}
 
 
 def add_parsers(commands: Any) -> None:
@@ -126,6 +128,14 @@ def run_wait(args: argparse.Namespace) -> int:
         return follow(client, args.job_id, args.timeout)
 
 
+def _url(result: bytes) -> str:
+    try:
+        url = json.loads(result).get("url", "")
+    except (ValueError, AttributeError, RecursionError):
+        return ""
+    return url if isinstance(url, str) else ""
+
+
 def _age(seconds: float) -> str:
     return f"{time.time() - seconds:.0f}s ago" if seconds else "-"
 
@@ -150,8 +160,8 @@ def run_status(args: argparse.Namespace) -> int:
             f" time limit {limit}"
         )
         print(
-            f"  tasks: {job.total} total, {job.succeeded} succeeded, {job.leased} running,"
-            f" {job.queued} queued, {job.dead} dead-lettered"
+            f"  {UNITS.get(job.task_type, 'tasks')}: {job.total} total, {job.succeeded} succeeded,"
+            f" {job.leased} running, {job.queued} queued, {job.dead} dead-lettered"
         )
         print(
             f"  created {_age(job.created_at)}, started {_age(job.started_at)},"
@@ -159,6 +169,8 @@ def run_status(args: argparse.Namespace) -> int:
         )
         if job.reason:
             print(f"  reason: {job.reason}")
+        if job.state == pb.SUCCEEDED and _url(job.result):
+            print(f"  result: {_url(job.result)}")  # a render's image, a zoom's video
         if job.owner:
             print(f"  owner: {job.owner}")
         if job.dead_letters_held:

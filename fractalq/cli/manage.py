@@ -72,8 +72,9 @@ def run_fetch(args: argparse.Namespace) -> int:
         if storage is not None:
             images.download_image(storage, job, out)
         else:
-            image_of(job)  # a job that made no image: said before any request
-            download_image(base_url, endpoint, job.job_id, out)
+            key, _ = image_of(job)  # a job that made no image: said before any request
+            resource = "image.png" if key.endswith(".png") else "video"  # a zoom's
+            download_image(base_url, endpoint, job.job_id, out, resource)
     except (StorageError, DownloadError, ValueError, OSError) as error:
         raise CommandError(f"fetching {out}: {error}") from None
     print(out)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -245,11 +246,14 @@ def _last_line(log: Path) -> str:
     return lines[-1] if lines else "no output"
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    began = time.monotonic()
-    request, regions = request_from(args)
-    out = check_output(args.out or f"{request.fractal}.png")
-    counts_out = args.counts_out and check_output(args.counts_out, "--counts-out")
+@contextlib.contextmanager
+def local_cluster(workers: int) -> Iterator[tuple[Endpoint, Storage]]:
+    """A coordinator and ``workers`` workers as local processes, with a storage folder,
+    all in a temporary directory that goes with them: the demo's cluster.
+
+    It runs the secure path, as the chart does (TLS, a token per role). Yields
+    the client's endpoint and the storage; stops every process on the way out.
+    """
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="fractalq-demo-") as folder:
         tmp = Path(folder)
@@ -271,7 +275,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 own_environment(),
             )  # fmt: skip
             processes.append(coordinator)
-            for n in range(args.workers):
+            for n in range(workers):
                 processes.append(
                     _start(
                         ["worker", "--coordinator", endpoint, "--storage", storage_url],
@@ -285,12 +289,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 raise CommandError(
                     f"the coordinator did not start: {_last_line(tmp / 'coordinator.log')}"
                 )
-            storage = open_checked_storage(storage_url)
-            with Client(secure) as client:
-                render_image(
-                    client, storage, request, regions, args.priority, out, False, began,
-                    counts_out=counts_out,
-                )  # fmt: skip
+            yield secure, open_checked_storage(storage_url)
         finally:
             for process in reversed(processes):
                 with contextlib.suppress(ProcessLookupError):
@@ -303,5 +302,17 @@ def run_demo(args: argparse.Namespace) -> int:
                     process.wait()
                 if process.stdout:
                     process.stdout.close()
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    began = time.monotonic()
+    request, regions = request_from(args)
+    out = check_output(args.out or f"{request.fractal}.png")
+    counts_out = args.counts_out and check_output(args.counts_out, "--counts-out")
+    with local_cluster(args.workers) as (endpoint, storage), Client(endpoint) as client:
+        render_image(
+            client, storage, request, regions, args.priority, out, False, began,
+            counts_out=counts_out,
+        )  # fmt: skip
     print(out)
     return 0

@@ -312,6 +312,78 @@ WORKERS = Option(
     shown="the number of CPUs",
 )
 
+# ---- zoom movies -------------------------------------------------------------
+
+_RENDER = {option.flag: option for option in RENDER}
+ZOOM = (
+    Option(
+        "--to",
+        "view width of the last frame, a decimal of any depth (1e-30)",
+        metavar="WIDTH",
+        required=True,
+    ),
+    Option(
+        "--from",
+        "view width of the first frame",
+        metavar="WIDTH",
+        variable="FRACTALQ_ZOOM_FROM",
+        shown="the fractal's whole view: 3.5 or 3",
+    ),
+    _RENDER["--width"].but(default=config.ZOOM_WIDTH, help="frame width, pixels (even)"),
+    _RENDER["--height"].but(default=config.ZOOM_HEIGHT, help="frame height, pixels (even)"),
+    _RENDER["--max-iter"].but(
+        default=config.ZOOM_MAX_ITER, help="iteration limit of the deepest keyframe"
+    ),
+    Option(
+        "--max-iter-growth",
+        "each shallower keyframe's limit is the next deeper one's divided by G"
+        f" (at least {config.ZOOM_MIN_ITER}); 1: the same limit everywhere",
+        default=1.0,
+        type=real(*config.ZOOM_GROWTH_RANGE),
+        metavar="G",
+    ),
+    Option(
+        "--seconds",
+        "the movie's length",
+        default=config.ZOOM_SECONDS,
+        type=real(0, config.ZOOM_MAX_SECONDS),
+        metavar="S",
+    ),
+    Option(
+        "--fps",
+        "frames per second",
+        default=config.ZOOM_FPS,
+        type=integer(1, config.ZOOM_MAX_FPS),
+        metavar="F",
+    ),
+    _RENDER["--center-x"].but(help="the point zoomed into, real part"),
+    _RENDER["--center-y"].but(help="the point zoomed into, imaginary part"),
+    _RENDER["--c-re"],
+    _RENDER["--c-im"],
+    _RENDER["--palette"],
+    _RENDER["--colour-scale"].but(
+        default=config.ZOOM_COLOUR_SCALE,
+        help=f"how iteration counts lie on the palette: {', '.join(COLOUR_SCALES)}"
+        " (auto: over the keyframes' own ranges, smoothed over depth)",
+    ),
+    Option(
+        "--crf",
+        "video quality, lower is better: 0-51 for MP4 (H.264), 0-63 for WebM (VP9); 0 is"
+        " lossless (MP4: RGB, which few players take)",
+        default=config.VIDEO_CRF,
+        type=integer(0, 63),
+        metavar="N",
+    ),
+    PRIORITY,
+    Option(
+        "--keep-keyframes", "keep the keyframes in storage afterwards", default=False,
+        kind="switch",
+    ),
+)  # fmt: skip
+ZOOM_TITLE = "zoom options"
+VIDEO_OUT = OUT.but(help="where to write the video: .mp4 or .webm")
+DEMO_VIDEO_OUT = VIDEO_OUT.but(required=False, default="zoom.mp4")
+
 # ---- jobs --------------------------------------------------------------------
 
 TASK = Option("--task", "task type (noop, sleep, fail, ...)", metavar="NAME", required=True)

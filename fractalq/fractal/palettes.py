@@ -72,24 +72,35 @@ class ColourScale:
         return cls(kind, 0.0, float(max_iter)) if kind != "sqrt" else cls()
 
 
-def scaled(smooth: Floats, palette: Palette, scale: ColourScale) -> Floats:
+def scaled(
+    smooth: Floats, palette: Palette, scale: ColourScale, logs: Floats | None = None
+) -> Floats:
     """The values whose square roots the colouring lays on the gradient.
 
     For a trip, a value's place ``t`` in [0, 1) becomes ``(t * cycle) ** 2``, whose
     square root over the cycle is ``t`` again: both colouring paths then do the rest.
+    ``logs``, if given, is :func:`log_values` of ``smooth``, which a caller that
+    colours the same values on many log scales computes once (a zoom's frames).
     """
     if scale.kind == "sqrt":
         return smooth
-    value = np.nan_to_num(np.maximum(smooth, 0.0), nan=0.0, posinf=0.0)
     low, high = scale.low, max(scale.high, scale.low + 1.0)
     if scale.kind == "linear":
+        value = np.nan_to_num(np.maximum(smooth, 0.0), nan=0.0, posinf=0.0)
         t = (value - low) / (high - low)
     else:  # log and auto
-        t = (np.log1p(value) - np.log1p(low)) / (np.log1p(high) - np.log1p(low))
+        logs = log_values(smooth) if logs is None else logs
+        t = (logs - np.log1p(low)) / (np.log1p(high) - np.log1p(low))
     np.clip(t, 0.0, _TRIP_END, out=t)
     t *= palette.cycle
     result: Floats = t * t
     return result
+
+
+def log_values(smooth: Floats) -> Floats:
+    """What the log scales read of each value: ``log1p`` of it, clamped at 0."""
+    logs: Floats = np.log1p(np.nan_to_num(np.maximum(smooth, 0.0), nan=0.0, posinf=0.0))
+    return logs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,16 +216,17 @@ def colorize(
     max_iter: int,
     palette: str,
     scale: ColourScale = ColourScale(),
+    logs: Floats | None = None,
 ) -> npt.NDArray[np.uint8]:
     """RGB (uint8, shape counts.shape + (3,)) for escape-time results.
 
     ``counts == max_iter`` marks inside pixels (black); ``smooth`` is the
     continuous iteration value of the outside ones. Compiled
     (:mod:`fractalq.fractal.fast_colour`) when numba is installed, else
-    :func:`colorize_numpy`; the two give the same bytes.
+    :func:`colorize_numpy`; the two give the same bytes. ``logs``: see :func:`scaled`.
     """
     smooth, chosen = _checked(counts, smooth, palette)
-    smooth = scaled(smooth, PALETTES[palette], scale)
+    smooth = scaled(smooth, PALETTES[palette], scale, logs)
     if not COMPILED:
         return _colorize_numpy(counts, smooth, max_iter, chosen)
     from fractalq.fractal import fast_colour  # imports numba on first use

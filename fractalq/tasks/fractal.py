@@ -10,7 +10,9 @@ listed here.
 from fractalq.tasks import (  # noqa: F401 (each registers its types when imported)
     assemble,  # fractal.assemble, fractal.cleanup
     band,  # fractal.band
+    encode,  # fractal.encode, fractal.zoom-cleanup
     reference,  # fractal.reference
     sweep,  # storage.sweep
     tile,  # fractal.tile
+    zoom,  # fractal.orbits, fractal.keyframe
 )

@@ -26,6 +26,7 @@ from chart.rendering import (
 from fractalq import config
 from fractalq.fractal.palettes import COLOUR_SCALES, PALETTES
 from fractalq.fractal.request import FRACTALS
+from fractalq.fractal.zoom import CONTAINERS
 
 
 def crd() -> Doc:
@@ -75,8 +76,19 @@ def test_crd_contract() -> None:
         "palette",
         "colourScale",
         "priority",
+        "zoom",
     }
     assert set(fields["center"]["properties"]) == {"x", "y"}
+    zoom = fields["zoom"]
+    assert zoom["required"] == ["to"]
+    assert set(zoom["properties"]) == {"to", "seconds", "fps", "maxIterationsGrowth", "format",
+                                       "crf"}  # fmt: skip
+    assert zoom["properties"]["format"]["enum"] == list(CONTAINERS)
+    assert zoom["properties"]["seconds"]["default"] == config.ZOOM_SECONDS
+    assert zoom["properties"]["fps"]["default"] == config.ZOOM_FPS
+    assert zoom["properties"]["fps"]["maximum"] == config.ZOOM_MAX_FPS
+    assert zoom["properties"]["crf"]["default"] == config.VIDEO_CRF
+    assert zoom["properties"]["crf"]["maximum"] == max(config.VIDEO_MAX_CRF.values())
     assert set(fields["julia"]["properties"]) == {"cRe", "cIm"}
     status = schema["properties"]["status"]["properties"]
     for field in ("phase", "size", "progress", "url", "presignedUrl", "message", "jobId"):
@@ -125,6 +137,7 @@ def test_crd_preserves_unknown_fields_only_in_status() -> None:
         f"{spec}.center.properties.x",
         f"{spec}.center.properties.y",
         f"{spec}.viewWidth",
+        f"{spec}.zoom.properties.to",
         ".properties.status",
     ]
 
@@ -189,8 +202,9 @@ def test_example_fractaljob_is_valid() -> None:
         {"viewWidth": "1e-30", "center": {"x": "0", "y": "1"}, "colourScale": "auto"},
         {"width": 32768, "height": 1, "regions": 1, "viewWidth": 1e-12, "priority": -1000000},
         {"center": {"x": -0.743643887, "y": 0.131825904}, "maxIterations": 1000000},
+        {"zoom": {"to": "1e-30", "seconds": 2.5, "fps": 24, "format": "webm"}},
     ],
-    ids=["defaults", "julia", "auto colours", "limits", "deep zoom"],
+    ids=["defaults", "julia", "auto colours", "limits", "deep zoom", "zoom movie"],
 )
 def test_other_valid_fractaljobs(spec: Doc) -> None:
     job: Doc = {"apiVersion": "fractalq.dev/v1alpha1", "kind": "FractalJob", "metadata": {}}
@@ -216,6 +230,11 @@ INVALID_FRACTALJOBS: dict[str, Callable[[Doc], None]] = {
     "unknown spec field": lambda job: job["spec"].update(widht=100),
     "missing spec": _without_spec,
     "unknown status phase": lambda job: job.update(status={"phase": "Done"}),
+    "zoom without to": lambda job: job["spec"].update(zoom={"seconds": 10}),
+    "zoom to negative": lambda job: job["spec"].update(zoom={"to": "-1e-9"}),
+    "zoom fps 0": lambda job: job["spec"].update(zoom={"to": 1e-9, "fps": 0}),
+    "zoom format gif": lambda job: job["spec"].update(zoom={"to": 1e-9, "format": "gif"}),
+    "zoom unknown field": lambda job: job["spec"].update(zoom={"to": 1e-9, "length": 3}),
 }
 
 

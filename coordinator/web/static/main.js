@@ -7,7 +7,9 @@ import { signIn, signOut } from "./session.js";
 
 const $ = (selector) => document.querySelector(selector);
 const state = { role: null, images: false, history: [], events: null, rows: new Map() };
-const preview = new Preview($("#preview"), $("#preview-image"), $("#preview-title"), $("#preview-note"), $("#download"));
+const preview = new Preview($("#preview"), $("#preview-image"), $("#preview-title"), $("#preview-note"), $("#download"),
+  $("#keyframes"), $("#preview-video"));
+const PREVIEWED = new Set(["fractal.band", "fractal.keyframe"]);  // renders and zoom movies
 const ACTIVE = new Set(["queued", "preparing", "running", "finishing"]);
 // Roles that submit, cancel, requeue and purge (a client its own jobs, an admin any).
 const WRITERS = new Set(["client", "admin"]);
@@ -110,7 +112,7 @@ function render(snapshot) {
   renderJobs(snapshot.jobs);
   renderDead(snapshot.dead_letters);
   if (!preview.jobId) {
-    const running = snapshot.jobs.find((row) => row.type === "fractal.band" && ACTIVE.has(row.state));
+    const running = snapshot.jobs.find((row) => PREVIEWED.has(row.type) && ACTIVE.has(row.state));
     if (running) selectJob(running.id);
   }
   preview.update(snapshot.jobs.find((row) => row.id === preview.jobId), snapshot.images);
@@ -159,7 +161,7 @@ function renderJobs(rows) {
       for (const [key, value] of Object.entries(row.labels)) {
         if (!key.startsWith("fractaljob")) tr.parts.labels.append(element("span", { text: `${key}=${value}` }));
       }
-      if (row.type === "fractal.band") {
+      if (PREVIEWED.has(row.type)) {
         tr.parts.actions.append(element("button", { type: "button", text: "preview", "data-testid": "show-preview", onclick: () => selectJob(row.id) }));
       }
       tr.cancel = element("button", { type: "button", text: "cancel", "data-testid": "cancel", onclick: () => cancel(row.id, tr.cancel) });
