@@ -150,7 +150,7 @@ class JobSpec:
     time_limit: float = 0.0
     cleanup: StageSpec | None = None
     # Not journaled, forgotten as soon as it finished and nothing of it runs,
-    # its results only handed to on_task_result (the explorer's tiles).
+    # its results only handed to the listeners (the explorer's tiles).
     transient: bool = False
     # Pixels its parallel tasks render, for a holder's quota (0: not a render).
     pixels: int = 0
