@@ -19,11 +19,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from typing import TYPE_CHECKING
 
 from fractalq import config
 from fractalq.coordinator.broker import Broker, JobSpec
 from fractalq.coordinator.errors import AlreadyExists, ResourceExhausted
-from fractalq.coordinator.store import SqliteJournal
+
+if TYPE_CHECKING:
+    from fractalq.coordinator.service import CoordinatorService
 
 log = logging.getLogger("fractalq.coordinator")
 
@@ -43,9 +46,10 @@ def can_sweep(broker: Broker) -> bool:
 
 
 def queue_sweep(
-    broker: Broker, journal: SqliteJournal | None, now: float, retention: float, interval: float
+    service: CoordinatorService, now: float, retention: float, interval: float
 ) -> str | None:
     """Queue this interval's sweep; returns its job id, or None if it was not queued."""
+    broker, journal = service.broker, service.journal
     before = now - retention
     keep = {job.job_id for job in broker.jobs.values() if job.created_at < before}
     if journal is not None:
@@ -67,6 +71,6 @@ def queue_sweep(
     # Already queued this interval (before a restart, say), or no room now.
     with contextlib.suppress(AlreadyExists, ResourceExhausted):
         if journal is None or journal.load_job(job_id) is None:
-            broker.submit(spec, now, job_id)
+            service.submit_internal(spec, job_id, now)
             return job_id
     return None

@@ -50,7 +50,7 @@ async def _timers(service: CoordinatorService, settings: CoordinatorSettings) ->
                 log.info("forgot %d job(s) finished over %gs ago", forgotten, retention)
         if orphans and now - orphans_swept >= orphans and can_sweep(service.broker):
             orphans_swept = now
-            if job_id := queue_sweep(service.broker, service.journal, now, retention, orphans):
+            if job_id := queue_sweep(service, now, retention, orphans):
                 log.info("queued %s: objects of unknown jobs older than %gs", job_id, retention)
 
 

@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2
 
 from fractalq import config
 from fractalq.coordinator import rpc, validation
-from fractalq.coordinator.broker import Broker, LeasedTask
+from fractalq.coordinator.broker import Broker, JobSpec, LeasedTask
 from fractalq.coordinator.deadletters import dead_letters
 from fractalq.coordinator.errors import (
     AlreadyExists,
@@ -517,6 +517,17 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SubmitJobResponse:
         return await self.submit_job(request, self.caller(context))
+
+    def submit_internal(self, spec: JobSpec, job_id: str, now: float | None = None) -> Job:
+        """A job the coordinator makes for itself (the explorer's tiles, the orphan
+        sweep): built in-process, so nothing to parse and no holder's quota, but the
+        broker's limits apply (BrokerError when refused). Not waited for: a transient
+        job is never journaled, and a sweep lost in a crash is queued again."""
+        job, created = self.broker.submit(spec, self.clock() if now is None else now, job_id)
+        if created and not spec.transient:
+            log.info("job %s: %d %s task(s), queued by the coordinator", job_id, job.total,
+                     job.task_type)  # fmt: skip
+        return job
 
     async def submit_job(
         self, request: pb.SubmitJobRequest, caller: Caller = ANYONE

@@ -84,7 +84,8 @@ def explore_config() -> dict[str, object]:
 
 def add_routes(app: web.Application, service: CoordinatorService) -> None:
     """Mount the explorer on the coordinator's HTTP app."""
-    explorer = Explorer(TileRenderer(service.broker, clock=service.clock))
+    renderer = TileRenderer(service.broker, clock=service.clock, submit=service.submit_internal)
+    explorer = Explorer(renderer)
     app[RENDERER] = explorer.renderer
     app.router.add_get("/explore", explorer.page)
     app.router.add_get("/api/explore/config", explorer.settings)

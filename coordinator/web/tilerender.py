@@ -94,8 +94,12 @@ class TileRenderer(Listener):
         max_tiles: int = config.MAX_TILES_IN_FLIGHT,
         tiles_per_task: int = config.TILES_PER_TASK,
         timeout: float = config.TILE_TIMEOUT,
+        submit: Callable[[JobSpec, str, float], object] | None = None,
     ) -> None:
         self.broker = broker
+        # How a tile job is queued: the service's door for the coordinator's own jobs
+        # (CoordinatorService.submit_internal); the broker itself when there is none.
+        self._submit = submit or (lambda spec, job_id, now: broker.submit(spec, now, job_id))
         self.cache = cache if cache is not None else TileCache()
         self.clock = clock
         self.window = window
@@ -185,7 +189,7 @@ class TileRenderer(Listener):
         self._jobs[job_id] = (self.clock(), time.perf_counter(), tasks)
         self.stats.jobs += 1
         try:
-            self.broker.submit(spec, self.clock(), job_id)
+            self._submit(spec, job_id, self.clock())
         except BrokerError as error:
             self._fail(job_id, f"the queue refused the tiles: {error}")
 
