@@ -278,7 +278,8 @@ def test_a_render_rides_out_a_coordinator_killed_and_restarted(
     renderers.workers(1, storage)
     coordinator = renderers.coordinator
     out = tmp_path / "deep.png"
-    render = start_render(coordinator.address, storage, out, *SLOW_VIEW)
+    # Five times SLOW_VIEW's iterations: the render outlives a restart on a quiet machine.
+    render = start_render(coordinator.address, storage, out, *SLOW_VIEW, "--max-iter", "100000")
     try:
         assert render.stdout is not None
         first = render.stdout.readline()
@@ -295,7 +296,7 @@ def test_a_render_rides_out_a_coordinator_killed_and_restarted(
     assert stdout.strip().splitlines()[-1] == str(out)
     assert "lost the coordinator" in stderr and "Traceback" not in stderr
     expected = RenderRequest.create(
-        "mandelbrot", width=480, height=480, max_iter=20000,
+        "mandelbrot", width=480, height=480, max_iter=100000,
         center_x=-0.1, center_y=0.75, view_width=0.01,
     )  # fmt: skip
     assert out.read_bytes() == reference_png(expected)
@@ -346,7 +347,11 @@ def test_a_cancelled_render_leaves_no_bands_behind(renderers: Renderers, tmp_pat
     store = tmp_path / "store"
     renderers.workers(1, store.as_uri())
     coordinator = renderers.coordinator
-    render = start_render(coordinator.address, store.as_uri(), tmp_path / "never.png", *SLOW_VIEW)
+    # Twenty times SLOW_VIEW's iterations: far from done when the cancel comes.
+    never = tmp_path / "never.png"
+    render = start_render(
+        coordinator.address, store.as_uri(), never, *SLOW_VIEW, "--max-iter", "400000"
+    )
     try:
         assert render.stdout is not None
         job_id = render.stdout.readline().split()[-1]
