@@ -505,40 +505,6 @@ class Broker:
 
     # ---- workers ---------------------------------------------------------
 
-    def register_worker(
-        self,
-        worker_id: str,
-        task_types: tuple[str, ...],
-        concurrency: int,
-        hostname: str,
-        now: float,
-        session: str = "",
-    ) -> WorkerRecord:
-        """Open a session, or resume the live one whose secret ``session`` is
-        (:meth:`.WorkerRegistry.register`)."""
-        return self.registry.register(worker_id, task_types, concurrency, hostname, now, session)
-
-    def session(self, worker_id: str, session: str, now: float | None = None) -> WorkerRecord:
-        """The live session ``worker_id`` if ``session`` is its secret."""
-        return self.registry.session(worker_id, session, now)
-
-    def is_live(self, worker: WorkerRecord) -> bool:
-        return self.registry.is_live(worker)
-
-    def offering(self, task_type: str) -> list[WorkerRecord]:
-        """The registered (so live) workers that run ``task_type``."""
-        return self.registry.offering(task_type)
-
-    def heartbeat(
-        self,
-        worker: WorkerRecord,
-        draining: bool,
-        now: float,
-        storage_error: str = "",
-        running: int = 0,
-    ) -> None:
-        self.registry.heartbeat(worker, draining, now, storage_error, running)
-
     @property
     def workers(self) -> dict[str, WorkerRecord]:
         return self.registry.workers
@@ -593,7 +559,7 @@ class Broker:
     # ---- leasing and reports ---------------------------------------------
 
     def lease(self, worker: WorkerRecord, max_tasks: int, now: float) -> list[LeasedTask]:
-        if worker.draining or not self.is_live(worker):
+        if worker.draining or not self.registry.is_live(worker):
             return []
         worker.last_seen = now
         self.promote_due(now)

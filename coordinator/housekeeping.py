@@ -42,7 +42,7 @@ def sweep_job_id(now: float, interval: float) -> str:
 
 def can_sweep(broker: Broker) -> bool:
     """Whether a live worker runs sweeps (else the job would wait for one)."""
-    return bool(broker.offering(config.SWEEP_TASK_TYPE))
+    return bool(broker.registry.offering(config.SWEEP_TASK_TYPE))
 
 
 def queue_sweep(

@@ -339,7 +339,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     def _session(self, worker_id: str, session: str) -> WorkerRecord:
         validation.check_worker_id(worker_id)
         validation.check_session(session)
-        return self.broker.session(worker_id, session, self.clock())
+        return self.broker.registry.session(worker_id, session, self.clock())
 
     @_unary
     async def RegisterWorker(
@@ -347,7 +347,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     ) -> pb.RegisterWorkerResponse:
         worker_id = validation.check_worker_id(request.worker_id)
         task_types = validation.check_task_types(list(request.task_types))
-        worker = self.broker.register_worker(
+        worker = self.broker.registry.register(
             worker_id,
             task_types,
             validation.check_concurrency(request.concurrency),
@@ -381,7 +381,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                         worker = current
                         worker.stream += 1
                         stream = worker.stream
-                    self.broker.heartbeat(
+                    self.broker.registry.heartbeat(
                         worker, beat.draining, self.clock(), beat.storage_error, beat.running
                     )
                 except BrokerError as error:
@@ -403,7 +403,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             if (
                 worker is not None
                 and worker.stream == stream
-                and self.broker.is_live(worker)
+                and self.broker.registry.is_live(worker)
                 and not self.stopping
             ):
                 lost = self.broker.worker_lost(worker, "heartbeat stream ended", self.clock())
@@ -427,7 +427,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             ready = self._ready  # before leasing, so a wake-up in between is not missed
             leased = self.broker.lease(worker, limit, self.clock())
             remaining = deadline - loop.time()
-            if leased or remaining <= 0 or not self.broker.is_live(worker):
+            if leased or remaining <= 0 or not self.broker.registry.is_live(worker):
                 break
             due = self.broker.next_due()
             if due is not None:

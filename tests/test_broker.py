@@ -36,7 +36,7 @@ def spec(count: int = 1, priority: int = 10, task_type: str = "noop", attempts: 
 
 def broker(**kwargs: object) -> Broker:
     b = Broker(rng=random.Random(1), **kwargs)  # type: ignore[arg-type]
-    b.register_worker("w1", ALL, 1, "host", 0.0)
+    b.registry.register("w1", ALL, 1, "host", 0.0)
     return b
 
 
@@ -63,7 +63,7 @@ def test_lower_priority_first_then_submission_order() -> None:
 
 def test_workers_only_get_their_task_types() -> None:
     b = broker()
-    b.register_worker("sleeper", ("sleep",), 1, "host", 0.0)
+    b.registry.register("sleeper", ("sleep",), 1, "host", 0.0)
     b.submit(spec(1, priority=1, task_type="noop"), 0, "n")
     b.submit(spec(1, priority=9, task_type="sleep"), 0, "s")
     [task] = b.lease(b.workers["sleeper"], 5, 0.0)
@@ -86,11 +86,11 @@ def test_lease_batches_and_job_lifecycle() -> None:
 def test_duplicate_and_late_completions_are_ignored() -> None:
     b = broker(worker_timeout=5.0)
     w1 = b.workers["w1"]
-    w2 = b.register_worker("w2", ALL, 1, "host", 0.0)
+    w2 = b.registry.register("w2", ALL, 1, "host", 0.0)
     job, _ = b.submit(spec(2), 0, "j")
     [first] = b.lease(w1, 1, 0.0)
     # w1 goes silent; its lease returns and w2 takes the task (attempt 2).
-    b.heartbeat(w2, False, 10.0)
+    b.registry.heartbeat(w2, False, 10.0)
     assert b.expire_workers(10.0) == ["w1"]
     [again] = b.lease(w2, 1, 10.0)
     assert (again.index, again.attempt) == (first.index, 2)
@@ -109,7 +109,7 @@ def test_a_lost_lease_takes_no_result_even_before_it_is_leased_again() -> None:
     assert job.task_state(0) is TaskState.QUEUED
     assert not b.complete(w1, "j", 0, task.attempt, b"ok", 11.0)
     # Registering again under the same id opens a new session, which holds no lease.
-    again = b.register_worker("w1", ALL, 1, "host", 11.0)
+    again = b.registry.register("w1", ALL, 1, "host", 11.0)
     assert again.session != w1.session
     assert not b.complete(again, "j", 0, task.attempt, b"ok", 11.0)
     assert job.task_state(0) is TaskState.QUEUED and b.reports_ignored == 2
@@ -147,7 +147,7 @@ def test_failures_back_off_then_dead_letter() -> None:
 
 def test_a_dead_letter_fails_the_job_and_drops_its_other_tasks() -> None:
     b = broker()
-    b.register_worker("w2", ALL, 1, "host", 0.0)
+    b.registry.register("w2", ALL, 1, "host", 0.0)
     job, _ = b.submit(spec(5, attempts=1), 0, "j")
     [a] = b.lease(b.workers["w1"], 1, 0.0)
     [other] = b.lease(b.workers["w2"], 1, 0.0)
@@ -164,7 +164,7 @@ def test_worker_loss_counts_an_attempt_and_can_dead_letter() -> None:
     b = broker(worker_timeout=1.0)
     job, _ = b.submit(spec(1, attempts=2), 0, "j")
     for now in (0.0, 10.0):
-        worker = b.register_worker("w9", ALL, 1, "host", now)
+        worker = b.registry.register("w9", ALL, 1, "host", now)
         assert b.lease(worker, 1, now)
         b.worker_lost(worker, "stream broke", now)
     assert job.state is JobState.FAILED and "lost" in job.reason
@@ -174,20 +174,20 @@ def test_release_hands_back_without_counting_an_attempt() -> None:
     b = broker()
     b.submit(spec(1), 0, "j")
     [task] = b.lease(b.workers["w1"], 1, 0.0)
-    someone_else = b.register_worker("someone-else", ALL, 1, "host", 0.0)
+    someone_else = b.registry.register("someone-else", ALL, 1, "host", 0.0)
     assert not b.release(someone_else, "j", 0, task.attempt, 0.0)
     assert b.release(b.workers["w1"], "j", 0, task.attempt, 0.0)
     [again] = b.lease(b.workers["w1"], 1, 0.0)
     assert again.attempt == 1
     b.unregister_worker(b.workers["w1"], 0.0)
-    worker = b.register_worker("w1", ALL, 1, "host", 0.0)
+    worker = b.registry.register("w1", ALL, 1, "host", 0.0)
     assert b.lease(worker, 1, 0.0)[0].attempt == 1
 
 
 def test_draining_workers_get_nothing() -> None:
     b = broker()
     b.submit(spec(1), 0, "j")
-    b.heartbeat(b.workers["w1"], True, 0.0)
+    b.registry.heartbeat(b.workers["w1"], True, 0.0)
     assert b.lease(b.workers["w1"], 1, 0.0) == []
 
 
@@ -260,7 +260,7 @@ def test_validation_names_the_problem(fields: dict[str, object], message: str) -
 def test_journal_restores_jobs_after_a_restart(tmp_path: Path) -> None:
     journal = SqliteJournal(str(tmp_path))
     b = Broker(journal=journal)
-    b.register_worker("w1", ALL, 1, "host", 0.0)
+    b.registry.register("w1", ALL, 1, "host", 0.0)
     distinct = JobSpec("noop", [b"a", b"b", b"c"], b"", 3, 1, 3, {"k": "v"})
     b.submit(distinct, 0, "distinct")
     b.submit(spec(4, priority=2), 0, "shared")
@@ -275,7 +275,7 @@ def test_journal_restores_jobs_after_a_restart(tmp_path: Path) -> None:
     journal = SqliteJournal(str(tmp_path))
     restored = Broker(journal=journal)
     restored.restore(journal.load(100), 2.0)
-    restored.register_worker("w1", ALL, 1, "host", 0.0)
+    restored.registry.register("w1", ALL, 1, "host", 0.0)
     job = restored.jobs["distinct"]
     assert job.labels == {"k": "v"} and job.state is JobState.RUNNING
     assert job.task_state(0) is TaskState.SUCCEEDED
@@ -293,7 +293,7 @@ def test_retention_forgets_old_finished_jobs_in_memory_and_in_the_database(
 ) -> None:
     journal = SqliteJournal(str(tmp_path))
     b = Broker(journal=journal)
-    b.register_worker("w1", ALL, 1, "host", 0.0)
+    b.registry.register("w1", ALL, 1, "host", 0.0)
     b.submit(spec(1), 0.0, "done")
     b.submit(spec(1, priority=20), 0.0, "waiting")  # old, but not finished
     b.submit(spec(2, priority=15), 0.0, "cancelled")
@@ -348,12 +348,12 @@ def test_a_live_worker_id_is_refused_to_anyone_but_its_session() -> None:
     b.submit(spec(2), 0, "j")
     [task] = b.lease(w1, 1, 0.0)
     with pytest.raises(AlreadyExists, match="held by a live worker"):
-        b.register_worker("w1", ("noop",), 1, "evil", 1.0)
+        b.registry.register("w1", ("noop",), 1, "evil", 1.0)
     with pytest.raises(AlreadyExists):
-        b.register_worker("w1", ("noop",), 1, "evil", 1.0, session="guess")
+        b.registry.register("w1", ("noop",), 1, "evil", 1.0, session="guess")
     assert b.requests_refused == 2
     # The same process reconnecting presents its secret: same session, leases kept.
-    again = b.register_worker("w1", ALL, 2, "host", 2.0, session=w1.session)
+    again = b.registry.register("w1", ALL, 2, "host", 2.0, session=w1.session)
     assert again is w1 and again.concurrency == 2 and w1.leases == {("j", task.index)}
     assert b.complete(w1, "j", task.index, task.attempt, b"", 3.0)
 
@@ -361,21 +361,21 @@ def test_a_live_worker_id_is_refused_to_anyone_but_its_session() -> None:
 def test_a_session_is_checked_by_its_secret() -> None:
     b = broker()
     w1 = b.workers["w1"]
-    assert b.session("w1", w1.session, 5.0) is w1 and w1.last_seen == 5.0
+    assert b.registry.session("w1", w1.session, 5.0) is w1 and w1.last_seen == 5.0
     wrong = [("w1", ""), ("w1", "x" * len(w1.session)), ("w1", "é\udc80"), ("nobody", w1.session)]
     for worker_id, secret in wrong:
         with pytest.raises(UnknownWorker, match="register first"):
-            b.session(worker_id, secret)
+            b.registry.session(worker_id, secret)
     assert b.requests_refused == 4
     b.unregister_worker(w1, 0.0)
     with pytest.raises(UnknownWorker):
-        b.session("w1", w1.session)
+        b.registry.session("w1", w1.session)
 
 
 def test_reports_from_a_session_that_does_not_hold_the_lease_change_nothing() -> None:
     b = broker()
     honest = b.workers["w1"]
-    forger = b.register_worker("forger", ALL, 1, "host", 0.0)
+    forger = b.registry.register("forger", ALL, 1, "host", 0.0)
     job, _ = b.submit(spec(3), 0, "j")
     [task] = b.lease(honest, 1, 0.0)
     # Queued tasks, the leased one, any attempt number: nothing is taken.
@@ -393,9 +393,9 @@ def test_reports_from_a_session_that_does_not_hold_the_lease_change_nothing() ->
 def test_limits_on_what_the_broker_holds() -> None:
     limits = QueueLimits(max_workers=2, max_active_jobs=2, max_queued_bytes=10)
     b = broker(limits=limits)
-    b.register_worker("w2", ALL, 1, "host", 0.0)
+    b.registry.register("w2", ALL, 1, "host", 0.0)
     with pytest.raises(ResourceExhausted, match="workers"):
-        b.register_worker("w3", ALL, 1, "host", 0.0)
+        b.registry.register("w3", ALL, 1, "host", 0.0)
     b.submit(JobSpec("noop", [b"12345", b"678"], b"", 2, 1, 3, {}), 0, "a")
     with pytest.raises(ResourceExhausted, match="bytes of payloads"):
         b.submit(JobSpec("noop", None, b"123", 1, 1, 3, {}), 0, "b")
@@ -430,7 +430,7 @@ def staged(count: int = 2, attempts: int = 3) -> JobSpec:
 def test_a_job_runs_its_first_task_then_its_parallel_tasks_then_its_final_task() -> None:
     b = broker()
     w1 = b.workers["w1"]
-    only_noop = b.register_worker("noop-only", ("noop",), 4, "host", 0.0)
+    only_noop = b.registry.register("noop-only", ("noop",), 4, "host", 0.0)
     job, _ = b.submit(staged(), 0, "j")
     assert state(job) is JobState.QUEUED and b.totals()[TaskState.QUEUED] == 1
     assert b.lease(only_noop, 4, 0.0) == []  # the parallel tasks wait for the first one
@@ -475,7 +475,7 @@ def test_cancelling_a_staged_job_cancels_its_waiting_tasks_and_a_lost_worker_req
     job, _ = b.submit(staged(), 0, "j")
     [first] = b.lease(w1, 1, 0.0)
     b.worker_lost(w1, "gone", 1.0)  # the first task goes back, the attempt counted
-    w2 = b.register_worker("w2", ALL, 1, "host", 1.0)
+    w2 = b.registry.register("w2", ALL, 1, "host", 1.0)
     [again] = b.lease(w2, 1, 1.0)
     assert (again.index, again.attempt) == (first.index, 2)
     b.cancel("j", "stop", 2.0)
@@ -488,7 +488,7 @@ def test_cancelling_a_staged_job_cancels_its_waiting_tasks_and_a_lost_worker_req
 def test_a_staged_job_resumes_its_stage_after_a_restart(tmp_path: Path) -> None:
     journal = SqliteJournal(str(tmp_path))
     b = Broker(journal=journal)
-    w1 = b.register_worker("w1", ALL, 1, "host", 0.0)
+    w1 = b.registry.register("w1", ALL, 1, "host", 0.0)
     b.submit(replace(staged(2), time_limit=60.0), 0, "j")
     [first] = b.lease(w1, 1, 0.0)
     assert first.time_limit == 0.0  # a stage task keeps its type's limit
@@ -506,7 +506,7 @@ def test_a_staged_job_resumes_its_stage_after_a_restart(tmp_path: Path) -> None:
     job = restored.jobs["j"]
     assert state(job) is JobState.RUNNING and job.time_limit == 60.0
     assert job.first is not None and job.first.state is TaskState.SUCCEEDED
-    worker = restored.register_worker("w1", ALL, 1, "host", 2.0)
+    worker = restored.registry.register("w1", ALL, 1, "host", 2.0)
     [band] = restored.lease(worker, 4, 2.0)
     assert (band.index, band.task_type) == (1, "noop")
     assert restored.complete(worker, "j", band.index, band.attempt, b"", 2.0)
@@ -588,12 +588,14 @@ def test_the_coordinators_job_states_are_the_protos_and_share_its_final_ones() -
 
 def test_a_heartbeat_says_how_many_of_its_leases_a_worker_runs() -> None:
     broker = Broker()
-    worker = broker.register_worker("w1", ("noop",), 2, "host", 0.0)
-    broker.heartbeat(worker, False, 1.0, running=2)
+    worker = broker.registry.register("w1", ("noop",), 2, "host", 0.0)
+    broker.registry.heartbeat(worker, False, 1.0, running=2)
     assert worker.running == 2
-    broker.heartbeat(worker, False, 2.0, running=4_000_000_000)  # never more than its slots
+    broker.registry.heartbeat(
+        worker, False, 2.0, running=4_000_000_000
+    )  # never more than its slots
     assert worker.running == 2
-    broker.heartbeat(worker, False, 3.0)
+    broker.registry.heartbeat(worker, False, 3.0)
     assert worker.running == 0
 
 

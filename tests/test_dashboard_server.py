@@ -76,7 +76,7 @@ async def _submit_render(service: CoordinatorService, request: RenderRequest, ba
 def _complete_bands(service: CoordinatorService, request: RenderRequest, count: int) -> None:
     """A worker's part: lease ``count`` bands, render them, report their results."""
     broker = service.broker
-    worker = broker.workers.get("w") or broker.register_worker("w", ("fractal.band",), 64, "h", 0)
+    worker = broker.workers.get("w") or broker.registry.register("w", ("fractal.band",), 64, "h", 0)
     for task in broker.lease(worker, count, 1.0):
         start, end = json.loads(task.payload)["rows"]
         rgb = render_rows(request, start, end)
@@ -408,7 +408,7 @@ async def _without_storage_the_image_endpoint_says_why() -> None:
         assert (await http.get("/api/jobs/nope/image.png")).status == 404
         _complete_bands(service, request, 1)
         broker = service.broker
-        worker = broker.register_worker("a", ("fractal.assemble",), 1, "h", 2.0)
+        worker = broker.registry.register("a", ("fractal.assemble",), 1, "h", 2.0)
         [final] = broker.lease(worker, 1, 2.0)
         result = b'{"key": "jobs/x/image.png", "url": "s3://bucket/jobs/x/image.png", "bytes": 9}'
         assert broker.complete(worker, final.job_id, final.index, final.attempt, result, 2.0)

@@ -46,7 +46,7 @@ def staged(count: int = 3, attempts: int = 2) -> JobSpec:
 
 def broker(journal: SqliteJournal | None = None) -> tuple[Broker, WorkerRecord]:
     b = Broker(journal=journal, rng=random.Random(1))
-    return b, b.register_worker("w1", ALL, 8, "host", 0.0)
+    return b, b.registry.register("w1", ALL, 8, "host", 0.0)
 
 
 def state(job: Job) -> JobState:
@@ -271,7 +271,7 @@ def test_dead_letters_and_a_requeue_survive_a_restart(tmp_path: Path) -> None:
     job = b.jobs["j"]
     assert state(job) is JobState.RUNNING and not job.dead_letters_held
     assert job.attempts_of(1) == 0 and job.payload(1) == b'{"n": 1}'
-    w1 = b.register_worker("w1", ALL, 8, "host", 6000.0)
+    w1 = b.registry.register("w1", ALL, 8, "host", 6000.0)
     leased = b.lease(w1, 8, 6000.0)
     assert sorted(t.index for t in leased) == [1, 2]
     for task in leased:

@@ -163,7 +163,7 @@ def _broker() -> tuple[Broker, RecordingJournal]:
 
 def _work(broker: Broker, worker_id: str = "w1", *, fail: bool = False) -> int:
     """Lease every ready task as a worker would, run it for real, report it; how many."""
-    worker = broker.workers.get(worker_id) or broker.register_worker(
+    worker = broker.workers.get(worker_id) or broker.registry.register(
         worker_id, (TASK_TYPE,), 2, "host", 0.0
     )
     done = 0
@@ -182,7 +182,7 @@ def _work(broker: Broker, worker_id: str = "w1", *, fail: bool = False) -> int:
 def test_tiles_render_through_a_transient_job_and_come_back_from_the_cache() -> None:
     async def scenario() -> None:
         broker, journal = _broker()
-        broker.register_worker("w1", (TASK_TYPE,), 2, "host", 0.0)
+        broker.registry.register("w1", (TASK_TYPE,), 2, "host", 0.0)
         renderer = TileRenderer(broker, window=0.0)
         requests = [tile_request(QUERY, (2, x, 1)) for x in range(4)]
         futures = renderer.tiles([*requests, requests[0]])  # a tile twice: one render
@@ -208,7 +208,7 @@ def test_a_failed_tile_job_fails_its_tiles_and_they_may_be_asked_again() -> None
     async def scenario() -> None:
         broker, _ = _broker()
         renderer = TileRenderer(broker, window=0.0)
-        broker.register_worker("w1", (TASK_TYPE,), 1, "host", 0.0)
+        broker.registry.register("w1", (TASK_TYPE,), 1, "host", 0.0)
         [future] = renderer.tiles([tile_request(QUERY, (1, 0, 0))])
         await asyncio.sleep(0.01)
         [job] = broker.jobs.values()
@@ -229,7 +229,7 @@ def test_the_explorer_bounds_what_it_queues() -> None:
         renderer = TileRenderer(broker, window=0.0, max_jobs=2, max_tiles=5)
         with pytest.raises(Busy, match=f"no worker serves {TASK_TYPE}"):
             renderer.tiles([tile_request(QUERY, (1, 0, 0))])
-        broker.register_worker("w1", (TASK_TYPE,), 1, "host", 0.0)
+        broker.registry.register("w1", (TASK_TYPE,), 1, "host", 0.0)
         with pytest.raises(Busy, match="as many tiles"):
             renderer.tiles([tile_request(QUERY, (3, x, 0)) for x in range(6)])
         for x in range(2):
@@ -247,7 +247,7 @@ def test_the_explorer_bounds_what_it_queues() -> None:
 def test_tiles_nobody_waits_for_leave_the_queue() -> None:
     async def scenario() -> None:
         broker, _ = _broker()
-        broker.register_worker("w1", (TASK_TYPE,), 1, "host", 0.0)
+        broker.registry.register("w1", (TASK_TYPE,), 1, "host", 0.0)
         renderer = TileRenderer(broker, window=0.0)
         first = renderer.tiles([tile_request(QUERY, (4, x, 4)) for x in range(3)])
         second = renderer.tiles([tile_request(QUERY, (4, 0, 4))])  # shares a tile
@@ -269,7 +269,7 @@ def test_a_tile_job_nobody_takes_is_cancelled_after_the_timeout() -> None:
     async def scenario() -> None:
         now = [0.0]
         broker, _ = _broker()
-        broker.register_worker("w1", (TASK_TYPE,), 1, "host", 0.0)
+        broker.registry.register("w1", (TASK_TYPE,), 1, "host", 0.0)
         renderer = TileRenderer(broker, clock=lambda: now[0], window=0.0, timeout=5.0)
         [future] = renderer.tiles([tile_request(QUERY, (1, 1, 1))])
         await asyncio.sleep(0.01)
@@ -319,7 +319,7 @@ def test_the_broker_takes_a_tile_result_past_the_queue_limit_but_no_other() -> N
     recorder = Recorder()
     broker.listeners.add(recorder)
     results = recorder.results
-    worker = broker.register_worker("w1", (TASK_TYPE, "noop"), 2, "host", 0.0)
+    worker = broker.registry.register("w1", (TASK_TYPE, "noop"), 2, "host", 0.0)
     big = b"x" * (config.MAX_RESULT_BYTES + 1)
     for task_type in (TASK_TYPE, "noop"):
         spec = JobSpec(task_type, None, b"{}", 1, 0, 1, {}, transient=True)

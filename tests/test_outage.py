@@ -311,11 +311,11 @@ def test_a_store_that_stops_answering_is_an_outage(
 
 def test_the_coordinator_keeps_a_workers_storage_error_as_one_short_line() -> None:
     broker = Broker()
-    worker = broker.register_worker("w1", ("noop",), 1, "host", 0.0)
-    broker.heartbeat(worker, False, 1.0, "cannot reach S3\nendpoint " + "x" * 1000)
+    worker = broker.registry.register("w1", ("noop",), 1, "host", 0.0)
+    broker.registry.heartbeat(worker, False, 1.0, "cannot reach S3\nendpoint " + "x" * 1000)
     assert worker.storage_error.startswith("cannot reach S3 endpoint x")
     assert len(worker.storage_error) == MAX_STORAGE_ERROR_LENGTH
-    broker.heartbeat(worker, False, 2.0, "")
+    broker.registry.heartbeat(worker, False, 2.0, "")
     assert worker.storage_error == ""
 
 

@@ -123,10 +123,10 @@ class TileRenderer(Listener):
         return len(self._jobs) + (1 if self._pending else 0)
 
     def _has_worker(self) -> bool:
-        return any(not worker.draining for worker in self.broker.offering(TASK_TYPE))
+        return any(not worker.draining for worker in self.broker.registry.offering(TASK_TYPE))
 
     def _slots(self) -> int:
-        return sum(worker.concurrency for worker in self.broker.offering(TASK_TYPE))
+        return sum(worker.concurrency for worker in self.broker.registry.offering(TASK_TYPE))
 
     def tiles(self, requests: list[RenderRequest]) -> list[asyncio.Future[bytes]]:
         """A future of PNG bytes per request, in order; Busy when they cannot be queued now."""
