@@ -31,6 +31,7 @@ _WORKER_METHODS = frozenset(
         "CompleteTask",
         "FailTask",
         "ReleaseTasks",
+        "Work",
         "UnregisterWorker",
     }
 )

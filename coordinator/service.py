@@ -58,6 +58,7 @@ from fractalq.coordinator.settings import CoordinatorSettings
 from fractalq.coordinator.store import GroupCommit, SqliteJournal
 from fractalq.coordinator.validation import loggable
 from fractalq.coordinator.workers import WorkerRecord
+from fractalq.coordinator.workstream import WorkStream
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
 from fractalq.security.tokens import bearer
@@ -417,6 +418,43 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     async def GetTask(
         self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetTaskResponse:
+        return await self.get_task(request)
+
+    @_unary
+    async def CompleteTask(
+        self, request: pb.CompleteTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ReportResponse:
+        return await self.complete_tasks(request)
+
+    @_unary
+    async def FailTask(
+        self, request: pb.FailTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ReportResponse:
+        return await self.fail_tasks(request)
+
+    @_unary
+    async def ReleaseTasks(
+        self, request: pb.ReleaseTasksRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ReportResponse:
+        return await self.release_tasks(request)
+
+    async def Work(
+        self,
+        requests: AsyncIterator[pb.WorkRequest | Malformed],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.WorkResponse]:
+        stream = WorkStream(self, requests)
+        async for answer in stream:
+            yield answer
+        if stream.refusal is not None:
+            code, message, kind = _refusal(stream.refusal)
+            _refuse(self, "Work", code, message, context, kind)
+        elif stream.failure is not None:
+            log.error("Work failed", exc_info=stream.failure)  # a bug: keep its traceback
+            rpc.set_status(context, grpc.StatusCode.INTERNAL, "internal error")
+
+    async def get_task(self, request: pb.GetTaskRequest) -> pb.GetTaskResponse:
+        """GetTask (a call or a Work stream's request); BrokerError when refused."""
         worker = self._session(request.worker_id, request.session)
         limit = min(max(request.max_tasks, 1), config.MAX_TASKS_PER_LEASE)
         wait = validation.check_finite(request.wait_seconds, "wait_seconds")
@@ -437,10 +475,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     await ready.wait()
         return pb.GetTaskResponse(tasks=_tasks(leased))
 
-    @_unary
-    async def CompleteTask(
-        self, request: pb.CompleteTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ReportResponse:
+    async def complete_tasks(self, request: pb.CompleteTaskRequest) -> pb.ReportResponse:
+        """CompleteTask (a call or a Work stream's request); BrokerError when refused."""
         complete = self.broker.complete
 
         def apply(worker: WorkerRecord, r: pb.TaskResult, now: float) -> bool:
@@ -451,10 +487,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             request.worker_id, request.session, request.results, apply, max_tasks=request.max_tasks
         )
 
-    @_unary
-    async def FailTask(
-        self, request: pb.FailTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ReportResponse:
+    async def fail_tasks(self, request: pb.FailTaskRequest) -> pb.ReportResponse:
+        """FailTask (a call or a Work stream's request); BrokerError when refused."""
         fail = self.broker.fail
 
         def apply(worker: WorkerRecord, e: pb.TaskError, now: float) -> bool:
@@ -463,10 +497,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
         return await self._report(request.worker_id, request.session, request.errors, apply)
 
-    @_unary
-    async def ReleaseTasks(
-        self, request: pb.ReleaseTasksRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ReportResponse:
+    async def release_tasks(self, request: pb.ReleaseTasksRequest) -> pb.ReportResponse:
+        """ReleaseTasks (a call or a Work stream's request); BrokerError when refused."""
         release = self.broker.release
 
         def apply(worker: WorkerRecord, t: pb.TaskRef, now: float) -> bool:

@@ -538,6 +538,77 @@ class ReportResponse(_message.Message):
 Global___ReportResponse: _TypeAlias = ReportResponse  # noqa: Y015
 
 @_typing.final
+class WorkRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    GET_TASK_FIELD_NUMBER: _builtins.int
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    FAIL_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """the worker's choice; its response carries it"""
+    @_builtins.property
+    def get_task(self) -> Global___GetTaskRequest: ...
+    @_builtins.property
+    def complete(self) -> Global___CompleteTaskRequest: ...
+    @_builtins.property
+    def fail(self) -> Global___FailTaskRequest: ...
+    @_builtins.property
+    def release(self) -> Global___ReleaseTasksRequest: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        get_task: Global___GetTaskRequest | None = ...,
+        complete: Global___CompleteTaskRequest | None = ...,
+        fail: Global___FailTaskRequest | None = ...,
+        release: Global___ReleaseTasksRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "fail", b"fail", "get_task", b"get_task", "release", b"release", "request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "fail", b"fail", "get_task", b"get_task", "id", b"id", "release", b"release", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["get_task", "complete", "fail", "release"]  # noqa: Y015
+    _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_request) -> _WhichOneofReturnType_request | None: ...
+
+Global___WorkRequest: _TypeAlias = WorkRequest  # noqa: Y015
+
+@_typing.final
+class WorkResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
+    REPORT_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    @_builtins.property
+    def tasks(self) -> Global___GetTaskResponse:
+        """to get_task"""
+
+    @_builtins.property
+    def report(self) -> Global___ReportResponse:
+        """to complete, fail and release"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        tasks: Global___GetTaskResponse | None = ...,
+        report: Global___ReportResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report", "response", b"response", "tasks", b"tasks"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "report", b"report", "response", b"response", "tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["tasks", "report"]  # noqa: Y015
+    _WhichOneofArgType_response: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_response) -> _WhichOneofReturnType_response | None: ...
+
+Global___WorkResponse: _TypeAlias = WorkResponse  # noqa: Y015
+
+@_typing.final
 class UnregisterWorkerRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -69,6 +69,11 @@ class CoordinatorStub:
                 request_serializer=fractalq_dot_proto_dot_fractalq__pb2.UnregisterWorkerRequest.SerializeToString,
                 response_deserializer=fractalq_dot_proto_dot_fractalq__pb2.UnregisterWorkerResponse.FromString,
                 _registered_method=True)
+        self.Work = channel.stream_stream(
+                '/fractalq.v1.Coordinator/Work',
+                request_serializer=fractalq_dot_proto_dot_fractalq__pb2.WorkRequest.SerializeToString,
+                response_deserializer=fractalq_dot_proto_dot_fractalq__pb2.WorkResponse.FromString,
+                _registered_method=True)
         self.SubmitJob = channel.unary_unary(
                 '/fractalq.v1.Coordinator/SubmitJob',
                 request_serializer=fractalq_dot_proto_dot_fractalq__pb2.SubmitJobRequest.SerializeToString,
@@ -158,6 +163,18 @@ class CoordinatorServicer:
 
     def UnregisterWorker(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Work(self, request_iterator, context):
+        """GetTask, CompleteTask, FailTask and ReleaseTasks on one stream, each request
+        answered by the response of its id (a GetTask once tasks are ready or its
+        wait ends, a report once it is durable), in whatever order they are ready.
+        A message costs a fraction of a call: workers use this, and fall back on
+        the four calls against a coordinator without it. A refused request ends
+        the stream with the status its call would have had.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -255,6 +272,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.UnregisterWorker,
                     request_deserializer=fractalq_dot_proto_dot_fractalq__pb2.UnregisterWorkerRequest.FromString,
                     response_serializer=fractalq_dot_proto_dot_fractalq__pb2.UnregisterWorkerResponse.SerializeToString,
+            ),
+            'Work': grpc.stream_stream_rpc_method_handler(
+                    servicer.Work,
+                    request_deserializer=fractalq_dot_proto_dot_fractalq__pb2.WorkRequest.FromString,
+                    response_serializer=fractalq_dot_proto_dot_fractalq__pb2.WorkResponse.SerializeToString,
             ),
             'SubmitJob': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitJob,
@@ -491,6 +513,33 @@ class Coordinator:
             '/fractalq.v1.Coordinator/UnregisterWorker',
             fractalq_dot_proto_dot_fractalq__pb2.UnregisterWorkerRequest.SerializeToString,
             fractalq_dot_proto_dot_fractalq__pb2.UnregisterWorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Work(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fractalq.v1.Coordinator/Work',
+            fractalq_dot_proto_dot_fractalq__pb2.WorkRequest.SerializeToString,
+            fractalq_dot_proto_dot_fractalq__pb2.WorkResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -85,6 +85,14 @@ class CoordinatorStub:
     FailTask: _grpc.UnaryUnaryMultiCallable[_fractalq_pb2.FailTaskRequest, _fractalq_pb2.ReportResponse]
     ReleaseTasks: _grpc.UnaryUnaryMultiCallable[_fractalq_pb2.ReleaseTasksRequest, _fractalq_pb2.ReportResponse]
     UnregisterWorker: _grpc.UnaryUnaryMultiCallable[_fractalq_pb2.UnregisterWorkerRequest, _fractalq_pb2.UnregisterWorkerResponse]
+    Work: _grpc.StreamStreamMultiCallable[_fractalq_pb2.WorkRequest, _fractalq_pb2.WorkResponse]
+    """GetTask, CompleteTask, FailTask and ReleaseTasks on one stream, each request
+    answered by the response of its id (a GetTask once tasks are ready or its
+    wait ends, a report once it is durable), in whatever order they are ready.
+    A message costs a fraction of a call: workers use this, and fall back on
+    the four calls against a coordinator without it. A refused request ends
+    the stream with the status its call would have had.
+    """
     SubmitJob: _grpc.UnaryUnaryMultiCallable[_fractalq_pb2.SubmitJobRequest, _fractalq_pb2.SubmitJobResponse]
     """Clients."""
     GetJob: _grpc.UnaryUnaryMultiCallable[_fractalq_pb2.GetJobRequest, _fractalq_pb2.Job]
@@ -108,6 +116,14 @@ class CoordinatorAsyncStub(CoordinatorStub):
     FailTask: _aio.UnaryUnaryMultiCallable[_fractalq_pb2.FailTaskRequest, _fractalq_pb2.ReportResponse]  # type: ignore[assignment]
     ReleaseTasks: _aio.UnaryUnaryMultiCallable[_fractalq_pb2.ReleaseTasksRequest, _fractalq_pb2.ReportResponse]  # type: ignore[assignment]
     UnregisterWorker: _aio.UnaryUnaryMultiCallable[_fractalq_pb2.UnregisterWorkerRequest, _fractalq_pb2.UnregisterWorkerResponse]  # type: ignore[assignment]
+    Work: _aio.StreamStreamMultiCallable[_fractalq_pb2.WorkRequest, _fractalq_pb2.WorkResponse]  # type: ignore[assignment]
+    """GetTask, CompleteTask, FailTask and ReleaseTasks on one stream, each request
+    answered by the response of its id (a GetTask once tasks are ready or its
+    wait ends, a report once it is durable), in whatever order they are ready.
+    A message costs a fraction of a call: workers use this, and fall back on
+    the four calls against a coordinator without it. A refused request ends
+    the stream with the status its call would have had.
+    """
     SubmitJob: _aio.UnaryUnaryMultiCallable[_fractalq_pb2.SubmitJobRequest, _fractalq_pb2.SubmitJobResponse]  # type: ignore[assignment]
     """Clients."""
     GetJob: _aio.UnaryUnaryMultiCallable[_fractalq_pb2.GetJobRequest, _fractalq_pb2.Job]  # type: ignore[assignment]
@@ -170,6 +186,20 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         request: _fractalq_pb2.UnregisterWorkerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fractalq_pb2.UnregisterWorkerResponse, _abc.Awaitable[_fractalq_pb2.UnregisterWorkerResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Work(
+        self,
+        request_iterator: _MaybeAsyncIterator[_fractalq_pb2.WorkRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_fractalq_pb2.WorkResponse], _abc.AsyncIterator[_fractalq_pb2.WorkResponse]]:
+        """GetTask, CompleteTask, FailTask and ReleaseTasks on one stream, each request
+        answered by the response of its id (a GetTask once tasks are ready or its
+        wait ends, a report once it is durable), in whatever order they are ready.
+        A message costs a fraction of a call: workers use this, and fall back on
+        the four calls against a coordinator without it. A refused request ends
+        the stream with the status its call would have had.
+        """
 
     @_abc_1.abstractmethod
     def SubmitJob(

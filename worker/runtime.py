@@ -3,7 +3,8 @@
 One asyncio loop runs three cooperating loops over one connection (a
 *session*): the heartbeat stream, the pull loop (long-polling GetTask for as
 many tasks as there are free slots) and the reporter (sending finished
-results in batches). Tasks themselves run on threads or child processes
+results in batches). The pull loop's and the reporter's requests share one
+Work stream (:mod:`.calls`). Tasks themselves run on threads or child processes
 (:mod:`.executor`) and outlive sessions: when the coordinator goes away the
 worker keeps running what it holds, keeps the reports, and reconnects with
 backoff; the reports are delivered when it is back (a coordinator that
@@ -41,6 +42,7 @@ from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
 from fractalq.retry import retry_delay
 from fractalq.tasks import TaskContext
+from fractalq.worker.calls import StreamCalls, TaskCalls, UnaryCalls
 from fractalq.worker.executor import Outcome, StorageUnavailable, TaskFailed, TaskRunner
 from fractalq.worker.memory import release_large_allocations
 from fractalq.worker.outage import StorageOutage
@@ -124,6 +126,7 @@ class Worker:
         self._metadata = settings.endpoint.metadata
         self._reconnects = 0  # failed connections in a row
         self._warmed = False
+        self._unary = False  # the coordinator has no Work stream: one call per request
 
     def stop(self) -> None:
         """Begin draining: take nothing new, finish or hand back, then return from run()."""
@@ -175,6 +178,11 @@ class Worker:
                         self._session_id = ""
                         log.warning("worker id %s is taken; registering as %s", old, self.worker_id)
                         continue
+                    if code is grpc.StatusCode.UNIMPLEMENTED and not self._unary:
+                        self._unary = True
+                        log.warning("the coordinator has no Work stream: leases and reports"
+                                    " go as calls of their own")  # fmt: skip
+                        continue
                     if code is not None and code not in _RECONNECT_CODES:
                         raise WorkerError(f"the coordinator refused: {_brief(error)}") from None
                     if self._stop.is_set():
@@ -214,21 +222,27 @@ class Worker:
             self._reconnects = 0  # the next loss backs off from the start again
             log.info("worker %s registered at %s", self.worker_id, self.settings.coordinator)
             self._beating.clear()
+            calls: TaskCalls = (
+                UnaryCalls(stub, self._metadata)
+                if self._unary
+                else StreamCalls(stub, self._metadata)
+            )
             loops = [
                 asyncio.create_task(self._heartbeat(stub, registered.heartbeat_interval)),
-                asyncio.create_task(self._report(stub)),
+                asyncio.create_task(self._report(calls)),
             ]
-            pull = asyncio.create_task(self._pull(stub))
+            pull = asyncio.create_task(self._pull(calls))
             try:
                 done, _ = await asyncio.wait([pull, *loops], return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     task.result()  # raises what broke the session
                 # The pull loop ended: we are draining.
-                await self._drain(stub)
+                await self._drain(stub, calls)
             finally:
                 for task in [pull, *loops]:
                     task.cancel()
                 await asyncio.gather(pull, *loops, return_exceptions=True)
+                calls.close()
 
     # ---- the three loops ---------------------------------------------------
 
@@ -257,7 +271,7 @@ class Worker:
             self._beating.set()
         raise SessionLost("heartbeat stream closed by the coordinator")
 
-    async def _pull(self, stub: pb_grpc.CoordinatorStub) -> None:
+    async def _pull(self, calls: TaskCalls) -> None:
         # No lease before the coordinator has answered a heartbeat: a worker
         # killed while it holds tasks then always breaks a heartbeat stream, and
         # its tasks go back at once rather than after the worker timeout.
@@ -279,22 +293,22 @@ class Worker:
                     await asyncio.wait([stop, freed], return_when=asyncio.FIRST_COMPLETED)
                     freed.cancel()
                     continue
-                call = stub.GetTask(
-                    pb.GetTaskRequest(
-                        worker_id=self.worker_id,
-                        session=self._session_id,
-                        max_tasks=free,
-                        wait_seconds=LONG_POLL_SECONDS,
-                    ),
-                    timeout=LONG_POLL_SECONDS + 10,
-                    metadata=self._metadata,
+                get = asyncio.ensure_future(
+                    calls.get_task(
+                        pb.GetTaskRequest(
+                            worker_id=self.worker_id,
+                            session=self._session_id,
+                            max_tasks=free,
+                            wait_seconds=LONG_POLL_SECONDS,
+                        ),
+                        seconds=LONG_POLL_SECONDS + 10,
+                    )
                 )
-                get = asyncio.ensure_future(call)
                 self._asking = free
                 await asyncio.wait([get, stop], return_when=asyncio.FIRST_COMPLETED)
                 self._asking = 0
                 if not get.done():
-                    call.cancel()  # stopping; leases caught in flight return on unregister
+                    get.cancel()  # stopping; leases caught in flight return on unregister
                     break
                 leased = get.result().tasks
                 self._took(leased, free)
@@ -457,16 +471,16 @@ class Worker:
                     )
                 self._outage.report(last_error)
 
-    async def _report(self, stub: pb_grpc.CoordinatorStub) -> None:
+    async def _report(self, calls: TaskCalls) -> None:
         while True:
             await self._reports_waiting.wait()
             if self._window.batching and len(self._results) < config.REPORT_BATCH:
                 # Short tasks end in quick succession: one report for a few of them.
                 await asyncio.sleep(config.REPORT_LINGER)
             self._reports_waiting.clear()
-            await self._send_reports(stub, lease=True)
+            await self._send_reports(calls, lease=True)
 
-    async def _send_reports(self, stub: pb_grpc.CoordinatorStub, lease: bool = False) -> None:
+    async def _send_reports(self, calls: TaskCalls, lease: bool = False) -> None:
         """Send what ended; ``lease``: ask for the next tasks in the same call."""
         # Reports leave the lists only once the coordinator has answered.
         while self._results:
@@ -474,13 +488,12 @@ class Worker:
             room = (
                 self._room() if lease and not self._stop.is_set() and not self._outage.down else 0
             )
-            answer = await stub.CompleteTask(
+            answer = await calls.complete(
                 pb.CompleteTaskRequest(
                     worker_id=self.worker_id, session=self._session_id, results=batch,
                     max_tasks=room,
                 ),
-                timeout=30,
-                metadata=self._metadata,
+                seconds=30,
             )  # fmt: skip
             del self._results[: len(batch)]
             if room:
@@ -488,18 +501,17 @@ class Worker:
                 self._slot_free.set()  # the pull loop sees the room taken
         while self._errors:
             failures = self._errors[: config.REPORT_BATCH]
-            await stub.FailTask(
+            await calls.fail(
                 pb.FailTaskRequest(
                     worker_id=self.worker_id, session=self._session_id, errors=failures
                 ),
-                timeout=30,
-                metadata=self._metadata,
+                seconds=30,
             )
             del self._errors[: len(failures)]
 
     # ---- stopping ------------------------------------------------------------
 
-    async def _drain(self, stub: pb_grpc.CoordinatorStub) -> None:
+    async def _drain(self, stub: pb_grpc.CoordinatorStub, calls: TaskCalls) -> None:
         for task in self._waiting:  # prefetched, never started: handed back on unregister
             self._held.discard((task.job_id, task.index, task.attempt))
         self._waiting.clear()
@@ -513,7 +525,7 @@ class Worker:
                 await asyncio.wait_for(self._idle.wait(), self.settings.grace_period)
             if self._busy:
                 log.warning("grace period over: handing back %d task(s)", self._busy)
-        await self._send_reports(stub)
+        await self._send_reports(calls)
         response = await stub.UnregisterWorker(
             pb.UnregisterWorkerRequest(worker_id=self.worker_id, session=self._session_id),
             timeout=10,
