@@ -11,6 +11,8 @@ bytes as one band rendered here), the command line and a FractalJob's spec.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -253,3 +255,27 @@ def test_the_fixed_point_orbit_is_mpfrs(
     assert np.all(np.abs(total) <= 1e-30 * size)
     assert fixedpoint.usable(bits, *z, *c)
     assert not fixedpoint.usable(bits, "5", "0") and not fixedpoint.usable(5000, "0", "0")
+
+
+def test_the_approximation_table_compiles_once_when_threads_race_for_it() -> None:
+    # A worker's warm-ups and its first tasks ask for the table's builder at once.
+    script = (
+        "import threading\n"
+        "from fractalq.fractal import bla\n"
+        "start, errors = threading.Barrier(4), []\n"
+        "def ask():\n"
+        "    start.wait()\n"
+        "    try:\n"
+        "        bla.compiled_build()\n"
+        "    except Exception as error:\n"
+        "        errors.append(repr(error))\n"
+        "threads = [threading.Thread(target=ask) for _ in range(4)]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "assert not errors, errors\n"
+        "assert len({id(bla.compiled_build()) for _ in range(3)}) == 1\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr

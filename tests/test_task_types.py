@@ -152,3 +152,33 @@ def test_fractalqs_own_types_come_from_its_entry_point() -> None:
     assert {"fractal.band", "fractal.assemble", "fractal.tile", "storage.sweep"} <= set(
         tasks.names()
     )
+
+
+COLD = """
+from fractalq.tasks import task_type
+
+
+def _warm() -> None:
+    raise RuntimeError("the cold start broke")
+
+
+@task_type("cold.start", warm=_warm)
+def cold(payload: bytes, context: object) -> bytes:
+    return payload
+"""
+
+
+def test_a_failed_warm_up_is_one_line_in_the_workers_log_format(
+    cluster: ProcessGroup, tmp_path: Path
+) -> None:
+    (tmp_path / "fractalq_cold.py").write_text(COLD)
+    env = on_path(tmp_path) | {"FRACTALQ_LOG_FORMAT": "json"}
+    coordinator = cluster.start_coordinator(env=env, extra=("--tasks", "fractalq_cold"))
+    worker = cluster.start_worker(env=env, extra_args=("--tasks", "fractalq_cold"))
+    # Not fatal: the worker runs the type's tasks (the first would meet the same error).
+    assert run(coordinator, "cold.start", [b"x"]).state == pb.SUCCEEDED
+    wait_until(lambda: "warming up failed" in worker.log(), 30, "the warm-up's failure")
+    lines = [json.loads(line) for line in worker.log().splitlines()]  # said as JSON, each
+    [failed] = [line for line in lines if "warming up failed" in line["message"]]
+    assert failed["level"] == "WARNING" and "the cold start broke" in failed["message"]
+    assert worker.alive()

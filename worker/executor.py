@@ -93,8 +93,9 @@ class _WarmUp:
     """The warm-ups of one TaskRunner.warm() call, and one line once every one has ended.
 
     How long they took says whether the compiled kernels were loaded (a fraction of a
-    second) or compiled (seconds): what a new worker's first task waits for. The line
-    waits for announce() (logging may not be set up while they run).
+    second) or compiled (seconds): what a new worker's first task waits for. The line,
+    and any warm-up's failure, waits for announce(): logging may not be set up while
+    they run, and a line logged before would go out in no format at all.
     """
 
     def __init__(self, names: list[str], futures: list[concurrent.futures.Future[None]]) -> None:
@@ -104,12 +105,15 @@ class _WarmUp:
         self._pending = len(futures)
         self._seconds: float | None = None
         self._announced = False
+        self._failures: list[str] = []
         for future in futures:
             future.add_done_callback(self._done)
 
     def _done(self, future: concurrent.futures.Future[None]) -> None:
-        _log_warm_failure(future)
+        error = None if future.cancelled() else future.exception()
         with self._lock:
+            if error is not None:
+                self._failures.append(describe(error))
             self._pending -= 1
             if self._pending == 0:
                 self._seconds = time.monotonic() - self._began
@@ -121,7 +125,12 @@ class _WarmUp:
             self._log()
 
     def _log(self) -> None:
-        if self._announced and self._seconds is not None and self._names:
+        if not self._announced:
+            return
+        for failure in self._failures:  # not fatal: the type's first task meets it again
+            log.warning("warming up failed: %s", failure)
+        self._failures = []
+        if self._seconds is not None and self._names:
             log.info("warmed up in %.2f s (%s)", self._seconds, ", ".join(self._names))
             self._names = []  # once
 

@@ -36,8 +36,8 @@ plain steps there), which bounds a table of a long orbit
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -179,16 +179,27 @@ def _store(
             nodes[first + q, column] = value
 
 
-@functools.cache
+_compiling = threading.Lock()
+_compiled: list[Callable[..., None]] = []  # _build once compiled
+
+
 def compiled_build() -> Callable[..., None]:
     """_build, compiled by numba on first use: processes that only read tables
-    (the coordinator, clients) never load numba."""
+    (the coordinator, clients) never load numba. Under a lock: a worker's warm-ups
+    and its first tasks ask for it from several threads at once, and its helpers
+    must be compiled once (numba refuses to compile a compiled function)."""
+    with _compiling:
+        if not _compiled:
+            _compiled.append(_compile_build())
+        return _compiled[0]
+
+
+def _compile_build() -> Callable[..., None]:
     import numba
 
     from fractalq.fractal import numba_cache
 
     numba_cache.seed(numba_cache.numba_cache_dir())  # before numba picks its folder
-
     inline = numba.njit(cache=True, nogil=True, inline="always")
     globals()["_merged_radius"] = inline(_merged_radius)
     globals()["_store"] = inline(_store)
