@@ -45,6 +45,7 @@ from typing import Any, cast
 import numba
 from llvmlite import binding, ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 
@@ -93,28 +94,32 @@ def _splat(builder: ir.IRBuilder, value: ir.Value, kind: ir.VectorType) -> ir.Va
     return vector
 
 
-def _round(builder: ir.IRBuilder, data: ir.Value, limit: ir.Value, c: Any, group: int) -> ir.Value:
-    """The round's code: c(k) gives chain k's c (two vectors). Returns the done mask."""
+def _round(builder: ir.IRBuilder, data: ir.Value, limit: ir.Value, c: Any) -> ir.Value:
+    """The round's code: c(base) gives the c (two vectors) of the lanes from `base`
+    on, base being the index of a vector's first lane. Returns the done mask."""
     # Small integers n become float64 exactly as (n | 2**52's exponent) - 2**52.
     magic = ir.Constant(_VI, [0x4330000000000000] * WIDTH)
     two52 = ir.Constant(_V, [2.0**52] * WIDTH)
     four = ir.Constant(_V, [4.0] * WIDTH)
     zero = ir.Constant(_VI, [0] * WIDTH)
 
-    def at(offset: int) -> ir.Value:
-        pointer = builder.gep(data, [ir.Constant(_I64, offset)])
+    def at(field: int, base: ir.Value) -> ir.Value:
+        pointer = builder.gep(data, [builder.add(base, ir.Constant(_I64, field))])
         return builder.bitcast(pointer, _V.as_pointer())
 
-    def load(offset: int) -> ir.Value:
-        return builder.load(at(offset), align=8)
+    def load(field: int, base: ir.Value) -> ir.Value:
+        return builder.load(at(field, base), align=8)
 
-    for first in range(0, CHAINS, group):
-        chains = range(first, min(first + group, CHAINS))
-        cs = [c(k) for k in chains]
-        z = [(load(ZR + k * WIDTH), load(ZI + k * WIDTH)) for k in chains]
-        n = [zero for _ in chains]
+    # The groups one after the other, as a loop: written out, their code would
+    # crowd the CPU's cache of decoded instructions.
+    with cgutils.for_range(builder, ir.Constant(_I64, CHAINS // GROUP)) as loop:
+        first = builder.mul(loop.index, ir.Constant(_I64, GROUP * WIDTH))
+        bases = [builder.add(first, ir.Constant(_I64, k * WIDTH)) for k in range(GROUP)]
+        cs = [c(base) for base in bases]
+        z = [(load(ZR, base), load(ZI, base)) for base in bases]
+        n = [zero for _ in bases]
         for _ in range(ROUND):
-            for j in range(len(chains)):
+            for j in range(GROUP):
                 a, b = z[j]
                 p = builder.fmul(a, a)
                 q = builder.fmul(b, b)
@@ -124,18 +129,17 @@ def _round(builder: ir.IRBuilder, data: ir.Value, limit: ir.Value, c: Any, group
                 zr = builder.fadd(builder.fsub(p, q), cs[j][0])
                 z[j] = (builder.select(stays, zr, a), builder.select(stays, zi, b))
                 n[j] = builder.sub(n[j], builder.sext(stays, _VI))
-        for j, k in enumerate(chains):
-            builder.store(z[j][0], at(ZR + k * WIDTH), align=8)
-            builder.store(z[j][1], at(ZI + k * WIDTH), align=8)
+        for j, base in enumerate(bases):
+            builder.store(z[j][0], at(ZR, base), align=8)
+            builder.store(z[j][1], at(ZI, base), align=8)
             steps = builder.fsub(builder.bitcast(builder.or_(n[j], magic), _V), two52)
-            builder.store(
-                builder.fadd(load(COUNT + k * WIDTH), steps), at(COUNT + k * WIDTH), align=8
-            )
+            builder.store(builder.fadd(load(COUNT, base), steps), at(COUNT, base), align=8)
 
     limits = _splat(builder, limit, _V)
     result = ir.Constant(_I64, 0)
     for k in range(CHAINS):
-        a, b, m = load(ZR + k * WIDTH), load(ZI + k * WIDTH), load(COUNT + k * WIDTH)
+        base = ir.Constant(_I64, k * WIDTH)
+        a, b, m = load(ZR, base), load(ZI, base), load(COUNT, base)
         magnitude = builder.fadd(builder.fmul(a, a), builder.fmul(b, b))
         done = builder.or_(
             builder.fcmp_unordered(">", magnitude, four), builder.fcmp_ordered(">=", m, limits)
@@ -149,7 +153,7 @@ def _julia_codegen(typingctx: Any, lanes: Any, limit: Any, c_re: Any, c_im: Any)
     def codegen(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> ir.Value:
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
         c = (_splat(builder, args[2], _V), _splat(builder, args[3], _V))
-        return _round(builder, data, args[1], lambda k: c, GROUP)
+        return _round(builder, data, args[1], lambda base: c)
 
     return types.uint64(lanes, limit, c_re, c_im), codegen
 
@@ -158,12 +162,14 @@ def _mandelbrot_codegen(typingctx: Any, lanes: Any, limit: Any) -> Any:
     def codegen(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> ir.Value:
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
 
-        def c(k: int) -> tuple[ir.Value, ir.Value]:
-            pointers = (builder.gep(data, [ir.Constant(_I64, f + k * WIDTH)]) for f in (CR, CI))
+        def c(base: ir.Value) -> tuple[ir.Value, ir.Value]:
+            pointers = (
+                builder.gep(data, [builder.add(base, ir.Constant(_I64, f))]) for f in (CR, CI)
+            )
             re, im = (builder.load(builder.bitcast(p, _V.as_pointer()), align=8) for p in pointers)
             return re, im
 
-        return _round(builder, data, args[1], c, GROUP)
+        return _round(builder, data, args[1], c)
 
     return types.uint64(lanes, limit), codegen
 

@@ -89,7 +89,7 @@ def aligned(n: int) -> Floats:
 @inlined
 def every_lane(lanes: int) -> np.uint64:
     """The mask with a bit for each of `lanes` lanes (at most 64)."""
-    return (np.uint64(1) << np.uint64(lanes)) - np.uint64(1)
+    return ~np.uint64(0) >> np.uint64(64 - lanes)
 
 
 @inlined
