@@ -8,11 +8,10 @@ so threads render bands side by side (:mod:`.jit`).
 
 How it goes fast
 ----------------
-``LANES`` = 32 pixels are in flight at once, as four independent vectors of
-eight float64 (one 512-bit register each on AVX-512; LLVM splits them on other
-CPUs). A *round* advances every lane ``ROUND`` = 16 iterations, unrolled, with
-the state in registers: the loop over the 8 slots is what LLVM vectorises, and
-the four chains interleaved in it hide the latency of each iteration's chain of
+``LANES`` = 32 pixels are in flight at once. A *round* (:mod:`.escape_round`,
+vector code written in LLVM IR) advances every lane ``ROUND`` = 16 iterations,
+unrolled, a group of vectors at a time with its state in registers and the
+group's independent chains interleaved to hide the latency of each iteration's
 dependent multiplications and additions. A lane whose orbit has left the radius-2
 disc *freezes*: its z and count stop changing for the rest of the round (masked
 updates, no branch), so the count and z at escape are exactly the reference's.
@@ -41,122 +40,26 @@ import numpy as np
 import numpy.typing as npt
 
 from fractalq.fractal import scheduler
+from fractalq.fractal.escape_round import (
+    CI,
+    COUNT,
+    CR,
+    FIELDS,
+    LANES,
+    ZI,
+    ZR,
+    julia_round,
+    mandelbrot_round,
+)
 from fractalq.fractal.intrinsics import prefer_512
-from fractalq.fractal.jit import compiled, inlined
+from fractalq.fractal.jit import compiled
 from fractalq.fractal.scheduler import BATCH, IDLE_PIXEL, NO_PIXEL
 
 Floats = npt.NDArray[np.float64]
 Counts = npt.NDArray[np.int32]
 
-# Pixels in flight: CHAINS vectors of SLOT float64 lanes.
-SLOT = 8
-CHAINS = 4
-LANES = SLOT * CHAINS
-# Iterations per round, between two looks at which lanes are done: the four
-# _four_steps written out in _round (12 to 24 measure the same; fewer cost more
-# bookkeeping, more leave finished lanes idle longer).
-ROUND = 16
 # Pixels per call of the compiled loop (whole rows, at least one).
 CHUNK_PIXELS = 1 << 18
-# Where each quantity lives in a lane array: [z.re | z.im | c.re | c.im | count].
-# One array at constant offsets, not five arrays: LLVM then sees that the loads
-# and stores cannot overlap, where five arrays would need run-time overlap
-# checks, too many of which make it give up vectorising.
-ZR, ZI, CR, CI, COUNT = 0, LANES, 2 * LANES, 3 * LANES, 4 * LANES
-FIELDS = 5
-
-
-@compiled
-def _step(a: float, b: float, c: float, d: float, m: float) -> tuple[float, float, float]:
-    """One iteration of a lane unless it has escaped: z = a + ib, c = c + id, count m."""
-    p = a * a
-    q = b * b
-    stays = p + q <= 4.0  # False for nan: an overflowed orbit has escaped
-    t = a * b
-    zi = (t + t) + d
-    zr = (p - q) + c
-    return (zr if stays else a), (zi if stays else b), (m + 1.0 if stays else m)
-
-
-Chains = tuple[float, float, float, float, float, float, float, float, float, float, float, float]
-Constants = tuple[float, float, float, float, float, float, float, float]
-
-
-@inlined
-def _step_chains(z: Chains, c: Constants) -> Chains:
-    """One iteration of each of the four chains, interleaved."""
-    a0, b0, m0 = _step(z[0], z[1], c[0], c[1], z[2])
-    a1, b1, m1 = _step(z[3], z[4], c[2], c[3], z[5])
-    a2, b2, m2 = _step(z[6], z[7], c[4], c[5], z[8])
-    a3, b3, m3 = _step(z[9], z[10], c[6], c[7], z[11])
-    return (a0, b0, m0, a1, b1, m1, a2, b2, m2, a3, b3, m3)
-
-
-@inlined
-def _four_steps(z: Chains, c: Constants) -> Chains:
-    return _step_chains(_step_chains(_step_chains(_step_chains(z, c), c), c), c)
-
-
-@inlined
-def _finished(a: float, b: float, m: float, limit: float, lane: int) -> np.uint64:
-    """Bit `lane` set if the lane has escaped or reached the iteration limit."""
-    done = (not (a * a + b * b <= 4.0)) or m >= limit
-    return np.uint64(done) << np.uint64(lane)
-
-
-@compiled
-def _round(lanes: Floats, limit: float) -> np.uint64:
-    """ROUND iterations of every lane; returns the bit mask of the lanes now done.
-
-    Slot k of chain j is lane 8j + k. The four chains of a slot are independent,
-    so the vectorised loop has four dependency chains to interleave.
-    """
-    prefer_512()
-    done = np.uint64(0)
-    for k in range(SLOT):
-        z = (
-            lanes[ZR + k],
-            lanes[ZI + k],
-            lanes[COUNT + k],
-            lanes[ZR + SLOT + k],
-            lanes[ZI + SLOT + k],
-            lanes[COUNT + SLOT + k],
-            lanes[ZR + 2 * SLOT + k],
-            lanes[ZI + 2 * SLOT + k],
-            lanes[COUNT + 2 * SLOT + k],
-            lanes[ZR + 3 * SLOT + k],
-            lanes[ZI + 3 * SLOT + k],
-            lanes[COUNT + 3 * SLOT + k],
-        )
-        c = (
-            lanes[CR + k],
-            lanes[CI + k],
-            lanes[CR + SLOT + k],
-            lanes[CI + SLOT + k],
-            lanes[CR + 2 * SLOT + k],
-            lanes[CI + 2 * SLOT + k],
-            lanes[CR + 3 * SLOT + k],
-            lanes[CI + 3 * SLOT + k],
-        )
-        # ROUND = 16 iterations, written out (a loop this size would not be
-        # unrolled before vectorising): the state stays in registers throughout.
-        z = _four_steps(z, c)
-        z = _four_steps(z, c)
-        z = _four_steps(z, c)
-        z = _four_steps(z, c)
-        lanes[ZR + k], lanes[ZI + k], lanes[COUNT + k] = z[0], z[1], z[2]
-        lanes[ZR + SLOT + k], lanes[ZI + SLOT + k], lanes[COUNT + SLOT + k] = z[3], z[4], z[5]
-        lanes[ZR + 2 * SLOT + k] = z[6]
-        lanes[ZI + 2 * SLOT + k] = z[7]
-        lanes[COUNT + 2 * SLOT + k] = z[8]
-        lanes[ZR + 3 * SLOT + k] = z[9]
-        lanes[ZI + 3 * SLOT + k] = z[10]
-        lanes[COUNT + 3 * SLOT + k] = z[11]
-        done |= _finished(z[0], z[1], z[2], limit, k)
-        done |= _finished(z[3], z[4], z[5], limit, SLOT + k)
-        done |= _finished(z[6], z[7], z[8], limit, 2 * SLOT + k)
-        done |= _finished(z[9], z[10], z[11], limit, 3 * SLOT + k)
-    return done
 
 
 @compiled
@@ -255,7 +158,7 @@ def _escape(
                 break
         if idle == LANES:
             break
-        todo = _round(lanes, limit)
+        todo = julia_round(lanes, limit, c_re, c_im) if julia else mandelbrot_round(lanes, limit)
     scheduler.flush(batch, where, batched, smooth, magnitude)
 
 

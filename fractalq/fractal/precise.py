@@ -26,14 +26,14 @@ import numpy as np
 import numpy.typing as npt
 
 from fractalq.fractal.depth import PLAIN_FROM, RESCALE
+from fractalq.fractal.escape_round import SMOOTH_RADIUS_SQUARED
 from fractalq.fractal.intrinsics import fma
-from fractalq.fractal.scheduler import SMOOTH_PASSES, SMOOTH_RADIUS_SQUARED
+from fractalq.fractal.scheduler import SMOOTH_EXTRA_ITERATIONS
 
 F = TypeVar("F", bound=Callable[..., Any])
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
 Counts = npt.NDArray[np.int32]
-SMOOTH_EXTRA_ITERATIONS = 4 * SMOOTH_PASSES
 
 GO_ON, ESCAPED, INSIDE = 0, 1, 2
 

@@ -28,7 +28,7 @@ starts (a raster walk with the first iteration taken at once, or a list of pixel
 with a scaled start and skips), and its round.
 
 The smoothing is the reference's (fractal/kernels.py): the escaped orbit carried on
-to ``|z|^2 > 2**32``, at most ``4 * SMOOTH_PASSES`` more iterations, each operation
+to ``|z|^2 > 2**32``, at most ``SMOOTH_EXTRA_ITERATIONS`` more iterations, each operation
 rounded on its own, then ``m + 1 - log2(log2 |z_m|^2)`` with numpy's own ``log2`` on
 contiguous arrays (its SIMD routine differs from the C library's in the last bit
 now and then), non-finite values to 0, clipped to ``[0, max_iter]``.
@@ -41,6 +41,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fractalq.fractal.escape_round import (
+    SMOOTH_LANES,
+    SMOOTH_STEPS,
+    smooth_steps,
+)
 from fractalq.fractal.intrinsics import prefer_512, trailing_zeros
 from fractalq.fractal.jit import compiled, inlined
 
@@ -61,9 +66,9 @@ BATCH = 512
 BATCH_STRIDE = BATCH + 8
 BZR, BZI, BCR, BCI, BM = (n * BATCH_STRIDE for n in range(5))
 BATCH_FIELDS = 5
-# The reference's smoothing: |z|^2 > 2**32, at most 64 more iterations (16 x 4).
-SMOOTH_RADIUS_SQUARED = 2.0**32
-SMOOTH_PASSES = 16
+# The reference's smoothing: |z|^2 > 2**32, at most 64 more iterations.
+SMOOTH_EXTRA_ITERATIONS = 64
+SMOOTH_PASSES = SMOOTH_EXTRA_ITERATIONS // SMOOTH_STEPS
 # A lane's pixel: NO_PIXEL before its first, IDLE_PIXEL once the band has run out.
 NO_PIXEL = -1
 IDLE_PIXEL = -2
@@ -84,7 +89,7 @@ def aligned(n: int) -> Floats:
 @inlined
 def every_lane(lanes: int) -> np.uint64:
     """The mask with a bit for each of `lanes` lanes (at most 64)."""
-    return (np.uint64(1) << np.uint64(lanes)) - np.uint64(1)
+    return ~np.uint64(0) >> np.uint64(64 - lanes)
 
 
 @inlined
@@ -105,7 +110,10 @@ def park(state: Floats, lanes: int, fields: int, count: int, lane: Integer) -> N
 @inlined
 def new_batch() -> tuple[Floats, Ints]:
     """An empty batch of escaped points: its values, and its points' pixels."""
-    return aligned(BATCH_FIELDS * BATCH_STRIDE), np.empty(BATCH, np.int64)
+    # Zeros where no point is: the smoothing's vectors may take in a few of them.
+    values = aligned(BATCH_FIELDS * BATCH_STRIDE)
+    values[:] = 0.0
+    return values, np.empty(BATCH, np.int64)
 
 
 @compiled
@@ -148,39 +156,19 @@ def flush(batch: Floats, where: Ints, batched: int, smooth: Floats, magnitude: F
 
 
 @compiled
-def _smooth_step(a: float, b: float, c: float, d: float, m: float) -> tuple[float, float, float]:
-    """One smoothing iteration, written as the reference writes it, unless |z| > 2**16."""
-    p = a * a
-    q = b * b
-    going = p + q <= SMOOTH_RADIUS_SQUARED
-    zr = (p - q) + c
-    zi = (a + a) * b + d
-    return (zr if going else a), (zi if going else b), (m + 1.0 if going else m)
-
-
-@compiled
 def smooth_batch(batch: Floats, where: Ints, n: int, smooth: Floats, magnitude: Floats) -> None:
     """Carry the batch's first n escaped points on to |z|^2 > 2**32; store their m
-    in `smooth` and their |z_m|^2 in `magnitude`, at their pixels."""
-    prefer_512()
+    in `smooth` and their |z_m|^2 in `magnitude`, at their pixels.
+
+    SMOOTH_LANES points at a time (:func:`.escape_round.smooth_steps`, vector code),
+    each group until none of its points is going on, at most SMOOTH_PASSES times."""
+    for start in range(0, n, SMOOTH_LANES):
+        for _ in range(SMOOTH_PASSES):
+            if smooth_steps(batch, start, BATCH_STRIDE) == 0:
+                break
     zr = batch[BZR : BZR + BATCH]
     zi = batch[BZI : BZI + BATCH]
-    cr = batch[BCR : BCR + BATCH]
-    ci = batch[BCI : BCI + BATCH]
     m = batch[BM : BM + BATCH]
-    for _ in range(SMOOTH_PASSES):
-        going = 0
-        for e in range(n):
-            a, b, mm = _smooth_step(zr[e], zi[e], cr[e], ci[e], m[e])
-            a, b, mm = _smooth_step(a, b, cr[e], ci[e], mm)
-            a, b, mm = _smooth_step(a, b, cr[e], ci[e], mm)
-            a, b, mm = _smooth_step(a, b, cr[e], ci[e], mm)
-            zr[e] = a
-            zi[e] = b
-            m[e] = mm
-            going += a * a + b * b <= SMOOTH_RADIUS_SQUARED
-        if going == 0:
-            break
     for e in range(n):
         smooth[where[e]] = m[e]
         magnitude[where[e]] = zr[e] * zr[e] + zi[e] * zi[e]
