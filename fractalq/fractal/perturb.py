@@ -85,14 +85,16 @@ SENSITIVE = 2.0**-4
 # What a pixel's scalar iterations ended with: it goes on (in the lanes), it
 # escaped, or it is inside.
 GO_ON, ESCAPED, INSIDE = 0, 1, 2
-# A skip is worth leaving the lanes for when it covers at least a round of
-# iterations (lanes.ROUND = 2**WORTH_LEVEL): a lane asks for one of that length,
-# and a pixel whose plain steps and shorter skips in a row reach PATIENCE (enough
-# to reach the next index a long skip can start from) goes back to the lanes.
-# Without that, the orbit of an inside pixel passing near 0 every few iterations
-# (which cuts every skip short there) is skipped 2-4 iterations at a time in
-# scalar code, twice as slow as the lanes.
-WORTH_LEVEL = 3
+# A skip is worth leaving the lanes for when it covers at least two rounds of
+# iterations (2 lanes.ROUND = 2**WORTH_LEVEL): a lane asks for one of that
+# length, and a pixel whose plain steps and skips shorter than a round in a row
+# reach PATIENCE (enough to reach the next index a long skip can start from)
+# goes back to the lanes. A scalar step costs about three of the lanes' (in the
+# seahorse valley at 1e-30 to 1e-10, asking for skips of one round took 12%
+# longer). Without PATIENCE, the orbit of an inside pixel passing near 0 every
+# few iterations (which cuts every skip short there) is skipped 2-4 iterations
+# at a time in scalar code, twice as slow as the lanes.
+WORTH_LEVEL = 4
 PATIENCE = 2**WORTH_LEVEL - 1
 
 
