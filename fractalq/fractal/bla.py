@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -179,10 +180,20 @@ def _store(
             nodes[first + q, column] = value
 
 
-@functools.cache
 def compiled_build() -> Callable[..., None]:
     """_build, compiled by numba on first use: processes that only read tables
-    (the coordinator, clients) never load numba."""
+    (the coordinator, clients) never load numba. A worker warms several task
+    types at once, in threads: the first to get here compiles, the others wait
+    (compiling twice would decorate the already compiled helpers again)."""
+    with _COMPILING:
+        return _compiled_build()
+
+
+_COMPILING = threading.Lock()
+
+
+@functools.cache
+def _compiled_build() -> Callable[..., None]:
     import numba
 
     from fractalq.fractal import numba_cache
