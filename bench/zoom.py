@@ -14,6 +14,10 @@ at a quarter of its width and height in this process, times each in CPU seconds,
 and projects the keyframes' total at full size (16 times the pixels) and the
 encoding's (colouring, composing and H.264 of 30 frames at full size), which is
 what the full run costs on a quiet machine whatever the load when it is measured.
+With ``--scaling`` it then renders the same sampled keyframes in a pool of 1 and
+of 2 processes, warmed first, deepest first as a zoom job hands them out: wall
+clock and CPU time side by side (how the keyframes scale with workers, without
+the cluster's start-up).
 
     python bench/zoom.py [--workers 2] [--size 1280x720] [--seconds 30] [--fps 30]
                          [--to 1e-30] [--max-iter 100000] [--growth 1.03] [--scaling]
@@ -102,43 +106,101 @@ def zoom(
         }
 
 
-def sample(args: argparse.Namespace) -> None:
-    """Every ``args.sample``-th keyframe at a quarter size, in CPU seconds; projections."""
-    import dataclasses
-
-    import numpy as np
-
-    from fractalq import tasks
-    from fractalq.fractal import kernels, movie
-    from fractalq.fractal import reference as orbits
-    from fractalq.fractal.palettes import ColourScale
+def sampled_zoom(args: argparse.Namespace) -> Any:
+    """The zoom ``--sample`` samples (a ZoomRequest)."""
     from fractalq.fractal.zoom import ZoomRequest
-    from fractalq.video import VideoWriter
 
     width, height = (int(n) for n in args.size.split("x"))
-    zoom = ZoomRequest.create(
+    return ZoomRequest.create(
         center_x=SEAHORSE[0], center_y=SEAHORSE[1], to_width=args.to, width=width,
         height=height, seconds=args.seconds, fps=args.fps, max_iter=args.max_iter,
         max_iter_growth=args.growth,
     )  # fmt: skip
-    warm = tasks.get("fractal.keyframe").warm  # as a worker does before its first task
+
+
+def warm_up() -> None:
+    """Load the compiled kernels as a worker does before its first task."""
+    from fractalq import tasks
+
+    warm = tasks.get("fractal.keyframe").warm
     if warm is not None:
         warm()
+
+
+def render_quarter(zoom: Any, level: int) -> tuple[float, float]:
+    """Keyframe ``level`` at a quarter of its width and height, as a keyframe task
+    renders it: (CPU seconds, median count)."""
+    import dataclasses
+
+    import numpy as np
+
+    from fractalq.fractal import kernels
+    from fractalq.fractal import reference as orbits
+
+    full = zoom.keyframe(level)
+    quarter = dataclasses.replace(full, width=full.width // 4, height=full.height // 4)
+    began = time.process_time()
+    reference = orbits.compute(quarter) if quarter.deep else None
+    counts, _ = kernels.escape(quarter, 0, quarter.height, reference=reference)
+    return time.process_time() - began, float(np.median(counts))
+
+
+_POOL_ZOOM: Any = None
+
+
+def _pool_start(args: argparse.Namespace, ready: Any) -> None:
+    global _POOL_ZOOM
+    _POOL_ZOOM = sampled_zoom(args)
+    warm_up()
+    ready.put(os.getpid())
+
+
+def _pool_render(level: int) -> float:
+    return render_quarter(_POOL_ZOOM, level)[0]
+
+
+def sample_scaling(args: argparse.Namespace, levels: list[int]) -> None:
+    """The sampled keyframes rendered by a pool of 1, then of 2 processes (deepest,
+    hence longest, first, as a zoom job hands them out): wall clock and CPU time
+    side by side, the processes warmed before the clock starts."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    walls = {}
+    for processes in (1, 2):
+        ready = context.Manager().Queue()
+        with context.Pool(processes, _pool_start, (args, ready)) as pool:
+            for _ in range(processes):
+                ready.get()
+            began = time.monotonic()
+            spent = sum(pool.imap_unordered(_pool_render, levels, chunksize=1))
+            walls[processes] = time.monotonic() - began
+        print(f"  {processes} process(es): wall {walls[processes]:.1f} s, CPU {spent:.1f} s"
+              f" ({spent / walls[processes]:.2f} cores busy); {load()}", flush=True)  # fmt: skip
+    print(f"  2 processes vs 1: {walls[1] / walls[2]:.2f}x the keyframes' speed")
+
+
+def sample(args: argparse.Namespace) -> None:
+    """Every ``args.sample``-th keyframe at a quarter size, in CPU seconds; projections."""
+    import numpy as np
+
+    from fractalq.fractal import movie
+    from fractalq.fractal.palettes import ColourScale
+    from fractalq.video import VideoWriter
+
+    width, height = (int(n) for n in args.size.split("x"))
+    zoom = sampled_zoom(args)
+    warm_up()
     levels = list(zoom.levels)
     print(f"{len(levels)} keyframes, {zoom.frame_count} frames; every {args.sample}th keyframe"
           f" at {width // 4}x{height // 4}:")  # fmt: skip
     total = 0.0
     for i in range(0, len(levels), args.sample):
-        full = zoom.keyframe(levels[i])
-        quarter = dataclasses.replace(full, width=width // 4, height=height // 4)
-        began = time.process_time()
-        reference = orbits.compute(quarter) if quarter.deep else None
-        counts, _ = kernels.escape(quarter, 0, quarter.height, reference=reference)
-        spent = time.process_time() - began
+        spent, median = render_quarter(zoom, levels[i])
         total += 16 * spent * min(args.sample, len(levels) - i)
-        print(f"  keyframe {levels[i]:3d}, {float(full.view_width):.2g} wide, max-iter"
-              f" {full.max_iter}: {spent:.2f} CPU s (median count {np.median(counts):.0f})",
-              flush=True)  # fmt: skip
+        print(f"  keyframe {levels[i]:3d}, {float(zoom.keyframe(levels[i]).view_width):.2g} wide,"
+              f" max-iter {zoom.max_iter_at(levels[i])}: {spent:.2f} CPU s (median count"
+              f" {median:.0f})", flush=True)  # fmt: skip
     # The encoding: 30 frames of two keyframes' values at full size, coloured, composed, H.264.
     values = np.cumsum(np.random.default_rng(1).random((height, width)), axis=1) + 1000.0
     inner = movie.Keyframe.of(values, args.max_iter)
@@ -164,6 +226,9 @@ def sample(args: argparse.Namespace) -> None:
     print(f"projected at {args.size}: keyframes {total:.0f} CPU s; encoding"
           f" {per_frame * zoom.frame_count:.0f} CPU s ({make:.0f} ms a frame to make,"
           f" {encode:.0f} ms to encode); {load()}")  # fmt: skip
+    if args.scaling:
+        print("the sampled keyframes, by 1 and by 2 processes:")
+        sample_scaling(args, levels[:: args.sample])
 
 
 def progress(
@@ -211,7 +276,10 @@ def main() -> None:
     parser.add_argument("--to", default="1e-30")
     parser.add_argument("--max-iter", type=int, default=100_000)
     parser.add_argument("--growth", type=float, default=1.03)
-    parser.add_argument("--scaling", action="store_true", help="also 1 vs 2 workers, smaller")
+    parser.add_argument(
+        "--scaling", action="store_true",
+        help="also 1 vs 2 workers, smaller (with --sample: the sample by 1 and by 2 processes)",
+    )  # fmt: skip
     parser.add_argument(
         "--sample", type=int, default=0, metavar="STEP",
         help="no cluster: every STEP-th keyframe at a quarter size, projected",

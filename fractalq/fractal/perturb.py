@@ -85,14 +85,16 @@ SENSITIVE = 2.0**-4
 # What a pixel's scalar iterations ended with: it goes on (in the lanes), it
 # escaped, or it is inside.
 GO_ON, ESCAPED, INSIDE = 0, 1, 2
-# A skip is worth leaving the lanes for when it covers at least a round of
-# iterations (lanes.ROUND = 2**WORTH_LEVEL): a lane asks for one of that length,
-# and a pixel whose plain steps and shorter skips in a row reach PATIENCE (enough
-# to reach the next index a long skip can start from) goes back to the lanes.
-# Without that, the orbit of an inside pixel passing near 0 every few iterations
-# (which cuts every skip short there) is skipped 2-4 iterations at a time in
-# scalar code, twice as slow as the lanes.
-WORTH_LEVEL = 3
+# A skip is worth leaving the lanes for when it covers at least two rounds of
+# iterations (2 lanes.ROUND = 2**WORTH_LEVEL): a lane asks for one of that
+# length, and a pixel whose plain steps and skips shorter than a round in a row
+# reach PATIENCE (enough to reach the next index a long skip can start from)
+# goes back to the lanes. A scalar step costs about three of the lanes' (in the
+# seahorse valley at 1e-30 to 1e-10, asking for skips of one round took 12%
+# longer). Without PATIENCE, the orbit of an inside pixel passing near 0 every
+# few iterations (which cuts every skip short there) is skipped 2-4 iterations
+# at a time in scalar code, twice as slow as the lanes.
+WORTH_LEVEL = 4
 PATIENCE = 2**WORTH_LEVEL - 1
 
 
@@ -102,7 +104,8 @@ def _node(
     d2: float, exponent: int, column: int, nodes: Floats,
 ) -> tuple[int, int]:  # fmt: skip
     """The row of the longest skip valid at (m, k) for |dz|^2 = d2 (in units of
-    2**(2 exponent)), and its length; (-1, 0) if none."""
+    2**(2 exponent)), and its length; (-1, 0) if none. (_advance has its own
+    copy, written out: see there.)"""
     s = 0 if m <= ends[0] else 1
     rel = m - anchors[s]
     if rel < 0 or m >= ends[s]:
@@ -122,16 +125,25 @@ def _node(
 
 
 @inlined
-def _apply(
-    nodes: Floats, row: int, xr: float, xi: float, yr: float, yi: float
+def _linear(
+    ar: float, ai: float, br: float, bi: float, xr: float, xi: float, yr: float, yi: float
 ) -> tuple[float, float]:
-    """A x + B y for the node at ``row``, fused as the lanes fuse."""
-    ar, ai = nodes[row, bla.AR], nodes[row, bla.AI]
-    br, bi = nodes[row, bla.BR], nodes[row, bla.BI]
+    """A x + B y, fused as the lanes fuse."""
     return (
         fma(ar, xr, fma(-ai, xi, fma(br, yr, -(bi * yi)))),
         fma(ar, xi, fma(ai, xr, fma(br, yi, bi * yr))),
     )
+
+
+@inlined
+def _apply(
+    nodes: Floats, row: int, xr: float, xi: float, yr: float, yi: float
+) -> tuple[float, float]:
+    """A x + B y for the node at ``row`` (_start_scaled's: its pixels are few)."""
+    return _linear(
+        nodes[row, bla.AR], nodes[row, bla.AI], nodes[row, bla.BR], nodes[row, bla.BI],
+        xr, xi, yr, yi,
+    )  # fmt: skip
 
 
 @compiled
@@ -152,6 +164,7 @@ def _advance(
     """
     end = start_end if m <= start_end else base_end
     steps = 0
+    top = levels.shape[1] - 2
     while True:
         zr = orbit_re[m]
         zi = orbit_im[m]
@@ -169,12 +182,27 @@ def _advance(
             zr = orbit_re[m]
             zi = orbit_im[m]
         elif nodes.shape[0] > 0:
-            row, length = _node(
-                anchors, ends, levels, min_level, m, k, max_iter, d2, 0, column, nodes
-            )
+            # _node, written out: an inlined function taking the arrays counts
+            # references to each of them at every call, which cost more than
+            # the step itself.
+            row, length = -1, 0
+            s = 0 if m <= ends[0] else 1
+            rel = m - anchors[s]
+            if rel >= 0 and m < ends[s]:
+                j = top if rel == 0 else min(int(trailing_zeros(np.int64(rel))), top)
+                while j >= min_level:
+                    at = levels[s, j] + (rel >> j)
+                    if at < levels[s, j + 1]:
+                        radius = nodes[at, bla.RADII + column]
+                        if d2 < radius * radius and k + (1 << j) <= max_iter:
+                            row, length = at, 1 << j
+                            break
+                    j -= 1
             if row >= 0:
-                dzr, dzi = _apply(nodes, row, dzr, dzi, dcr, dci)
-                derr, deri = _apply(nodes, row, derr, deri, g, 0.0)
+                ar, ai = nodes[row, bla.AR], nodes[row, bla.AI]
+                br, bi = nodes[row, bla.BR], nodes[row, bla.BI]
+                dzr, dzi = _linear(ar, ai, br, bi, dzr, dzi, dcr, dci)
+                derr, deri = _linear(ar, ai, br, bi, derr, deri, g, 0.0)
                 m += length
                 k += length
                 steps = 0 if length >= ROUND else steps + 1
