@@ -45,27 +45,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
-import numba
-from llvmlite import binding, ir
+from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from fractalq.fractal.intrinsics import vector_width
 
-def _features() -> str:
-    """The CPU features numba compiles for: the host's unless configured otherwise."""
-    config: Any = numba.config
-    if config.CPU_FEATURES:
-        return str(config.CPU_FEATURES)
-    if config.CPU_NAME and config.CPU_NAME != "host":
-        return ""  # a named CPU (generic, for one): assume no AVX-512
-    return str(binding.get_host_cpu_features().flatten())
-
-
-_AVX512 = "+avx512f" in _features().split(",")
-# float64 per vector: a whole register's, so that LLVM keeps each vector in one.
-# Only the speed depends on it (and on GROUP), never a bit of the results.
-WIDTH = 8 if _AVX512 else 4
+# float64 per vector (intrinsics.vector_width). Only the speed depends on it (and
+# on GROUP), never a bit of the results.
+WIDTH = vector_width()
 # Pixels in flight: CHAINS vectors of WIDTH float64 lanes.
 LANES = 32
 CHAINS = LANES // WIDTH

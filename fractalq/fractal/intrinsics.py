@@ -6,6 +6,8 @@
 * :func:`trailing_zeros` counts a word's trailing zero bits (the lowest set bit's
   index), for walking bit masks of lanes and the levels of :mod:`.bla`'s table.
 * :func:`prefer_512` lets LLVM use 512-bit vectors in the function that calls it.
+* :func:`vector_width` says how many float64 the vector code of :mod:`.lanes`
+  and :mod:`.escape_round` puts in a vector for the CPU numba compiles for.
 """
 
 from __future__ import annotations
@@ -14,12 +16,30 @@ import contextlib
 from collections.abc import Callable
 from typing import Any, cast
 
-from llvmlite import ir
+import numba
+from llvmlite import binding, ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 _DOUBLE = ir.DoubleType()
+
+
+def vector_width() -> int:
+    """float64 to a vector: 8 where the CPU numba compiles for has 512-bit registers
+    (AVX-512), else 4, a whole register's, so that LLVM keeps each vector in one:
+    eight in two 256-bit halves need twice the registers, and the kernels' chains
+    then spill to memory at every step (on an AVX2 CPU, AMD Zen 3, 20% slower).
+    Only the speed depends on it, never a bit of the results. The CPU is the host
+    unless numba is told another (NUMBA_CPU_FEATURES, NUMBA_CPU_NAME)."""
+    config: Any = numba.config  # set at import: untyped
+    if config.CPU_FEATURES:
+        features = str(config.CPU_FEATURES)
+    elif config.CPU_NAME and config.CPU_NAME != "host":
+        features = ""  # a named CPU (generic, for one): assume no AVX-512
+    else:
+        features = str(binding.get_host_cpu_features().flatten())
+    return 8 if "+avx512f" in features.split(",") else 4
 
 
 def declare(module: ir.Module, name: str, kind: ir.FunctionType) -> ir.Function:

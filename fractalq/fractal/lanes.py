@@ -32,31 +32,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
-from llvmlite import binding, ir
+from llvmlite import ir
 from numba import types
-from numba.core import config
 from numba.extending import intrinsic
 
-from fractalq.fractal.intrinsics import declare
-
-
-def _vector_width() -> int:
-    """float64 lanes to a vector: 8 where the CPU numba compiles for has 512-bit
-    registers (AVX-512), else 4. Eight lanes in two 256-bit halves need twice the
-    registers, and the four chains' state then spills to memory at every step: on
-    an AVX2 CPU (AMD Zen 3) four chains of 8 lanes iterate 20% slower than eight
-    chains of 4. Either gives the same bits."""
-    name: str | None = getattr(config, "CPU_NAME", None)  # set at import: untyped
-    if name not in (None, "host"):  # NUMBA_CPU_NAME: code for another CPU
-        features: str = getattr(config, "CPU_FEATURES", None) or ""
-    else:
-        features = binding.get_host_cpu_features().flatten()
-    return 8 if "+avx512f" in features.split(",") else 4
-
+from fractalq.fractal.intrinsics import declare, vector_width
 
 # Pixels in flight, whatever the vectors: the scheduler's masks have 32 bits.
 LANES = 32
-WIDTH = _vector_width()
+WIDTH = vector_width()  # float64 per vector
 CHAINS = LANES // WIDTH
 # Iterations per round: between two looks at the lanes.
 ROUND = 8
