@@ -10,9 +10,11 @@ response its call would have had, tagged with that id.
 Each request is served by its own asyncio task, started in the order the
 requests arrive (so reports apply in the order sent): a long poll waits for
 tasks and a report for its commit without holding up the requests behind it,
-and the answers go out as they are ready. A refused request ends the stream
-with the refusal (:attr:`WorkStream.refusal`), as the call would have been
-refused; the worker reconnects or stops on it as it would on the call's.
+and the answers go out as they are ready. At most ``MAX_WORK_REQUESTS_IN_FLIGHT``
+are served at once; past that the stream is not read until one is answered. A
+refused request ends the stream with the refusal (:attr:`WorkStream.refusal`),
+as the call would have been refused; the worker reconnects or stops on it as it
+would on the call's.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
+from fractalq import config
 from fractalq.coordinator.errors import BrokerError, InvalidRequest
 from fractalq.coordinator.rpc import Malformed
 from fractalq.proto import fractalq_pb2 as pb
@@ -67,6 +70,10 @@ class WorkStream:
                 if isinstance(request, Malformed):
                     self._end(InvalidRequest(str(request)))
                     return
+                if len(self._serving) >= config.MAX_WORK_REQUESTS_IN_FLIGHT:
+                    # Read no more until one is answered: HTTP/2's flow control
+                    # then holds the worker's further requests back.
+                    await asyncio.wait(list(self._serving), return_when=asyncio.FIRST_COMPLETED)
                 serve = asyncio.create_task(self._serve(request))
                 self._serving.add(serve)
                 serve.add_done_callback(self._serving.discard)

@@ -127,6 +127,10 @@ MAX_SUBMIT_WAIT_SECONDS = 600.0
 # after that is followed with WatchJob, which shows its progress.
 SUBMIT_WAIT = 2.0
 MAX_TASKS_PER_LEASE = 1000
+# Requests of one Work stream being served at once (a worker has two or three: a
+# long poll, a report); past that the coordinator reads no more of the stream
+# until one is answered, so a worker cannot pile up waiting requests.
+MAX_WORK_REQUESTS_IN_FLIGHT = 32
 
 # Backoff: every retry in fractalq waits by one formula (fractalq/retry.py):
 # after failed attempt n, between half and all of min(max, base * 2**(n-1))

@@ -18,6 +18,7 @@ import grpc
 import pytest
 from procs import Coordinator, ProcessGroup, Worker, wait_until
 
+from fractalq import config
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
 from fractalq.states import FINISHED
@@ -209,3 +210,34 @@ def test_a_worker_falls_back_on_calls_when_the_coordinator_has_no_work_stream(
     finally:
         worker.stop()
         older.close()
+
+
+def test_a_stream_piling_up_requests_is_read_no_further_until_one_is_answered(
+    cluster: ProcessGroup,
+) -> None:
+    coordinator = cluster.start_coordinator()
+    with grpc.insecure_channel(coordinator.address) as channel:
+        stub = pb_grpc.CoordinatorStub(channel)
+        session = register(stub, "hand")
+        stream = WorkStream(stub)
+        try:
+            piled = config.MAX_WORK_REQUESTS_IN_FLIGHT + 8
+            for key in range(1, piled + 1):  # long polls, with nothing queued
+                ask = pb.GetTaskRequest(worker_id="hand", session=session, max_tasks=1)
+                ask.wait_seconds = 1.0
+                stream.send(pb.WorkRequest(id=key, get_task=ask))
+            empty = pb.ReleaseTasksRequest(worker_id="hand", session=session)
+            stream.send(pb.WorkRequest(id=piled + 1, release=empty))
+            # The coordinator answers everybody else meanwhile.
+            with coordinator.client() as client:
+                assert client.stats().workers[0].worker_id == "hand"
+            # Read at once, the report would be answered first; held back behind the
+            # first long polls, it comes after them.
+            first = stream.answer()
+            assert first.id <= config.MAX_WORK_REQUESTS_IN_FLIGHT and first.HasField("tasks")
+            answered = {first.id}
+            while len(answered) < piled + 1:
+                answered.add(stream.answer().id)
+            assert answered == set(range(1, piled + 2))
+        finally:
+            stream.close()
