@@ -9,6 +9,7 @@ falls back on the separate calls and still runs its tasks.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Iterator
@@ -74,47 +75,54 @@ def finished(coordinator: Coordinator, job_id: str, message: str) -> pb.Job:
     return done
 
 
-def test_requests_are_answered_by_id_and_a_report_passes_a_waiting_long_poll(
-    cluster: ProcessGroup,
-) -> None:
-    coordinator = cluster.start_coordinator()
+@contextlib.contextmanager
+def hand_driven(coordinator: Coordinator) -> Iterator[tuple[str, WorkStream]]:
+    """A worker of the test's own, registered as "hand": its session and Work stream."""
     with grpc.insecure_channel(coordinator.address) as channel:
         stub = pb_grpc.CoordinatorStub(channel)
         session = register(stub, "hand")
         stream = WorkStream(stub)
         try:
-            first = submit(coordinator)
-            ask = pb.GetTaskRequest(worker_id="hand", session=session, max_tasks=1)
-            ask.wait_seconds = 10
-            stream.send(pb.WorkRequest(id=7, get_task=ask))
-            answer = stream.answer()
-            assert answer.id == 7 and [t.job_id for t in answer.tasks.tasks] == [first]
-            [task] = answer.tasks.tasks
-            # Nothing is queued now: this long poll waits...
-            stream.send(pb.WorkRequest(id=8, get_task=ask))
-            ref = pb.TaskRef(job_id=first, index=task.index, attempt=task.attempt)
-            report = pb.CompleteTaskRequest(
-                worker_id="hand", session=session, results=[pb.TaskResult(task=ref)]
-            )
-            # ...and the report sent after it is answered first.
-            stream.send(pb.WorkRequest(id=9, complete=report))
-            answer = stream.answer()
-            assert answer.id == 9 and answer.report.accepted == 1
-            assert job(coordinator, first).state == pb.SUCCEEDED
-            second = submit(coordinator)
-            answer = stream.answer()
-            assert answer.id == 8 and [t.job_id for t in answer.tasks.tasks] == [second]
-            # A release over the stream hands the task back to the queue.
-            [task] = answer.tasks.tasks
-            back = pb.TaskRef(job_id=second, index=task.index, attempt=task.attempt)
-            release = pb.ReleaseTasksRequest(worker_id="hand", session=session, tasks=[back])
-            stream.send(pb.WorkRequest(id=10, release=release))
-            answer = stream.answer()
-            assert answer.id == 10 and answer.report.accepted == 1
-            released = job(coordinator, second)
-            assert (released.queued, released.leased) == (1, 0)
+            yield session, stream
         finally:
             stream.close()
+
+
+def test_requests_are_answered_by_id_and_a_report_passes_a_waiting_long_poll(
+    cluster: ProcessGroup,
+) -> None:
+    coordinator = cluster.start_coordinator()
+    with hand_driven(coordinator) as (session, stream):
+        first = submit(coordinator)
+        ask = pb.GetTaskRequest(worker_id="hand", session=session, max_tasks=1)
+        ask.wait_seconds = 10
+        stream.send(pb.WorkRequest(id=7, get_task=ask))
+        answer = stream.answer()
+        assert answer.id == 7 and [t.job_id for t in answer.tasks.tasks] == [first]
+        [task] = answer.tasks.tasks
+        # Nothing is queued now: this long poll waits...
+        stream.send(pb.WorkRequest(id=8, get_task=ask))
+        ref = pb.TaskRef(job_id=first, index=task.index, attempt=task.attempt)
+        report = pb.CompleteTaskRequest(
+            worker_id="hand", session=session, results=[pb.TaskResult(task=ref)]
+        )
+        # ...and the report sent after it is answered first.
+        stream.send(pb.WorkRequest(id=9, complete=report))
+        answer = stream.answer()
+        assert answer.id == 9 and answer.report.accepted == 1
+        assert job(coordinator, first).state == pb.SUCCEEDED
+        second = submit(coordinator)
+        answer = stream.answer()
+        assert answer.id == 8 and [t.job_id for t in answer.tasks.tasks] == [second]
+        # A release over the stream hands the task back to the queue.
+        [task] = answer.tasks.tasks
+        back = pb.TaskRef(job_id=second, index=task.index, attempt=task.attempt)
+        release = pb.ReleaseTasksRequest(worker_id="hand", session=session, tasks=[back])
+        stream.send(pb.WorkRequest(id=10, release=release))
+        answer = stream.answer()
+        assert answer.id == 10 and answer.report.accepted == 1
+        released = job(coordinator, second)
+        assert (released.queued, released.leased) == (1, 0)
 
 
 @pytest.mark.parametrize(
@@ -216,28 +224,22 @@ def test_a_stream_piling_up_requests_is_read_no_further_until_one_is_answered(
     cluster: ProcessGroup,
 ) -> None:
     coordinator = cluster.start_coordinator()
-    with grpc.insecure_channel(coordinator.address) as channel:
-        stub = pb_grpc.CoordinatorStub(channel)
-        session = register(stub, "hand")
-        stream = WorkStream(stub)
-        try:
-            piled = config.MAX_WORK_REQUESTS_IN_FLIGHT + 8
-            for key in range(1, piled + 1):  # long polls, with nothing queued
-                ask = pb.GetTaskRequest(worker_id="hand", session=session, max_tasks=1)
-                ask.wait_seconds = 1.0
-                stream.send(pb.WorkRequest(id=key, get_task=ask))
-            empty = pb.ReleaseTasksRequest(worker_id="hand", session=session)
-            stream.send(pb.WorkRequest(id=piled + 1, release=empty))
-            # The coordinator answers everybody else meanwhile.
-            with coordinator.client() as client:
-                assert client.stats().workers[0].worker_id == "hand"
-            # Read at once, the report would be answered first; held back behind the
-            # first long polls, it comes after them.
-            first = stream.answer()
-            assert first.id <= config.MAX_WORK_REQUESTS_IN_FLIGHT and first.HasField("tasks")
-            answered = {first.id}
-            while len(answered) < piled + 1:
-                answered.add(stream.answer().id)
-            assert answered == set(range(1, piled + 2))
-        finally:
-            stream.close()
+    with hand_driven(coordinator) as (session, stream):
+        piled = config.MAX_WORK_REQUESTS_IN_FLIGHT + 8
+        for key in range(1, piled + 1):  # long polls, with nothing queued
+            ask = pb.GetTaskRequest(worker_id="hand", session=session, max_tasks=1)
+            ask.wait_seconds = 1.0
+            stream.send(pb.WorkRequest(id=key, get_task=ask))
+        empty = pb.ReleaseTasksRequest(worker_id="hand", session=session)
+        stream.send(pb.WorkRequest(id=piled + 1, release=empty))
+        # The coordinator answers everybody else meanwhile.
+        with coordinator.client() as client:
+            assert client.stats().workers[0].worker_id == "hand"
+        # Read at once, the report would be answered first; held back behind the
+        # first long polls, it comes after them.
+        first = stream.answer()
+        assert first.id <= config.MAX_WORK_REQUESTS_IN_FLIGHT and first.HasField("tasks")
+        answered = {first.id}
+        while len(answered) < piled + 1:
+            answered.add(stream.answer().id)
+        assert answered == set(range(1, piled + 2))
