@@ -75,6 +75,13 @@ def finished(coordinator: Coordinator, job_id: str, message: str) -> pb.Job:
     return done
 
 
+def long_poll(session: str, seconds: float) -> pb.GetTaskRequest:
+    """The hand-driven worker's GetTask for one task, waiting up to ``seconds``."""
+    ask = pb.GetTaskRequest(worker_id="hand", session=session, max_tasks=1)
+    ask.wait_seconds = seconds
+    return ask
+
+
 @contextlib.contextmanager
 def hand_driven(coordinator: Coordinator) -> Iterator[tuple[str, WorkStream]]:
     """A worker of the test's own, registered as "hand": its session and Work stream."""
@@ -94,8 +101,7 @@ def test_requests_are_answered_by_id_and_a_report_passes_a_waiting_long_poll(
     coordinator = cluster.start_coordinator()
     with hand_driven(coordinator) as (session, stream):
         first = submit(coordinator)
-        ask = pb.GetTaskRequest(worker_id="hand", session=session, max_tasks=1)
-        ask.wait_seconds = 10
+        ask = long_poll(session, 10)
         stream.send(pb.WorkRequest(id=7, get_task=ask))
         answer = stream.answer()
         assert answer.id == 7 and [t.job_id for t in answer.tasks.tasks] == [first]
@@ -227,9 +233,7 @@ def test_a_stream_piling_up_requests_is_read_no_further_until_one_is_answered(
     with hand_driven(coordinator) as (session, stream):
         piled = config.MAX_WORK_REQUESTS_IN_FLIGHT + 8
         for key in range(1, piled + 1):  # long polls, with nothing queued
-            ask = pb.GetTaskRequest(worker_id="hand", session=session, max_tasks=1)
-            ask.wait_seconds = 1.0
-            stream.send(pb.WorkRequest(id=key, get_task=ask))
+            stream.send(pb.WorkRequest(id=key, get_task=long_poll(session, 1.0)))
         empty = pb.ReleaseTasksRequest(worker_id="hand", session=session)
         stream.send(pb.WorkRequest(id=piled + 1, release=empty))
         # The coordinator answers everybody else meanwhile.

@@ -82,11 +82,16 @@ def describe(error: BaseException) -> str:
     return text or type(error).__name__
 
 
-def _log_warm_failure(future: concurrent.futures.Future[None]) -> None:
-    # Not fatal: the first task of the type will meet the same error and report it.
+def _warm_failure(future: concurrent.futures.Future[None]) -> str | None:
+    """What a finished warm-up failed with, if it failed."""
     error = None if future.cancelled() else future.exception()
-    if error is not None:
-        log.warning("warming up failed: %s", describe(error))
+    return None if error is None else describe(error)
+
+
+def _log_warm_failure(failure: str | None) -> None:
+    # Not fatal: the first task of the type will meet the same error and report it.
+    if failure is not None:
+        log.warning("warming up failed: %s", failure)
 
 
 class _WarmUp:
@@ -110,10 +115,10 @@ class _WarmUp:
             future.add_done_callback(self._done)
 
     def _done(self, future: concurrent.futures.Future[None]) -> None:
-        error = None if future.cancelled() else future.exception()
+        failure = _warm_failure(future)
         with self._lock:
-            if error is not None:
-                self._failures.append(describe(error))
+            if failure is not None:
+                self._failures.append(failure)
             self._pending -= 1
             if self._pending == 0:
                 self._seconds = time.monotonic() - self._began
@@ -127,8 +132,8 @@ class _WarmUp:
     def _log(self) -> None:
         if not self._announced:
             return
-        for failure in self._failures:  # not fatal: the type's first task meets it again
-            log.warning("warming up failed: %s", failure)
+        for failure in self._failures:
+            _log_warm_failure(failure)
         self._failures = []
         if self._seconds is not None and self._names:
             log.info("warmed up in %.2f s (%s)", self._seconds, ", ".join(self._names))
@@ -353,7 +358,9 @@ class TaskRunner:
             initargs=(tasks.loaded_modules(),),
         )
         for name in self._warmed:
-            pool.submit(warm_task, name).add_done_callback(_log_warm_failure)
+            pool.submit(warm_task, name).add_done_callback(
+                lambda done: _log_warm_failure(_warm_failure(done))
+            )
         self._pools.append(pool)
         return pool
 

@@ -36,6 +36,7 @@ plain steps there), which bounds a table of a long orbit
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import threading
 from collections.abc import Callable
@@ -180,7 +181,6 @@ def _store(
 
 
 _compiling = threading.Lock()
-_compiled: list[Callable[..., None]] = []  # _build once compiled
 
 
 def compiled_build() -> Callable[..., None]:
@@ -189,11 +189,10 @@ def compiled_build() -> Callable[..., None]:
     and its first tasks ask for it from several threads at once, and its helpers
     must be compiled once (numba refuses to compile a compiled function)."""
     with _compiling:
-        if not _compiled:
-            _compiled.append(_compile_build())
-        return _compiled[0]
+        return _compile_build()
 
 
+@functools.cache
 def _compile_build() -> Callable[..., None]:
     import numba
 

@@ -50,7 +50,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from fractalq.fractal.intrinsics import vector_width
+from fractalq.fractal.intrinsics import splat, vector_width
 
 # float64 per vector (intrinsics.vector_width). Only the speed depends on it (and
 # on GROUP), never a bit of the results.
@@ -73,17 +73,9 @@ FIELDS = 5
 GROUP = 4
 
 _D = ir.DoubleType()
-_I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 _V = ir.VectorType(_D, WIDTH)
 _VI = ir.VectorType(_I64, WIDTH)
-
-
-def _splat(builder: ir.IRBuilder, value: ir.Value, kind: ir.VectorType) -> ir.Value:
-    vector = ir.Constant(kind, None)
-    for i in range(WIDTH):
-        vector = builder.insert_element(vector, value, ir.Constant(_I32, i))
-    return vector
 
 
 def _round(builder: ir.IRBuilder, data: ir.Value, limit: ir.Value, c: Any) -> ir.Value:
@@ -127,7 +119,7 @@ def _round(builder: ir.IRBuilder, data: ir.Value, limit: ir.Value, c: Any) -> ir
             steps = builder.fsub(builder.bitcast(builder.or_(n[j], magic), _V), two52)
             builder.store(builder.fadd(load(COUNT, base), steps), at(COUNT, base), align=8)
 
-    limits = _splat(builder, limit, _V)
+    limits = splat(builder, limit, _V)
     result = ir.Constant(_I64, 0)
     for k in range(CHAINS):
         base = ir.Constant(_I64, k * WIDTH)
@@ -144,7 +136,7 @@ def _round(builder: ir.IRBuilder, data: ir.Value, limit: ir.Value, c: Any) -> ir
 def _julia_codegen(typingctx: Any, lanes: Any, limit: Any, c_re: Any, c_im: Any) -> Any:
     def codegen(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> ir.Value:
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        c = (_splat(builder, args[2], _V), _splat(builder, args[3], _V))
+        c = (splat(builder, args[2], _V), splat(builder, args[3], _V))
         return _round(builder, data, args[1], lambda base: c)
 
     return types.uint64(lanes, limit, c_re, c_im), codegen

@@ -6,6 +6,7 @@
 * :func:`trailing_zeros` counts a word's trailing zero bits (the lowest set bit's
   index), for walking bit masks of lanes and the levels of :mod:`.bla`'s table.
 * :func:`prefer_512` lets LLVM use 512-bit vectors in the function that calls it.
+* :func:`splat` makes a vector of one value in every element (LLVM IR code).
 * :func:`vector_width` says how many float64 the vector code of :mod:`.lanes`
   and :mod:`.escape_round` puts in a vector for the CPU numba compiles for.
 """
@@ -40,6 +41,14 @@ def vector_width() -> int:
     else:
         features = str(binding.get_host_cpu_features().flatten())
     return 8 if "+avx512f" in features.split(",") else 4
+
+
+def splat(builder: ir.IRBuilder, value: ir.Value, kind: ir.VectorType) -> ir.Value:
+    """A vector of ``kind`` holding ``value`` in every element."""
+    vector = ir.Constant(kind, None)
+    for i in range(kind.count):
+        vector = builder.insert_element(vector, value, ir.Constant(ir.IntType(32), i))
+    return vector
 
 
 def declare(module: ir.Module, name: str, kind: ir.FunctionType) -> ir.Function:

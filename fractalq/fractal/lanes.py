@@ -36,7 +36,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from fractalq.fractal.intrinsics import declare, vector_width
+from fractalq.fractal.intrinsics import declare, splat, vector_width
 
 # Pixels in flight, whatever the vectors: the scheduler's masks have 32 bits.
 LANES = 32
@@ -58,13 +58,6 @@ _VP = ir.VectorType(_I64, WIDTH // 2)  # two 32-bit indices to an element
 _P = ir.VectorType(_D, 2)  # one reference point: (re, im)
 
 
-def _splat(builder: ir.IRBuilder, value: ir.Value, kind: ir.VectorType) -> ir.Value:
-    vector = ir.Constant(kind, None)
-    for i in range(WIDTH):
-        vector = builder.insert_element(vector, value, ir.Constant(_I32, i))
-    return vector
-
-
 def _round_codegen(
     typingctx: Any, lanes: Any, orbit: Any, hint: Any, base_start: Any, base_end: Any,
     limit: Any, start_end: Any,
@@ -78,10 +71,10 @@ def _round_codegen(
         )
         hints = context.make_array(sig.args[2])(context, builder, args[2]).data
         fma = declare(builder.module, f"llvm.fma.v{WIDTH}f64", ir.FunctionType(_V, [_V, _V, _V]))
-        start = _splat(builder, args[3], _V)
-        end_ = _splat(builder, args[4], _V)
-        limit_ = _splat(builder, args[5], _V)
-        first_end = _splat(builder, args[6], _V)
+        start = splat(builder, args[3], _V)
+        end_ = splat(builder, args[4], _V)
+        limit_ = splat(builder, args[5], _V)
+        first_end = splat(builder, args[6], _V)
         zero, one, two, four = (ir.Constant(_V, [v] * WIDTH) for v in (0.0, 1.0, 2.0, 4.0))
         low = ir.Constant(_I64, 0xFFFFFFFF)
         high = ir.Constant(_I64, 32)
