@@ -70,7 +70,7 @@ def band_work(
         rgb = render_rows(request, start, end)
         storage.put(f"b/{start}", encode_band(rgb, start))
         middle = time.perf_counter()
-        band_result("b", band_preview(rgb, request.width, request.height, start))
+        band_result(["b"], [band_preview(rgb, request.width, request.height, start)])
         preview += time.perf_counter() - middle
         work += middle - begin
     return work, preview

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from fractalq.client import Client
-from fractalq.fractal.request import RenderRequest, band_rows
+from fractalq.fractal.request import RenderRequest, band_plan
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.storage import Storage
 from fractalq.tasks.assemble import CLEANUP_TYPE as CLEANUP
@@ -56,12 +56,13 @@ def render_job(
     counts: bool = False,
 ) -> pb.SubmitJobRequest:
     """The job :func:`submit_render` submits (the dashboard submits it in-process)."""
-    rows = band_rows(request, regions)
+    plan = band_plan(request, regions)
+    mirror = plan.mirror is not None
     payload = assemble_payload(request, regions, keep_bands, counts)
     job = pb.SubmitJobRequest(
         job_id=job_id,
         task_type=TASK_TYPE,
-        payloads=[band_payload(request, start, end, counts) for start, end in rows],
+        payloads=[band_payload(request, start, end, counts, mirror) for start, end in plan.tasks],
         final=pb.StageTask(task_type=ASSEMBLE, payload=payload),
         cleanup=pb.StageTask(task_type=CLEANUP, payload=payload),
         priority=priority,

@@ -77,8 +77,16 @@ def band_preview(
     return None
 
 
-def band_result(key: str, preview: dict[str, Any] | None) -> bytes:
-    """A band task's result, JSON: its storage key, and its preview piece when it has one."""
+def band_result(keys: list[str], previews: list[dict[str, Any] | None]) -> bytes:
+    """A band task's result, JSON: its storage key and its preview piece when it has
+    one; for a mirrored band (two keys), the mirror's under ``"mirror"``."""
+    fields = _band_fields(keys[0], previews[0])
+    if len(keys) == 1:
+        return fields
+    return fields[:-1] + b',"mirror":' + _band_fields(keys[1], previews[1]) + b"}"
+
+
+def _band_fields(key: str, preview: dict[str, Any] | None) -> bytes:
     head = b'{"key":' + json.dumps(key).encode()
     if preview is None:
         return head + b"}"
@@ -91,14 +99,27 @@ def band_result(key: str, preview: dict[str, Any] | None) -> bytes:
     )  # fmt: skip
 
 
-def parse_piece(result: bytes) -> dict[str, Any] | None:
-    """The preview piece in a band's result, checked; None when it has none or it is bad."""
+def parse_pieces(result: bytes) -> list[dict[str, Any]]:
+    """The preview pieces in a band's result, checked: its own and its mirror's, the
+    ones it has and that are good."""
     if not result.startswith(b"{"):
-        return None  # a result of another shape (an older worker's: the key alone)
+        return []  # a result of another shape (an older worker's: the key alone)
     try:
-        piece = json.loads(result).get("preview")
+        fields = json.loads(result)
+        mirror = fields.get("mirror")
+        pieces = [
+            fields.get("preview"),
+            mirror.get("preview") if isinstance(mirror, dict) else None,
+        ]
+    except (ValueError, AttributeError, RecursionError):
+        return []
+    return [piece for piece in map(_checked_piece, pieces) if piece is not None]
+
+
+def _checked_piece(piece: Any) -> dict[str, Any] | None:
+    try:
         (columns, rows), (first, last), jpeg = piece["size"], piece["rows"], piece["jpeg"]
-    except (ValueError, AttributeError, KeyError, TypeError, RecursionError):
+    except (AttributeError, KeyError, TypeError, ValueError):
         return None
     numbers = (columns, rows, first, last)
     if not all(type(n) is int for n in numbers) or not isinstance(jpeg, str):

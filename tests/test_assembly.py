@@ -42,7 +42,7 @@ from fractalq.fractal.png import (
     adler32_combine,
     rows_per_group,
 )
-from fractalq.fractal.request import band_rows
+from fractalq.fractal.request import band_plan
 from fractalq.storage import open_storage
 from fractalq.tasks.assemble import assemble_payload, image_key
 from fractalq.tasks.band import band_key
@@ -462,8 +462,9 @@ def test_the_assembly_task_at_16384_wide_runs_in_bounded_memory(
     else:
         url = (tmp_path / "storage").as_uri()
     render = RenderRequest.create("mandelbrot", width=width, height=height)
-    rows = band_rows(render, regions)
-    assert len(rows) == regions
+    plan = band_plan(render, regions)  # the default view: 16 tasks, 32 bands stored
+    assert len(plan.tasks) == regions and plan.mirror == "rows"
+    rows = plan.strips
     storage, job, largest = open_storage(url), "big", 0
     for start, end in rows:
         data = encode_band(synthetic(width, start, end), start)

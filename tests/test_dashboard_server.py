@@ -12,6 +12,8 @@ import contextlib
 import io
 import itertools
 import json
+import pathlib
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -41,6 +43,8 @@ from fractalq.images import render_job
 from fractalq.preview import band_preview, band_result, preview_size
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.security.tokens import Identity, Role, TokenTable, default_holder
+from fractalq.tasks.band import render_band
+from fractalq.tasks.registry import TaskContext
 
 TestClient = BaseClient[web.Request, web.Application]
 READER, CLIENT, WORKER = "r" * 20, "c" * 20, "w" * 20
@@ -73,15 +77,15 @@ async def _submit_render(service: CoordinatorService, request: RenderRequest, ba
     return response.job.job_id
 
 
-def _complete_bands(service: CoordinatorService, request: RenderRequest, count: int) -> None:
-    """A worker's part: lease ``count`` bands, render them, report their results."""
+def _complete_bands(service: CoordinatorService, count: int) -> None:
+    """A worker's part: lease ``count`` bands, run the band task, report their results."""
     broker = service.broker
     worker = broker.workers.get("w") or broker.registry.register("w", ("fractal.band",), 64, "h", 0)
-    for task in broker.lease(worker, count, 1.0):
-        start, end = json.loads(task.payload)["rows"]
-        rgb = render_rows(request, start, end)
-        result = band_result("key", band_preview(rgb, request.width, request.height, start))
-        assert broker.complete(worker, task.job_id, task.index, task.attempt, result, 1.0)
+    with tempfile.TemporaryDirectory() as folder:
+        for task in broker.lease(worker, count, 1.0):
+            context = TaskContext(pathlib.Path(folder).as_uri(), task.job_id, task.index)
+            result = render_band(task.payload, context)
+            assert broker.complete(worker, task.job_id, task.index, task.attempt, result, 1.0)
 
 
 # ---- the event stream ---------------------------------------------------------------
@@ -129,7 +133,7 @@ async def _the_stream_carries_stats_workers_jobs_and_labels() -> None:
     async with served() as (service, http):
         request = RenderRequest.create("mandelbrot", width=120, height=80, max_iter=32)
         job_id = await _submit_render(service, request, 4)
-        _complete_bands(service, request, 2)
+        _complete_bands(service, 2)
         response = await http.get("/api/events")
         assert response.headers["Content-Type"] == "text/event-stream"
         events: dict[str, object] = {}
@@ -144,7 +148,8 @@ async def _the_stream_carries_stats_workers_jobs_and_labels() -> None:
         assert snapshot["stats"]["succeeded"] == 2 and snapshot["stats"]["queued"] == 2
         assert snapshot["stats"]["workers"] == 1 and snapshot["stats"]["idle"] == 1
         [row] = snapshot["jobs"]
-        assert row["id"] == job_id and row["succeeded"] == 2 and row["previews"] == 2
+        # Two bands of a mirrored render: each brings two preview pieces.
+        assert row["id"] == job_id and row["succeeded"] == 2 and row["previews"] == 4
         assert row["labels"] == {"fractal": "mandelbrot", "size": "120x80"}
         assert http.app is not None and http.app[TICKER].snapshots >= 1
 
@@ -216,17 +221,27 @@ async def _preview_pieces_arrive_band_by_band() -> None:
         job_id = await _submit_render(service, request, 6)
         empty = await (await http.get(f"/api/jobs/{job_id}/preview")).json()
         assert empty == {"size": None, "next": 0, "pieces": []}
-        _complete_bands(service, request, 2)
+        _complete_bands(service, 2)
         first = await (await http.get(f"/api/jobs/{job_id}/preview")).json()
         assert first["size"] == list(preview_size(900, 600)) == [512, 341]
-        assert first["next"] == 2 and len(first["pieces"]) == 2
-        _complete_bands(service, request, 4)
-        rest = await (await http.get(f"/api/jobs/{job_id}/preview?since=2")).json()
-        assert rest["next"] == 6 and len(rest["pieces"]) == 4
+        # A mirrored render: each band brings its rows' piece and its mirror rows'.
+        assert first["next"] == 4 and len(first["pieces"]) == 4
+        _complete_bands(service, 4)
+        rest = await (await http.get(f"/api/jobs/{job_id}/preview?since=4")).json()
+        assert rest["next"] == 12 and len(rest["pieces"]) == 8
         # Together the pieces cover every preview row exactly once.
         rows = sorted(tuple(piece["rows"]) for piece in first["pieces"] + rest["pieces"])
         assert rows[0][0] == 0 and rows[-1][1] == 341
         assert all(a[1] == b[0] for a, b in itertools.pairwise(rows))
+        # And drawn together they are the image's preview.
+        drawn = np.zeros((341, 512, 3), np.uint8)
+        for piece in first["pieces"] + rest["pieces"]:
+            top, bottom = piece["rows"]
+            drawn[top:bottom] = np.asarray(Image.open(io.BytesIO(base64.b64decode(piece["jpeg"]))))
+        rows_at = ((2 * np.arange(341) + 1) * 600) // (2 * 341)
+        columns_at = ((2 * np.arange(512) + 1) * 900) // (2 * 512)
+        sampled = render_rows(request, 0, 600)[rows_at][:, columns_at]
+        assert np.abs(drawn.astype(int) - sampled.astype(int)).mean() < 4  # JPEG's changes
 
 
 def test_preview_endpoint_refuses_bad_input() -> None:
@@ -255,7 +270,7 @@ def test_previews_stay_within_their_memory_bound() -> None:
     broker = Broker()
     request = RenderRequest.create("mandelbrot", width=200, height=100, max_iter=16)
     rgb = render_rows(request, 0, 100)
-    result = band_result("k", band_preview(rgb, 200, 100, 0))
+    result = band_result(["k"], [band_preview(rgb, 200, 100, 0)])
     for n in range(6):
         spec = render_job(request, 1, 10, job_id=f"job-{n}")
         job, _ = broker.submit(
@@ -406,7 +421,7 @@ async def _without_storage_the_image_endpoint_says_why() -> None:
         unfinished = await http.get(f"/api/jobs/{job_id}/image.png")
         assert unfinished.status == 404 and "no image" in await unfinished.text()
         assert (await http.get("/api/jobs/nope/image.png")).status == 404
-        _complete_bands(service, request, 1)
+        _complete_bands(service, 1)
         broker = service.broker
         worker = broker.registry.register("a", ("fractal.assemble",), 1, "h", 2.0)
         [final] = broker.lease(worker, 1, 2.0)

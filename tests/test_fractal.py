@@ -25,6 +25,7 @@ from fractalq.fractal import (
     PngWriter,
     RenderRequest,
     assemble,
+    band_plan,
     band_rows,
     colorize,
     decode_band,
@@ -361,14 +362,40 @@ def test_the_largest_image_is_allowed_and_a_pixel_cap_is_stated(
 
 
 def test_large_images_get_bands_of_bounded_size() -> None:
-    small = RenderRequest.create(width=1200, height=800)
-    assert band_rows(small, 8) == split_rows(800, 8)
-    huge = RenderRequest.create(width=32768, height=32768)
+    off_axis = RenderRequest.create(width=1200, height=800, center_y="0.5")
+    assert band_rows(off_axis, 8) == split_rows(800, 8)
+    huge = RenderRequest.create(width=32768, height=32768, center_y="0.5")
     rows = band_rows(huge, 8)
     assert len(rows) == 256 and all(end - start == 128 for start, end in rows)
-    widest = RenderRequest.create(width=65536, height=200)  # 13 M pixels: 4 bands, not 1
-    assert band_rows(widest, 1) == split_rows(200, 4)
+    widest = RenderRequest.create(width=65536, height=200, center_y="0.5")  # 13 M pixels
+    assert band_rows(widest, 1) == split_rows(200, 4)  # 4 bands, not 1
     assert band_rows(widest, 10) == split_rows(200, 10)  # more asked for: as asked
+
+
+def test_a_view_that_mirrors_onto_itself_gets_its_bands_over_the_top_half() -> None:
+    # The default views: Mandelbrot on the real axis, Julia centred on 0.
+    for fractal, mirror in (("mandelbrot", "rows"), ("julia", "point")):
+        plan = band_plan(RenderRequest.create(fractal, width=1200, height=801), 8)
+        assert plan.mirror == mirror and plan.tasks == split_rows(401, 8)
+        # Row 400 is the middle (its own mirror): the mirrors of the tasks' rows below it.
+        below = sorted((max(801 - end, 401), 801 - start) for start, end in plan.tasks)
+        assert plan.strips == plan.tasks + below and below[0] == (401, 450)
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(plan.strips))
+        assert plan.strips[-1][1] == 801
+    # Still bounded: 128 tasks of 128 rows, each storing its mirror too.
+    huge = band_plan(RenderRequest.create(width=32768, height=32768), 8)
+    assert len(huge.tasks) == 128 and len(huge.strips) == 256
+    assert all(end - start == 128 for start, end in huge.strips)
+    assert huge.strips == split_rows(32768, 256)
+    # Not mirrored: off the axis, a Julia set off 0, a deep view, more bands than half the rows.
+    for request, regions in [
+        (RenderRequest.create(width=1200, height=800, center_y="1e-9"), 8),
+        (RenderRequest.create("julia", width=1200, height=800, center_x="0.1"), 8),
+        (RenderRequest.create(width=640, height=360, center_x="-0.75", view_width="1e-20"), 8),
+        (RenderRequest.create(width=64, height=5), 4),
+    ]:
+        plan = band_plan(request, regions)
+        assert plan.mirror is None and plan.strips == plan.tasks == band_rows(request, regions)
 
 
 def test_json_round_trip_and_key() -> None:

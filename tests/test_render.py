@@ -19,6 +19,7 @@ from procs import SLOW_VIEW, ProcessGroup, Worker, run_cli, start_render, wait_u
 from reference import reference_png
 from s3server import SeaweedS3
 
+from fractalq.fractal.render import render_rows_and_counts
 from fractalq.fractal.request import RenderRequest
 from fractalq.proto import fractalq_pb2 as pb
 
@@ -128,7 +129,31 @@ def test_one_worker_and_kept_bands(renderers: Renderers, tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     expected = RenderRequest.create("mandelbrot", width=240, height=160, max_iter=200)
     assert out.read_bytes() == reference_png(expected)
-    assert len(list((tmp_path / "store").rglob("*.png"))) == 7 + 1  # the bands and the image
+    # The default view mirrors onto itself: each band task stores its rows and their mirror.
+    assert len(list((tmp_path / "store").rglob("*.png"))) == 2 * 7 + 1  # bands and the image
+
+
+def test_views_that_mirror_onto_themselves_render_the_same_bytes(
+    renderers: Renderers, tmp_path: Path
+) -> None:
+    # Half the rows computed, the rest copied (fractal/symmetry.py): the same image as
+    # rendering every pixel, at an odd height (a middle row that is its own mirror),
+    # however many bands (101 is more than the top half's 81 rows: not mirrored).
+    storage = (tmp_path / "store").as_uri()
+    renderers.workers(2, storage)
+    size = ["--width", "150", "--height", "161", "--max-iter", "300"]
+    for fractal, regions in (("mandelbrot", "1"), ("mandelbrot", "80"), ("julia", "3"),
+                             ("julia", "101")):  # fmt: skip
+        out, counts = tmp_path / f"{fractal}-{regions}.png", tmp_path / f"{fractal}-{regions}.npy"
+        result = renderers.render(
+            storage, out, f"--{fractal}", *size, "--regions", regions, "--counts-out", str(counts)
+        )
+        assert result.returncode == 0, result.stderr
+        expected = RenderRequest.create(fractal, width=150, height=161, max_iter=300)
+        reference = reference_png(expected)
+        assert out.read_bytes() == reference, _differences(out, reference, regions)
+        _, values = render_rows_and_counts(expected, 0, 161, with_counts=True)
+        assert values is not None and np.array_equal(np.load(counts), values)
 
 
 def _loaded_numba(pid: int) -> bool:
@@ -203,7 +228,8 @@ def test_render_through_s3(renderers: Renderers, tmp_path: Path, s3_server: Seaw
     assert out.read_bytes() == reference_png(expected)
     listed = s3_server.client().list_objects_v2(Bucket=bucket, Prefix="renders/")
     keys = [entry["Key"] for entry in listed.get("Contents", [])]
-    assert len(keys) == 6 + 1 and sum(key.endswith("/image.png") for key in keys) == 1
+    # Six band tasks of a mirrored view: twelve bands, and the image.
+    assert len(keys) == 2 * 6 + 1 and sum(key.endswith("/image.png") for key in keys) == 1
 
     missing = renderers.render("s3://no-such-bucket/x", out, *SMALL, env=env)
     assert missing.returncode != 0

@@ -22,7 +22,7 @@ from fractalq.coordinator.errors import BrokerError
 from fractalq.coordinator.jobs import Job
 from fractalq.coordinator.listeners import Listener
 from fractalq.coordinator.validation import check_job_id
-from fractalq.preview import parse_keyframe, parse_piece
+from fractalq.preview import parse_keyframe, parse_pieces
 
 BAND_TASK = "fractal.band"
 KEYFRAME_TASK = "fractal.keyframe"
@@ -55,19 +55,22 @@ class Previews(Listener):
         if index >= job.total:  # a stage task's result
             return
         if job.task_type == BAND_TASK:
-            piece = parse_piece(result)
+            pieces = parse_pieces(result)
         elif job.task_type == KEYFRAME_TASK:
-            piece = parse_keyframe(result)
+            keyframe = parse_keyframe(result)
+            pieces = [] if keyframe is None else [keyframe]
         else:
             return
-        if piece is None:
-            return
-        kept = self._jobs.get(job.job_id)
+        for piece in pieces:
+            self._keep(job.job_id, piece)
+
+    def _keep(self, job_id: str, piece: dict[str, Any]) -> None:
+        kept = self._jobs.get(job_id)
         if kept is None or kept.size != piece["size"]:
             if kept is not None:
                 self.bytes -= kept.bytes
-            kept = self._jobs[job.job_id] = _JobPreview(piece["size"])
-        self._jobs.move_to_end(job.job_id)
+            kept = self._jobs[job_id] = _JobPreview(piece["size"])
+        self._jobs.move_to_end(job_id)
         size = len(piece["jpeg"])
         kept.pieces.append({key: value for key, value in piece.items() if key != "size"})
         kept.bytes += size

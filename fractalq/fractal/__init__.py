@@ -9,7 +9,14 @@ from fractalq.fractal.kernels import DEFAULT_KERNEL, KERNELS, escape
 from fractalq.fractal.palettes import DEFAULT_PALETTE, PALETTES, Palette, colorize
 from fractalq.fractal.png import PngWriter, assemble, decode_band, encode_band
 from fractalq.fractal.render import render_rows
-from fractalq.fractal.request import FRACTALS, RenderRequest, band_rows, split_rows
+from fractalq.fractal.request import (
+    FRACTALS,
+    BandPlan,
+    RenderRequest,
+    band_plan,
+    band_rows,
+    split_rows,
+)
 
 __all__ = [
     "DEFAULT_KERNEL",
@@ -17,10 +24,12 @@ __all__ = [
     "FRACTALS",
     "KERNELS",
     "PALETTES",
+    "BandPlan",
     "Palette",
     "PngWriter",
     "RenderRequest",
     "assemble",
+    "band_plan",
     "band_rows",
     "colorize",
     "decode_band",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import decimal
+import functools
 import math
 import re
 from decimal import Decimal
@@ -124,6 +125,7 @@ def pixel_log2(view_width: str, width: int) -> float:
     return log2(Decimal(view_width)) - math.log2(width)
 
 
+@functools.lru_cache(maxsize=256)  # asked for every payload read; Decimal.ln is slow
 def is_deep(center_x: str, center_y: str, view_width: str, width: int) -> bool:
     """Whether a pixel is narrower than float64 renders well at this centre.
 

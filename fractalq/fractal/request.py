@@ -25,7 +25,7 @@ from fractions import Fraction
 from typing import Any
 
 from fractalq import config
-from fractalq.fractal import depth
+from fractalq.fractal import depth, symmetry
 from fractalq.fractal.palettes import COLOUR_SCALES, DEFAULT_COLOUR_SCALE, PALETTES
 
 # Each fractal's default view: (center x, center y, view width).
@@ -253,22 +253,55 @@ class RenderRequest:
         return hashlib.sha256(self.to_json()).hexdigest()[:16]
 
 
-def band_rows(request: RenderRequest, regions: int | None = None) -> list[tuple[int, int]]:
+@dataclasses.dataclass(frozen=True)
+class BandPlan:
+    """How a render's rows are cut: its band tasks' rows, and the strips stored.
+
+    A mirrored plan (:mod:`.symmetry`) cuts the top half into the tasks, and each
+    task also stores its rows' mirror below the middle.
+    """
+
+    height: int
+    tasks: list[tuple[int, int]]
+    mirror: symmetry.Kind | None = None
+
+    @property
+    def strips(self) -> list[tuple[int, int]]:
+        """Every stored strip of rows, top to bottom: they tile the image."""
+        if self.mirror is None:
+            return list(self.tasks)
+        below = (symmetry.mirror_rows(self.height, start, end) for start, end in self.tasks)
+        return self.tasks + sorted(rows for rows in below if rows is not None)
+
+
+def band_plan(request: RenderRequest, regions: int | None = None) -> BandPlan:
     """The bands of a render asked for in ``regions`` bands: that many, and more when a
     band would exceed ``config.MAX_BAND_PIXELS`` (bounded memory).
 
     ``regions`` None asks for the default, ``config.DEFAULT_REGIONS``, or fewer for
     a small image: one band per ``config.MIN_BAND_WORK`` of its most work (pixels
     x max_iter), since a band's own costs (a lease, a report, storing it, reading
-    it back) outweigh what a small band gains by running beside the others. A pure
-    function of the request and ``regions``.
+    it back) outweigh what a small band gains by running beside the others. A view
+    that mirrors onto itself (:mod:`.symmetry`) gets as many bands, over its top
+    half: each does half the work. A pure function of the request and ``regions``.
     """
     pixels = request.width * request.height
     if regions is None:
         worth = -(-pixels * request.max_iter // config.MIN_BAND_WORK)  # ceilings
         regions = min(config.DEFAULT_REGIONS, max(1, worth))
-    needed = -(-pixels // config.MAX_BAND_PIXELS)
-    return split_rows(request.height, min(max(regions, needed), request.height))
+    mirror = symmetry.kind(request)
+    rows = request.height
+    if mirror is not None and regions <= symmetry.top_half(rows):
+        rows = symmetry.top_half(rows)
+    else:
+        mirror = None
+    needed = -(-request.width * rows // config.MAX_BAND_PIXELS)
+    return BandPlan(request.height, split_rows(rows, min(max(regions, needed), rows)), mirror)
+
+
+def band_rows(request: RenderRequest, regions: int | None = None) -> list[tuple[int, int]]:
+    """The rows of a render's band tasks (:func:`band_plan`)."""
+    return band_plan(request, regions).tasks
 
 
 def split_rows(height: int, regions: int) -> list[tuple[int, int]]:

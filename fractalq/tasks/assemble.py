@@ -31,8 +31,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from fractalq import config
+from fractalq.fractal import symmetry
 from fractalq.fractal.png import assemble as join_bands
-from fractalq.fractal.request import RenderRequest, band_rows, split_rows
+from fractalq.fractal.request import BandPlan, RenderRequest, band_plan, band_rows, split_rows
 from fractalq.storage import Storage, shared_storage
 from fractalq.tasks.band import band_key
 from fractalq.tasks.band import counts_key as band_counts_key
@@ -56,7 +57,7 @@ class Assembly:
     """What the final task is asked to make of a render's bands."""
 
     request: RenderRequest
-    rows: list[tuple[int, int]]  # the bands', as the band tasks were given them
+    rows: list[tuple[int, int]]  # the stored bands', top to bottom
     keep_bands: bool = False
     counts: bool = False
 
@@ -65,8 +66,10 @@ def assemble_payload(
     request: RenderRequest, regions: int | None, keep_bands: bool = False, counts: bool = False
 ) -> bytes:
     """The payload for a render asked for in ``regions`` bands (None: the default);
-    it names the count of bands made (:func:`~fractalq.fractal.request.band_rows`)."""
-    bands = len(band_rows(request, regions))
+    it names the count of band tasks made (:func:`~fractalq.fractal.request.band_plan`),
+    and whether they mirror their rows."""
+    plan = band_plan(request, regions)
+    bands = len(plan.tasks)
     fields: dict[str, object] = {
         "request": json.loads(request.to_json()),
         # An older assembler reads this alone: the count made gives it the same bands.
@@ -76,6 +79,8 @@ def assemble_payload(
     }
     if counts:
         fields["counts"] = True
+    if plan.mirror is not None:
+        fields["mirror"] = True
     return json.dumps(fields, sort_keys=True).encode()
 
 
@@ -86,16 +91,26 @@ def parse_payload(payload: bytes) -> Assembly:
         regions, keep = data["regions"], data.get("keep_bands", False)
         bands = data.get("bands", None)
         counts = data.get("counts", False)
+        mirror = data.get("mirror", False)
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise InvalidPayload(f"not an assembly payload: {error}") from None
-    if not isinstance(regions, int) or not isinstance(keep, bool) or not isinstance(counts, bool):
-        raise InvalidPayload("regions must be a whole number, keep_bands and counts true or false")
+    flags = (keep, counts, mirror)
+    if not isinstance(regions, int) or not all(isinstance(flag, bool) for flag in flags):
+        raise InvalidPayload(
+            "regions must be a whole number, keep_bands, counts and mirror true or false"
+        )
     if bands is not None and (isinstance(bands, bool) or not isinstance(bands, int)):
         raise InvalidPayload("bands must be a whole number")
+    kind = symmetry.kind(request) if mirror else None
+    if mirror and (kind is None or bands is None):
+        raise InvalidPayload("mirror: this view does not mirror onto itself, or names no bands")
     try:
         split_rows(request.height, regions)
-        # An older payload names no count: its bands are those of its regions.
-        rows = band_rows(request, regions) if bands is None else split_rows(request.height, bands)
+        if bands is None:  # an older payload names no count: its bands are those of its regions
+            rows = band_rows(request, regions)
+        else:
+            height = request.height if kind is None else symmetry.top_half(request.height)
+            rows = BandPlan(request.height, split_rows(height, bands), kind).strips
     except ValueError as error:
         raise InvalidPayload(str(error)) from None
     return Assembly(request, rows, keep, counts)

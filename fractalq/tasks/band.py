@@ -1,23 +1,29 @@
 """The ``fractal.band`` task type: render rows of an image and store them.
 
-Payload: ``{"request": <RenderRequest JSON>, "rows": [start, end]}``, and
-``"counts": true`` when the render's smooth counts are wanted too. The band
-is stored under :func:`band_key`, a pure function of the job and the rows, so a
+Payload: ``{"request": <RenderRequest JSON>, "rows": [start, end]}``,
+``"counts": true`` when the render's smooth counts are wanted too, and
+``"mirror": true`` in a mirrored render (:mod:`fractalq.fractal.symmetry`): the
+band's rows are in the top half, and it stores their mirror rows below the middle
+as a band of their own too. A band is stored under :func:`band_key`, a pure
+function of the job and the rows, so a
 retried or duplicated task overwrites the same object with the same bytes and
 the assembler knows every key without asking anyone; its counts, raw
 little-endian float32 rows, under :func:`counts_key`. Bands travel through
 storage, never through gRPC; the task's result is JSON: the key, and the band's
-rows of the live preview (a few kB, :mod:`fractalq.preview`).
+rows of the live preview (a few kB, :mod:`fractalq.preview`), and the mirror
+band's (``"mirror"``: its key and preview rows) when it stores one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 from fractalq import config
+from fractalq.fractal import symmetry
 from fractalq.fractal.png import encode_band
 from fractalq.fractal.render import render_rows, render_rows_and_counts
 from fractalq.fractal.request import RenderRequest
@@ -37,28 +43,48 @@ def counts_key(job_id: str, start: int, end: int) -> str:
     return f"jobs/{job_id}/bands/{start:06d}-{end:06d}.counts"
 
 
-def band_payload(request: RenderRequest, start: int, end: int, counts: bool = False) -> bytes:
+@dataclasses.dataclass(frozen=True)
+class Band:
+    """A band task's payload, read."""
+
+    request: RenderRequest
+    start: int
+    end: int
+    counts: bool = False
+    mirror: bool = False
+
+
+def band_payload(
+    request: RenderRequest, start: int, end: int, counts: bool = False, mirror: bool = False
+) -> bytes:
     fields: dict[str, object] = {"request": json.loads(request.to_json()), "rows": [start, end]}
     if counts:
         fields["counts"] = True
+    if mirror:
+        fields["mirror"] = True
     return json.dumps(fields, sort_keys=True).encode()
 
 
-def parse_payload(payload: bytes) -> tuple[RenderRequest, int, int, bool]:
+def parse_payload(payload: bytes) -> Band:
     try:
         data = json.loads(payload)
         request = RenderRequest.from_json(json.dumps(data["request"]))
         start, end = data["rows"]
         counts = data.get("counts", False)
+        mirror = data.get("mirror", False)
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise InvalidPayload(f"not a band payload: {error}") from None
     except RecursionError:
         raise InvalidPayload("not a band payload: nested too deeply") from None
     if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= request.height):
         raise InvalidPayload(f"rows {start}..{end} are not a band of {request.height} rows")
-    if not isinstance(counts, bool):
-        raise InvalidPayload("counts must be true or false")
-    return request, start, end, counts
+    if not isinstance(counts, bool) or not isinstance(mirror, bool):
+        raise InvalidPayload("counts and mirror must be true or false")
+    if mirror and symmetry.kind(request) is None:
+        raise InvalidPayload("mirror: this view does not mirror onto itself")
+    if mirror and end > symmetry.top_half(request.height):
+        raise InvalidPayload(f"mirror: rows {start}..{end} reach below the middle row")
+    return Band(request, start, end, counts, mirror)
 
 
 def _check(payload: bytes) -> None:
@@ -66,8 +92,11 @@ def _check(payload: bytes) -> None:
 
 
 def _pixels(payload: bytes) -> int:
-    request, start, end, _ = parse_payload(payload)
-    return request.width * (end - start)
+    """The pixels the band makes: its rows and, mirrored, their mirror rows."""
+    band = parse_payload(payload)
+    below = symmetry.mirror_rows(band.request.height, band.start, band.end) if band.mirror else None
+    mirrored = 0 if below is None else below[1] - below[0]
+    return band.request.width * (band.end - band.start + mirrored)
 
 
 @functools.lru_cache(maxsize=1)
@@ -93,23 +122,37 @@ def _warm() -> None:
 def render_band(payload: bytes, context: TaskContext) -> bytes:
     if not context.storage_url:
         raise RuntimeError("this worker has no --storage to put bands in")
-    request, start, end, with_counts = parse_payload(payload)
+    band = parse_payload(payload)
+    request, start, end = band.request, band.start, band.end
     reference = reference_for(request, context)
     scale = scale_for(request, context, reference)
     rgb, values = render_rows_and_counts(
-        request, start, end, reference=reference, scale=scale, with_counts=with_counts
+        request, start, end, reference=reference, scale=scale, with_counts=band.counts
     )
+    strips = [(start, rgb, values)]
+    mirror = symmetry.kind(request) if band.mirror else None
+    below = symmetry.mirror_rows(request.height, start, end)
+    if mirror is not None and below is not None:
+        flipped = (
+            None if values is None else symmetry.mirrored(values, mirror, request.height, start)
+        )
+        strips.append((below[0], symmetry.mirrored(rgb, mirror, request.height, start), flipped))
     storage = shared_storage(context.storage_url)
-    if values is not None:  # before the band: an assembler that finds the band finds these
-        storage.put(counts_key(context.job_id, start, end), values.astype("<f4").tobytes())
-    data = encode_band(rgb, start)
-    key = band_key(context.job_id, start, end)
-    stored = _uploader(os.getpid()).submit(storage.put, key, data)
-    # The result also carries the band's rows of the live preview (fractalq/preview.py),
-    # made while the band is stored: storing waits on a disk or the network.
-    try:
-        preview = band_preview(rgb, request.width, request.height, start)
-    except Exception:  # a preview is a nicety: never worth failing a band for
-        preview = None
-    stored.result()  # only reported done once stored; its errors are the task's
-    return band_result(key, preview)
+    keys, previews, stored = [], [], []
+    for first, pixels, counts in strips:
+        rows = (first, first + pixels.shape[0])
+        if counts is not None:  # before the band: an assembler that finds the band finds these
+            storage.put(counts_key(context.job_id, *rows), counts.astype("<f4").tobytes())
+        data = encode_band(pixels, first)
+        keys.append(band_key(context.job_id, *rows))
+        stored.append(_uploader(os.getpid()).submit(storage.put, keys[-1], data))
+        del data
+        # The result also carries the band's rows of the live preview (fractalq/preview.py),
+        # made while the band is stored: storing waits on a disk or the network.
+        try:
+            previews.append(band_preview(pixels, request.width, request.height, first))
+        except Exception:  # a preview is a nicety: never worth failing a band for
+            previews.append(None)
+    for upload in stored:
+        upload.result()  # only reported done once stored; its errors are the task's
+    return band_result(keys, previews)
