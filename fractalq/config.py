@@ -302,6 +302,10 @@ DEFAULT_JULIA_C = (-0.7, 0.27015)
 # 150 ms for 530 kB). ISA-L's level 3 is refused: its bytes differ between
 # AVX-512, AVX2 and older CPUs.
 IMAGE_COMPRESS_LEVEL = 1
+# An image of at most this many bytes of pixels (W x H x 3) is assembled in memory
+# and stored in one put; a larger one goes through a temporary file, so the
+# assembler's memory stays one band's whatever the image's size.
+ASSEMBLE_IN_MEMORY_BYTES = 16 * 1024 * 1024
 DEFAULT_FRACTAL = "mandelbrot"
 DEFAULT_PALETTE = "classic"
 # How iteration values are laid on the palette: sqrt (cyclic, today's images),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import tempfile
@@ -184,9 +185,16 @@ def assemble_image(payload: bytes, context: TaskContext) -> bytes:
     storage = shared_storage(context.storage_url)
     key = image_key(context.job_id)
     with tempfile.TemporaryDirectory(prefix="fractalq-assemble-") as folder:
-        path = os.path.join(folder, "image.png")
-        write_png(storage, context.job_id, job.request, job.rows, path)
-        size = storage.put_file(key, path)
+        if 3 * job.request.width * job.request.height <= config.ASSEMBLE_IN_MEMORY_BYTES:
+            image = io.BytesIO()  # a small image: no file to write, copy and remove
+            join_bands(_bands(storage, band_keys(context.job_id, job.rows)),
+                       job.request.width, job.rows, image)  # fmt: skip
+            storage.put(key, image.getvalue())
+            size = image.tell()
+        else:
+            path = os.path.join(folder, "image.png")
+            write_png(storage, context.job_id, job.request, job.rows, path)
+            size = storage.put_file(key, path)
         result: dict[str, object] = {"key": key, "url": storage.url(key), "bytes": size}
         if job.counts:
             path = os.path.join(folder, "counts.npy")
