@@ -649,6 +649,8 @@ class Broker:
         self._drop_errors(job, index)
         if job.final is not None and index == job.final_index:
             job.final.result = result
+        elif job.lone and index == 0:
+            job.lone_result = result
         self.journal.task_changed(job, index, result=result)
         self.succeeded += 1
         worker.completed += 1

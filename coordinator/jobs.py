@@ -137,6 +137,8 @@ class Job:
     # due, a lease lost or handed back): a lease's queue wait, for /metrics.
     ready_at: float = 0.0
     returned_at: dict[int, float] = dataclasses.field(default_factory=dict)
+    # A job of one task and no final task: that task's result, once it succeeded.
+    lone_result: bytes = b""
 
     def __post_init__(self) -> None:
         self.ready_at = self.ready_at or self.created_at
@@ -146,6 +148,17 @@ class Job:
         self.counts = {state: 0 for state in TaskState}
         for value in self.states:
             self.counts[TaskState(value)] += 1
+
+    @property
+    def result(self) -> bytes:
+        """The job's result: its final task's, or, in a job of one task and no final
+        task, that task's (a small render makes its image in its one task)."""
+        return self.final.result if self.final is not None else self.lone_result
+
+    @property
+    def lone(self) -> bool:
+        """Whether the job's one task gives the job its result."""
+        return self.final is None and self.total == 1
 
     # ---- stages ----------------------------------------------------------
 

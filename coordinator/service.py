@@ -213,7 +213,7 @@ def job_message(job: Job, results: list[bytes] | None = None, with_result: bool 
     return pb.Job(
         first=_stage_status(job.first),
         final=_stage_status(job.final),
-        result=job.final.result if job.final is not None and with_result else b"",
+        result=job.result if with_result else b"",
         time_limit=job.time_limit,
         cleanup_job=job.cleanup_job,
         owner=job.owner,

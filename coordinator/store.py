@@ -434,6 +434,12 @@ class SqliteJournal:
                 if task_state in TERMINAL_TASK_STATES:
                     loaded.state = TaskState(task_state)
                     loaded.result = result or b""
+        if job.lone:
+            lone = db.execute(
+                "SELECT result FROM tasks WHERE job_seq=? AND idx=0 AND state=?",
+                (seq, int(TaskState.SUCCEEDED)),
+            ).fetchone()
+            job.lone_result = (lone[0] or b"") if lone is not None else b""
         if held:
             # Only the dead tasks' errors are kept by a held job.
             job.errors = {i: e for i, e in errors.items() if job.state_of(i) is TaskState.DEAD}

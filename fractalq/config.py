@@ -302,10 +302,11 @@ DEFAULT_JULIA_C = (-0.7, 0.27015)
 # 150 ms for 530 kB). ISA-L's level 3 is refused: its bytes differ between
 # AVX-512, AVX2 and older CPUs.
 IMAGE_COMPRESS_LEVEL = 1
-# An image of at most this many bytes of pixels (W x H x 3) is assembled in memory
-# and stored in one put; a larger one goes through a temporary file, so the
+# An image of at most this many bytes of pixels (W x H x 3) is made in memory and
+# stored in one put: assembled so, and, when it is one band, made by its band task
+# with no assembly task at all. A larger one goes through a temporary file, so the
 # assembler's memory stays one band's whatever the image's size.
-ASSEMBLE_IN_MEMORY_BYTES = 16 * 1024 * 1024
+SMALL_IMAGE_BYTES = 16 * 1024 * 1024
 DEFAULT_FRACTAL = "mandelbrot"
 DEFAULT_PALETTE = "classic"
 # How iteration values are laid on the palette: sqrt (cyclic, today's images),

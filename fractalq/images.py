@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from fractalq import config
 from fractalq.client import Client
 from fractalq.fractal.request import RenderRequest, band_plan
 from fractalq.proto import fractalq_pb2 as pb
@@ -37,7 +38,8 @@ def submit_render(
     A deep view's job first computes its reference orbit
     (:mod:`fractalq.tasks.reference`), which every band reads. The job's final
     task assembles the image into storage
-    (:mod:`fractalq.tasks.assemble`) and its result says where; if the job
+    (:mod:`fractalq.tasks.assemble`; a small image of one band is stored by its
+    band task, and the job has no final task) and its result says where; if the job
     fails or is cancelled, its cleanup job removes the bands. With ``counts``
     the image's smooth counts are assembled too (:func:`download_counts`).
     """
@@ -58,12 +60,21 @@ def render_job(
     """The job :func:`submit_render` submits (the dashboard submits it in-process)."""
     plan = band_plan(request, regions)
     mirror = plan.mirror is not None
+    # A small image in one band is made by that band's task: no assembly task to wait
+    # for, and the job's result is that task's (a job of one task and no final one).
+    image = (
+        len(plan.tasks) == 1
+        and not keep_bands
+        and 3 * request.width * request.height <= config.SMALL_IMAGE_BYTES
+    )
     payload = assemble_payload(request, regions, keep_bands, counts)
     job = pb.SubmitJobRequest(
         job_id=job_id,
         task_type=TASK_TYPE,
-        payloads=[band_payload(request, start, end, counts, mirror) for start, end in plan.tasks],
-        final=pb.StageTask(task_type=ASSEMBLE, payload=payload),
+        payloads=[
+            band_payload(request, start, end, counts, mirror, image) for start, end in plan.tasks
+        ],
+        final=None if image else pb.StageTask(task_type=ASSEMBLE, payload=payload),
         cleanup=pb.StageTask(task_type=CLEANUP, payload=payload),
         priority=priority,
         labels={

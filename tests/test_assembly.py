@@ -44,8 +44,8 @@ from fractalq.fractal.png import (
 )
 from fractalq.fractal.request import band_plan
 from fractalq.storage import open_storage
-from fractalq.tasks.assemble import assemble_payload, image_key
-from fractalq.tasks.band import band_key
+from fractalq.tasks.assemble import assemble_payload
+from fractalq.tasks.band import band_key, image_key
 
 MiB = 1 << 20
 

@@ -523,6 +523,27 @@ def test_a_staged_job_resumes_its_stage_after_a_restart(tmp_path: Path) -> None:
     journal.close()
 
 
+def test_a_job_of_one_task_and_no_final_task_has_that_tasks_result(tmp_path: Path) -> None:
+    # A small render is one band that stores the image itself: its result, naming the
+    # image, is the job's, after a restart too. A job of more tasks has none.
+    journal = SqliteJournal(str(tmp_path))
+    b = Broker(journal=journal)
+    w1 = b.registry.register("w1", ALL, 1, "host", 0.0)
+    lone, _ = b.submit(spec(1), 0.0, "lone")
+    pair, _ = b.submit(spec(2), 0.0, "pair")
+    for task in b.lease(w1, 3, 1.0):
+        assert b.complete(w1, task.job_id, task.index, task.attempt, b"r%d" % task.index, 1.0)
+    assert lone.state is JobState.SUCCEEDED and lone.result == b"r0"
+    assert pair.state is JobState.SUCCEEDED and pair.result == b""
+    journal.write(journal.take())
+    journal.close()
+
+    journal = SqliteJournal(str(tmp_path))
+    again = {job.job_id: job for job in journal.load(100)}
+    assert again["lone"].result == b"r0" and again["pair"].result == b""
+    journal.close()
+
+
 def with_cleanup(count: int = 2, attempts: int = 1) -> JobSpec:
     return JobSpec(
         "noop", None, b"", count, 10, attempts, {}, cleanup=StageSpec("sleep", b'{"seconds": 0}')

@@ -417,11 +417,11 @@ def test_without_storage_the_image_endpoint_says_why() -> None:
 async def _without_storage_the_image_endpoint_says_why() -> None:
     async with served() as (service, http):
         request = RenderRequest.create("mandelbrot", width=64, height=32, max_iter=16)
-        job_id = await _submit_render(service, request, 1)
+        job_id = await _submit_render(service, request, 2)  # two bands: an assembly task
         unfinished = await http.get(f"/api/jobs/{job_id}/image.png")
         assert unfinished.status == 404 and "no image" in await unfinished.text()
         assert (await http.get("/api/jobs/nope/image.png")).status == 404
-        _complete_bands(service, 1)
+        _complete_bands(service, 2)
         broker = service.broker
         worker = broker.registry.register("a", ("fractal.assemble",), 1, "h", 2.0)
         [final] = broker.lease(worker, 1, 2.0)

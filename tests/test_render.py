@@ -154,6 +154,14 @@ def test_views_that_mirror_onto_themselves_render_the_same_bytes(
         assert out.read_bytes() == reference, _differences(out, reference, regions)
         _, values = render_rows_and_counts(expected, 0, 161, with_counts=True)
         assert values is not None and np.array_equal(np.load(counts), values)
+        if regions == "1":  # a small image in one band: its task stores it, no assembly
+            job_id = result.stdout.split()[5]
+            with renderers.coordinator.client() as client:
+                job = client.job(job_id)
+            assert job.state == pb.SUCCEEDED and not job.final.task_type
+            assert json.loads(job.result)["key"] == f"jobs/{job_id}/image.png"
+            left = sorted(p.name for p in (tmp_path / "store" / "jobs" / job_id).iterdir())
+            assert left == ["counts.npy", "image.png"]
 
 
 def _loaded_numba(pid: int) -> bool:

@@ -69,8 +69,8 @@ def job_row(job: Job, previews: Previews, now: float) -> dict[str, Any]:
         "reason": job.reason,
         "previews": previews.count(job.job_id),
     }
-    if job.final is not None and job.state is JobState.SUCCEEDED:  # a render's image
-        row["url"] = image_url(job.final.result)
+    if job.state is JobState.SUCCEEDED and job.result:  # a render's image
+        row["url"] = image_url(job.result)
     return row
 
 

@@ -3,15 +3,17 @@
 Payload: ``{"request": <RenderRequest JSON>, "regions": N, "keep_bands": bool}``,
 and ``"counts": true`` when the smooth counts are wanted too.
 It runs once every band of the job is stored: it stitches them into the PNG
-(one band in memory at a time, :func:`write_png`) in a
-temporary file, stores that under :func:`image_key` (S3: a multipart upload),
-does the same with the bands' counts into a NumPy ``.npy`` file under
-:func:`counts_key` when asked, then removes the bands unless asked to keep
-them. The keys are pure functions of the job, so a retried assembly rewrites
-the same objects with the same bytes. The task's result, which becomes the
-job's, is JSON: ``{"key", "url", "bytes"}``, and ``"counts"``: the same three
-for the counts; clients (``render``, ``fetch``, the operator) read the image
-from there and never assemble themselves.
+(one band in memory at a time, :func:`write_png`; a small image in memory),
+stores that under :func:`~fractalq.tasks.band.image_key` (S3: a multipart
+upload), does the same with the bands' counts into a NumPy ``.npy`` file under
+:func:`~fractalq.tasks.band.image_counts_key` when asked, then removes the bands
+unless asked to keep them. The keys are pure functions of the job, so a retried
+assembly rewrites the same objects with the same bytes. The task's result, which
+becomes the job's, is JSON: ``{"key", "url", "bytes"}``, and ``"counts"``: the
+same three for the counts; clients (``render``, ``fetch``, the operator) read the
+image from there and never assemble themselves. A small render of one band has
+no assembly: its band task stores the image under the same keys and gives the
+same result (:mod:`fractalq.tasks.band`).
 
 ``fractal.cleanup`` (same payload) runs as a job of its own when a render
 fails or is cancelled, once none of its bands is being written any more: it
@@ -36,21 +38,13 @@ from fractalq.fractal import symmetry
 from fractalq.fractal.png import assemble as join_bands
 from fractalq.fractal.request import BandPlan, RenderRequest, band_plan, band_rows, split_rows
 from fractalq.storage import Storage, shared_storage
-from fractalq.tasks.band import band_key
+from fractalq.tasks.band import band_key, image_counts_key, image_key
 from fractalq.tasks.band import counts_key as band_counts_key
 from fractalq.tasks.reference import shared_keys
 from fractalq.tasks.registry import InvalidPayload, TaskContext, task_type
 
 TASK_TYPE = "fractal.assemble"
 CLEANUP_TYPE = "fractal.cleanup"
-
-
-def image_key(job_id: str) -> str:
-    return f"jobs/{job_id}/image.png"
-
-
-def counts_key(job_id: str) -> str:
-    return f"jobs/{job_id}/counts.npy"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +179,7 @@ def assemble_image(payload: bytes, context: TaskContext) -> bytes:
     storage = shared_storage(context.storage_url)
     key = image_key(context.job_id)
     with tempfile.TemporaryDirectory(prefix="fractalq-assemble-") as folder:
-        if 3 * job.request.width * job.request.height <= config.ASSEMBLE_IN_MEMORY_BYTES:
+        if 3 * job.request.width * job.request.height <= config.SMALL_IMAGE_BYTES:
             image = io.BytesIO()  # a small image: no file to write, copy and remove
             join_bands(_bands(storage, band_keys(context.job_id, job.rows)),
                        job.request.width, job.rows, image)  # fmt: skip
@@ -199,7 +193,7 @@ def assemble_image(payload: bytes, context: TaskContext) -> bytes:
         if job.counts:
             path = os.path.join(folder, "counts.npy")
             write_counts(storage, context.job_id, job.request, job.rows, path)
-            stored = counts_key(context.job_id)
+            stored = image_counts_key(context.job_id)
             result["counts"] = {
                 "key": stored, "url": storage.url(stored), "bytes": storage.put_file(stored, path)
             }  # fmt: skip
@@ -216,5 +210,5 @@ def clean_up(payload: bytes, context: TaskContext) -> bytes:
     render_job = context.job_id.removesuffix(config.CLEANUP_SUFFIX)
     storage = shared_storage(context.storage_url)
     remove_bands(storage, render_job, job.request, job.rows, job.counts)
-    storage.delete([image_key(render_job), counts_key(render_job)])
+    storage.delete([image_key(render_job), image_counts_key(render_job)])
     return b""

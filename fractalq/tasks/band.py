@@ -4,7 +4,11 @@ Payload: ``{"request": <RenderRequest JSON>, "rows": [start, end]}``,
 ``"counts": true`` when the render's smooth counts are wanted too, and
 ``"mirror": true`` in a mirrored render (:mod:`fractalq.fractal.symmetry`): the
 band's rows are in the top half, and it stores their mirror rows below the middle
-as a band of their own too. A band is stored under :func:`band_key`, a pure
+as a band of their own too. With ``"image": true`` the band is the whole image
+(or its top half, mirrored) of a small render without an assembly task: the task
+stores the image itself, as the assembly would (:mod:`fractalq.tasks.assemble`),
+and its result is the assembly's, which is then the job's. Otherwise a band is
+stored under :func:`band_key`, a pure
 function of the job and the rows, so a
 retried or duplicated task overwrites the same object with the same bytes and
 the assembler knows every key without asking anyone; its counts, raw
@@ -18,18 +22,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+import numpy.typing as npt
+
 from fractalq import config
 from fractalq.fractal import symmetry
-from fractalq.fractal.png import encode_band
+from fractalq.fractal.png import PngWriter, encode_band
 from fractalq.fractal.render import render_rows, render_rows_and_counts
 from fractalq.fractal.request import RenderRequest
 from fractalq.preview import band_preview, band_result
-from fractalq.storage import shared_storage
-from fractalq.tasks.reference import reference_for, scale_for
+from fractalq.storage import Storage, shared_storage
+from fractalq.tasks.reference import reference_for, scale_for, shared_keys
 from fractalq.tasks.registry import InvalidPayload, TaskContext, task_type
 
 TASK_TYPE = "fractal.band"
@@ -43,6 +51,14 @@ def counts_key(job_id: str, start: int, end: int) -> str:
     return f"jobs/{job_id}/bands/{start:06d}-{end:06d}.counts"
 
 
+def image_key(job_id: str) -> str:
+    return f"jobs/{job_id}/image.png"
+
+
+def image_counts_key(job_id: str) -> str:
+    return f"jobs/{job_id}/counts.npy"
+
+
 @dataclasses.dataclass(frozen=True)
 class Band:
     """A band task's payload, read."""
@@ -52,16 +68,21 @@ class Band:
     end: int
     counts: bool = False
     mirror: bool = False
+    image: bool = False
 
 
 def band_payload(
-    request: RenderRequest, start: int, end: int, counts: bool = False, mirror: bool = False
+    request: RenderRequest,
+    start: int,
+    end: int,
+    counts: bool = False,
+    mirror: bool = False,
+    image: bool = False,
 ) -> bytes:
     fields: dict[str, object] = {"request": json.loads(request.to_json()), "rows": [start, end]}
-    if counts:
-        fields["counts"] = True
-    if mirror:
-        fields["mirror"] = True
+    for name, value in (("counts", counts), ("mirror", mirror), ("image", image)):
+        if value:
+            fields[name] = True
     return json.dumps(fields, sort_keys=True).encode()
 
 
@@ -72,19 +93,25 @@ def parse_payload(payload: bytes) -> Band:
         start, end = data["rows"]
         counts = data.get("counts", False)
         mirror = data.get("mirror", False)
+        image = data.get("image", False)
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise InvalidPayload(f"not a band payload: {error}") from None
     except RecursionError:
         raise InvalidPayload("not a band payload: nested too deeply") from None
     if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= request.height):
         raise InvalidPayload(f"rows {start}..{end} are not a band of {request.height} rows")
-    if not isinstance(counts, bool) or not isinstance(mirror, bool):
-        raise InvalidPayload("counts and mirror must be true or false")
+    if not all(isinstance(flag, bool) for flag in (counts, mirror, image)):
+        raise InvalidPayload("counts, mirror and image must be true or false")
     if mirror and symmetry.kind(request) is None:
         raise InvalidPayload("mirror: this view does not mirror onto itself")
-    if mirror and end > symmetry.top_half(request.height):
+    half = symmetry.top_half(request.height)
+    if mirror and end > half:
         raise InvalidPayload(f"mirror: rows {start}..{end} reach below the middle row")
-    return Band(request, start, end, counts, mirror)
+    if image and (start != 0 or end != (half if mirror else request.height)):
+        raise InvalidPayload(f"image: rows {start}..{end} are not the whole image")
+    if image and 3 * request.width * request.height > config.SMALL_IMAGE_BYTES:
+        raise InvalidPayload("image: too large to be made by one band task")
+    return Band(request, start, end, counts, mirror, image)
 
 
 def _check(payload: bytes) -> None:
@@ -138,6 +165,8 @@ def render_band(payload: bytes, context: TaskContext) -> bytes:
         )
         strips.append((below[0], symmetry.mirrored(rgb, mirror, request.height, start), flipped))
     storage = shared_storage(context.storage_url)
+    if band.image:
+        return _store_image(request, strips, storage, context.job_id)
     keys, previews, stored = [], [], []
     for first, pixels, counts in strips:
         rows = (first, first + pixels.shape[0])
@@ -156,3 +185,44 @@ def render_band(payload: bytes, context: TaskContext) -> bytes:
     for upload in stored:
         upload.result()  # only reported done once stored; its errors are the task's
     return band_result(keys, previews)
+
+
+Strip = tuple[int, npt.NDArray[np.uint8], npt.NDArray[np.float32] | None]
+
+
+def _store_image(
+    request: RenderRequest, strips: list[Strip], storage: Storage, job_id: str
+) -> bytes:
+    """A render of one band: its task stores the image (and counts) itself, under the keys
+    the assembly would, and its result is the assembly's, with the band's preview."""
+    out = io.BytesIO()
+    with PngWriter(out, request.width, request.height) as writer:
+        for _, pixels, _ in strips:  # top to bottom: the rows, then their mirror
+            writer.write_rows(pixels)
+    key = image_key(job_id)
+    storage.put(key, out.getvalue())
+    result: dict[str, object] = {"key": key, "url": storage.url(key), "bytes": out.tell()}
+    if strips[0][2] is not None:
+        counts = io.BytesIO()
+        header = {"descr": "<f4", "fortran_order": False, "shape": (request.height, request.width)}
+        np.lib.format.write_array_header_1_0(counts, header)
+        for _, _, values in strips:
+            assert values is not None
+            counts.write(values.astype("<f4").tobytes())
+        stored = image_counts_key(job_id)
+        storage.put(stored, counts.getvalue())
+        result["counts"] = {"key": stored, "url": storage.url(stored), "bytes": counts.tell()}
+    pieces = []
+    for first, pixels, _ in strips:
+        try:
+            pieces.append(band_preview(pixels, request.width, request.height, first))
+        except Exception:  # a preview is a nicety: never worth failing a render for
+            pieces.append(None)
+    if pieces[0] is not None:
+        result["preview"] = pieces[0]
+    if len(pieces) > 1 and pieces[1] is not None:
+        result["mirror"] = {"preview": pieces[1]}
+    # What the first task stored for the bands, as the assembly removes it (a retry
+    # would compute it again).
+    storage.delete(shared_keys(job_id, request))
+    return json.dumps(result).encode()

@@ -4,7 +4,7 @@ The coordinator queues it by itself (:mod:`fractalq.coordinator.housekeeping`).
 Payload: ``{"before": <Unix time>, "keep": [job ids]}``. Every object under
 ``jobs/<job>/`` written before ``before`` is removed unless its job is in
 ``keep`` or it is the job's finished image (:func:`~fractalq.tasks.assemble.image_key`),
-counts (:func:`~fractalq.tasks.assemble.counts_key`) or video
+counts (:func:`~fractalq.tasks.band.image_counts_key`) or video
 (:func:`~fractalq.tasks.encode.video_key`): those are what users asked for, and
 they outlive the job's record. A zoom's keyframes and orbits are swept like bands. The result
 is JSON: ``{"removed": N}``.
@@ -18,7 +18,7 @@ import math
 
 from fractalq import config
 from fractalq.storage import shared_storage
-from fractalq.tasks.assemble import counts_key, image_key
+from fractalq.tasks.band import image_counts_key, image_key
 from fractalq.tasks.encode import video_keys
 from fractalq.tasks.registry import InvalidPayload, TaskContext, task_type
 
@@ -50,7 +50,7 @@ def orphans(keys: list[str], keep: frozenset[str]) -> list[str]:
         if (
             job
             and job not in keep
-            and key not in (image_key(job), counts_key(job), *video_keys(job))
+            and key not in (image_key(job), image_counts_key(job), *video_keys(job))
         ):
             found.append(key)
     return found
