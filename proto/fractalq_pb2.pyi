@@ -46,7 +46,8 @@ parallel tasks, then an optional final task. The coordinator releases each
 stage when the one before has succeeded; the job's state says which stage
 runs (PREPARING, RUNNING, FINISHING), its counts are those of the parallel
 tasks, and the first and final tasks are described on their own. The final
-task's result is the job's result (a render's: where its image is).
+task's result is the job's result (a render's: where its image is); a job of
+one task and no final task has that task's result.
 """
 
 from collections import abc as _abc
@@ -897,7 +898,7 @@ class Job(_message.Message):
     finished_at: _builtins.float
     """0 until the job ends"""
     result: _builtins.bytes
-    """the final task's result, once it succeeded"""
+    """the final task's (or lone task's) result, once it succeeded"""
     time_limit: _builtins.float
     """seconds per attempt; 0: each task type's default"""
     cleanup_job: _builtins.str

@@ -46,7 +46,8 @@ parallel tasks, then an optional final task. The coordinator releases each
 stage when the one before has succeeded; the job's state says which stage
 runs (PREPARING, RUNNING, FINISHING), its counts are those of the parallel
 tasks, and the first and final tasks are described on their own. The final
-task's result is the job's result (a render's: where its image is).
+task's result is the job's result (a render's: where its image is); a job of
+one task and no final task has that task's result.
 """
 
 from collections import abc as _abc
