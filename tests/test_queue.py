@@ -21,6 +21,8 @@ from fractalq.images import submit_render
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.proto import fractalq_pb2_grpc as pb_grpc
 from fractalq.states import FINISHED
+from fractalq.tasks.assemble import assemble_payload
+from fractalq.tasks.band import band_payload
 
 
 def submit(coordinator: Coordinator, task: str = "noop", count: int = 1, **fields: Any) -> pb.Job:
@@ -255,6 +257,23 @@ def test_cancel_drops_queued_tasks(cluster: ProcessGroup) -> None:
         assert client.stats().queued == 0
 
 
+OFF_AXIS = RenderRequest.create("mandelbrot", width=64, height=40, center_y="0.25")
+ON_AXIS = RenderRequest.create("mandelbrot", width=64, height=40)
+LARGE = RenderRequest.create("mandelbrot", width=3000, height=2000)
+MIRRORED_OFF_AXIS = pb.StageTask(  # an assembly of mirrored bands for a view that has none
+    task_type="fractal.assemble",
+    payload=assemble_payload(OFF_AXIS, 2).replace(b'"bands"', b'"mirror": true, "bands"'),
+)
+BAD_BANDS = [
+    (band_payload(OFF_AXIS, 0, 20, mirror=True), "does not mirror onto itself"),
+    (band_payload(ON_AXIS, 0, 21, mirror=True), "reach below the middle row"),
+    (band_payload(ON_AXIS, 0, 10, mirror=True, image=True), "are not the whole image"),
+    (band_payload(OFF_AXIS, 0, 20, image=True), "are not the whole image"),
+    (band_payload(LARGE, 0, 1000, mirror=True, image=True), "too large to be made by one band"),
+    (band_payload(ON_AXIS, 0, 20).replace(b'"rows"', b'"mirror": 1, "rows"'), "true or false"),
+]
+
+
 def test_bad_requests_get_clear_errors_and_disturb_nothing(cluster: ProcessGroup) -> None:
     coordinator = cluster.start_coordinator()
     keep = submit(coordinator, "noop", count=3).job_id
@@ -265,6 +284,11 @@ def test_bad_requests_get_clear_errors_and_disturb_nothing(cluster: ProcessGroup
         (pb.SubmitJobRequest(task_type="noop", count=10**7), "more than the limit"),
         (pb.SubmitJobRequest(task_type="sleep", count=1, payload=b"{oops"), "not JSON"),
         (pb.SubmitJobRequest(task_type="noop", count=1, job_id="a b"), "job_id must be"),
+        *(  # a band that claims a mirror or the whole image it does not have
+            (pb.SubmitJobRequest(task_type="fractal.band", payloads=[payload]), message)
+            for payload, message in BAD_BANDS
+        ),
+        (pb.SubmitJobRequest(task_type="noop", count=1, final=MIRRORED_OFF_AXIS), "mirror onto"),
     ]
     with channel:
         for request, message in bad:
