@@ -31,14 +31,12 @@ import os
 import tempfile
 from collections.abc import Iterator
 
-import numpy as np
-
 from fractalq import config
 from fractalq.fractal import symmetry
 from fractalq.fractal.png import assemble as join_bands
 from fractalq.fractal.request import BandPlan, RenderRequest, band_plan, band_rows, split_rows
 from fractalq.storage import Storage, shared_storage
-from fractalq.tasks.band import band_key, image_counts_key, image_key
+from fractalq.tasks.band import band_key, image_counts_key, image_key, write_counts_header
 from fractalq.tasks.band import counts_key as band_counts_key
 from fractalq.tasks.reference import shared_keys
 from fractalq.tasks.registry import InvalidPayload, TaskContext, task_type
@@ -148,8 +146,7 @@ def write_counts(
     """The bands' counts as one NumPy ``.npy`` file at ``path`` (float32, height x
     width), one band in memory at a time."""
     with open(path, "wb") as out:
-        header = {"descr": "<f4", "fortran_order": False, "shape": (request.height, request.width)}
-        np.lib.format.write_array_header_1_0(out, header)
+        write_counts_header(out, request.width, request.height)
         for start, end in rows:
             data = storage.get(band_counts_key(job_id, start, end))
             if len(data) != 4 * (end - start) * request.width:

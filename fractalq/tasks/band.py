@@ -4,18 +4,20 @@ Payload: ``{"request": <RenderRequest JSON>, "rows": [start, end]}``,
 ``"counts": true`` when the render's smooth counts are wanted too, and
 ``"mirror": true`` in a mirrored render (:mod:`fractalq.fractal.symmetry`): the
 band's rows are in the top half, and it stores their mirror rows below the middle
-as a band of their own too. With ``"image": true`` the band is the whole image
-(or its top half, mirrored) of a small render without an assembly task: the task
-stores the image itself, as the assembly would (:mod:`fractalq.tasks.assemble`),
-and its result is the assembly's, which is then the job's. Otherwise a band is
-stored under :func:`band_key`, a pure
-function of the job and the rows, so a
-retried or duplicated task overwrites the same object with the same bytes and
+as a band of their own too.
+
+A band is stored under :func:`band_key`, a pure function of the job and the rows,
+so a retried or duplicated task overwrites the same object with the same bytes and
 the assembler knows every key without asking anyone; its counts, raw
 little-endian float32 rows, under :func:`counts_key`. Bands travel through
 storage, never through gRPC; the task's result is JSON: the key, and the band's
 rows of the live preview (a few kB, :mod:`fractalq.preview`), and the mirror
 band's (``"mirror"``: its key and preview rows) when it stores one.
+
+With ``"image": true`` the band is the whole image (or its top half, mirrored) of
+a small render that has no assembly task: the task stores the image and counts
+itself, under the keys the assembly would (:func:`image_key`), and its result is
+the assembly's (:mod:`fractalq.tasks.assemble`), which is then the job's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import io
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -57,6 +60,16 @@ def image_key(job_id: str) -> str:
 
 def image_counts_key(job_id: str) -> str:
     return f"jobs/{job_id}/counts.npy"
+
+
+# A strip of stored rows: its first row, its pixels, and its counts when asked for.
+Strip = tuple[int, npt.NDArray[np.uint8], npt.NDArray[np.float32] | None]
+
+
+def write_counts_header(out: BinaryIO, width: int, height: int) -> None:
+    """The ``.npy`` header of an image's counts (float32, height x width), whose rows follow."""
+    header = {"descr": "<f4", "fortran_order": False, "shape": (height, width)}
+    np.lib.format.write_array_header_1_0(out, header)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,38 +169,50 @@ def render_band(payload: bytes, context: TaskContext) -> bytes:
     rgb, values = render_rows_and_counts(
         request, start, end, reference=reference, scale=scale, with_counts=band.counts
     )
-    strips = [(start, rgb, values)]
-    mirror = symmetry.kind(request) if band.mirror else None
-    below = symmetry.mirror_rows(request.height, start, end)
-    if mirror is not None and below is not None:
-        flipped = (
-            None if values is None else symmetry.mirrored(values, mirror, request.height, start)
-        )
-        strips.append((below[0], symmetry.mirrored(rgb, mirror, request.height, start), flipped))
+    strips = _strips(band, rgb, values)
     storage = shared_storage(context.storage_url)
     if band.image:
         return _store_image(request, strips, storage, context.job_id)
-    keys, previews, stored = [], [], []
+    keys, stored = [], []
     for first, pixels, counts in strips:
         rows = (first, first + pixels.shape[0])
         if counts is not None:  # before the band: an assembler that finds the band finds these
             storage.put(counts_key(context.job_id, *rows), counts.astype("<f4").tobytes())
-        data = encode_band(pixels, first)
         keys.append(band_key(context.job_id, *rows))
-        stored.append(_uploader(os.getpid()).submit(storage.put, keys[-1], data))
-        del data
-        # The result also carries the band's rows of the live preview (fractalq/preview.py),
-        # made while the band is stored: storing waits on a disk or the network.
-        try:
-            previews.append(band_preview(pixels, request.width, request.height, first))
-        except Exception:  # a preview is a nicety: never worth failing a band for
-            previews.append(None)
+        stored.append(
+            _uploader(os.getpid()).submit(storage.put, keys[-1], encode_band(pixels, first))
+        )
+    # The result also carries the band's rows of the live preview (fractalq/preview.py),
+    # made while the band is stored: storing waits on a disk or the network.
+    previews = _previews(request, strips)
     for upload in stored:
         upload.result()  # only reported done once stored; its errors are the task's
     return band_result(keys, previews)
 
 
-Strip = tuple[int, npt.NDArray[np.uint8], npt.NDArray[np.float32] | None]
+def _strips(
+    band: Band, rgb: npt.NDArray[np.uint8], values: npt.NDArray[np.float32] | None
+) -> list[Strip]:
+    """What the band stores: its rows, and in a mirrored render their mirror rows too."""
+    strips: list[Strip] = [(band.start, rgb, values)]
+    height = band.request.height
+    how = symmetry.kind(band.request) if band.mirror else None
+    below = symmetry.mirror_rows(height, band.start, band.end)
+    if how is not None and below is not None:
+        flip = functools.partial(symmetry.mirrored, how=how, height=height, start=band.start)
+        strips.append((below[0], flip(rgb), None if values is None else flip(values)))
+    return strips
+
+
+def _previews(request: RenderRequest, strips: list[Strip]) -> list[dict[str, Any] | None]:
+    """Each strip's piece of the live preview (None: it has none, or it failed)."""
+    pieces = []
+    for first, pixels, _ in strips:
+        try:
+            pieces.append(band_preview(pixels, request.width, request.height, first))
+        except Exception:  # a preview is a nicety: never worth failing a band for
+            pieces.append(None)
+    return pieces
 
 
 def _store_image(
@@ -204,20 +229,14 @@ def _store_image(
     result: dict[str, object] = {"key": key, "url": storage.url(key), "bytes": out.tell()}
     if strips[0][2] is not None:
         counts = io.BytesIO()
-        header = {"descr": "<f4", "fortran_order": False, "shape": (request.height, request.width)}
-        np.lib.format.write_array_header_1_0(counts, header)
+        write_counts_header(counts, request.width, request.height)
         for _, _, values in strips:
             assert values is not None
             counts.write(values.astype("<f4").tobytes())
         stored = image_counts_key(job_id)
         storage.put(stored, counts.getvalue())
         result["counts"] = {"key": stored, "url": storage.url(stored), "bytes": counts.tell()}
-    pieces = []
-    for first, pixels, _ in strips:
-        try:
-            pieces.append(band_preview(pixels, request.width, request.height, first))
-        except Exception:  # a preview is a nicety: never worth failing a render for
-            pieces.append(None)
+    pieces = _previews(request, strips)
     if pieces[0] is not None:
         result["preview"] = pieces[0]
     if len(pieces) > 1 and pieces[1] is not None:
