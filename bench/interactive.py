@@ -9,6 +9,8 @@ then prints p50 and p90 over ``--samples``:
 - a default render (its bands, as many as ``fractalq render`` makes of that size
   by default, the assembly task, the PNG downloaded) from submission to the PNG
   on disk, with ``fractalq render``'s code path, at the given size and at half of it;
+- the same renders and a 64x64 one through one client kept open (a dashboard's
+  or a library's: no connection made per render);
 - a one-task ``noop`` job from submission to its final state, in one SubmitJob
   that waits for the end (as ``Client.run`` and ``submit --wait`` do).
 """
@@ -16,6 +18,8 @@ then prints p50 and p90 over ``--samples``:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import statistics
 import sys
 import tempfile
@@ -26,9 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from render_bench import cluster, render_seconds
 
+from fractalq.cli.render import render_image
 from fractalq.client import Client
 from fractalq.fractal import RenderRequest
 from fractalq.proto import fractalq_pb2 as pb
+from fractalq.storage import open_storage
 
 
 def quantiles(values: list[float]) -> str:
@@ -46,6 +52,27 @@ def noop_jobs(address: str, samples: int) -> list[float]:
             times.append(time.perf_counter() - began)
             assert job.state == pb.SUCCEEDED
     return times[5:]  # the first few warm up
+
+
+def kept_client_renders(
+    address: str, storage: str, sizes: list[tuple[int, int]], samples: int
+) -> dict[tuple[int, int], list[float]]:
+    """Submission to PNG on disk with ``fractalq render``'s code, through one client."""
+    times: dict[tuple[int, int], list[float]] = {size: [] for size in sizes}
+    with Client(address) as client, tempfile.TemporaryDirectory() as folder:
+        for _ in range(samples):
+            for width, height in sizes:
+                request = RenderRequest.create("mandelbrot", width=width, height=height)
+                began = time.perf_counter()
+                with (
+                    contextlib.redirect_stdout(io.StringIO()),
+                    contextlib.redirect_stderr(io.StringIO()),
+                ):
+                    render_image(
+                        client, open_storage(storage), request, None, 0, f"{folder}/out.png", False
+                    )
+                times[(width, height)].append(time.perf_counter() - began)
+    return times
 
 
 def main() -> None:
@@ -68,6 +95,9 @@ def main() -> None:
                     times[(width, height)].append(render_seconds(address, storage, request, None))
             for (width, height), values in times.items():
                 print(f"render {width}x{height} submit to PNG   {quantiles(values)}")
+            kept = kept_client_renders(address, storage, [*sizes, (64, 64)], args.samples)
+            for (width, height), values in kept.items():
+                print(f"  one client kept, {width}x{height}  {quantiles(values)}")
             print(
                 f"noop job, one SubmitJob         {quantiles(noop_jobs(address, args.samples * 5))}"
             )
