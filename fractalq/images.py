@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 
-from fractalq import config
 from fractalq.client import Client
-from fractalq.fractal.request import RenderRequest, band_plan
+from fractalq.fractal.request import RenderRequest, band_plan, is_small
 from fractalq.proto import fractalq_pb2 as pb
 from fractalq.storage import Storage
 from fractalq.tasks.assemble import CLEANUP_TYPE as CLEANUP
@@ -62,11 +61,7 @@ def render_job(
     mirror = plan.mirror is not None
     # A small image in one band is made by that band's task: no assembly task to wait
     # for, and the job's result is that task's (a job of one task and no final one).
-    image = (
-        len(plan.tasks) == 1
-        and not keep_bands
-        and 3 * request.width * request.height <= config.SMALL_IMAGE_BYTES
-    )
+    image = len(plan.tasks) == 1 and not keep_bands and is_small(request)
     payload = assemble_payload(request, regions, keep_bands, counts)
     job = pb.SubmitJobRequest(
         job_id=job_id,

@@ -290,13 +290,16 @@ def band_plan(request: RenderRequest, regions: int | None = None) -> BandPlan:
         worth = -(-pixels * request.max_iter // config.MIN_BAND_WORK)  # ceilings
         regions = min(config.DEFAULT_REGIONS, max(1, worth))
     mirror = symmetry.kind(request)
-    rows = request.height
-    if mirror is not None and regions <= symmetry.top_half(rows):
-        rows = symmetry.top_half(rows)
-    else:
-        mirror = None
+    if mirror is not None and regions > symmetry.top_half(request.height):
+        mirror = None  # more bands asked for than the top half has rows
+    rows = request.height if mirror is None else symmetry.top_half(request.height)
     needed = -(-request.width * rows // config.MAX_BAND_PIXELS)
     return BandPlan(request.height, split_rows(rows, min(max(regions, needed), rows)), mirror)
+
+
+def is_small(request: RenderRequest) -> bool:
+    """Whether the image is made in memory: its pixels are at most ``config.SMALL_IMAGE_BYTES``."""
+    return 3 * request.width * request.height <= config.SMALL_IMAGE_BYTES
 
 
 def band_rows(request: RenderRequest, regions: int | None = None) -> list[tuple[int, int]]:

@@ -34,7 +34,14 @@ from collections.abc import Iterator
 from fractalq import config
 from fractalq.fractal import symmetry
 from fractalq.fractal.png import assemble as join_bands
-from fractalq.fractal.request import BandPlan, RenderRequest, band_plan, band_rows, split_rows
+from fractalq.fractal.request import (
+    BandPlan,
+    RenderRequest,
+    band_plan,
+    band_rows,
+    is_small,
+    split_rows,
+)
 from fractalq.storage import Storage, shared_storage
 from fractalq.tasks.band import band_key, image_counts_key, image_key, write_counts_header
 from fractalq.tasks.band import counts_key as band_counts_key
@@ -176,7 +183,7 @@ def assemble_image(payload: bytes, context: TaskContext) -> bytes:
     storage = shared_storage(context.storage_url)
     key = image_key(context.job_id)
     with tempfile.TemporaryDirectory(prefix="fractalq-assemble-") as folder:
-        if 3 * job.request.width * job.request.height <= config.SMALL_IMAGE_BYTES:
+        if is_small(job.request):
             image = io.BytesIO()  # a small image: no file to write, copy and remove
             join_bands(_bands(storage, band_keys(context.job_id, job.rows)),
                        job.request.width, job.rows, image)  # fmt: skip

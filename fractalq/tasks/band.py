@@ -37,7 +37,7 @@ from fractalq import config
 from fractalq.fractal import symmetry
 from fractalq.fractal.png import PngWriter, encode_band
 from fractalq.fractal.render import render_rows, render_rows_and_counts
-from fractalq.fractal.request import RenderRequest
+from fractalq.fractal.request import RenderRequest, is_small
 from fractalq.preview import band_preview, band_result
 from fractalq.storage import Storage, shared_storage
 from fractalq.tasks.reference import reference_for, scale_for, shared_keys
@@ -122,7 +122,7 @@ def parse_payload(payload: bytes) -> Band:
         raise InvalidPayload(f"mirror: rows {start}..{end} reach below the middle row")
     if image and (start != 0 or end != (half if mirror else request.height)):
         raise InvalidPayload(f"image: rows {start}..{end} are not the whole image")
-    if image and 3 * request.width * request.height > config.SMALL_IMAGE_BYTES:
+    if image and not is_small(request):
         raise InvalidPayload("image: too large to be made by one band task")
     return Band(request, start, end, counts, mirror, image)
 
