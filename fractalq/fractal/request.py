@@ -265,6 +265,13 @@ class BandPlan:
     tasks: list[tuple[int, int]]
     mirror: symmetry.Kind | None = None
 
+    @classmethod
+    def cut(cls, height: int, tasks: int, mirror: symmetry.Kind | None) -> BandPlan:
+        """``tasks`` band tasks over an image of ``height`` rows, or over its top half
+        when mirrored; ValueError (from :func:`split_rows`) when they cannot be."""
+        rows = height if mirror is None else symmetry.top_half(height)
+        return cls(height, split_rows(rows, tasks), mirror)
+
     @property
     def strips(self) -> list[tuple[int, int]]:
         """Every stored strip of rows, top to bottom: they tile the image."""
@@ -294,7 +301,7 @@ def band_plan(request: RenderRequest, regions: int | None = None) -> BandPlan:
         mirror = None  # more bands asked for than the top half has rows
     rows = request.height if mirror is None else symmetry.top_half(request.height)
     needed = -(-request.width * rows // config.MAX_BAND_PIXELS)
-    return BandPlan(request.height, split_rows(rows, min(max(regions, needed), rows)), mirror)
+    return BandPlan.cut(request.height, min(max(regions, needed), rows), mirror)
 
 
 def is_small(request: RenderRequest) -> bool:

@@ -109,8 +109,7 @@ def parse_payload(payload: bytes) -> Assembly:
         if bands is None:  # an older payload names no count: its bands are those of its regions
             rows = band_rows(request, regions)
         else:
-            height = request.height if kind is None else symmetry.top_half(request.height)
-            rows = BandPlan(request.height, split_rows(height, bands), kind).strips
+            rows = BandPlan.cut(request.height, bands, kind).strips
     except ValueError as error:
         raise InvalidPayload(str(error)) from None
     return Assembly(request, rows, keep, counts)
