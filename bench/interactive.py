@@ -10,7 +10,9 @@ then prints p50 and p90 over ``--samples``:
   by default, the assembly task, the PNG downloaded) from submission to the PNG
   on disk, with ``fractalq render``'s code path, at the given size and at half of it;
 - the same renders and a 64x64 one through one client kept open (a dashboard's
-  or a library's: no connection made per render);
+  or a library's: no connection made per render), with the CPU time and the minor
+  page faults (fresh memory pages) the two workers spent per render: unlike wall
+  time, these hardly depend on what else runs on the machine;
 - a one-task ``noop`` job from submission to its final state, in one SubmitJob
   that waits for the end (as ``Client.run`` and ``submit --wait`` do).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import statistics
 import sys
 import tempfile
@@ -54,15 +57,31 @@ def noop_jobs(address: str, samples: int) -> list[float]:
     return times[5:]  # the first few warm up
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def faults_and_cpu(pids: list[int]) -> tuple[int, float]:
+    """Minor page faults and CPU seconds (user + system) of ``pids``, summed."""
+    faults, cpu = 0, 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        faults += int(fields[7])
+        cpu += (int(fields[11]) + int(fields[12])) / TICK
+    return faults, cpu
+
+
 def kept_client_renders(
-    address: str, storage: str, sizes: list[tuple[int, int]], samples: int
-) -> dict[tuple[int, int], list[float]]:
-    """Submission to PNG on disk with ``fractalq render``'s code, through one client."""
+    address: str, storage: str, sizes: list[tuple[int, int]], samples: int, workers: list[int]
+) -> tuple[dict[tuple[int, int], list[float]], dict[tuple[int, int], tuple[float, float]]]:
+    """Submission to PNG on disk with ``fractalq render``'s code, through one client;
+    and, by size, the page faults and CPU seconds of the ``workers`` per render."""
     times: dict[tuple[int, int], list[float]] = {size: [] for size in sizes}
+    spent = dict.fromkeys(sizes, (0.0, 0.0))
     with Client(address) as client, tempfile.TemporaryDirectory() as folder:
         for _ in range(samples):
             for width, height in sizes:
                 request = RenderRequest.create("mandelbrot", width=width, height=height)
+                faults, cpu = faults_and_cpu(workers)
                 began = time.perf_counter()
                 with (
                     contextlib.redirect_stdout(io.StringIO()),
@@ -72,7 +91,13 @@ def kept_client_renders(
                         client, open_storage(storage), request, None, 0, f"{folder}/out.png", False
                     )
                 times[(width, height)].append(time.perf_counter() - began)
-    return times
+                after = faults_and_cpu(workers)
+                total = spent[(width, height)]
+                spent[(width, height)] = (
+                    total[0] + (after[0] - faults) / samples,
+                    total[1] + (after[1] - cpu) / samples,
+                )
+    return times, spent
 
 
 def main() -> None:
@@ -84,7 +109,9 @@ def main() -> None:
     sizes = [(args.width, args.height), (args.width // 2, args.height // 2)]
     with tempfile.TemporaryDirectory() as folder:
         storage = (Path(folder) / "storage").as_uri()
-        with cluster(2, 1, Path(folder), storage) as address:
+        with cluster(2, 1, Path(folder), storage) as group:
+            address = group.address
+            workers = group.worker_pids
             warm = RenderRequest.create("mandelbrot", width=64, height=64)
             for _ in range(4):
                 render_seconds(address, storage, warm, 2)
@@ -95,9 +122,15 @@ def main() -> None:
                     times[(width, height)].append(render_seconds(address, storage, request, None))
             for (width, height), values in times.items():
                 print(f"render {width}x{height} submit to PNG   {quantiles(values)}")
-            kept = kept_client_renders(address, storage, [*sizes, (64, 64)], args.samples)
+            kept, spent = kept_client_renders(
+                address, storage, [*sizes, (64, 64)], args.samples, workers
+            )
             for (width, height), values in kept.items():
-                print(f"  one client kept, {width}x{height}  {quantiles(values)}")
+                faults, cpu = spent[(width, height)]
+                print(
+                    f"  one client kept, {width}x{height}  {quantiles(values)}"
+                    f"   workers per render: {cpu * 1000:5.1f} ms CPU, {faults:5.0f} page faults"
+                )
             print(
                 f"noop job, one SubmitJob         {quantiles(noop_jobs(address, args.samples * 5))}"
             )

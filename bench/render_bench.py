@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import statistics
 import subprocess
@@ -77,15 +78,22 @@ def work_split(request: RenderRequest, regions: int) -> dict[str, float]:
     return seconds
 
 
+@dataclasses.dataclass
+class Cluster:
+    address: str  # the coordinator's
+    worker_pids: list[int]
+
+
 @contextlib.contextmanager
-def cluster(workers: int, concurrency: int, folder: Path, storage: str) -> Iterator[str]:
-    """A coordinator and workers on loopback (the tests' own); yields the coordinator's address."""
+def cluster(workers: int, concurrency: int, folder: Path, storage: str) -> Iterator[Cluster]:
+    """A coordinator and workers on loopback (the tests' own)."""
     group = ProcessGroup(folder)
     try:
         coordinator = group.start_coordinator()
-        for _ in range(workers):
-            group.start_worker(storage=storage, concurrency=concurrency)
-        yield coordinator.address
+        started = [
+            group.start_worker(storage=storage, concurrency=concurrency) for _ in range(workers)
+        ]
+        yield Cluster(coordinator.address, [worker.pid for worker in started])
     finally:
         group.stop()
 
@@ -112,7 +120,8 @@ def scaling(
         for workers, concurrency in setups:
             with tempfile.TemporaryDirectory() as folder:
                 storage = (Path(folder) / "storage").as_uri()
-                with cluster(workers, concurrency, Path(folder), storage) as endpoint:
+                with cluster(workers, concurrency, Path(folder), storage) as running:
+                    endpoint = running.address
                     for _ in range(workers * concurrency):  # every process has rendered once
                         render_seconds(endpoint, storage, warm, workers * concurrency * 2)
                     times[(workers, concurrency)].append(
