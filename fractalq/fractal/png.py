@@ -67,7 +67,9 @@ Mandelbrot rows, 54 ms per 512 rows one by one, 35 ms in groups of 5 or 8,
 33 ms of 16 or 32, hence a cap in bytes that costs nothing up to 21845 pixels.
 ISA-L honours the dictionary and ``Z_SYNC_FLUSH`` as zlib does (each group ends
 with the empty stored block ``00 00 ff ff``); any inflater reads the stream, and
-this module reads bands back with the standard library's zlib.
+this module reads bands back with the standard library's zlib. The checksums
+(CRC-32 of the chunks and bands, Adler-32 of the rows) are ISA-L's too: the same
+values as zlib's, in about a fifth of the time (0.5 of a 200-row band's 2.2 ms).
 
 Byte-identity holds for one compressor build: the deflated bytes are a function
 of the pinned ``isal`` (its bundled ISA-L) and of the code path ISA-L picks for
@@ -206,7 +208,7 @@ class _ZlibIdat:
     def __init__(self, out: BinaryIO, level: int) -> None:
         self._out = out
         self._pending = bytearray(_zlib_header(level))
-        self.adler = zlib.adler32(b"")
+        self.adler = isal_zlib.adler32(b"")
 
     def add(self, piece: bytes | memoryview, adler: int, length: int) -> None:
         """Append deflated bytes whose uncompressed data has this Adler-32 and length."""
@@ -235,7 +237,7 @@ class _ZlibIdat:
         self._out.write(_chunk(b"IEND", b""))
 
     def _write(self, data: memoryview) -> None:
-        crc = zlib.crc32(data, zlib.crc32(b"IDAT"))
+        crc = isal_zlib.crc32(data, isal_zlib.crc32(b"IDAT"))
         self._out.write(struct.pack(">I", len(data)) + b"IDAT")
         self._out.write(data)
         self._out.write(struct.pack(">I", crc))
@@ -299,7 +301,7 @@ class _Groups:
 
     def _emit(self, rows: Rows) -> None:
         deflated = _deflate_group(rows, self._dictionary, self._level)
-        self._stream.add(deflated, zlib.adler32(rows), len(rows))
+        self._stream.add(deflated, isal_zlib.adler32(rows), len(rows))
         self._dictionary = _dictionary(rows, self._stride)
 
 
@@ -339,12 +341,12 @@ def encode_band(
             _deflate_group(_flat(filtered[first : first + group]), dictionary, compress_level)
         )
         dictionary = _flat(filtered[first + group - 1])[-_WINDOW:]
-    adler = zlib.adler32(_flat(filtered[head : head + middle]))
+    adler = isal_zlib.adler32(_flat(filtered[head : head + middle]))
     crc = 0
     for part in raw:
-        crc = zlib.crc32(part, crc)
+        crc = isal_zlib.crc32(part, crc)
     for piece in pieces:
-        crc = zlib.crc32(piece, crc)
+        crc = isal_zlib.crc32(piece, crc)
     position = UNKNOWN_START if start is None else start
     header = BAND_HEADER.pack(BAND_MAGIC, width, count, position, group, adler, crc)
     return b"".join([header, *raw, *pieces])  # one copy of the band, not two
@@ -383,7 +385,7 @@ class _Band:
         view = memoryview(data)[BAND_HEADER.size :]
         if len(view) < raw_rows * stride:
             raise ValueError(f"band is truncated: {len(data)} bytes")
-        if zlib.crc32(view) != crc:
+        if isal_zlib.crc32(view) != crc:
             raise ValueError("band is corrupt: CRC-32 mismatch")
         raw = view[: raw_rows * stride]
         if raw[::stride] != bytes([_SUB]) * raw_rows:
@@ -399,7 +401,7 @@ class _Band:
             raise ValueError("band is truncated: its deflated rows are missing")
         if middle and self.deflated[-4:] != _SYNC_MARK:
             raise ValueError("band is corrupt: its deflated rows do not end on a sync flush")
-        if not middle and (self.deflated or adler != zlib.adler32(b"")):
+        if not middle and (self.deflated or adler != isal_zlib.adler32(b"")):
             raise ValueError("band is corrupt: deflated bytes in a band without whole groups")
 
 
@@ -418,7 +420,7 @@ def decode_band(data: bytes, width: int, rows: int, start: int | None = None) ->
             middle = inflater.decompress(band.deflated, length + 1)
         except zlib.error as error:
             raise ValueError(f"band is corrupt: {_one_line(error)}") from None
-        if len(middle) != length or zlib.adler32(middle) != band.adler:
+        if len(middle) != length or isal_zlib.adler32(middle) != band.adler:
             raise ValueError("band is corrupt: its rows do not inflate to their checksum")
         if band.last is None or middle[-band.stride :] != band.last:
             raise ValueError("band is corrupt: its rows are not the ones it declares")
@@ -439,7 +441,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
         struct.pack(">I", len(data))
         + kind
         + data
-        + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+        + struct.pack(">I", isal_zlib.crc32(data, isal_zlib.crc32(kind)))
     )
 
 

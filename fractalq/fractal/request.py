@@ -17,6 +17,7 @@ and the workers all refuse the same requests with the same one-line messages.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -214,7 +215,18 @@ class RenderRequest:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> RenderRequest:
-        """Parse and validate; ValueError with a one-line message on anything amiss."""
+        """Parse and validate; ValueError with a one-line message on anything amiss.
+
+        Every payload of a render carries its request, and the coordinator and the
+        workers read each payload more than once, so a text read before gives the
+        request read then (a request is immutable: sharing it is safe).
+        """
+        if cls is RenderRequest and len(data) <= READ_CACHE_TEXT:
+            return _read_cached(data)
+        return cls._read(data)
+
+    @classmethod
+    def _read(cls, data: bytes | str) -> RenderRequest:
         try:
             value = json.loads(data)
         except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, huge ints
@@ -251,6 +263,18 @@ class RenderRequest:
     def key(self) -> str:
         """A short stable name for the image: 16 hex digits of the canonical JSON's SHA-256."""
         return hashlib.sha256(self.to_json()).hexdigest()[:16]
+
+
+# Requests read from texts up to this long are kept, the last READ_CACHE_SIZE of
+# them: a few hundred bytes each (a deep view's decimals make some longer), so
+# what the cache holds stays small whatever a client sends.
+READ_CACHE_TEXT = 16 * 1024
+READ_CACHE_SIZE = 64
+
+
+@functools.lru_cache(maxsize=READ_CACHE_SIZE)
+def _read_cached(data: bytes | str) -> RenderRequest:
+    return RenderRequest._read(data)  # a refusal raises: nothing is kept for it
 
 
 @dataclasses.dataclass(frozen=True)
