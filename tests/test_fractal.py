@@ -35,6 +35,7 @@ from fractalq.fractal import (
     split_rows,
 )
 from fractalq.fractal.kernels import pixel_columns, pixel_rows
+from fractalq.fractal.request import READ_CACHE_TEXT
 
 
 def reference_counts(request: RenderRequest) -> list[list[int]]:
@@ -461,3 +462,16 @@ def test_from_json_refuses_malformed_requests(data: bytes, message: str) -> None
     with pytest.raises(ValueError, match=message) as caught:
         RenderRequest.from_json(data)
     assert "\n" not in str(caught.value)
+    with pytest.raises(ValueError, match=message):  # a refusal is not remembered as a read
+        RenderRequest.from_json(data)
+
+
+def test_a_request_text_read_again_reads_the_same_and_long_texts_read_too() -> None:
+    data = RenderRequest.create("julia", width=64, height=48).to_json()
+    assert RenderRequest.from_json(data) is RenderRequest.from_json(data)  # read once
+    # A deep centre longer than the texts kept is still read, every time.
+    digits = "0." + "3" * (READ_CACHE_TEXT // 2)
+    long = json.dumps({**good_fields(), "center_x": digits, "center_y": digits}).encode()
+    assert len(long) > READ_CACHE_TEXT
+    read = RenderRequest.from_json(long)
+    assert read.center_x.startswith("0.333") and RenderRequest.from_json(long) == read
