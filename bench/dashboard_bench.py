@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from proc_usage import cpu_seconds
 from procs import Coordinator, Process, Worker, wait_until
 
 from fractalq.client import Client
@@ -166,11 +166,6 @@ def end_to_end(renders: int) -> None:
         finally:
             for process in reversed(started):
                 process.stop()
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _watch(url: str, count: int, stop: asyncio.Event, received: list[int]) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
 import statistics
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from proc_usage import cpu_seconds, minor_faults
 from render_bench import cluster, render_seconds
 
 from fractalq.cli.render import render_image
@@ -57,17 +57,9 @@ def noop_jobs(address: str, samples: int) -> list[float]:
     return times[5:]  # the first few warm up
 
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
 def faults_and_cpu(pids: list[int]) -> tuple[int, float]:
-    """Minor page faults and CPU seconds (user + system) of ``pids``, summed."""
-    faults, cpu = 0, 0.0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        faults += int(fields[7])
-        cpu += (int(fields[11]) + int(fields[12])) / TICK
-    return faults, cpu
+    """Minor page faults and CPU seconds of ``pids``, summed."""
+    return sum(map(minor_faults, pids)), sum(map(cpu_seconds, pids))
 
 
 def kept_client_renders(

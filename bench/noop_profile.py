@@ -29,18 +29,11 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent / "tests")]
 
+from proc_usage import cpu_seconds  # noqa: E402
 from procs import Coordinator, Worker, wait_until  # noqa: E402
 
 from fractalq.client import Client  # noqa: E402
 from fractalq.proto import fractalq_pb2 as pb  # noqa: E402
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of ``pid`` and its threads (not its children)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def hottest(raw: Path, top: int) -> list[tuple[float, str]]:

@@ -39,6 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gigapixel import descendants, peak_kib
+from proc_usage import cpu_seconds
 
 SEAHORSE = ("-0.743643887037158704752191506114774", "0.131825904205311970493132056385139")
 SPLIT = re.compile(
@@ -251,15 +252,6 @@ def progress(
         f"  [{elapsed:6.0f} s] {line.strip()} | CPU s: {spent} | peak MiB: {most} | {load()}",
         flush=True,
     )
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time a process has used so far (0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load() -> str:
