@@ -8,13 +8,23 @@ and of a render midway are saved as artifacts.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import browser
 import pytest
 from playwright.sync_api import Browser, expect
-from procs import SLOW_VIEW, Coordinator, ProcessGroup, Trust, run_cli, start_zoom, wait_until
+from procs import (
+    SLOW_VIEW,
+    Coordinator,
+    ProcessGroup,
+    Trust,
+    fractalq,
+    run_cli,
+    start_zoom,
+    wait_until,
+)
 
 from fractalq.proto import fractalq_pb2 as pb
 
@@ -141,13 +151,23 @@ def test_a_zoom_shows_its_keyframes_as_they_land_then_plays_its_video(
     expect(page.page.get_by_test_id("stat-workers").locator(".value")).to_have_text(
         "2", timeout=TIMEOUT
     )
+    # A render runs first: the page previews it, and moves on to the zoom once it is done.
+    render = subprocess.Popen(
+        fractalq("render", "--mandelbrot", *SLOW_VIEW, "--coordinator", dash.coordinator.address,
+                 "--storage", dash.storage, "--out", str(tmp_path / "first.png")),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    preview = page.page.get_by_test_id("preview")
+    first = wait_until(lambda: preview.get_attribute("data-job-id"), 60, "the render previewed")
+    _, stderr = render.communicate(timeout=120)
+    assert render.returncode == 0, stderr
     out = tmp_path / "zoom.mp4"
     zoom = start_zoom(dash.coordinator.address, dash.storage, out)
     keyframes = page.page.get_by_test_id("keyframes")
     # The page picks the running zoom and shows its thumbnails, shallowest first.
     wait_until(lambda: int(keyframes.get_attribute("data-count") or 0) > 0, 60, "a keyframe")
     job_id = keyframes.get_attribute("data-job-id")
-    assert job_id
+    assert job_id and job_id != first
     _, stderr = zoom.communicate(timeout=120)
     assert zoom.returncode == 0, stderr
     total = dash.coordinator.client().job(job_id).total

@@ -6,7 +6,9 @@ import { Preview } from "./preview.js";
 import { signIn, signOut } from "./session.js";
 
 const $ = (selector) => document.querySelector(selector);
-const state = { role: null, images: false, history: [], events: null, rows: new Map() };
+// following: the preview moves on to the newest running render or zoom once the one it
+// shows has ended, until a job is picked (its row's preview button, the render form).
+const state = { role: null, images: false, history: [], events: null, rows: new Map(), following: true };
 const preview = new Preview($("#preview"), $("#preview-image"), $("#preview-title"), $("#preview-note"), $("#download"),
   $("#keyframes"), $("#preview-video"));
 const PREVIEWED = new Set(["fractal.band", "fractal.keyframe"]);  // renders and zoom movies
@@ -111,9 +113,10 @@ function render(snapshot) {
   renderWorkers(snapshot.workers);
   renderJobs(snapshot.jobs);
   renderDead(snapshot.dead_letters);
-  if (!preview.jobId) {
+  const shown = snapshot.jobs.find((row) => row.id === preview.jobId);
+  if (state.following && !(shown && ACTIVE.has(shown.state))) {
     const running = snapshot.jobs.find((row) => PREVIEWED.has(row.type) && ACTIVE.has(row.state));
-    if (running) selectJob(running.id);
+    if (running) selectJob(running.id, false);
   }
   preview.update(snapshot.jobs.find((row) => row.id === preview.jobId), snapshot.images);
 }
@@ -217,7 +220,8 @@ async function act(jobId, action, button) {
   if (!ok) alert((body && body.error) || `${action} was refused`);
 }
 
-function selectJob(jobId) {
+function selectJob(jobId, picked = true) {
+  if (picked) state.following = false;
   preview.select(jobId);
   for (const [id, tr] of state.rows) tr.classList.toggle("selected", id === jobId);
 }
