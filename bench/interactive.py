@@ -11,8 +11,9 @@ then prints p50 and p90 over ``--samples``:
   on disk, with ``fractalq render``'s code path, at the given size and at half of it;
 - the same renders and a 64x64 one through one client kept open (a dashboard's
   or a library's: no connection made per render), with the CPU time and the minor
-  page faults (fresh memory pages) the two workers spent per render: unlike wall
-  time, these hardly depend on what else runs on the machine;
+  page faults (fresh memory pages) the two workers spent per render: the faults do
+  not depend on what else runs on the machine; on a shared virtual machine even CPU
+  time grows with the load, so compare runs made in turns;
 - a one-task ``noop`` job from submission to its final state, in one SubmitJob
   that waits for the end (as ``Client.run`` and ``submit --wait`` do).
 """
