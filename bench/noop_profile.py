@@ -1,6 +1,6 @@
 """Where a no-op job's time goes: CPU per job in each process, and their hottest functions.
 
-    python bench/noop_profile.py [--jobs 2000] [--no-sampling] [--top 25]
+    python bench/noop_profile.py [--jobs 2000] [--no-sampling] [--top 25] [--service-only]
 
 Starts a coordinator (keeping its database, as deployed) and one worker
 ``--concurrency 2`` on 127.0.0.1, warms them up, then runs ``--jobs`` one-task
@@ -11,11 +11,17 @@ depends on what else runs on the machine). Unless ``--no-sampling`` (or without
 ``py-spy``), it samples the coordinator and the worker meanwhile and prints, for
 each, the functions with the most samples in them (their own and what they
 call), which is where to cut.
+
+``--service-only`` runs the same jobs through the coordinator's service in this
+process, with its database, a worker's long poll and its report made as the Work
+stream makes them, and no gRPC at all: the CPU of the coordinator's own Python
+per job, to set beside ``bench/grpc_floor.py``'s CPU per call.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import os
 import shutil
@@ -32,7 +38,12 @@ sys.path[:0] = [str(BENCH.parent / "tests")]
 from proc_usage import cpu_seconds  # noqa: E402
 from procs import Coordinator, Worker, wait_until  # noqa: E402
 
+from fractalq import config  # noqa: E402
 from fractalq.client import Client  # noqa: E402
+from fractalq.coordinator.server import _restore  # noqa: E402
+from fractalq.coordinator.service import CoordinatorService  # noqa: E402
+from fractalq.coordinator.settings import CoordinatorSettings  # noqa: E402
+from fractalq.coordinator.store import GroupCommit  # noqa: E402
 from fractalq.proto import fractalq_pb2 as pb  # noqa: E402
 
 
@@ -56,12 +67,59 @@ def _file(frame: str) -> str:
     return f"({'/'.join(path.split('/')[-2:])}:{line})" if path else ""
 
 
+async def service_only(jobs: int) -> None:
+    """One-task no-op jobs through the service, no gRPC: CPU and wall time per job."""
+    with tempfile.TemporaryDirectory() as folder:
+        journal, broker = _restore(CoordinatorSettings(data_dir=Path(folder)))
+        assert journal is not None
+        commit = GroupCommit(journal, config.COMMIT_INTERVAL)
+        service = CoordinatorService(broker, CoordinatorSettings(), journal, commit)
+        committer = asyncio.create_task(commit.run())
+        worker = broker.registry.register("bench", ("noop",), 2, "bench", time.time())
+        ask = pb.GetTaskRequest(
+            worker_id="bench", session=worker.session, max_tasks=3, wait_seconds=30
+        )
+        submit = pb.SubmitJobRequest(task_type="noop", count=1, wait_seconds=10)
+
+        async def one() -> None:
+            poll = asyncio.create_task(service.get_task(ask))  # the worker waits first
+            await asyncio.sleep(0)
+            submitted = asyncio.create_task(service.submit_job(submit))
+            task = (await poll).tasks[0]
+            ref = pb.TaskRef(job_id=task.job_id, index=task.index, attempt=task.attempt)
+            report = pb.CompleteTaskRequest(
+                worker_id="bench", session=worker.session, max_tasks=3,
+                results=[pb.TaskResult(task=ref, seconds=0.0001)],
+            )  # fmt: skip
+            await service.complete_tasks(report)
+            assert (await submitted).job.state == pb.SUCCEEDED
+
+        try:
+            for _ in range(200):  # warm
+                await one()
+            cpu, wall = time.process_time(), time.perf_counter()
+            for _ in range(jobs):
+                await one()
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        finally:
+            committer.cancel()
+            commit.close()
+        print(
+            f"{jobs} one-task no-op jobs through the service, no gRPC: CPU"
+            f" {cpu / jobs * 1e6:,.0f} us a job, wall {wall / jobs * 1e6:,.0f} us"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--no-sampling", action="store_true")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--service-only", action="store_true")
     args = parser.parse_args()
+    if args.service_only:
+        asyncio.run(service_only(args.jobs))
+        return
     sampling = not args.no_sampling and shutil.which("py-spy") is not None
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
