@@ -77,20 +77,44 @@ def warm_task(task_type: str) -> None:
         warm()
 
 
+def warm_order(task_types: Iterable[str]) -> list[str]:
+    """The types that have a warm-up, in the order to warm them: ``warm_first`` ones first."""
+    kinds = [tasks.get(name) for name in task_types]
+    return [kind.name for kind in sorted(kinds, key=lambda k: not k.warm_first) if kind.warm]
+
+
+def warm_tasks(task_types: list[str]) -> list[str]:
+    """Warm each type in turn; returns what the warm-ups that failed failed with.
+
+    One after another, not side by side: numba compiles one function at a time
+    in a process (a lock), and warm-ups racing for it on a cold cache held a
+    first band behind the deep-zoom kernels (24 s instead of 6).
+    """
+    failures = []
+    for name in task_types:
+        try:
+            warm_task(name)
+        except Exception as error:  # the next type's warm-up still runs
+            failures.append(describe(error))
+    return failures
+
+
 def describe(error: BaseException) -> str:
     text = "".join(traceback.format_exception_only(type(error), error)).strip()
     return text or type(error).__name__
 
 
-def _warm_failure(future: concurrent.futures.Future[None]) -> str | None:
-    """What a finished warm-up failed with, if it failed."""
-    error = None if future.cancelled() else future.exception()
-    return None if error is None else describe(error)
+def _warm_failures(future: concurrent.futures.Future[list[str]]) -> list[str]:
+    """What a finished run of warm_tasks() failed with."""
+    if future.cancelled():
+        return []
+    error = future.exception()
+    return future.result() if error is None else [describe(error)]
 
 
-def _log_warm_failure(failure: str | None) -> None:
+def _log_warm_failures(failures: list[str]) -> None:
     # Not fatal: the first task of the type will meet the same error and report it.
-    if failure is not None:
+    for failure in failures:
         log.warning("warming up failed: %s", failure)
 
 
@@ -103,7 +127,9 @@ class _WarmUp:
     they run, and a line logged before would go out in no format at all.
     """
 
-    def __init__(self, names: list[str], futures: list[concurrent.futures.Future[None]]) -> None:
+    def __init__(
+        self, names: list[str], futures: list[concurrent.futures.Future[list[str]]]
+    ) -> None:
         self._names = names
         self._began = time.monotonic()
         self._lock = threading.Lock()
@@ -114,11 +140,10 @@ class _WarmUp:
         for future in futures:
             future.add_done_callback(self._done)
 
-    def _done(self, future: concurrent.futures.Future[None]) -> None:
-        failure = _warm_failure(future)
+    def _done(self, future: concurrent.futures.Future[list[str]]) -> None:
+        failures = _warm_failures(future)
         with self._lock:
-            if failure is not None:
-                self._failures.append(failure)
+            self._failures += failures
             self._pending -= 1
             if self._pending == 0:
                 self._seconds = time.monotonic() - self._began
@@ -132,8 +157,7 @@ class _WarmUp:
     def _log(self) -> None:
         if not self._announced:
             return
-        for failure in self._failures:
-            _log_warm_failure(failure)
+        _log_warm_failures(self._failures)
         self._failures = []
         if self._seconds is not None and self._names:
             log.info("warmed up in %.2f s (%s)", self._seconds, ", ".join(self._names))
@@ -357,9 +381,9 @@ class TaskRunner:
             initializer=_start_process,
             initargs=(tasks.loaded_modules(),),
         )
-        for name in self._warmed:
-            pool.submit(warm_task, name).add_done_callback(
-                lambda done: _log_warm_failure(_warm_failure(done))
+        if self._warmed:
+            pool.submit(warm_tasks, self._warmed).add_done_callback(
+                lambda done: _log_warm_failures(_warm_failures(done))
             )
         self._pools.append(pool)
         return pool
@@ -376,15 +400,17 @@ class TaskRunner:
 
         A task that arrives meanwhile simply waits for the imports it needs.
         """
-        names = [name for name in task_types if tasks.get(name).warm is not None]
-        futures: list[concurrent.futures.Future[None]] = []
-        for name in names:
-            if self._in_process(tasks.get(name)):
-                self._start_pools()
-                self._warmed.append(name)
-                futures += [pool.submit(warm_task, name) for pool in self._pools]
-            else:
-                futures.append(self._threads.submit(warm_task, name))
+        names = warm_order(task_types)
+        in_process = [name for name in names if self._in_process(tasks.get(name))]
+        on_threads = [name for name in names if name not in in_process]
+        futures: list[concurrent.futures.Future[list[str]]] = []
+        if in_process:  # each process warms them in turn, before its first task
+            self._start_pools()
+            self._warmed = in_process  # and so does each process made later
+            futures += [pool.submit(warm_tasks, in_process) for pool in self._pools]
+        if on_threads:
+            # One thread, the types in turn; tasks meanwhile run on threads of their own.
+            futures.append(self._threads.submit(warm_tasks, on_threads))
         self._warm_up = _WarmUp(names, futures)
 
     def announce_warm_up(self) -> None:

@@ -156,6 +156,7 @@ def _warm() -> None:
     cpu_bound=True,
     needs_storage=True,
     warm=_warm,
+    warm_first=True,
     time_limit=config.BAND_TIME_LIMIT,
     pixels=_pixels,
 )

@@ -57,6 +57,10 @@ class TaskType:
     # Run once in each process that will run this type, when the worker starts:
     # imports and compiled code are ready before the first task arrives.
     warm: WarmUp | None = None
+    # Warmed before the types without it (a worker warms its types one after
+    # another): the types whose first task users wait for (a band, a tile), not held
+    # up on a cold cache by the seconds of compiling that deep zooms need.
+    warm_first: bool = False
     # Seconds an attempt may run before the worker stops it and reports it
     # failed (a job may set another limit for its tasks).
     time_limit: float = config.DEFAULT_TIME_LIMIT
@@ -190,6 +194,7 @@ def task_type(
     cpu_bound: bool = False,
     needs_storage: bool = False,
     warm: WarmUp | None = None,
+    warm_first: bool = False,
     time_limit: float = config.DEFAULT_TIME_LIMIT,
     max_result_bytes: int = 0,
     pixels: PixelCount | None = None,
@@ -208,6 +213,7 @@ def task_type(
             cpu_bound,
             needs_storage,
             warm,
+            warm_first,
             time_limit,
             max_result_bytes,
             pixels,

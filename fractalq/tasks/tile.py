@@ -132,6 +132,7 @@ def _warm() -> None:
     check=_check,
     cpu_bound=True,
     warm=_warm,
+    warm_first=True,
     time_limit=config.TILE_TIMEOUT,
     max_result_bytes=config.TILE_RESULT_BYTES,
     pixels=_pixels,
