@@ -54,11 +54,18 @@ def stub(coordinator: Coordinator) -> tuple[grpc.Channel, pb_grpc.CoordinatorStu
 
 def test_priority_then_submission_order(cluster: ProcessGroup) -> None:
     coordinator = cluster.start_coordinator()
-    ids = [submit(coordinator, count=2, priority=priority).job_id for priority in (5, 1, 5, 1, 0)]
+    # Tasks longer than a short one (config.SHORT_TASK_SECONDS), so that the worker
+    # leases at most two at a time: two jobs' first tasks never share one lease, whose
+    # jobs would share one started_at and leave their order unseen.
+    ids = [
+        submit(coordinator, "sleep", count=2, priority=priority, payload={"seconds": 0.02}).job_id
+        for priority in (5, 1, 5, 1, 0)
+    ]
     cluster.start_worker(concurrency=1)
     for job_id in ids:
         wait_until(finished(coordinator, job_id), message=f"job {job_id}")
     started = {job_id: job(coordinator, job_id).started_at for job_id in ids}
+    assert len(set(started.values())) == len(ids), started
     expected = [ids[4], ids[1], ids[3], ids[0], ids[2]]
     assert sorted(ids, key=started.__getitem__) == expected
 
