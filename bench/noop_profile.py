@@ -70,10 +70,11 @@ def _file(frame: str) -> str:
 async def service_only(jobs: int) -> None:
     """One-task no-op jobs through the service, no gRPC: CPU and wall time per job."""
     with tempfile.TemporaryDirectory() as folder:
-        journal, broker = _restore(CoordinatorSettings(data_dir=Path(folder)))
+        settings = CoordinatorSettings(data_dir=Path(folder))
+        journal, broker = _restore(settings)
         assert journal is not None
         commit = GroupCommit(journal, config.COMMIT_INTERVAL)
-        service = CoordinatorService(broker, CoordinatorSettings(), journal, commit)
+        service = CoordinatorService(broker, settings, journal, commit)
         committer = asyncio.create_task(commit.run())
         worker = broker.registry.register("bench", ("noop",), 2, "bench", time.time())
         ask = pb.GetTaskRequest(

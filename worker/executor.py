@@ -80,7 +80,8 @@ def warm_task(task_type: str) -> None:
 def warm_order(task_types: Iterable[str]) -> list[str]:
     """The types that have a warm-up, in the order to warm them: ``warm_first`` ones first."""
     kinds = [tasks.get(name) for name in task_types]
-    return [kind.name for kind in sorted(kinds, key=lambda k: not k.warm_first) if kind.warm]
+    first = sorted(kinds, key=lambda kind: not kind.warm_first)  # stable: else as given
+    return [kind.name for kind in first if kind.warm is not None]
 
 
 def warm_tasks(task_types: list[str]) -> list[str]:
